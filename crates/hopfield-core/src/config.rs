@@ -1,0 +1,295 @@
+//! Configuration of one association: heads, scaling, update steps, statics and masks' companions.
+
+use crate::error::HopfieldError;
+
+/// The inverse temperature beta applied to the state patterns before each association.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum Scaling {
+    /// No scaling (beta = 1): hflayers' `HopfieldCore` called with `scaling=None`.
+    #[default]
+    None,
+    /// One beta for every head.
+    Scalar(f64),
+    /// One beta per head. Unlike hflayers (quirk Q2), head `h` really gets `beta[h]`.
+    PerHead(Vec<f64>),
+}
+
+impl Scaling {
+    /// The beta of each head.
+    pub fn per_head(&self, heads: usize) -> Result<Vec<f64>, HopfieldError> {
+        let v = match self {
+            Scaling::None => vec![1.0; heads],
+            Scaling::Scalar(b) => vec![*b; heads],
+            Scaling::PerHead(v) => {
+                if v.len() != heads {
+                    return Err(HopfieldError::PerHeadLength {
+                        field: "scaling",
+                        heads,
+                        got: v.len(),
+                    });
+                }
+                v.clone()
+            }
+        };
+        if let Some(b) = v.iter().find(|b| !b.is_finite()) {
+            return Err(HopfieldError::Config {
+                field: "scaling",
+                reason: format!("beta must be finite, got {b}"),
+            });
+        }
+        Ok(v)
+    }
+}
+
+/// How many additional association steps may run after the first one.
+#[derive(Debug, Clone, PartialEq)]
+pub enum UpdateSteps {
+    /// Up to `k` additional steps (0: a single association, i.e. plain attention).
+    Max(usize),
+    /// Iterate until the association stops changing (bounded by `max_convergence_steps`).
+    UntilConvergence,
+    /// Per head: `Some(k)` or `None` for until convergence.
+    PerHead(Vec<Option<usize>>),
+}
+
+impl Default for UpdateSteps {
+    fn default() -> Self {
+        UpdateSteps::Max(0)
+    }
+}
+
+impl UpdateSteps {
+    /// The limit of each head (`None`: until convergence).
+    pub fn per_head(&self, heads: usize) -> Result<Vec<Option<usize>>, HopfieldError> {
+        match self {
+            UpdateSteps::Max(k) => Ok(vec![Some(*k); heads]),
+            UpdateSteps::UntilConvergence => Ok(vec![None; heads]),
+            UpdateSteps::PerHead(v) if v.len() == heads => Ok(v.clone()),
+            UpdateSteps::PerHead(v) => Err(HopfieldError::PerHeadLength {
+                field: "update_steps_max",
+                heads,
+                got: v.len(),
+            }),
+        }
+    }
+}
+
+/// Convergence threshold on the Frobenius norm of the change of the association matrix.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StepsEps {
+    /// One threshold for every head.
+    Scalar(f64),
+    /// One threshold per head.
+    PerHead(Vec<f64>),
+}
+
+impl Default for StepsEps {
+    fn default() -> Self {
+        StepsEps::Scalar(1e-4)
+    }
+}
+
+impl StepsEps {
+    /// The threshold of each head; each must be > 0.
+    pub fn per_head(&self, heads: usize) -> Result<Vec<f64>, HopfieldError> {
+        let v = match self {
+            StepsEps::Scalar(e) => vec![*e; heads],
+            StepsEps::PerHead(v) if v.len() == heads => v.clone(),
+            StepsEps::PerHead(v) => {
+                return Err(HopfieldError::PerHeadLength {
+                    field: "update_steps_eps",
+                    heads,
+                    got: v.len(),
+                })
+            }
+        };
+        if let Some(e) = v.iter().find(|e| !(**e > 0.0 && e.is_finite())) {
+            return Err(HopfieldError::Config {
+                field: "update_steps_eps",
+                reason: format!("must be > 0 and finite, got {e}"),
+            });
+        }
+        Ok(v)
+    }
+}
+
+/// What to do when "until convergence" reaches `max_convergence_steps`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnNoConvergence {
+    /// Return [`HopfieldError::NotConverged`].
+    #[default]
+    Error,
+    /// Stop and report `converged = false` in the output.
+    Stop,
+}
+
+/// Settings of [`hopfield_core_forward`](crate::hopfield_core_forward) that are not weights.
+///
+/// ```
+/// use hopfield_core::{CoreConfig, Scaling, UpdateSteps};
+/// let cfg = CoreConfig::new(4)
+///     .with_scaling(Scaling::Scalar(0.25))
+///     .with_update_steps_max(UpdateSteps::Max(3));
+/// assert_eq!(cfg.num_heads, 4);
+/// cfg.validate()?;
+/// # Ok::<(), hopfield_core::HopfieldError>(())
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct CoreConfig {
+    /// Number of heads H.
+    pub num_heads: usize,
+    /// beta.
+    pub scaling: Scaling,
+    /// Additional update steps after the first association.
+    pub update_steps_max: UpdateSteps,
+    /// Convergence threshold.
+    pub update_steps_eps: StepsEps,
+    /// Hard cap on the number of update steps when iterating until convergence.
+    pub max_convergence_steps: usize,
+    /// What happens at the cap.
+    pub on_no_convergence: OnNoConvergence,
+    /// Dropout probability on the final association (training only).
+    pub dropout: f64,
+    /// Append an all-zero stored pattern and projection (never masked).
+    pub add_zero_association: bool,
+    /// The stored patterns (keys) are used as they are, without projection.
+    pub key_as_static: bool,
+    /// The state patterns (queries) are used as they are.
+    pub query_as_static: bool,
+    /// The pattern projections (values) are used as they are.
+    pub value_as_static: bool,
+    /// The projections go through the key projection first: `v = W_V (W_K x + b_k) + b_v`.
+    pub value_as_connected: bool,
+    /// LayerNorm over the head dim of projected queries and keys (Hopfield space), first step only.
+    pub normalize_pattern: bool,
+    /// Its epsilon.
+    pub normalize_pattern_eps: f64,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        Self {
+            num_heads: 1,
+            scaling: Scaling::None,
+            update_steps_max: UpdateSteps::Max(0),
+            update_steps_eps: StepsEps::Scalar(1e-4),
+            max_convergence_steps: 1000,
+            on_no_convergence: OnNoConvergence::Error,
+            dropout: 0.0,
+            add_zero_association: false,
+            key_as_static: false,
+            query_as_static: false,
+            value_as_static: false,
+            value_as_connected: false,
+            normalize_pattern: false,
+            normalize_pattern_eps: 1e-5,
+        }
+    }
+}
+
+macro_rules! with {
+    ($(#[$m:meta])* $name:ident, $field:ident: $ty:ty) => {
+        $(#[$m])*
+        pub fn $name(mut self, v: $ty) -> Self {
+            self.$field = v;
+            self
+        }
+    };
+}
+
+impl CoreConfig {
+    /// Defaults with `num_heads` heads.
+    pub fn new(num_heads: usize) -> Self {
+        Self {
+            num_heads,
+            ..Self::default()
+        }
+    }
+    with!(/// Sets `scaling`.
+        with_scaling, scaling: Scaling);
+    with!(/// Sets `update_steps_max`.
+        with_update_steps_max, update_steps_max: UpdateSteps);
+    with!(/// Sets `update_steps_eps`.
+        with_update_steps_eps, update_steps_eps: StepsEps);
+    with!(/// Sets `max_convergence_steps`.
+        with_max_convergence_steps, max_convergence_steps: usize);
+    with!(/// Sets `on_no_convergence`.
+        with_on_no_convergence, on_no_convergence: OnNoConvergence);
+    with!(/// Sets `dropout`.
+        with_dropout, dropout: f64);
+    with!(/// Sets `add_zero_association`.
+        with_add_zero_association, add_zero_association: bool);
+    with!(/// Sets `key_as_static`.
+        with_key_as_static, key_as_static: bool);
+    with!(/// Sets `query_as_static`.
+        with_query_as_static, query_as_static: bool);
+    with!(/// Sets `value_as_static`.
+        with_value_as_static, value_as_static: bool);
+    with!(/// Sets `value_as_connected`.
+        with_value_as_connected, value_as_connected: bool);
+    with!(/// Sets `normalize_pattern`.
+        with_normalize_pattern, normalize_pattern: bool);
+    with!(/// Sets `normalize_pattern_eps`.
+        with_normalize_pattern_eps, normalize_pattern_eps: f64);
+
+    /// Checks every field.
+    pub fn validate(&self) -> Result<(), HopfieldError> {
+        if self.num_heads == 0 {
+            return Err(HopfieldError::Config {
+                field: "num_heads",
+                reason: "must be >= 1".into(),
+            });
+        }
+        self.scaling.per_head(self.num_heads)?;
+        self.update_steps_max.per_head(self.num_heads)?;
+        self.update_steps_eps.per_head(self.num_heads)?;
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(HopfieldError::Config {
+                field: "dropout",
+                reason: format!("must be in [0, 1), got {}", self.dropout),
+            });
+        }
+        if !(self.normalize_pattern_eps > 0.0) {
+            return Err(HopfieldError::Config {
+                field: "normalize_pattern_eps",
+                reason: format!("must be > 0, got {}", self.normalize_pattern_eps),
+            });
+        }
+        if self.max_convergence_steps == 0 {
+            return Err(HopfieldError::Config {
+                field: "max_convergence_steps",
+                reason: "must be >= 1".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_head_values() {
+        assert_eq!(Scaling::None.per_head(2).unwrap(), vec![1.0, 1.0]);
+        assert_eq!(Scaling::Scalar(0.5).per_head(3).unwrap(), vec![0.5; 3]);
+        assert_eq!(
+            UpdateSteps::UntilConvergence.per_head(2).unwrap(),
+            vec![None, None]
+        );
+        assert!(matches!(
+            Scaling::PerHead(vec![1.0]).per_head(2),
+            Err(HopfieldError::PerHeadLength { field: "scaling", heads: 2, got: 1 })
+        ));
+    }
+
+    #[test]
+    fn eps_must_be_positive() {
+        assert!(matches!(
+            StepsEps::Scalar(0.0).per_head(1),
+            Err(HopfieldError::Config { field: "update_steps_eps", .. })
+        ));
+        assert!(CoreConfig::new(0).validate().is_err());
+        assert!(CoreConfig::new(1).with_dropout(1.0).validate().is_err());
+    }
+}

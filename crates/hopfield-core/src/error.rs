@@ -1,0 +1,136 @@
+//! Typed errors for bad configurations and bad inputs.
+//!
+//! Validation functions return [`HopfieldError`] so callers can match on the problem; the tensor
+//! entry points wrap it into `candle_core::Error` (its message names the argument and the shapes).
+
+use thiserror::Error;
+
+/// What went wrong, with the argument and the shapes involved.
+#[derive(Debug, Clone, PartialEq, Error)]
+pub enum HopfieldError {
+    /// An input tensor has the wrong rank or size.
+    #[error("{arg}: expected shape {expected}, got {got:?}")]
+    Shape {
+        /// The argument's name.
+        arg: &'static str,
+        /// The expected shape, in words (e.g. `(N, S, 8)`).
+        expected: String,
+        /// The shape that was passed.
+        got: Vec<usize>,
+    },
+    /// Two inputs disagree on a dimension they must share.
+    #[error("{what}: {lhs_arg} has shape {lhs:?} but {rhs_arg} has shape {rhs:?}")]
+    Mismatch {
+        /// Which dimension must agree.
+        what: &'static str,
+        /// First argument.
+        lhs_arg: &'static str,
+        /// Its shape.
+        lhs: Vec<usize>,
+        /// Second argument.
+        rhs_arg: &'static str,
+        /// Its shape.
+        rhs: Vec<usize>,
+    },
+    /// A mask has the wrong shape.
+    #[error("{mask}: expected shape {expected}, got {got:?}")]
+    MaskShape {
+        /// The mask's name.
+        mask: &'static str,
+        /// The accepted shapes, in words.
+        expected: String,
+        /// The shape that was passed.
+        got: Vec<usize>,
+    },
+    /// A mask has a dtype that is neither boolean-like (integer) nor float.
+    #[error("{mask}: unsupported dtype {dtype}; {expected}")]
+    MaskDtype {
+        /// The mask's name.
+        mask: &'static str,
+        /// The dtype that was passed.
+        dtype: String,
+        /// What is accepted.
+        expected: &'static str,
+    },
+    /// The number of heads does not divide a size that is split across heads.
+    #[error("{what} = {size} is not divisible by num_heads = {heads}")]
+    HeadsDoNotDivide {
+        /// Which size.
+        what: &'static str,
+        /// The size.
+        size: usize,
+        /// The number of heads.
+        heads: usize,
+    },
+    /// A configuration value is out of range or inconsistent.
+    #[error("invalid config `{field}`: {reason}")]
+    Config {
+        /// The offending field.
+        field: &'static str,
+        /// Why it is invalid.
+        reason: String,
+    },
+    /// A per-head setting has the wrong length.
+    #[error("{field}: expected one value per head ({heads}), got {got}")]
+    PerHeadLength {
+        /// The field.
+        field: &'static str,
+        /// Number of heads.
+        heads: usize,
+        /// Number of values passed.
+        got: usize,
+    },
+    /// Iterating "until convergence" hit the hard cap.
+    #[error("update steps did not converge within the cap of {cap} steps for {unconverged} (sample, head) pairs; raise `max_convergence_steps` or `update_steps_eps`")]
+    NotConverged {
+        /// The cap that was hit.
+        cap: usize,
+        /// How many (sample, head) pairs were still changing.
+        unconverged: usize,
+    },
+    /// An input contains NaN or infinite values.
+    #[error("{arg} contains non-finite values (NaN or inf)")]
+    NonFinite {
+        /// The argument's name.
+        arg: &'static str,
+    },
+    /// A weight tensor is missing, unexpected or mis-shaped.
+    #[error("weights: {0}")]
+    Weights(String),
+}
+
+impl HopfieldError {
+    /// Wraps the error into a `candle_core::Error`, keeping its message.
+    pub fn into_candle(self) -> candle_core::Error {
+        candle_core::Error::wrap(self)
+    }
+}
+
+impl From<HopfieldError> for candle_core::Error {
+    fn from(e: HopfieldError) -> Self {
+        e.into_candle()
+    }
+}
+
+/// `Err(HopfieldError::Shape{..})` if `dims` is not `expected` (entries `None` match anything).
+pub fn expect_shape(
+    arg: &'static str,
+    dims: &[usize],
+    expected: &[Option<usize>],
+    expected_words: impl FnOnce() -> String,
+) -> Result<(), HopfieldError> {
+    let ok = dims.len() == expected.len()
+        && dims
+            .iter()
+            .zip(expected)
+            .all(|(d, e)| e.is_none_or(|e| e == *d));
+    if ok {
+        Ok(())
+    } else {
+        Err(HopfieldError::Shape {
+            arg,
+            expected: expected_words(),
+            got: dims.to_vec(),
+        })
+    }
+}

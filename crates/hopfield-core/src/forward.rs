@@ -1,0 +1,376 @@
+//! `hopfield_core_forward`: projections, heads, scaling, iterated updates, masks and dropout.
+//!
+//! Everything is batch-major (`(N, L, E)` in, `(N, L, O)` out); the modules in `hopfield-nn`
+//! handle hflayers' `batch_first=False` layout around it.
+
+use crate::config::{CoreConfig, OnNoConvergence};
+use crate::error::{expect_shape, HopfieldError};
+use crate::ops::{bool_to_additive, layer_norm, linear, masked_softmax};
+use crate::weights::{CoreWeights, Projection};
+use candle_core::{DType, Result, Tensor};
+
+/// Optional masks of one association.
+///
+/// Boolean masks are any integer dtype (nonzero = masked, hflayers' `True`); float association
+/// masks are added to the logits and may contain `-inf`. Masks are re-applied at every update
+/// step; the zero pattern of `add_zero_association` is never masked.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Masks<'a> {
+    /// `(N, S)`, boolean: stored patterns to ignore per sample.
+    pub stored_pattern_padding_mask: Option<&'a Tensor>,
+    /// `(L, S)` shared by every sample and head, or `(N*H, L, S)` with row `n*H + h`;
+    /// boolean or additive float.
+    pub association_mask: Option<&'a Tensor>,
+}
+
+/// Result of one association.
+#[derive(Debug, Clone)]
+pub struct CoreOutput {
+    /// `(N, L, O)`, or `(N, L, H*pd)` without output projection.
+    pub output: Tensor,
+    /// The softmax association xi of the last update step, before dropout, `(N, H, L, S)`
+    /// (`S+1` with `add_zero_association`).
+    pub association: Tensor,
+    /// The projected pattern projections (values), `(N, H, S, pd)`.
+    pub projected: Tensor,
+    /// Update steps run after the first association, per (sample, head), index `n*H + h`.
+    pub steps_run: Vec<usize>,
+    /// False only if "until convergence" stopped at the cap (with [`OnNoConvergence::Stop`]).
+    pub converged: bool,
+}
+
+fn check_finite(arg: &'static str, x: &Tensor) -> Result<()> {
+    // x - x is 0 for finite values and NaN for NaN/inf, so one sum tells.
+    let s = (x - x)?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+    if s == 0.0 {
+        Ok(())
+    } else {
+        Err(HopfieldError::NonFinite { arg }.into())
+    }
+}
+
+/// `(N, T, H*d)` -> `(N, H, T, d)`.
+fn split_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
+    let (n, t, f) = x.dims3()?;
+    x.reshape((n, t, heads, f / heads))?
+        .transpose(1, 2)?
+        .contiguous()
+}
+
+/// A static input is shared by every head of its own sample (fixes hflayers quirks Q3/Q4, which
+/// pair heads with other samples' data).
+fn broadcast_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
+    let (n, t, f) = x.dims3()?;
+    x.unsqueeze(1)?
+        .broadcast_as((n, heads, t, f))?
+        .contiguous()
+}
+
+fn project(x: &Tensor, p: &Projection, heads: usize) -> Result<Tensor> {
+    match &p.weight {
+        Some(w) => split_heads(&linear(x, w, p.bias.as_ref())?, heads),
+        None => broadcast_heads(x, heads),
+    }
+}
+
+fn mask_to_additive(mask: &Tensor, name: &'static str, dtype: DType) -> Result<Tensor> {
+    let d = mask.dtype();
+    if d.is_int() {
+        bool_to_additive(mask, dtype)
+    } else if d.is_float() {
+        mask.to_dtype(dtype)
+    } else {
+        Err(HopfieldError::MaskDtype {
+            mask: name,
+            dtype: format!("{d:?}"),
+            expected: "use an integer dtype (nonzero = masked) or a float (additive) mask",
+        }
+        .into())
+    }
+}
+
+/// The additive mask, broadcastable to `(N, H, L, S')`.
+fn additive_mask(
+    masks: &Masks,
+    dims: (usize, usize, usize, usize),
+    zero_column: bool,
+    dtype: DType,
+) -> Result<Option<Tensor>> {
+    let (n, h, l, s) = dims;
+    let mut acc: Option<Tensor> = None;
+    if let Some(m) = masks.association_mask {
+        let shape = match m.dims() {
+            [a, b] if (*a, *b) == (l, s) => (1, 1, l, s),
+            [nh, a, b] if (*nh, *a, *b) == (n * h, l, s) => (n, h, l, s),
+            other => {
+                return Err(HopfieldError::MaskShape {
+                    mask: "association_mask",
+                    expected: format!("(L, S) = ({l}, {s}) or (N*H, L, S) = ({}, {l}, {s})", n * h),
+                    got: other.to_vec(),
+                }
+                .into())
+            }
+        };
+        acc = Some(mask_to_additive(m, "association_mask", dtype)?.reshape(shape)?);
+    }
+    if let Some(m) = masks.stored_pattern_padding_mask {
+        if m.dims() != [n, s] {
+            return Err(HopfieldError::MaskShape {
+                mask: "stored_pattern_padding_mask",
+                expected: format!("(N, S) = ({n}, {s})"),
+                got: m.dims().to_vec(),
+            }
+            .into());
+        }
+        if !m.dtype().is_int() {
+            return Err(HopfieldError::MaskDtype {
+                mask: "stored_pattern_padding_mask",
+                dtype: format!("{:?}", m.dtype()),
+                expected: "padding masks are boolean: use an integer dtype (nonzero = masked)",
+            }
+            .into());
+        }
+        let p = bool_to_additive(m, dtype)?.reshape((n, 1, 1, s))?;
+        acc = Some(match acc {
+            Some(a) => a.broadcast_add(&p)?,
+            None => p,
+        });
+    }
+    match acc {
+        Some(a) if zero_column => {
+            let mut d = a.dims().to_vec();
+            d[3] = 1;
+            let z = Tensor::zeros(d, dtype, a.device())?;
+            Ok(Some(Tensor::cat(&[&a, &z], 3)?))
+        }
+        other => Ok(other),
+    }
+}
+
+/// The association of hflayers' `hopfield_core_forward`, batch-major.
+///
+/// `query` (state patterns) is `(N, L, E)`, `key` (stored patterns) `(N, S, kdim)` and `value`
+/// (pattern projections) `(N, S, vdim)`; a static input has the per-head size instead (`hd` for
+/// queries and keys, `pd` for values) and is shared by all heads of its sample.
+///
+/// Semantics: `q, k, v` are projected (and split into heads), optionally LayerNorm-ed in
+/// Hopfield space; then `xi = softmax(beta q k^T + mask)`, and each update step replaces the state
+/// by `xi k` (not re-projected) and associates again, per (sample, head), until
+/// `update_steps_max` steps ran or the association changed by at most `update_steps_eps`
+/// (Frobenius norm). Dropout (training only) acts on the final association; the output is
+/// `xi v`, heads concatenated, then the output projection. A fully masked row has an all-zero
+/// association, so it retrieves the zero vector (then the output projection's bias), never NaN.
+///
+/// ```
+/// use candle_core::{DType, Device, Tensor};
+/// use candle_nn::{VarBuilder, VarMap};
+/// use hopfield_core::{hopfield_core_forward, CoreConfig, CoreLayout, CoreWeights, Masks, Scaling};
+/// let dev = Device::Cpu;
+/// let map = VarMap::new();
+/// let w = CoreWeights::load(CoreLayout::new(8, 2), VarBuilder::from_varmap(&map, DType::F32, &dev))?;
+/// let x = Tensor::randn(0f32, 1., (3, 5, 8), &dev)?;
+/// let cfg = CoreConfig::new(2).with_scaling(Scaling::Scalar(0.5));
+/// let out = hopfield_core_forward(&x, &x, &x, &w, &cfg, Masks::default(), false)?;
+/// assert_eq!(out.output.dims(), &[3, 5, 8]);
+/// assert_eq!(out.association.dims(), &[3, 2, 5, 5]);
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+pub fn hopfield_core_forward(
+    query: &Tensor,
+    key: &Tensor,
+    value: &Tensor,
+    weights: &CoreWeights,
+    cfg: &CoreConfig,
+    masks: Masks,
+    train: bool,
+) -> Result<CoreOutput> {
+    cfg.validate()?;
+    let layout = &weights.layout;
+    let heads = cfg.num_heads;
+    if heads != layout.num_heads {
+        return Err(HopfieldError::Config {
+            field: "num_heads",
+            reason: format!(
+                "config has {heads} heads but the weights were built for {}",
+                layout.num_heads
+            ),
+        }
+        .into());
+    }
+    let (qs, ks, vs) = (cfg.query_as_static, cfg.key_as_static, cfg.value_as_static);
+    // Pure static retrieval has no sizes of its own: they come from the inputs.
+    let hd = if qs && ks {
+        query.dims().last().copied().unwrap_or(0)
+    } else {
+        layout.head_dim
+    };
+    let pd = if vs && layout.out_dim.is_none() {
+        value.dims().last().copied().unwrap_or(0)
+    } else {
+        layout.pattern_dim
+    };
+    let q_in = if qs { hd } else { layout.embed_dim };
+    let k_in = if ks { hd } else { layout.kdim };
+    let v_in = if vs { pd } else { layout.vdim };
+    expect_shape("state pattern (query)", query.dims(), &[None, None, Some(q_in)], || {
+        format!("(N, L, {q_in})")
+    })?;
+    expect_shape("stored pattern (key)", key.dims(), &[None, None, Some(k_in)], || {
+        format!("(N, S, {k_in})")
+    })?;
+    expect_shape(
+        "pattern projection (value)",
+        value.dims(),
+        &[None, None, Some(v_in)],
+        || format!("(N, S, {v_in})"),
+    )?;
+    let (n, l, _) = query.dims3()?;
+    let s = key.dim(1)?;
+    if key.dim(0)? != n || value.dim(0)? != n {
+        return Err(HopfieldError::Mismatch {
+            what: "batch size N",
+            lhs_arg: "state pattern",
+            lhs: query.dims().to_vec(),
+            rhs_arg: if key.dim(0)? != n { "stored pattern" } else { "pattern projection" },
+            rhs: if key.dim(0)? != n { key.dims().to_vec() } else { value.dims().to_vec() },
+        }
+        .into());
+    }
+    if value.dim(1)? != s {
+        return Err(HopfieldError::Mismatch {
+            what: "number of stored patterns S",
+            lhs_arg: "stored pattern",
+            lhs: key.dims().to_vec(),
+            rhs_arg: "pattern projection",
+            rhs: value.dims().to_vec(),
+        }
+        .into());
+    }
+    check_finite("state pattern (query)", query)?;
+    check_finite("stored pattern (key)", key)?;
+    check_finite("pattern projection (value)", value)?;
+
+    let dtype = query.dtype();
+    let dev = query.device();
+    let [pq, pk, pv] = weights.projections()?;
+    let mut q = project(query, &pq, heads)?;
+    let mut k = project(key, &pk, heads)?;
+    let mut v = if cfg.value_as_connected && !ks {
+        let through_k = linear(value, pk.weight.as_ref().expect("key projection"), pk.bias.as_ref())?;
+        project(&through_k, &pv, heads)?
+    } else {
+        project(value, &pv, heads)?
+    };
+    if cfg.normalize_pattern {
+        let (w, b) = (weights.p_norm_weight.as_ref(), weights.p_norm_bias.as_ref());
+        q = layer_norm(&q, w, b, cfg.normalize_pattern_eps)?;
+        k = layer_norm(&k, w, b, cfg.normalize_pattern_eps)?;
+    }
+    let mask = additive_mask(&masks, (n, heads, l, s), cfg.add_zero_association, dtype)?;
+    if cfg.add_zero_association {
+        k = Tensor::cat(&[&k, &Tensor::zeros((n, heads, 1, hd), dtype, dev)?], 2)?;
+        v = Tensor::cat(&[&v, &Tensor::zeros((n, heads, 1, pd), dtype, dev)?], 2)?;
+    }
+    let kt = k.transpose(2, 3)?.contiguous()?;
+    let betas = cfg.scaling.per_head(heads)?;
+    let beta = Tensor::new(betas.as_slice(), dev)?
+        .to_dtype(dtype)?
+        .reshape((1, heads, 1, 1))?;
+    let max_steps = cfg.update_steps_max.per_head(heads)?;
+    let eps = cfg.update_steps_eps.per_head(heads)?;
+
+    let associate = |state: &Tensor| -> Result<Tensor> {
+        let logits = state.broadcast_mul(&beta)?.matmul(&kt)?;
+        let logits = match &mask {
+            Some(m) => logits.broadcast_add(m)?,
+            None => logits,
+        };
+        masked_softmax(&logits)
+    };
+
+    let rows = n * heads;
+    let mut active = vec![true; rows];
+    let mut steps_run = vec![0usize; rows];
+    let mut unconverged = 0usize;
+    let mut xi = associate(&q)?;
+    let mut prev: Option<Tensor> = None;
+    let mut t = 0usize;
+    loop {
+        // Which (sample, head) pairs run another step: those within their step budget and,
+        // after the first step, still changing by more than eps. Deciding per sample (not over
+        // the batch, hflayers quirk Q11) keeps every result independent of batch composition.
+        let change = match &prev {
+            Some(p) => Some(
+                (&xi - p)?
+                    .sqr()?
+                    .sum((2, 3))?
+                    .sqrt()?
+                    .to_dtype(DType::F64)?
+                    .flatten_all()?
+                    .to_vec1::<f64>()?,
+            ),
+            None => None,
+        };
+        let mut any = false;
+        for (i, a) in active.iter_mut().enumerate() {
+            let h = i % heads;
+            let moving = change.as_ref().is_none_or(|c| c[i] > eps[h]);
+            let within = match max_steps[h] {
+                Some(m) => t < m,
+                None => t < cfg.max_convergence_steps,
+            };
+            if *a && moving && !within && max_steps[h].is_none() {
+                unconverged += 1;
+            }
+            *a = *a && moving && within;
+            if *a {
+                steps_run[i] += 1;
+                any = true;
+            }
+        }
+        if !any {
+            break;
+        }
+        let state = xi.matmul(&k)?;
+        let next = associate(&state)?;
+        let next = if active.iter().all(|a| *a) {
+            next
+        } else {
+            // Finished pairs keep their association; the others take the new one.
+            let keep: Vec<u8> = active.iter().map(|a| u8::from(*a)).collect();
+            Tensor::from_vec(keep, (n, heads, 1, 1), dev)?
+                .broadcast_as(next.shape())?
+                .where_cond(&next, &xi)?
+        };
+        prev = Some(std::mem::replace(&mut xi, next));
+        t += 1;
+    }
+    if unconverged > 0 && cfg.on_no_convergence == OnNoConvergence::Error {
+        return Err(HopfieldError::NotConverged {
+            cap: cfg.max_convergence_steps,
+            unconverged,
+        }
+        .into());
+    }
+
+    let a = if train && cfg.dropout > 0.0 {
+        candle_nn::ops::dropout(&xi, cfg.dropout as f32)?
+    } else {
+        xi.clone()
+    };
+    let out = a
+        .matmul(&v)?
+        .transpose(1, 2)?
+        .reshape((n, l, heads * pd))?;
+    let out = match &weights.out_proj_weight {
+        Some(w) => linear(&out, w, weights.out_proj_bias.as_ref())?,
+        None => out,
+    };
+    Ok(CoreOutput {
+        output: out,
+        association: xi,
+        projected: v,
+        steps_run,
+        converged: unconverged == 0,
+    })
+}

@@ -1,0 +1,360 @@
+//! The association's weights: q/k/v projections (packed or separate), their biases, the output
+//! projection and the Hopfield-space LayerNorm, under hflayers' `HopfieldCore` state_dict names.
+
+use crate::error::HopfieldError;
+use candle_core::{Result, Tensor};
+use candle_nn::{init::Init, VarBuilder};
+
+const PROJ_INIT: Init = Init::Randn {
+    mean: 0.0,
+    stdev: 0.02,
+};
+
+/// The sizes and switches that decide which weights exist and their shapes
+/// (hflayers `HopfieldCore.__init__`).
+///
+/// ```
+/// use hopfield_core::CoreLayout;
+/// let l = CoreLayout::new(64, 4);
+/// assert_eq!((l.head_dim, l.pattern_dim, l.out_dim), (16, 16, Some(64)));
+/// assert!(l.packed());
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct CoreLayout {
+    /// Number of heads H.
+    pub num_heads: usize,
+    /// Feature size of the state patterns (queries), E.
+    pub embed_dim: usize,
+    /// Feature size of the stored patterns (keys).
+    pub kdim: usize,
+    /// Feature size of the pattern projections (values).
+    pub vdim: usize,
+    /// Per-head association size hd.
+    pub head_dim: usize,
+    /// Per-head value size pd.
+    pub pattern_dim: usize,
+    /// Output size O, `None` when the output projection is disabled (output is H*pd).
+    pub out_dim: Option<usize>,
+    /// Whether `pattern_dim` was given explicitly (forces separate q/k/v weights, as in hflayers).
+    pub pattern_dim_given: bool,
+    /// Biases on the projections and on the output projection.
+    pub bias: bool,
+    /// Creates (unused) `bias_k`/`bias_v`, hflayers' `concat_bias_pattern` (quirk Q1).
+    pub add_bias_kv: bool,
+    /// Keys are not projected.
+    pub key_as_static: bool,
+    /// Queries are not projected.
+    pub query_as_static: bool,
+    /// Values are not projected.
+    pub value_as_static: bool,
+    /// Values pass through the key projection first.
+    pub value_as_connected: bool,
+    /// Affine Hopfield-space LayerNorm (`p_norm_weight`, `p_norm_bias`).
+    pub normalize_pattern_affine: bool,
+}
+
+impl CoreLayout {
+    /// Self-association layout: `embed_dim` everywhere, `embed_dim / num_heads` per head.
+    pub fn new(embed_dim: usize, num_heads: usize) -> Self {
+        let hd = embed_dim / num_heads.max(1);
+        Self {
+            num_heads,
+            embed_dim,
+            kdim: embed_dim,
+            vdim: embed_dim,
+            head_dim: hd,
+            pattern_dim: hd,
+            out_dim: Some(embed_dim),
+            pattern_dim_given: false,
+            bias: true,
+            add_bias_kv: false,
+            key_as_static: false,
+            query_as_static: false,
+            value_as_static: false,
+            value_as_connected: false,
+            normalize_pattern_affine: false,
+        }
+    }
+
+    /// hflayers' `_qkv_same_embed_dim`: one packed `in_proj_weight` instead of q/k/v weights.
+    pub fn packed(&self) -> bool {
+        self.kdim == self.embed_dim
+            && self.vdim == self.embed_dim
+            && !self.pattern_dim_given
+            && !self.value_as_connected
+    }
+
+    /// H * hd.
+    pub fn vh(&self) -> usize {
+        self.num_heads * self.head_dim
+    }
+
+    /// H * pd.
+    pub fn vp(&self) -> usize {
+        self.num_heads * self.pattern_dim
+    }
+
+    /// Whether every input is static and nothing has weights (pure retrieval).
+    pub fn is_static_execution(&self) -> bool {
+        self.key_as_static
+            && self.query_as_static
+            && self.value_as_static
+            && !self.value_as_connected
+            && !self.normalize_pattern_affine
+            && self.out_dim.is_none()
+    }
+
+    /// Checks sizes and flag combinations.
+    pub fn validate(&self) -> std::result::Result<(), HopfieldError> {
+        let cfg = |field, reason: &str| HopfieldError::Config {
+            field,
+            reason: reason.to_string(),
+        };
+        if self.num_heads == 0 {
+            return Err(cfg("num_heads", "must be >= 1"));
+        }
+        if self.head_dim == 0 || self.pattern_dim == 0 {
+            return Err(cfg("hidden_size/pattern_size", "must be >= 1"));
+        }
+        if self.value_as_connected {
+            if self.value_as_static {
+                return Err(cfg(
+                    "pattern_projection_as_connected",
+                    "cannot be combined with pattern_projection_as_static",
+                ));
+            }
+            if !self.key_as_static && self.kdim != self.vdim {
+                return Err(HopfieldError::Config {
+                    field: "pattern_projection_as_connected",
+                    reason: format!(
+                        "needs stored_pattern_size == pattern_projection_size, got {} and {}",
+                        self.kdim, self.vdim
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The q/k/v projection weights.
+#[derive(Debug, Clone)]
+pub enum InProjection {
+    /// `in_proj_weight`, rows `[q | k | v]`, static parts left out.
+    Packed(Option<Tensor>),
+    /// `q_proj_weight`, `k_proj_weight`, `v_proj_weight` (each absent when static).
+    Separate {
+        /// `(H*hd, E)`.
+        q: Option<Tensor>,
+        /// `(H*hd, kdim)`.
+        k: Option<Tensor>,
+        /// `(H*pd, kdim-projected or vdim)`.
+        v: Option<Tensor>,
+    },
+}
+
+/// All weights of one association core.
+#[derive(Debug, Clone)]
+pub struct CoreWeights {
+    /// The layout they were built for.
+    pub layout: CoreLayout,
+    /// q/k/v projections.
+    pub in_proj: InProjection,
+    /// `in_proj_bias`: `[q (H*hd) | k (H*hd) | v (H*pd)]`, q and k parts absent when static.
+    pub in_proj_bias: Option<Tensor>,
+    /// `bias_k` (loaded for compatibility, never used: hflayers quirk Q1).
+    pub bias_k: Option<Tensor>,
+    /// `bias_v` (loaded for compatibility, never used: hflayers quirk Q1).
+    pub bias_v: Option<Tensor>,
+    /// `out_proj.weight`.
+    pub out_proj_weight: Option<Tensor>,
+    /// `out_proj.bias`.
+    pub out_proj_bias: Option<Tensor>,
+    /// `p_norm_weight` (Hopfield-space LayerNorm).
+    pub p_norm_weight: Option<Tensor>,
+    /// `p_norm_bias`.
+    pub p_norm_bias: Option<Tensor>,
+}
+
+/// The projection of one input.
+pub(crate) struct Projection {
+    pub weight: Option<Tensor>,
+    pub bias: Option<Tensor>,
+}
+
+impl CoreWeights {
+    /// Builds (or loads, depending on the `VarBuilder`) the weights of `layout` under `vb`, with
+    /// hflayers' names and initialisation.
+    ///
+    /// ```
+    /// use candle_core::{DType, Device};
+    /// use candle_nn::{VarBuilder, VarMap};
+    /// use hopfield_core::{CoreLayout, CoreWeights};
+    /// let map = VarMap::new();
+    /// let vb = VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu);
+    /// let w = CoreWeights::load(CoreLayout::new(8, 2), vb)?;
+    /// assert!(map.data().lock().unwrap().contains_key("in_proj_weight"));
+    /// # Ok::<(), candle_core::Error>(())
+    /// ```
+    pub fn load(layout: CoreLayout, vb: VarBuilder) -> Result<Self> {
+        layout.validate()?;
+        let (qs, ks, vs) = (
+            layout.query_as_static,
+            layout.key_as_static,
+            layout.value_as_static,
+        );
+        let (e, vh, vp) = (layout.embed_dim, layout.vh(), layout.vp());
+        let p_norm = |name: &str, init| -> Result<Option<Tensor>> {
+            if layout.normalize_pattern_affine {
+                vb.get_with_hints(layout.head_dim, name, init).map(Some)
+            } else {
+                Ok(None)
+            }
+        };
+        let p_norm_weight = p_norm("p_norm_weight", Init::Const(1.0))?;
+        let p_norm_bias = p_norm("p_norm_bias", Init::Const(0.0))?;
+        let any_projected = !(qs && ks && vs);
+        let in_proj = if layout.packed() {
+            let rows = usize::from(!qs) * vh + usize::from(!ks) * vh + usize::from(!vs) * vp;
+            InProjection::Packed(if any_projected {
+                Some(vb.get_with_hints((rows, e), "in_proj_weight", PROJ_INIT)?)
+            } else {
+                None
+            })
+        } else {
+            let v_in = if layout.value_as_connected && !ks {
+                vh
+            } else {
+                layout.vdim
+            };
+            InProjection::Separate {
+                q: (!qs)
+                    .then(|| vb.get_with_hints((vh, e), "q_proj_weight", PROJ_INIT))
+                    .transpose()?,
+                k: (!ks)
+                    .then(|| vb.get_with_hints((vh, layout.kdim), "k_proj_weight", PROJ_INIT))
+                    .transpose()?,
+                v: (!vs)
+                    .then(|| vb.get_with_hints((vp, v_in), "v_proj_weight", PROJ_INIT))
+                    .transpose()?,
+            }
+        };
+        let in_proj_bias = if layout.bias && any_projected {
+            let len = usize::from(!qs) * vh + usize::from(!ks) * vh + vp;
+            Some(vb.get_with_hints(len, "in_proj_bias", Init::Const(0.0))?)
+        } else {
+            None
+        };
+        let (bias_k, bias_v) = if layout.add_bias_kv {
+            (
+                (!ks)
+                    .then(|| vb.get_with_hints((1, 1, vh), "bias_k", PROJ_INIT))
+                    .transpose()?,
+                (!vs)
+                    .then(|| vb.get_with_hints((1, 1, vh), "bias_v", PROJ_INIT))
+                    .transpose()?,
+            )
+        } else {
+            (None, None)
+        };
+        let (out_proj_weight, out_proj_bias) = match layout.out_dim {
+            Some(o) => {
+                let op = vb.pp("out_proj");
+                let w = op.get_with_hints((o, vp), "weight", PROJ_INIT)?;
+                let b = if layout.bias {
+                    Some(op.get_with_hints(o, "bias", Init::Const(0.0))?)
+                } else {
+                    None
+                };
+                (Some(w), b)
+            }
+            None => (None, None),
+        };
+        Ok(Self {
+            layout,
+            in_proj,
+            in_proj_bias,
+            bias_k,
+            bias_v,
+            out_proj_weight,
+            out_proj_bias,
+            p_norm_weight,
+            p_norm_bias,
+        })
+    }
+
+    /// Weights of a pure static retrieval (no parameters at all).
+    pub fn none(layout: CoreLayout) -> Self {
+        Self {
+            layout,
+            in_proj: InProjection::Separate {
+                q: None,
+                k: None,
+                v: None,
+            },
+            in_proj_bias: None,
+            bias_k: None,
+            bias_v: None,
+            out_proj_weight: None,
+            out_proj_bias: None,
+            p_norm_weight: None,
+            p_norm_bias: None,
+        }
+    }
+
+    /// The (weight, bias) of the query, key and value projections, sliced as hflayers does.
+    pub(crate) fn projections(&self) -> Result<[Projection; 3]> {
+        let l = &self.layout;
+        let (vh, vp) = (l.vh(), l.vp());
+        let (qs, ks) = (l.query_as_static, l.key_as_static);
+        // Bias offsets advance only over the non-static q and k parts; the v part is the rest.
+        let mut off = 0;
+        let mut take = |is_static: bool, len: usize| -> Result<Option<Tensor>> {
+            if is_static {
+                return Ok(None);
+            }
+            let b = match &self.in_proj_bias {
+                Some(b) => Some(b.narrow(0, off, len)?),
+                None => None,
+            };
+            off += len;
+            Ok(b)
+        };
+        let bq = take(qs, vh)?;
+        let bk = take(ks, vh)?;
+        let bv = take(false, vp)?;
+        let (wq, wk, wv) = match &self.in_proj {
+            InProjection::Packed(Some(w)) => {
+                let mut row = 0;
+                let mut rows = |is_static: bool, len: usize| -> Result<Option<Tensor>> {
+                    if is_static {
+                        return Ok(None);
+                    }
+                    let r = w.narrow(0, row, len)?;
+                    row += len;
+                    Ok(Some(r))
+                };
+                let q = rows(qs, vh)?;
+                let k = rows(ks, vh)?;
+                let v = rows(l.value_as_static, vp)?;
+                (q, k, v)
+            }
+            InProjection::Packed(None) => (None, None, None),
+            InProjection::Separate { q, k, v } => (q.clone(), k.clone(), v.clone()),
+        };
+        Ok([
+            Projection {
+                weight: wq,
+                bias: bq,
+            },
+            Projection {
+                weight: wk,
+                bias: bk,
+            },
+            Projection {
+                weight: wv,
+                bias: bv,
+            },
+        ])
+    }
+}

@@ -1,0 +1,202 @@
+//! `Hopfield`: the modern Hopfield association module (hflayers `Hopfield`).
+
+use crate::config::{HopfieldConfig, NormSpec};
+use crate::core::HopfieldCore;
+use crate::norm::LayerNorm;
+use candle_core::{ModuleT, Result, Tensor};
+use candle_nn::VarBuilder;
+use hopfield_core::{CoreLayout, Masks};
+
+/// What a Hopfield module associates: one tensor (stored pattern, state pattern and pattern
+/// projection at once) or the triple `(stored, state, projection)` = (keys, queries, values).
+#[derive(Debug, Clone, Copy)]
+pub enum HopfieldInput<'a> {
+    /// Self-association.
+    Single(&'a Tensor),
+    /// `(stored, state, projection)`, hflayers' tuple order.
+    Triple {
+        /// Stored patterns (keys).
+        stored: &'a Tensor,
+        /// State patterns (queries).
+        state: &'a Tensor,
+        /// Pattern projections (values).
+        projection: &'a Tensor,
+    },
+}
+
+impl<'a> From<&'a Tensor> for HopfieldInput<'a> {
+    fn from(x: &'a Tensor) -> Self {
+        HopfieldInput::Single(x)
+    }
+}
+
+impl<'a> From<(&'a Tensor, &'a Tensor, &'a Tensor)> for HopfieldInput<'a> {
+    fn from((stored, state, projection): (&'a Tensor, &'a Tensor, &'a Tensor)) -> Self {
+        HopfieldInput::Triple {
+            stored,
+            state,
+            projection,
+        }
+    }
+}
+
+impl<'a> HopfieldInput<'a> {
+    /// `(stored, state, projection)`.
+    pub fn parts(&self) -> (&'a Tensor, &'a Tensor, &'a Tensor) {
+        match *self {
+            HopfieldInput::Single(x) => (x, x, x),
+            HopfieldInput::Triple {
+                stored,
+                state,
+                projection,
+            } => (stored, state, projection),
+        }
+    }
+}
+
+/// Everything one forward pass computes.
+#[derive(Debug, Clone)]
+pub struct HopfieldOutput {
+    /// The module's output, in the module's layout (`batch_first`).
+    pub output: Tensor,
+    /// The association xi of the last step, before dropout, `(N, H, L, S)`.
+    pub association: Tensor,
+    /// The projected pattern projections, `(N, H, S, pd)`.
+    pub projected: Tensor,
+    /// Update steps run per (sample, head).
+    pub steps_run: Vec<usize>,
+    /// False only if "until convergence" stopped at its cap.
+    pub converged: bool,
+}
+
+/// The modern Hopfield association module, hflayers' `Hopfield`, loading its state_dict names:
+/// `association_core.*`, `norm_stored_pattern.*`, `norm_state_pattern.*`,
+/// `norm_pattern_projection.*`.
+///
+/// ```
+/// use candle_core::{DType, Device, ModuleT, Tensor};
+/// use candle_nn::{VarBuilder, VarMap};
+/// use hopfield_nn::{Hopfield, HopfieldConfig, HopfieldInput, Masks};
+/// let dev = Device::Cpu;
+/// let map = VarMap::new();
+/// let hopfield = Hopfield::new(HopfieldConfig::new(16).with_num_heads(4),
+///     VarBuilder::from_varmap(&map, DType::F32, &dev))?;
+/// let x = Tensor::randn(0f32, 1., (2, 10, 16), &dev)?;
+/// let y = hopfield.forward_t(&x, false)?; // self-association
+/// assert_eq!(y.dims(), &[2, 10, 16]);
+/// let (stored, state) = (Tensor::randn(0f32, 1., (2, 7, 16), &dev)?, Tensor::randn(0f32, 1., (2, 3, 16), &dev)?);
+/// let y = hopfield.forward_with((&stored, &state, &stored).into(), Masks::default(), false)?;
+/// assert_eq!(y.dims(), &[2, 3, 16]);
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Hopfield {
+    config: HopfieldConfig,
+    association_core: HopfieldCore,
+    norm_stored_pattern: Option<LayerNorm>,
+    norm_state_pattern: Option<LayerNorm>,
+    norm_pattern_projection: Option<LayerNorm>,
+}
+
+fn build_norm(spec: NormSpec, vb: VarBuilder) -> Result<Option<LayerNorm>> {
+    spec.map(|(size, affine, eps)| LayerNorm::new(size, affine, eps, vb))
+        .transpose()
+}
+
+impl Hopfield {
+    /// Builds (from a `VarMap`) or loads (from safetensors) the module under `vb`.
+    pub fn new(config: HopfieldConfig, vb: VarBuilder) -> Result<Self> {
+        let r = config.resolve()?;
+        let association_core = HopfieldCore::new(r.layout, r.core, vb.pp("association_core"))?;
+        Ok(Self {
+            norm_stored_pattern: build_norm(r.norm_stored, vb.pp("norm_stored_pattern"))?,
+            norm_state_pattern: build_norm(r.norm_state, vb.pp("norm_state_pattern"))?,
+            norm_pattern_projection: build_norm(r.norm_projection, vb.pp("norm_pattern_projection"))?,
+            association_core,
+            config,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &HopfieldConfig {
+        &self.config
+    }
+
+    /// The resolved sizes.
+    pub fn layout(&self) -> &CoreLayout {
+        &self.association_core.weights().layout
+    }
+
+    /// The association core.
+    pub fn association_core(&self) -> &HopfieldCore {
+        &self.association_core
+    }
+
+    /// Output feature size O.
+    pub fn output_size(&self) -> usize {
+        let l = self.layout();
+        l.out_dim.unwrap_or(l.num_heads * l.pattern_dim)
+    }
+
+    /// Full forward pass with masks, returning the output, association and projected patterns.
+    pub fn forward_full(
+        &self,
+        input: HopfieldInput,
+        masks: Masks,
+        train: bool,
+    ) -> Result<HopfieldOutput> {
+        let (stored, state, projection) = input.parts();
+        let layout = |x: &Tensor| -> Result<Tensor> {
+            if self.config.batch_first {
+                Ok(x.clone())
+            } else {
+                x.transpose(0, 1)
+            }
+        };
+        let norm = |n: &Option<LayerNorm>, x: Tensor| match n {
+            Some(n) => n.forward(&x),
+            None => Ok(x),
+        };
+        let stored = norm(&self.norm_stored_pattern, layout(stored)?)?;
+        let state = norm(&self.norm_state_pattern, layout(state)?)?;
+        let projection = norm(&self.norm_pattern_projection, layout(projection)?)?;
+        let out = self
+            .association_core
+            .forward_batch_major(&state, &stored, &projection, masks, train)?;
+        let mut y = layout(&out.output)?;
+        if let Some(a) = self.config.association_activation {
+            y = a.apply(&y)?;
+        }
+        Ok(HopfieldOutput {
+            output: y,
+            association: out.association,
+            projected: out.projected,
+            steps_run: out.steps_run,
+            converged: out.converged,
+        })
+    }
+
+    /// Forward pass with masks.
+    pub fn forward_with(&self, input: HopfieldInput, masks: Masks, train: bool) -> Result<Tensor> {
+        Ok(self.forward_full(input, masks, train)?.output)
+    }
+
+    /// The association xi of the last update step, before dropout, `(N, H, L, S)`, without
+    /// gradient (hflayers' `get_association_matrix`).
+    pub fn association_matrix(&self, input: HopfieldInput, masks: Masks) -> Result<Tensor> {
+        Ok(self.forward_full(input, masks, false)?.association.detach())
+    }
+
+    /// The projected pattern projections `(N, H, S, pd)`, without gradient (hflayers'
+    /// `get_projected_pattern_matrix`).
+    pub fn projected_pattern_matrix(&self, input: HopfieldInput, masks: Masks) -> Result<Tensor> {
+        Ok(self.forward_full(input, masks, false)?.projected.detach())
+    }
+}
+
+impl ModuleT for Hopfield {
+    /// Self-association; `train` enables dropout.
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_with(HopfieldInput::Single(x), Masks::default(), train)
+    }
+}

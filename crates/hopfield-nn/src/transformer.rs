@@ -1,0 +1,351 @@
+//! Transformer drop-in layers built on [`Hopfield`]: post-norm encoder and decoder layers
+//! (hflayers `HopfieldEncoderLayer`, `HopfieldDecoderLayer`).
+
+use crate::activation::Activation;
+use crate::config::{float, req_usize, reject_unknown, HopfieldConfig};
+use crate::hopfield::{Hopfield, HopfieldInput};
+use crate::norm::LayerNorm;
+use crate::pooling::parse_object;
+use candle_core::{Module, ModuleT, Result, Tensor};
+use candle_nn::{linear, Dropout, Linear, VarBuilder};
+use hopfield_core::{HopfieldError, Masks};
+use serde_json::Value;
+
+/// Configuration shared by the encoder and decoder layers.
+///
+/// ```
+/// use hopfield_nn::{HopfieldConfig, TransformerLayerConfig};
+/// let cfg = TransformerLayerConfig::new(HopfieldConfig::new(64).with_num_heads(4)).with_dim_feedforward(128);
+/// assert_eq!(cfg.dropout, 0.1);
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct TransformerLayerConfig {
+    /// The (self-)association.
+    pub hopfield: HopfieldConfig,
+    /// The cross association (decoder only; `None` in an encoder).
+    pub hopfield_cross: Option<HopfieldConfig>,
+    /// Hidden size of the feed-forward block.
+    pub dim_feedforward: usize,
+    /// Dropout after the association and inside/after the feed-forward block.
+    pub dropout: f64,
+    /// Feed-forward activation.
+    pub activation: Activation,
+}
+
+impl TransformerLayerConfig {
+    /// hflayers' defaults: `dim_feedforward = 2048`, `dropout = 0.1`, relu.
+    pub fn new(hopfield: HopfieldConfig) -> Self {
+        Self {
+            hopfield,
+            hopfield_cross: None,
+            dim_feedforward: 2048,
+            dropout: 0.1,
+            activation: Activation::Relu,
+        }
+    }
+
+    /// Sets the decoder's cross association.
+    pub fn with_hopfield_cross(mut self, cross: HopfieldConfig) -> Self {
+        self.hopfield_cross = Some(cross);
+        self
+    }
+
+    /// Sets `dim_feedforward`.
+    pub fn with_dim_feedforward(mut self, v: usize) -> Self {
+        self.dim_feedforward = v;
+        self
+    }
+
+    /// Sets `dropout`.
+    pub fn with_dropout(mut self, v: f64) -> Self {
+        self.dropout = v;
+        self
+    }
+
+    /// Sets the activation.
+    pub fn with_activation(mut self, v: Activation) -> Self {
+        self.activation = v;
+        self
+    }
+
+    /// Parses `{"hopfield": {...}, "hopfield_cross": {...}, "dim_feedforward": n, "dropout": p,
+    /// "activation": "relu"}` (the goldens' kwargs for the transformer layers).
+    pub fn from_kwargs(json: &str) -> std::result::Result<Self, HopfieldError> {
+        let mut obj = parse_object(json)?;
+        let sub = |v: Value| HopfieldConfig::from_kwargs(&v.to_string());
+        let hopfield = sub(obj.remove("hopfield").ok_or_else(|| HopfieldError::Config {
+            field: "hopfield",
+            reason: "missing the Hopfield kwargs".into(),
+        })?)?;
+        let mut cfg = Self::new(hopfield);
+        if let Some(v) = obj.remove("hopfield_cross") {
+            cfg.hopfield_cross = Some(sub(v)?);
+        }
+        if let Some(v) = obj.remove("dim_feedforward") {
+            cfg.dim_feedforward = req_usize("dim_feedforward", &v)?;
+        }
+        if let Some(v) = obj.remove("dropout") {
+            cfg.dropout = float("dropout", &v)?;
+        }
+        if let Some(v) = obj.remove("activation") {
+            let name = v.as_str().ok_or_else(|| HopfieldError::Config {
+                field: "activation",
+                reason: format!("expected a name, got {v}"),
+            })?;
+            cfg.activation = Activation::from_name(name)?;
+        }
+        reject_unknown(&obj)?;
+        Ok(cfg)
+    }
+
+    fn model_dim(&self) -> Result<usize> {
+        self.hopfield
+            .input_size
+            .ok_or_else(|| {
+                HopfieldError::Config {
+                    field: "hopfield.input_size",
+                    reason: "the transformer layers need the Hopfield's input_size".into(),
+                }
+                .into()
+            })
+    }
+}
+
+/// The post-norm feed-forward block shared by both layers.
+#[derive(Debug, Clone)]
+struct FeedForward {
+    linear_residual: Linear,
+    linear_output: Linear,
+    dropout_residual: Dropout,
+    dropout_output: Dropout,
+    norm_output: LayerNorm,
+    activation: Activation,
+}
+
+impl FeedForward {
+    fn new(cfg: &TransformerLayerConfig, d: usize, vb: &VarBuilder) -> Result<Self> {
+        Ok(Self {
+            linear_residual: linear(d, cfg.dim_feedforward, vb.pp("linear_residual"))?,
+            linear_output: linear(cfg.dim_feedforward, d, vb.pp("linear_output"))?,
+            dropout_residual: Dropout::new(cfg.dropout as f32),
+            dropout_output: Dropout::new(cfg.dropout as f32),
+            norm_output: LayerNorm::new(d, true, 1e-5, vb.pp("norm_output"))?,
+            activation: cfg.activation,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let h = self.activation.apply(&self.linear_residual.forward(x)?)?;
+        let h = self.dropout_residual.forward_t(&h, train)?;
+        let f = self.dropout_output.forward_t(&self.linear_output.forward(&h)?, train)?;
+        self.norm_output.forward(&(x + f)?)
+    }
+}
+
+fn check_output_size(h: &Hopfield, d: usize, which: &'static str) -> Result<()> {
+    if h.output_size() != d {
+        return Err(HopfieldError::Config {
+            field: which,
+            reason: format!(
+                "output size {} must equal the model size {d} for the residual connection",
+                h.output_size()
+            ),
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// hflayers' `HopfieldEncoderLayer`: `x = norm_residual(x + drop(hopfield(x)))`, then the
+/// feed-forward block with `norm_output`. State_dict names: `hopfield_association.*`,
+/// `linear_residual.*`, `linear_output.*`, `norm_residual.*`, `norm_output.*`.
+///
+/// ```
+/// use candle_core::{DType, Device, ModuleT, Tensor};
+/// use candle_nn::{VarBuilder, VarMap};
+/// use hopfield_nn::{HopfieldConfig, HopfieldEncoderLayer, TransformerLayerConfig};
+/// let map = VarMap::new();
+/// let cfg = TransformerLayerConfig::new(HopfieldConfig::new(8).with_num_heads(2)).with_dim_feedforward(16);
+/// let enc = HopfieldEncoderLayer::new(cfg, VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu))?;
+/// let x = Tensor::randn(0f32, 1., (2, 5, 8), &Device::Cpu)?;
+/// assert_eq!(enc.forward_t(&x, false)?.dims(), &[2, 5, 8]);
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct HopfieldEncoderLayer {
+    hopfield_association: Hopfield,
+    dropout_hopfield_association: Dropout,
+    norm_residual: LayerNorm,
+    ff: FeedForward,
+}
+
+impl HopfieldEncoderLayer {
+    /// Builds or loads the layer under `vb`.
+    pub fn new(cfg: TransformerLayerConfig, vb: VarBuilder) -> Result<Self> {
+        let d = cfg.model_dim()?;
+        let hopfield_association = Hopfield::new(cfg.hopfield.clone(), vb.pp("hopfield_association"))?;
+        check_output_size(&hopfield_association, d, "hopfield.output_size")?;
+        Ok(Self {
+            hopfield_association,
+            dropout_hopfield_association: Dropout::new(cfg.dropout as f32),
+            norm_residual: LayerNorm::new(d, true, 1e-5, vb.pp("norm_residual"))?,
+            ff: FeedForward::new(&cfg, d, &vb)?,
+        })
+    }
+
+    /// The association module.
+    pub fn hopfield_association(&self) -> &Hopfield {
+        &self.hopfield_association
+    }
+
+    /// Forward pass: `src_mask` is the association mask, `src_key_padding_mask` the padding mask.
+    pub fn forward_with(
+        &self,
+        src: &Tensor,
+        src_mask: Option<&Tensor>,
+        src_key_padding_mask: Option<&Tensor>,
+        train: bool,
+    ) -> Result<Tensor> {
+        let masks = Masks {
+            stored_pattern_padding_mask: src_key_padding_mask,
+            association_mask: src_mask,
+        };
+        let a = self
+            .hopfield_association
+            .forward_with(HopfieldInput::Single(src), masks, train)?;
+        let a = self.dropout_hopfield_association.forward_t(&a, train)?;
+        let x = self.norm_residual.forward(&(src + a)?)?;
+        self.ff.forward(&x, train)
+    }
+
+    /// The association of the inner Hopfield on `src` (no masks).
+    pub fn association_matrix(&self, src: &Tensor) -> Result<Tensor> {
+        self.hopfield_association
+            .association_matrix(HopfieldInput::Single(src), Masks::default())
+    }
+}
+
+impl ModuleT for HopfieldEncoderLayer {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_with(x, None, None, train)
+    }
+}
+
+/// Masks of a decoder layer (hflayers' names).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DecoderMasks<'a> {
+    /// Association mask of the self association.
+    pub tgt_mask: Option<&'a Tensor>,
+    /// Association mask of the cross association.
+    pub memory_mask: Option<&'a Tensor>,
+    /// Padding mask of the targets (self association).
+    pub tgt_key_padding_mask: Option<&'a Tensor>,
+    /// Padding mask of the memory (cross association).
+    pub memory_key_padding_mask: Option<&'a Tensor>,
+}
+
+/// hflayers' `HopfieldDecoderLayer`: self association, cross association with `memory` as
+/// stored pattern and projection, then the feed-forward block; post-norm. State_dict names:
+/// `hopfield_association_self.*`, `hopfield_association_cross.*`, `linear_residual.*`,
+/// `linear_output.*`, `norm_residual_self.*`, `norm_residual_cross.*`, `norm_output.*`.
+///
+/// ```
+/// use candle_core::{DType, Device, Tensor};
+/// use candle_nn::{VarBuilder, VarMap};
+/// use hopfield_nn::{DecoderMasks, HopfieldConfig, HopfieldDecoderLayer, TransformerLayerConfig};
+/// let map = VarMap::new();
+/// let h = HopfieldConfig::new(8).with_num_heads(2);
+/// let cfg = TransformerLayerConfig::new(h.clone()).with_hopfield_cross(h).with_dim_feedforward(16);
+/// let dec = HopfieldDecoderLayer::new(cfg, VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu))?;
+/// let (tgt, memory) = (Tensor::randn(0f32, 1., (2, 3, 8), &Device::Cpu)?, Tensor::randn(0f32, 1., (2, 6, 8), &Device::Cpu)?);
+/// assert_eq!(dec.forward_with(&tgt, &memory, DecoderMasks::default(), false)?.dims(), &[2, 3, 8]);
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct HopfieldDecoderLayer {
+    hopfield_association_self: Hopfield,
+    hopfield_association_cross: Hopfield,
+    dropout_self: Dropout,
+    dropout_cross: Dropout,
+    norm_residual_self: LayerNorm,
+    norm_residual_cross: LayerNorm,
+    ff: FeedForward,
+}
+
+impl HopfieldDecoderLayer {
+    /// Builds or loads the layer under `vb` (`cfg.hopfield_cross` defaults to `cfg.hopfield`).
+    pub fn new(cfg: TransformerLayerConfig, vb: VarBuilder) -> Result<Self> {
+        let d = cfg.model_dim()?;
+        let cross_cfg = cfg.hopfield_cross.clone().unwrap_or_else(|| cfg.hopfield.clone());
+        let hopfield_association_self =
+            Hopfield::new(cfg.hopfield.clone(), vb.pp("hopfield_association_self"))?;
+        let hopfield_association_cross =
+            Hopfield::new(cross_cfg, vb.pp("hopfield_association_cross"))?;
+        check_output_size(&hopfield_association_self, d, "hopfield.output_size")?;
+        check_output_size(&hopfield_association_cross, d, "hopfield_cross.output_size")?;
+        Ok(Self {
+            hopfield_association_self,
+            hopfield_association_cross,
+            dropout_self: Dropout::new(cfg.dropout as f32),
+            dropout_cross: Dropout::new(cfg.dropout as f32),
+            norm_residual_self: LayerNorm::new(d, true, 1e-5, vb.pp("norm_residual_self"))?,
+            norm_residual_cross: LayerNorm::new(d, true, 1e-5, vb.pp("norm_residual_cross"))?,
+            ff: FeedForward::new(&cfg, d, &vb)?,
+        })
+    }
+
+    /// Forward pass.
+    pub fn forward_with(
+        &self,
+        tgt: &Tensor,
+        memory: &Tensor,
+        masks: DecoderMasks,
+        train: bool,
+    ) -> Result<Tensor> {
+        let a = self.hopfield_association_self.forward_with(
+            HopfieldInput::Single(tgt),
+            Masks {
+                stored_pattern_padding_mask: masks.tgt_key_padding_mask,
+                association_mask: masks.tgt_mask,
+            },
+            train,
+        )?;
+        let x = self
+            .norm_residual_self
+            .forward(&(tgt + self.dropout_self.forward_t(&a, train)?)?)?;
+        let c = self.hopfield_association_cross.forward_with(
+            HopfieldInput::Triple {
+                stored: memory,
+                state: &x,
+                projection: memory,
+            },
+            Masks {
+                stored_pattern_padding_mask: masks.memory_key_padding_mask,
+                association_mask: masks.memory_mask,
+            },
+            train,
+        )?;
+        let x = self
+            .norm_residual_cross
+            .forward(&(x + self.dropout_cross.forward_t(&c, train)?)?)?;
+        self.ff.forward(&x, train)
+    }
+
+    /// Association of the self Hopfield on `tgt`.
+    pub fn association_matrix_self(&self, tgt: &Tensor) -> Result<Tensor> {
+        self.hopfield_association_self
+            .association_matrix(HopfieldInput::Single(tgt), Masks::default())
+    }
+
+    /// Association of the cross Hopfield for `(memory, tgt, memory)`.
+    pub fn association_matrix_cross(&self, tgt: &Tensor, memory: &Tensor) -> Result<Tensor> {
+        self.hopfield_association_cross.association_matrix(
+            HopfieldInput::Triple {
+                stored: memory,
+                state: tgt,
+                projection: memory,
+            },
+            Masks::default(),
+        )
+    }
+}
