@@ -5,6 +5,7 @@ use crate::core::HopfieldCore;
 use crate::norm::LayerNorm;
 use candle_core::{ModuleT, Result, Tensor};
 use candle_nn::VarBuilder;
+use hopfield_core::error::expect_shape;
 use hopfield_core::{CoreLayout, Masks};
 
 /// What a Hopfield module associates: one tensor (stored pattern, state pattern and pattern
@@ -146,6 +147,7 @@ impl Hopfield {
         train: bool,
     ) -> Result<HopfieldOutput> {
         let (stored, state, projection) = input.parts();
+        self.check_inputs(stored, state, projection)?;
         let layout = |x: &Tensor| -> Result<Tensor> {
             if self.config.batch_first {
                 Ok(x.clone())
@@ -174,6 +176,29 @@ impl Hopfield {
             steps_run: out.steps_run,
             converged: out.converged,
         })
+    }
+
+    /// Checks ranks (and feature sizes where an input LayerNorm fixes them) before anything runs,
+    /// so that errors name the module's arguments; the core checks the rest.
+    fn check_inputs(&self, stored: &Tensor, state: &Tensor, projection: &Tensor) -> Result<()> {
+        for (arg, x, norm, len) in [
+            ("stored pattern (key)", stored, &self.norm_stored_pattern, "S"),
+            ("state pattern (query)", state, &self.norm_state_pattern, "L"),
+            ("pattern projection (value)", projection, &self.norm_pattern_projection, "S"),
+        ] {
+            let size = norm.as_ref().map(LayerNorm::size);
+            let (a, b) = if self.config.batch_first {
+                ("N", len)
+            } else {
+                (len, "N")
+            };
+            let words = || match size {
+                Some(d) => format!("({a}, {b}, {d})"),
+                None => format!("({a}, {b}, features)"),
+            };
+            expect_shape(arg, x.dims(), &[None, None, size], words)?;
+        }
+        Ok(())
     }
 
     /// Forward pass with masks.

@@ -17,6 +17,7 @@ use candle_nn::{init::Init, VarBuilder};
 /// ```
 #[derive(Debug, Clone)]
 pub struct LayerNorm {
+    size: usize,
     weight: Option<Tensor>,
     bias: Option<Tensor>,
     eps: f64,
@@ -33,7 +34,17 @@ impl LayerNorm {
         } else {
             (None, None)
         };
-        Ok(Self { weight, bias, eps })
+        Ok(Self {
+            size,
+            weight,
+            bias,
+            eps,
+        })
+    }
+
+    /// Number of normalised features.
+    pub fn size(&self) -> usize {
+        self.size
     }
 
     /// Normalises over the last dimension.
