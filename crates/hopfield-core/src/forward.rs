@@ -281,11 +281,13 @@ pub fn hopfield_core_forward(
 
     let associate = |state: &Tensor| -> Result<Tensor> {
         let logits = state.broadcast_mul(&beta)?.matmul(&kt)?;
-        let logits = match &mask {
-            Some(m) => logits.broadcast_add(m)?,
-            None => logits,
-        };
-        masked_softmax(&logits)
+        match &mask {
+            Some(m) => masked_softmax(&logits.broadcast_add(m)?),
+            // Without a mask no row can be fully masked, and when nothing requires a gradient
+            // candle's fused (forward-only) kernel is exact and faster.
+            None if !logits.track_op() => candle_nn::ops::softmax_last_dim(&logits),
+            None => masked_softmax(&logits),
+        }
     };
 
     let rows = n * heads;
