@@ -184,6 +184,26 @@ pub fn hopfield_core_forward(
     masks: Masks,
     train: bool,
 ) -> Result<CoreOutput> {
+    hopfield_core_forward_mapped(query, key, value, weights, cfg, masks, train, None)
+}
+
+/// A transform of the association logits `(N, H, L, S')`, applied at every step before the
+/// masks (e.g. diffusion of the logits over a graph of the stored patterns). `S'` includes the
+/// zero pattern of `add_zero_association`.
+pub type LogitMap<'a> = &'a dyn Fn(&Tensor) -> Result<Tensor>;
+
+/// [`hopfield_core_forward`] with an optional [`LogitMap`].
+#[allow(clippy::too_many_arguments)]
+pub fn hopfield_core_forward_mapped(
+    query: &Tensor,
+    key: &Tensor,
+    value: &Tensor,
+    weights: &CoreWeights,
+    cfg: &CoreConfig,
+    masks: Masks,
+    train: bool,
+    logit_map: Option<LogitMap>,
+) -> Result<CoreOutput> {
     cfg.validate()?;
     let layout = &weights.layout;
     let heads = cfg.num_heads;
@@ -281,6 +301,10 @@ pub fn hopfield_core_forward(
 
     let associate = |state: &Tensor| -> Result<Tensor> {
         let logits = state.broadcast_mul(&beta)?.matmul(&kt)?;
+        let logits = match logit_map {
+            Some(f) => f(&logits)?,
+            None => logits,
+        };
         match &mask {
             Some(m) => masked_softmax(&logits.broadcast_add(m)?),
             // Without a mask no row can be fully masked, and when nothing requires a gradient

@@ -3,7 +3,9 @@
 
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
-use hopfield_core::{hopfield_core_forward, CoreConfig, CoreLayout, CoreOutput, CoreWeights, Masks};
+use hopfield_core::{
+    hopfield_core_forward_mapped, CoreConfig, CoreLayout, CoreOutput, CoreWeights, LogitMap, Masks,
+};
 
 /// The association core. Its weights live under the `association_core` prefix inside
 /// [`Hopfield`](crate::Hopfield).
@@ -61,7 +63,30 @@ impl HopfieldCore {
         masks: Masks,
         train: bool,
     ) -> Result<CoreOutput> {
-        hopfield_core_forward(query, key, value, &self.weights, &self.config, masks, train)
+        self.forward_batch_major_mapped(query, key, value, masks, train, None)
+    }
+
+    /// [`forward_batch_major`](Self::forward_batch_major) with a transform of the association
+    /// logits (see [`LogitMap`]).
+    pub fn forward_batch_major_mapped(
+        &self,
+        query: &Tensor,
+        key: &Tensor,
+        value: &Tensor,
+        masks: Masks,
+        train: bool,
+        logit_map: Option<LogitMap>,
+    ) -> Result<CoreOutput> {
+        hopfield_core_forward_mapped(
+            query,
+            key,
+            value,
+            &self.weights,
+            &self.config,
+            masks,
+            train,
+            logit_map,
+        )
     }
 
     /// Sequence-first association, as hflayers' `HopfieldCore.forward`: inputs `(L, N, E)`,

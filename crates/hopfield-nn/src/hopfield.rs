@@ -6,7 +6,7 @@ use crate::norm::LayerNorm;
 use candle_core::{ModuleT, Result, Tensor};
 use candle_nn::VarBuilder;
 use hopfield_core::error::expect_shape;
-use hopfield_core::{CoreLayout, Masks};
+use hopfield_core::{CoreLayout, CoreOutput, Masks};
 
 /// What a Hopfield module associates: one tensor (stored pattern, state pattern and pattern
 /// projection at once) or the triple `(stored, state, projection)` = (keys, queries, values).
@@ -146,26 +146,43 @@ impl Hopfield {
         masks: Masks,
         train: bool,
     ) -> Result<HopfieldOutput> {
+        let (stored, state, projection) = self.normalized_inputs(input)?;
+        let out = self
+            .association_core
+            .forward_batch_major(&state, &stored, &projection, masks, train)?;
+        self.finish(out)
+    }
+
+    /// Checks the inputs, makes them batch-major and applies the input LayerNorms:
+    /// `(stored, state, projection)`, what the association core receives.
+    pub fn normalized_inputs(&self, input: HopfieldInput) -> Result<(Tensor, Tensor, Tensor)> {
         let (stored, state, projection) = input.parts();
         self.check_inputs(stored, state, projection)?;
-        let layout = |x: &Tensor| -> Result<Tensor> {
+        let batch_major = |x: &Tensor| -> Result<Tensor> {
             if self.config.batch_first {
                 Ok(x.clone())
             } else {
                 x.transpose(0, 1)
             }
         };
-        let norm = |n: &Option<LayerNorm>, x: Tensor| match n {
-            Some(n) => n.forward(&x),
-            None => Ok(x),
+        let norm = |n: &Option<LayerNorm>, x: &Tensor| match n {
+            Some(n) => n.forward(&batch_major(x)?),
+            None => batch_major(x),
         };
-        let stored = norm(&self.norm_stored_pattern, layout(stored)?)?;
-        let state = norm(&self.norm_state_pattern, layout(state)?)?;
-        let projection = norm(&self.norm_pattern_projection, layout(projection)?)?;
-        let out = self
-            .association_core
-            .forward_batch_major(&state, &stored, &projection, masks, train)?;
-        let mut y = layout(&out.output)?;
+        Ok((
+            norm(&self.norm_stored_pattern, stored)?,
+            norm(&self.norm_state_pattern, state)?,
+            norm(&self.norm_pattern_projection, projection)?,
+        ))
+    }
+
+    /// Turns the core's batch-major result into the module's output: layout and activation.
+    pub fn finish(&self, out: CoreOutput) -> Result<HopfieldOutput> {
+        let mut y = if self.config.batch_first {
+            out.output
+        } else {
+            out.output.transpose(0, 1)?
+        };
         if let Some(a) = self.config.association_activation {
             y = a.apply(&y)?;
         }
