@@ -2,15 +2,15 @@
 //! `HopfieldEncoderLayer` and `HopfieldDecoderLayer`, built from the case's kwargs alone and
 //! loaded strictly from its `params.*`.
 
-use super::case::{backward_with, var_tensors, Case, Report};
+use super::case::{var_tensors, Case, Report};
+use super::module_case::ModuleCase;
 use crate::checkpoint::load_strict_tensors;
 use crate::{
     DecoderMasks, Hopfield, HopfieldConfig, HopfieldDecoderLayer, HopfieldEncoderLayer,
     HopfieldInput, HopfieldLayer, HopfieldLayerConfig, HopfieldPooling, HopfieldPoolingConfig,
     Masks, TransformerLayerConfig,
 };
-use candle_core::{Device, Error, Result, Tensor, Var};
-use std::collections::HashMap;
+use candle_core::{Device, Error, Result, Tensor};
 
 struct Outputs {
     y: Tensor,
@@ -32,41 +32,13 @@ fn steps_per_head(steps: &[usize], heads: usize) -> Vec<usize> {
 pub fn run(case: &Case, report: &mut Report) -> Result<()> {
     let module = case.meta("module").unwrap_or_default();
     let kwargs = case.meta("kwargs").unwrap_or_else(|| "{}".into());
-    let forward = case.meta_json("forward")?;
-    let dtype = case.precision().dtype();
-    let dev = Device::Cpu;
-    let params = case.vars("params.")?;
-    let names = |key: &str| -> Vec<String> {
-        forward[key]
-            .as_array()
-            .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
-            .unwrap_or_default()
-    };
-    let inputs: HashMap<String, Var> = names("inputs")
-        .into_iter()
-        .map(|n| Ok((n.clone(), Var::from_tensor(&case.get(&format!("input.{n}"))?)?)))
-        .collect::<Result<_>>()?;
-    let input = |n: &str| -> Result<Tensor> {
-        inputs
-            .get(n)
-            .map(|v| v.as_tensor().clone())
-            .ok_or_else(|| Error::Msg(format!("case has no input {n:?}")))
-    };
-    let mask_names: Vec<String> = forward["masks"]
-        .as_object()
-        .map(|o| o.keys().cloned().collect())
-        .unwrap_or_default();
-    let masks: HashMap<String, Tensor> = mask_names
-        .iter()
-        .map(|n| Ok((n.clone(), case.get(&format!("input.{n}"))?)))
-        .collect::<Result<_>>()?;
-    let m = |n: &str| masks.get(n);
-    let hopfield_masks = Masks {
-        stored_pattern_padding_mask: m("stored_pattern_padding_mask"),
-        association_mask: m("association_mask"),
-    };
-    let form = forward["input_form"].as_str().unwrap_or("single");
-    let tensors = var_tensors(&params);
+    let mc = ModuleCase::load(case)?;
+    let (dtype, dev) = (case.precision().dtype(), Device::Cpu);
+    let input = |n: &str| mc.input(n);
+    let m = |n: &str| mc.mask(n);
+    let hopfield_masks = mc.hopfield_masks();
+    let form = mc.input_form();
+    let tensors = var_tensors(&mc.params);
     let out = match module.as_str() {
         "Hopfield" => {
             let cfg = HopfieldConfig::from_kwargs(&kwargs)?;
@@ -165,7 +137,7 @@ pub fn run(case: &Case, report: &mut Report) -> Result<()> {
             }
         }
     }
-    if let (Some(steps), Some(want)) = (&out.steps_per_head, forward.get("update_steps_run")) {
+    if let (Some(steps), Some(want)) = (&out.steps_per_head, mc.forward.get("update_steps_run")) {
         let want: Vec<usize> = want[""]
             .as_array()
             .map(|a| a.iter().filter_map(|v| v.as_u64().map(|x| x as usize)).collect())
@@ -174,28 +146,5 @@ pub fn run(case: &Case, report: &mut Report) -> Result<()> {
             report.fail(format!("update steps run per head {steps:?}, expected {want:?}"));
         }
     }
-    if report.forward_only() || forward["grad"].as_bool() != Some(true) {
-        return Ok(());
-    }
-    let grads = backward_with(&out.y, &case.get("grad_seed.cotangent")?)?;
-    for (name, var) in &inputs {
-        if let Some(want) = case.opt(&format!("grad.input.{name}")) {
-            report.check_grad(&format!("grad.input.{name}"), grads.get(var.as_tensor()), &want)?;
-        }
-    }
-    let frozen: Vec<String> = serde_json::from_str(&case.meta("frozen_params").unwrap_or("[]".into()))
-        .unwrap_or_default();
-    for (name, var) in &params {
-        let key = format!("grad.params.{name}");
-        match case.opt(&key) {
-            Some(want) => report.check_grad(&key, grads.get(var.as_tensor()), &want)?,
-            None if frozen.contains(name) => {
-                if grads.get(var.as_tensor()).is_some() {
-                    report.fail(format!("{name} is frozen but received a gradient"));
-                }
-            }
-            None => report.fail(format!("case has no {key}")),
-        }
-    }
-    Ok(())
+    mc.check_gradients(case, report, &out.y)
 }

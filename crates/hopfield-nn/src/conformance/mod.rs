@@ -15,7 +15,11 @@
 //! ```
 
 pub mod case;
+pub mod dahn;
+pub mod diffused;
+pub mod et;
 pub mod hflayers;
+pub mod module_case;
 
 pub use case::{Case, Precision, Report};
 
@@ -101,9 +105,8 @@ pub fn run_case(path: &Path, precision: Precision) -> Outcome {
     let mut report = Report::new(case.tolerance(), precision);
     let res = match Suite::of(&case) {
         Some(Suite::Hflayers) => hflayers::run(&case, &mut report),
-        Some(suite) => Err(candle_core::Error::Msg(format!(
-            "the {suite:?} suite is not supported yet"
-        ))),
+        Some(Suite::Dahn) => dahn::run(&case, &mut report),
+        Some(Suite::Et) => et::run(&case, &mut report),
         None => Err(candle_core::Error::Msg(format!(
             "unsupported case: reference {:?}, module {:?}",
             case.meta("reference"),

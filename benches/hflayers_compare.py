@@ -1,0 +1,89 @@
+"""Times hflayers' `Hopfield` (PyTorch) at the shapes of hopfield-benches and compares with
+hopfield-rs.
+
+`difflayers` 0.1.1 (PyPI) ships hflayers' `Hopfield` unchanged as `difflayers.Hopfield`.
+Every case: Hopfield(input_size=E, num_heads=H, update_steps_max=k), self-association on a
+(N, L, E) float32 batch, eval mode, 2 threads; forward+backward = output.sum().backward() into
+the parameters. Times are medians of >= 10 runs and about 2 s, after 3 warm-up runs, the same
+protocol as `hopfield_timing`.
+
+    benches/.venv/bin/python benches/hflayers_compare.py            # PyTorch, then ours, ratios
+    benches/.venv/bin/python benches/hflayers_compare.py --torch-only
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import time
+
+import torch
+from difflayers import Hopfield
+
+# (N, L=S, E, H, update_steps_max), the same list as hopfield_benches::SHAPES.
+SHAPES = [(32, 64, 64, 4, 0), (32, 256, 128, 8, 0), (16, 512, 256, 8, 0), (32, 128, 64, 4, 3)]
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def shape_id(n, l, e, h, k):
+    return f"N{n}_L{l}_E{e}_H{h}_k{k}"
+
+
+def median_ms(f):
+    for _ in range(3):
+        f()
+    times, start = [], time.perf_counter()
+    while len(times) < 10 or (time.perf_counter() - start < 2.0 and len(times) < 1000):
+        t = time.perf_counter()
+        f()
+        times.append((time.perf_counter() - t) * 1e3)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def time_torch():
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    out = {}
+    for n, l, e, h, k in SHAPES:
+        model = Hopfield(input_size=e, num_heads=h, update_steps_max=k).eval()
+        x = torch.randn(n, l, e)
+
+        def forward():
+            with torch.no_grad():
+                return model(x)
+
+        def forward_backward():
+            model.zero_grad(set_to_none=True)
+            model(x).sum().backward()
+
+        out[shape_id(n, l, e, h, k)] = (median_ms(forward), median_ms(forward_backward))
+    return out
+
+
+def time_ours():
+    cmd = ["cargo", "run", "--quiet", "--release", "-p", "hopfield-benches", "--bin", "hopfield_timing"]
+    lines = subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True).stdout.splitlines()
+    rows = [json.loads(line) for line in lines if line.startswith("{")]
+    return {r["shape"]: (r["forward_ms"], r["forward_backward_ms"]) for r in rows}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--torch-only", action="store_true", help="skip hopfield-rs")
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} -> 2 threads, float32, CPU")
+    theirs = time_torch()
+    ours = {} if args.torch_only else time_ours()
+    print(f"{'shape':<22}{'ours fwd':>10}{'torch fwd':>11}{'ratio':>7}{'ours f+b':>10}{'torch f+b':>11}{'ratio':>7}")
+    for key, (tf, tb) in theirs.items():
+        if key in ours:
+            of, ob = ours[key]
+            print(f"{key:<22}{of:>10.3f}{tf:>11.3f}{of / tf:>7.2f}{ob:>10.3f}{tb:>11.3f}{ob / tb:>7.2f}")
+        else:
+            print(f"{key:<22}{'-':>10}{tf:>11.3f}{'-':>7}{'-':>10}{tb:>11.3f}{'-':>7}")
+    print("times in ms (median); ratio = ours / PyTorch (below 1: hopfield-rs is faster)")
+
+
+if __name__ == "__main__":
+    main()

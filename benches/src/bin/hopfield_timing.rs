@@ -1,0 +1,41 @@
+//! Times `Hopfield` forward and forward+backward at the benchmark shapes and prints one JSON
+//! object per line (`{"shape": .., "forward_ms": .., "forward_backward_ms": ..}`), the median
+//! of repeated runs. `hflayers_compare.py` runs it next to PyTorch hflayers.
+//!
+//! ```text
+//! cargo run --release -p hopfield-benches --bin hopfield_timing
+//! ```
+
+use candle_core::{Device, Result};
+use hopfield_benches::{Case, SHAPES};
+use std::time::Instant;
+
+/// Median milliseconds of `f` over at least 10 runs and about 2 s, after 3 warm-up runs.
+fn median_ms<T>(mut f: impl FnMut() -> Result<T>) -> Result<f64> {
+    for _ in 0..3 {
+        f()?;
+    }
+    let mut times = Vec::new();
+    let start = Instant::now();
+    while times.len() < 10 || (start.elapsed().as_secs_f64() < 2.0 && times.len() < 1000) {
+        let t = Instant::now();
+        std::hint::black_box(f()?);
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
+
+fn main() -> Result<()> {
+    let dev = Device::Cpu;
+    for shape in SHAPES {
+        let case = Case::new(shape, &dev)?;
+        let fwd = median_ms(|| case.forward())?;
+        let bwd = median_ms(|| case.forward_backward())?;
+        println!(
+            "{{\"shape\": \"{}\", \"forward_ms\": {fwd:.4}, \"forward_backward_ms\": {bwd:.4}}}",
+            shape.id()
+        );
+    }
+    Ok(())
+}

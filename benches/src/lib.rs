@@ -1,0 +1,107 @@
+//! Shapes and model builders shared by the criterion bench (`benches/hopfield.rs`) and the
+//! `hopfield_timing` binary that `hflayers_compare.py` compares with PyTorch hflayers.
+//!
+//! Every case is hflayers' default `Hopfield(input_size=E, num_heads=H,
+//! update_steps_max=k)` in self-association on a `(N, L, E)` batch (so S = L), f32, eval mode;
+//! forward+backward is `output.sum().backward()` into the parameters.
+
+use candle_core::{DType, Device, ModuleT, Result, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use hopfield_nn::{Hopfield, HopfieldConfig};
+
+/// One benchmark shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    /// Batch size N.
+    pub n: usize,
+    /// Sequence length L (= number of stored patterns S).
+    pub l: usize,
+    /// Feature size E.
+    pub e: usize,
+    /// Heads H.
+    pub h: usize,
+    /// `update_steps_max`.
+    pub steps: usize,
+}
+
+impl Shape {
+    /// `N32_L64_E64_H4_k0`-style id, the same in the Rust and Python outputs.
+    pub fn id(&self) -> String {
+        format!(
+            "N{}_L{}_E{}_H{}_k{}",
+            self.n, self.l, self.e, self.h, self.steps
+        )
+    }
+}
+
+/// The shapes of docs/performance.md.
+pub const SHAPES: [Shape; 4] = [
+    Shape {
+        n: 32,
+        l: 64,
+        e: 64,
+        h: 4,
+        steps: 0,
+    },
+    Shape {
+        n: 32,
+        l: 256,
+        e: 128,
+        h: 8,
+        steps: 0,
+    },
+    Shape {
+        n: 16,
+        l: 512,
+        e: 256,
+        h: 8,
+        steps: 0,
+    },
+    Shape {
+        n: 32,
+        l: 128,
+        e: 64,
+        h: 4,
+        steps: 3,
+    },
+];
+
+/// A freshly initialised module, its parameters and a random input.
+pub struct Case {
+    /// The module.
+    pub model: Hopfield,
+    /// Its parameters (forward+backward differentiates them).
+    pub varmap: VarMap,
+    /// Input `(N, L, E)`.
+    pub x: Tensor,
+}
+
+impl Case {
+    /// Builds the case on `dev`.
+    pub fn new(s: Shape, dev: &Device) -> Result<Self> {
+        let varmap = VarMap::new();
+        let cfg = HopfieldConfig::new(s.e)
+            .with_num_heads(s.h)
+            .with_update_steps_max(Some(s.steps));
+        let model = Hopfield::new(cfg, VarBuilder::from_varmap(&varmap, DType::F32, dev))?;
+        let x = Tensor::randn(0f32, 1., (s.n, s.l, s.e), dev)?;
+        Ok(Self { model, varmap, x })
+    }
+
+    /// Eval-mode forward pass.
+    pub fn forward(&self) -> Result<Tensor> {
+        self.model.forward_t(&self.x, false)
+    }
+
+    /// Forward pass, then the gradients of `sum(output)`; returns the number of gradients so
+    /// the work cannot be optimised away.
+    pub fn forward_backward(&self) -> Result<usize> {
+        let grads = self.forward()?.sum_all()?.backward()?;
+        Ok(self
+            .varmap
+            .all_vars()
+            .iter()
+            .filter(|v| grads.get(v.as_tensor()).is_some())
+            .count())
+    }
+}

@@ -1,0 +1,225 @@
+//! [`AttentionOperator`]: dense `softmax(beta Q K^T) V` or kNN-graph-constrained attention.
+
+use crate::{AttentionMode, DiffusionError};
+use candle_core::{Result, Tensor, D};
+use candle_nn::ops::softmax;
+
+/// difflayers' `AttentionOperator(beta, mode)`. Inputs are (rows, d) or (rows, B, d) (batch
+/// columns attend independently). Differentiable w.r.t. Q, K, V (composed softmax).
+///
+/// Graph mode: query i attends only to the keys `adj[i]` (softmax over those k entries), so Q and
+/// K index the same nodes (rows of Q = rows of `adj`; entries of `adj` index K); one table serves
+/// every batch column.
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use dahn_diffusion::{AttentionMode, AttentionOperator};
+/// let q = Tensor::new(&[[1f64, 0.], [0., 1.]], &Device::Cpu)?;
+/// let v = Tensor::new(&[[1f64, 2.], [3., 4.]], &Device::Cpu)?;
+/// let adj = Tensor::new(&[[1u32], [1]], &Device::Cpu)?;
+/// let y = AttentionOperator::new(1.0, AttentionMode::Graph).forward(&q, &q, &v, Some(&adj))?;
+/// assert_eq!(y.to_vec2::<f64>()?, vec![vec![3., 4.], vec![3., 4.]]); // one neighbour: weight 1
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AttentionOperator {
+    /// Inverse temperature.
+    pub beta: f64,
+    /// Dense or graph.
+    pub mode: AttentionMode,
+}
+
+impl Default for AttentionOperator {
+    fn default() -> Self {
+        Self {
+            beta: 1.0,
+            mode: AttentionMode::Dense,
+        }
+    }
+}
+
+fn mismatch(m: String) -> candle_core::Error {
+    DiffusionError::ShapeMismatch(m).into()
+}
+
+impl AttentionOperator {
+    /// An operator with this beta and mode.
+    pub fn new(beta: f64, mode: AttentionMode) -> Self {
+        Self { beta, mode }
+    }
+
+    /// Applies attention; `adj` (rows of Q, k) integer neighbour table is required in graph mode
+    /// and ignored in dense mode. Errors (typed): ranks/shapes that disagree, a missing or
+    /// out-of-range neighbour table.
+    pub fn forward(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        adj: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let (qd, kd, vd) = (q.dims(), k.dims(), v.dims());
+        let rank = qd.len();
+        if !(rank == 2 || rank == 3) || kd.len() != rank || vd.len() != rank {
+            return Err(mismatch(format!(
+                "attention: Q {qd:?}, K {kd:?}, V {vd:?} must all be 2-D or all 3-D"
+            )));
+        }
+        if qd[rank - 1] != kd[rank - 1]
+            || kd[0] != vd[0]
+            || (rank == 3 && (qd[1] != kd[1] || kd[1] != vd[1]))
+        {
+            return Err(mismatch(format!(
+                "attention: Q {qd:?}, K {kd:?}, V {vd:?} disagree"
+            )));
+        }
+        match self.mode {
+            AttentionMode::Dense => self.dense(q, k, v),
+            AttentionMode::Graph => {
+                let adj = adj.ok_or(DiffusionError::Missing(
+                    "graph attention needs a neighbour table",
+                ))?;
+                self.graph(q, k, v, adj)
+            }
+        }
+    }
+
+    fn dense(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+        if q.rank() == 2 {
+            let p = softmax(&(q.matmul(&k.t()?)? * self.beta)?, D::Minus1)?;
+            return p.matmul(v);
+        }
+        let qb = q.transpose(0, 1)?.contiguous()?;
+        let kb = k.transpose(0, 1)?.contiguous()?;
+        let vb = v.transpose(0, 1)?.contiguous()?;
+        let p = softmax(&(qb.matmul(&kb.transpose(1, 2)?)? * self.beta)?, D::Minus1)?;
+        p.matmul(&vb)?.transpose(0, 1)
+    }
+
+    fn graph(&self, q: &Tensor, k: &Tensor, v: &Tensor, adj: &Tensor) -> Result<Tensor> {
+        let n = q.dim(0)?;
+        let (rows, kk) = adj
+            .dims2()
+            .map_err(|_| mismatch(format!("neighbour table must be 2-D, got {:?}", adj.dims())))?;
+        if rows != n || adj.dtype().is_float() {
+            return Err(mismatch(format!(
+                "neighbour table {:?} ({:?}) must be an integer (rows of Q = {n}, k) table",
+                adj.dims(),
+                adj.dtype()
+            )));
+        }
+        // index_select needs contiguous operands.
+        let (k, v) = (&k.contiguous()?, &v.contiguous()?);
+        let flat = adj.flatten_all()?.contiguous()?;
+        let max = flat
+            .to_dtype(candle_core::DType::F64)?
+            .max_all()?
+            .to_scalar::<f64>()?;
+        let min = flat
+            .to_dtype(candle_core::DType::F64)?
+            .min_all()?
+            .to_scalar::<f64>()?;
+        if kk > 0 && (min < 0.0 || max >= k.dim(0)? as f64) {
+            return Err(mismatch(format!(
+                "neighbour table entries must lie in 0..{}",
+                k.dim(0)?
+            )));
+        }
+        if q.rank() == 2 {
+            let d = k.dim(1)?;
+            let kn = k.index_select(&flat, 0)?.reshape((n, kk, d))?;
+            let vn = v.index_select(&flat, 0)?.reshape((n, kk, v.dim(1)?))?;
+            let logits = (q.unsqueeze(1)?.broadcast_mul(&kn)?.sum(D::Minus1)? * self.beta)?;
+            let p = softmax(&logits, D::Minus1)?;
+            return p.unsqueeze(2)?.broadcast_mul(&vn)?.sum(1);
+        }
+        let (b, d, dv) = (k.dim(1)?, k.dim(2)?, v.dim(2)?);
+        let kn = k.index_select(&flat, 0)?.reshape((n, kk, b, d))?;
+        let vn = v.index_select(&flat, 0)?.reshape((n, kk, b, dv))?;
+        let logits = (q.unsqueeze(1)?.broadcast_mul(&kn)?.sum(D::Minus1)? * self.beta)?; // (n, kk, b)
+        let p = softmax(&logits.transpose(1, 2)?, D::Minus1)?.transpose(1, 2)?; // over kk
+        p.unsqueeze(3)?.broadcast_mul(&vn)?.sum(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+
+    fn t(v: &[f64], shape: &[usize]) -> Result<Tensor> {
+        Tensor::from_vec(v.to_vec(), shape, &Device::Cpu)
+    }
+
+    #[test]
+    fn graph_with_all_neighbours_equals_dense() -> Result<()> {
+        let q = t(
+            &(0..12).map(|i| (i as f64 * 0.37).sin()).collect::<Vec<_>>(),
+            &[4, 3],
+        )?;
+        let k = t(
+            &(0..12).map(|i| (i as f64 * 0.71).cos()).collect::<Vec<_>>(),
+            &[4, 3],
+        )?;
+        let v = t(&(0..8).map(|i| i as f64).collect::<Vec<_>>(), &[4, 2])?;
+        let adj = Tensor::new(
+            &[[3u32, 0, 1, 2], [0, 1, 2, 3], [2, 3, 1, 0], [1, 0, 3, 2]],
+            &Device::Cpu,
+        )?;
+        let dense = AttentionOperator::new(1.3, AttentionMode::Dense).forward(&q, &k, &v, None)?;
+        let graph =
+            AttentionOperator::new(1.3, AttentionMode::Graph).forward(&q, &k, &v, Some(&adj))?;
+        assert!((dense - graph)?.abs()?.max_all()?.to_scalar::<f64>()? < 1e-14);
+        Ok(())
+    }
+
+    #[test]
+    fn batch_columns_are_independent() -> Result<()> {
+        let q = t(
+            &(0..24).map(|i| (i as f64 * 0.37).sin()).collect::<Vec<_>>(),
+            &[4, 2, 3],
+        )?;
+        let v = t(
+            &(0..16).map(|i| i as f64 * 0.1).collect::<Vec<_>>(),
+            &[4, 2, 2],
+        )?;
+        let adj = Tensor::new(&[[1i64, 2], [0, 3], [3, 1], [2, 0]], &Device::Cpu)?;
+        for (mode, a) in [
+            (AttentionMode::Dense, None),
+            (AttentionMode::Graph, Some(&adj)),
+        ] {
+            let op = AttentionOperator::new(0.9, mode);
+            let y = op.forward(&q, &q, &v, a)?;
+            for b in 0..2 {
+                let col = |x: &Tensor| x.narrow(1, b, 1).and_then(|c| c.squeeze(1));
+                let yb = op.forward(&col(&q)?, &col(&q)?, &col(&v)?, a)?;
+                assert!((col(&y)? - yb)?.abs()?.max_all()?.to_scalar::<f64>()? < 1e-15);
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn bad_inputs_are_typed_errors() -> Result<()> {
+        let q = Tensor::zeros((3, 2), DType::F64, &Device::Cpu)?;
+        let k = Tensor::zeros((4, 3), DType::F64, &Device::Cpu)?;
+        let op = AttentionOperator::new(1.0, AttentionMode::Graph);
+        let e = op.forward(&q, &k, &k, None).unwrap_err();
+        assert!(matches!(
+            DiffusionError::find(&e),
+            Some(DiffusionError::ShapeMismatch(_))
+        ));
+        let e = op.forward(&q, &q, &q, None).unwrap_err();
+        assert!(matches!(
+            DiffusionError::find(&e),
+            Some(DiffusionError::Missing(_))
+        ));
+        let adj = Tensor::new(&[[5u32], [0], [1]], &Device::Cpu)?;
+        let e = op.forward(&q, &q, &q, Some(&adj)).unwrap_err();
+        assert!(matches!(
+            DiffusionError::find(&e),
+            Some(DiffusionError::ShapeMismatch(_))
+        ));
+        Ok(())
+    }
+}

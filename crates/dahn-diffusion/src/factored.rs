@@ -1,0 +1,259 @@
+//! [`FactoredDiffusion`]: `X' = (1 - eta deg) X + eta W X`, Laplacian-free, O(nnz d) per step.
+
+use crate::operator::{check_eta, check_euler_stability, check_input};
+use crate::{DiffusionError, DiffusionMode, DiffusionOperator};
+use candle_core::{DType, Result, Tensor};
+use dahn_graph::{Csr, GraphMatrix, Merge};
+use std::sync::Arc;
+
+/// Factored diffusion (difflayers' `FactoredDiffusion`): `steps` times
+/// `X <- (1 - eta deg) * X + eta W X`, i.e. `(I - eta (diag(deg) - W)) X` (always the
+/// unnormalised Laplacian of (W, deg), as difflayers, D5). With a sparse W each step costs
+/// O(nnz d) time and memory; `deg` is used as given (it need not equal W's row sums).
+///
+/// Stability (documented check, B10/D12): with symmetric W, `lambda_max(diag(deg) - W) >=
+/// max_i (deg_i - W_ii)`, so `eta * max_i (deg_i - W_ii) > 2` is rejected as provably unstable.
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use dahn_diffusion::{DiffusionOperator, FactoredDiffusion};
+/// use dahn_graph::GraphMatrix;
+/// let w = Tensor::new(&[[0f64, 1.], [1., 0.]], &Device::Cpu)?;
+/// let deg = Tensor::new(&[1f64, 1.], &Device::Cpu)?;
+/// let op = FactoredDiffusion::from_graph(GraphMatrix::Dense(w), &deg, 0.25, 1)?;
+/// let y = op.apply(&Tensor::new(&[[1f64], [0.]], &Device::Cpu)?)?;
+/// assert_eq!(y.to_vec2::<f64>()?, vec![vec![0.75], vec![0.25]]);
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct FactoredDiffusion {
+    eta: f64,
+    steps: usize,
+    weights: GraphMatrix,
+    degrees: Tensor,
+}
+
+impl FactoredDiffusion {
+    /// From adjacency `w` (dense or sparse) and degrees `deg` (N,) (difflayers'
+    /// `precompute_from_graph`). Errors: shapes, non-finite values, eta, provable instability.
+    pub fn from_graph(w: GraphMatrix, deg: &Tensor, eta: f64, steps: usize) -> Result<Self> {
+        check_eta(eta, "FactoredDiffusion")?;
+        w.validate()?;
+        let n = w.n();
+        if deg.dims() != [n] {
+            return Err(DiffusionError::ShapeMismatch(format!(
+                "FactoredDiffusion: W is {n} x {n} but deg has shape {:?}",
+                deg.dims()
+            ))
+            .into());
+        }
+        crate::error::check_finite(deg, "FactoredDiffusion degrees")?;
+        let d = deg.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+        let wd = w.diagonal()?;
+        let symmetric = match &w {
+            GraphMatrix::Sparse(c) => c.is_symmetric(),
+            GraphMatrix::Dense(t) => {
+                (t - t.t()?)?
+                    .abs()?
+                    .max_all()?
+                    .to_dtype(DType::F64)?
+                    .to_scalar::<f64>()?
+                    == 0.0
+            }
+        };
+        let lmax = d.iter().zip(&wd).map(|(a, b)| a - b).fold(0.0, f64::max);
+        check_euler_stability(eta, lmax, symmetric, "FactoredDiffusion")?;
+        Ok(Self {
+            eta,
+            steps,
+            weights: w,
+            degrees: deg.detach(),
+        })
+    }
+
+    /// From an unnormalised Laplacian `L = diag(deg) - W`: `deg = diag(L)`, `W = diag(deg) - L`
+    /// (difflayers' `precompute(L)` fallback). Where difflayers guesses "normalised" from
+    /// `max diag(L) <= 1.5` and rejects valid small-degree Laplacians (B9/D11), we check the
+    /// defining property instead: every row of `D - W` sums to 0 (relative tolerance 1e-5), else
+    /// [`DiffusionError::NotUnnormalizedLaplacian`].
+    pub fn from_laplacian(l: &GraphMatrix, eta: f64, steps: usize) -> Result<Self> {
+        l.validate()?;
+        let sums = l.row_sums()?;
+        let diag = l.diagonal()?;
+        let scale = diag.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+        if let Some((row, &sum)) = sums
+            .iter()
+            .enumerate()
+            .find(|(_, s)| s.abs() > 1e-5 * scale)
+        {
+            return Err(DiffusionError::NotUnnormalizedLaplacian { row, sum }.into());
+        }
+        let (w, deg) = match l {
+            GraphMatrix::Dense(t) => {
+                let n = t.dim(0)?;
+                let deg = Tensor::from_vec(diag, n, t.device())?.to_dtype(t.dtype())?;
+                let w = (Tensor::eye(n, t.dtype(), t.device())?
+                    .broadcast_mul(&deg.unsqueeze(1)?)?
+                    - t)?;
+                (GraphMatrix::Dense(w), deg)
+            }
+            GraphMatrix::Sparse(c) => {
+                let mut t = Vec::with_capacity(c.nnz());
+                for i in 0..c.n() {
+                    let (cols, vals) = c.row(i);
+                    t.extend(
+                        cols.iter()
+                            .zip(vals)
+                            .filter(|(&j, _)| j as usize != i)
+                            .map(|(&j, &v)| (i as u32, j, -v)),
+                    );
+                }
+                let w = Csr::from_triplets(c.n(), t, Merge::Sum);
+                let deg = Tensor::from_vec(diag, c.n(), &candle_core::Device::Cpu)?;
+                (GraphMatrix::from(w), deg)
+            }
+        };
+        Self::from_graph(w, &deg, eta, steps)
+    }
+
+    /// The adjacency.
+    pub fn weights(&self) -> &GraphMatrix {
+        &self.weights
+    }
+
+    /// The degrees.
+    pub fn degrees(&self) -> &Tensor {
+        &self.degrees
+    }
+}
+
+impl DiffusionOperator for FactoredDiffusion {
+    fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        let n = self.weights.n();
+        check_input(x, n, "FactoredDiffusion input")?;
+        if self.eta == 0.0 || self.steps == 0 {
+            return Ok(x.clone());
+        }
+        let mut shape = vec![n];
+        shape.resize(x.rank(), 1);
+        let keep = (1.0 - (self.degrees.to_dtype(x.dtype())?.to_device(x.device())? * self.eta)?)?
+            .reshape(shape)?;
+        let mut x = x.clone();
+        for _ in 0..self.steps {
+            x = (x.broadcast_mul(&keep)? + (self.weights.matmul(&x)? * self.eta)?)?;
+        }
+        Ok(x)
+    }
+    fn eta(&self) -> f64 {
+        self.eta
+    }
+    fn steps(&self) -> usize {
+        self.steps
+    }
+    fn mode(&self) -> DiffusionMode {
+        DiffusionMode::Factored
+    }
+    fn n(&self) -> usize {
+        self.weights.n()
+    }
+    fn with_params(&self, eta: f64, steps: usize) -> Result<Arc<dyn DiffusionOperator>> {
+        Ok(Arc::new(Self::from_graph(
+            self.weights.clone(),
+            &self.degrees,
+            eta,
+            steps,
+        )?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::SimpleDiffusion;
+    use candle_core::{Device, Var};
+    use dahn_graph::GraphBuilder;
+
+    fn patterns() -> Result<Tensor> {
+        Tensor::new(
+            &[
+                [1f64, 0.2, 0.1],
+                [0.9, 0.3, 0.0],
+                [0.1, 1.0, 0.2],
+                [0.0, 0.8, 0.5],
+                [0.3, 0.3, 1.0],
+                [0.5, 0.5, 0.5],
+            ],
+            &Device::Cpu,
+        )
+    }
+
+    #[test]
+    fn sparse_factored_equals_simple_on_unnormalized_laplacian() -> Result<()> {
+        let g = GraphBuilder::new().k(2).build(&patterns()?)?;
+        let fac = FactoredDiffusion::from_graph(g.matrix(), &g.degrees()?, 0.2, 2)?;
+        let simple = SimpleDiffusion::new(g.laplacian(false).into(), 0.2)?;
+        let x = Var::new(
+            &[
+                [1f64, 2.],
+                [0., 1.],
+                [3., -1.],
+                [0.5, 0.5],
+                [2., 0.],
+                [-1., 1.],
+            ],
+            &Device::Cpu,
+        )?;
+        let a = fac.apply(x.as_tensor())?;
+        let b = simple.apply(&simple.apply(x.as_tensor())?)?;
+        assert!((&a - &b)?.abs()?.max_all()?.to_scalar::<f64>()? < 1e-14);
+        let ga = a.sum_all()?.backward()?;
+        let gb = b.sum_all()?.backward()?;
+        let d = (ga.get(x.as_tensor()).unwrap() - gb.get(x.as_tensor()).unwrap())?;
+        assert!(d.abs()?.max_all()?.to_scalar::<f64>()? < 1e-14);
+        // From the Laplacian (dense and sparse) gives the same operator.
+        let l = g.laplacian(false);
+        let c = FactoredDiffusion::from_laplacian(
+            &l.to_dense(DType::F64, &Device::Cpu)?.into(),
+            0.2,
+            2,
+        )?
+        .apply(x.as_tensor())?;
+        let s = FactoredDiffusion::from_laplacian(&l.into(), 0.2, 2)?.apply(x.as_tensor())?;
+        assert!((&a - c)?.abs()?.max_all()?.to_scalar::<f64>()? < 1e-14);
+        assert!((&a - s)?.abs()?.max_all()?.to_scalar::<f64>()? < 1e-14);
+        Ok(())
+    }
+
+    #[test]
+    fn small_degree_laplacian_is_accepted_and_normalized_rejected() -> Result<()> {
+        // B9/D11: max degree 0.3 <= 1.5 is a valid unnormalised Laplacian.
+        let l = Tensor::new(&[[0.3f64, -0.3], [-0.3, 0.3]], &Device::Cpu)?;
+        let op = FactoredDiffusion::from_laplacian(&l.into(), 0.5, 1)?;
+        let y = op
+            .apply(&Tensor::new(&[[1f64], [0.]], &Device::Cpu)?)?
+            .to_vec2::<f64>()?;
+        assert!((y[0][0] - 0.85).abs() < 1e-15);
+        let g = GraphBuilder::new().k(2).build(&patterns()?)?;
+        let e = FactoredDiffusion::from_laplacian(&g.laplacian(true).into(), 0.1, 1).unwrap_err();
+        assert!(matches!(
+            DiffusionError::find(&e),
+            Some(DiffusionError::NotUnnormalizedLaplacian { .. })
+        ));
+        Ok(())
+    }
+
+    #[test]
+    fn large_k_instability_is_rejected() -> Result<()> {
+        // D12: degrees near N - 1 with eta = 0.1 amplify; max degree > 20 -> eta * deg > 2.
+        let n = 30;
+        let x = Tensor::ones((n, 4), DType::F64, &Device::Cpu)?;
+        let x = (x + Tensor::randn(0f64, 0.05, (n, 4), &Device::Cpu)?)?;
+        let g = GraphBuilder::new().k(n).build(&x)?;
+        let e = FactoredDiffusion::from_graph(g.matrix(), &g.degrees()?, 0.1, 1).unwrap_err();
+        assert!(matches!(
+            DiffusionError::find(&e),
+            Some(DiffusionError::Unstable { .. })
+        ));
+        Ok(())
+    }
+}

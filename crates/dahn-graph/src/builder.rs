@@ -1,0 +1,252 @@
+//! Fluent builders: [`GraphBuilder`] (patterns -> kNN [`Graph`]) and [`LaplacianBuilder`].
+
+use crate::{
+    check, effective_k, knn_from_patterns, laplacian, normalized_laplacian, Csr, GraphMatrix,
+};
+use candle_core::{DType, Device, Result, Tensor};
+use std::sync::Arc;
+
+/// Builds the symmetrised cosine kNN graph of a set of patterns (difflayers'
+/// `GraphBuilder(k).build(X)`), always by the blocked exact path (no N x N similarity).
+///
+/// difflayers' `use_sparse` changes the weights (bug B4/D4: mutual edges counted twice); here the
+/// storage is always sparse and the dense view is exactly difflayers' dense `W`.
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use dahn_graph::GraphBuilder;
+/// let x = Tensor::new(&[[1f64, 0.], [1., 0.2], [0.2, 1.], [0., 1.]], &Device::Cpu)?;
+/// let g = GraphBuilder::new().k(1).build(&x)?;
+/// assert_eq!(g.neighbours()?.to_vec2::<u32>()?, vec![vec![1], vec![0], vec![3], vec![2]]);
+/// let w = g.weights()?.to_vec2::<f64>()?;
+/// assert_eq!(w[0][1], w[1][0]);
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GraphBuilder {
+    /// Neighbours per node (clamped to N - 1 at build time). Default 5 (difflayers' default).
+    pub k: usize,
+    /// Rows of similarities computed at once; `None` = [`crate::default_block_rows`].
+    pub block_rows: Option<usize>,
+}
+
+impl Default for GraphBuilder {
+    fn default() -> Self {
+        Self {
+            k: 5,
+            block_rows: None,
+        }
+    }
+}
+
+impl GraphBuilder {
+    /// The default builder (k = 5).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets k.
+    pub fn k(mut self, k: usize) -> Self {
+        self.k = k;
+        self
+    }
+
+    /// Sets the similarity block height (memory O(block_rows * N)).
+    pub fn block_rows(mut self, rows: usize) -> Self {
+        self.block_rows = Some(rows);
+        self
+    }
+
+    /// Builds the graph of `x` (N, d); the graph is a constant (`x` is detached). Errors: `x` not
+    /// 2-D, N = 0, NaN/inf, k = 0.
+    pub fn build(&self, x: &Tensor) -> Result<Graph> {
+        let (n, _) = check::patterns_2d(x, "GraphBuilder::build: patterns")?;
+        let k = effective_k(self.k, n)?;
+        let csr = knn_from_patterns(x, k.max(1), self.block_rows)?;
+        Ok(Graph {
+            adjacency: Arc::new(csr),
+            k,
+            dtype: x.dtype(),
+            device: x.device().clone(),
+        })
+    }
+}
+
+/// A kNN graph: sparse symmetric weights `W` plus the dtype/device its tensors are produced in.
+#[derive(Debug, Clone)]
+pub struct Graph {
+    adjacency: Arc<Csr>,
+    k: usize,
+    dtype: DType,
+    device: Device,
+}
+
+impl Graph {
+    /// Wraps an adjacency matrix (e.g. a user-supplied one); `k` is the neighbour-table width.
+    pub fn from_csr(adjacency: Csr, k: usize, dtype: DType, device: &Device) -> Self {
+        Self {
+            adjacency: Arc::new(adjacency),
+            k,
+            dtype,
+            device: device.clone(),
+        }
+    }
+
+    /// Number of nodes.
+    pub fn n(&self) -> usize {
+        self.adjacency.n()
+    }
+
+    /// The effective k' = min(k, N - 1).
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// dtype of the tensors this graph produces.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Device of the tensors this graph produces.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The sparse weights.
+    pub fn adjacency(&self) -> &Arc<Csr> {
+        &self.adjacency
+    }
+
+    /// The weights as a [`GraphMatrix`] (sparse), for factored diffusion.
+    pub fn matrix(&self) -> GraphMatrix {
+        GraphMatrix::Sparse(self.adjacency.clone())
+    }
+
+    /// The dense (N, N) weights `W` (difflayers' dense `W`; O(N^2) memory).
+    pub fn weights(&self) -> Result<Tensor> {
+        self.adjacency.to_dense(self.dtype, &self.device)
+    }
+
+    /// Degrees `W 1`, (N,).
+    pub fn degrees(&self) -> Result<Tensor> {
+        self.adjacency.degrees(self.dtype, &self.device)
+    }
+
+    /// Neighbour table (N, k') `U32`: each row's k' heaviest edges, descending (see
+    /// [`Csr::neighbour_table`] for nodes with fewer edges).
+    pub fn neighbours(&self) -> Result<Tensor> {
+        self.adjacency.neighbour_table(self.k, &self.device)
+    }
+
+    /// The sparse Laplacian of `W` (normalised or not).
+    pub fn laplacian(&self, normalized: bool) -> Csr {
+        self.adjacency.laplacian(normalized)
+    }
+}
+
+/// Builds a Laplacian from an adjacency (difflayers' `LaplacianBuilder(normalized)`).
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use dahn_graph::LaplacianBuilder;
+/// let w = Tensor::new(&[[0f64, 1.], [1., 0.]], &Device::Cpu)?;
+/// let l = LaplacianBuilder::new().normalized(false).build(&w)?;
+/// assert_eq!(l.to_vec2::<f64>()?, vec![vec![1., -1.], vec![-1., 1.]]);
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LaplacianBuilder {
+    /// Symmetric-normalised (`true`, the default) or `D - W`.
+    pub normalized: bool,
+}
+
+impl Default for LaplacianBuilder {
+    fn default() -> Self {
+        Self { normalized: true }
+    }
+}
+
+impl LaplacianBuilder {
+    /// The default builder (normalised).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets normalisation.
+    pub fn normalized(mut self, normalized: bool) -> Self {
+        self.normalized = normalized;
+        self
+    }
+
+    /// Dense Laplacian of a dense adjacency (differentiable).
+    pub fn build(&self, w: &Tensor) -> Result<Tensor> {
+        if self.normalized {
+            normalized_laplacian(w)
+        } else {
+            laplacian(w)
+        }
+    }
+
+    /// Sparse Laplacian of a sparse adjacency.
+    pub fn build_sparse(&self, w: &Csr) -> Csr {
+        w.laplacian(self.normalized)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{cosine_similarity, knn_graph};
+
+    #[test]
+    fn graph_views_agree_with_dense_reference() -> Result<()> {
+        let x = Tensor::new(
+            &[
+                [1f64, 0.2, 0.1],
+                [0.9, 0.3, 0.0],
+                [0.1, 1.0, 0.2],
+                [0.0, 0.8, 0.5],
+                [0.3, 0.3, 1.0],
+            ],
+            &Device::Cpu,
+        )?;
+        let g = GraphBuilder::new().k(2).block_rows(2).build(&x)?;
+        let want = knn_graph(&cosine_similarity(&x)?, 2)?;
+        let diff = (g.weights()? - &want)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f64>()?;
+        assert!(diff < 1e-15);
+        let deg = g.degrees()?.to_vec1::<f64>()?;
+        let rows = want.sum(1)?.to_vec1::<f64>()?;
+        for (a, b) in deg.iter().zip(&rows) {
+            assert!((a - b).abs() < 1e-15);
+        }
+        for normalized in [true, false] {
+            let dense = LaplacianBuilder::new()
+                .normalized(normalized)
+                .build(&want)?;
+            let sparse = g.laplacian(normalized).to_dense(DType::F64, &Device::Cpu)?;
+            assert!((dense - sparse)?.abs()?.max_all()?.to_scalar::<f64>()? < 1e-15);
+        }
+        assert_eq!(g.k(), 2);
+        assert_eq!(g.neighbours()?.dims(), &[5, 2]);
+        Ok(())
+    }
+
+    #[test]
+    fn k_larger_than_n_is_clamped() -> Result<()> {
+        let x = Tensor::new(&[[1f32, 0.1], [0.5, 1.0], [1.0, 1.0]], &Device::Cpu)?;
+        let g = GraphBuilder::new().k(10).build(&x)?;
+        assert_eq!(g.k(), 2);
+        let t = g.neighbours()?.to_vec2::<u32>()?;
+        for (i, row) in t.iter().enumerate() {
+            let mut r = row.clone();
+            r.sort();
+            let mut want: Vec<u32> = (0..3).filter(|&j| j != i as u32).collect();
+            want.sort();
+            assert_eq!(r, want);
+        }
+        Ok(())
+    }
+}

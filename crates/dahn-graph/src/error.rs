@@ -1,0 +1,94 @@
+//! The crate's typed errors and their conversion into `candle_core::Error`.
+//!
+//! Public functions return `candle_core::Result`; a domain error travels inside
+//! `candle_core::Error::WrappedContext` (the one candle variant that keeps a `std::error::Error`,
+//! so it can be downcast) and is recovered with [`GraphError::find`]. `Debug` prints the message,
+//! because candle formats that variant with `{:?}`.
+
+/// What went wrong while building a graph or a Laplacian.
+#[derive(Clone, PartialEq, thiserror::Error)]
+pub enum GraphError {
+    /// A tensor had the wrong number of dimensions.
+    #[error("{what}: expected {expected}, got shape {got:?}")]
+    Rank {
+        /// Which argument.
+        what: &'static str,
+        /// The accepted ranks, in words.
+        expected: &'static str,
+        /// The shape that was passed.
+        got: Vec<usize>,
+    },
+    /// A matrix that must be square (N, N) was not.
+    #[error("{what}: expected a square (N, N) matrix, got shape {got:?}")]
+    NotSquare {
+        /// Which argument.
+        what: &'static str,
+        /// The shape that was passed.
+        got: Vec<usize>,
+    },
+    /// Two arguments disagree on a dimension.
+    #[error("shape mismatch: {0}")]
+    ShapeMismatch(String),
+    /// There are no patterns (N = 0).
+    #[error("{what}: no patterns (N = 0)")]
+    Empty {
+        /// Which argument.
+        what: &'static str,
+    },
+    /// The input holds NaN or an infinity.
+    #[error("{what}: contains NaN or infinite values")]
+    NonFinite {
+        /// Which argument.
+        what: &'static str,
+    },
+    /// `k` must be at least 1.
+    #[error("k must be >= 1, got {0}")]
+    InvalidK(usize),
+    /// Only floating-point tensors can be turned into graphs.
+    #[error("{what}: unsupported dtype {dtype}")]
+    DType {
+        /// Which argument.
+        what: &'static str,
+        /// The dtype, in words.
+        dtype: String,
+    },
+}
+
+impl GraphError {
+    /// Finds a `GraphError` inside a `candle_core::Error` (also under a backtrace or context
+    /// wrapper), so callers and tests can match on the variant.
+    ///
+    /// ```
+    /// use dahn_graph::{cosine_similarity, GraphError};
+    /// let x = candle_core::Tensor::new(&[[1f64, f64::NAN]], &candle_core::Device::Cpu)?;
+    /// let err = cosine_similarity(&x).unwrap_err();
+    /// assert!(matches!(GraphError::find(&err), Some(GraphError::NonFinite { .. })));
+    /// # Ok::<(), candle_core::Error>(())
+    /// ```
+    pub fn find(err: &candle_core::Error) -> Option<&GraphError> {
+        match err {
+            candle_core::Error::WrappedContext { wrapped, .. } => {
+                wrapped.downcast_ref::<GraphError>()
+            }
+            candle_core::Error::WithBacktrace { inner, .. } => Self::find(inner),
+            candle_core::Error::Context { inner, .. } => Self::find(inner),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Debug for GraphError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{self}")
+    }
+}
+
+impl From<GraphError> for candle_core::Error {
+    fn from(e: GraphError) -> Self {
+        candle_core::Error::WrappedContext {
+            wrapped: Box::new(e),
+            context: "dahn-graph".into(),
+        }
+        .bt()
+    }
+}

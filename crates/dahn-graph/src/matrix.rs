@@ -1,0 +1,141 @@
+//! [`GraphMatrix`]: an adjacency or Laplacian held either dense (small N, differentiable) or sparse.
+
+use crate::{check, Csr, GraphError};
+use candle_core::{DType, Device, Result, Tensor};
+use std::sync::Arc;
+
+/// A square graph matrix (adjacency `W` or Laplacian `L`), dense or sparse. The diffusion
+/// operators multiply with it without caring which.
+#[derive(Debug, Clone)]
+pub enum GraphMatrix {
+    /// A dense (N, N) tensor; products are ordinary (differentiable) matmuls.
+    Dense(Tensor),
+    /// A CSR matrix; products are O(nnz * d), see [`Csr::matmul`].
+    Sparse(Arc<Csr>),
+}
+
+impl From<Tensor> for GraphMatrix {
+    fn from(t: Tensor) -> Self {
+        GraphMatrix::Dense(t)
+    }
+}
+
+impl From<Csr> for GraphMatrix {
+    fn from(c: Csr) -> Self {
+        GraphMatrix::Sparse(Arc::new(c))
+    }
+}
+
+impl From<Arc<Csr>> for GraphMatrix {
+    fn from(c: Arc<Csr>) -> Self {
+        GraphMatrix::Sparse(c)
+    }
+}
+
+impl GraphMatrix {
+    /// Checks that a dense matrix is square and finite.
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            GraphMatrix::Dense(t) => check::square(t, "graph matrix").map(|_| ()),
+            GraphMatrix::Sparse(c) => {
+                if c.values().iter().all(|v| v.is_finite()) {
+                    Ok(())
+                } else {
+                    Err(GraphError::NonFinite {
+                        what: "graph matrix",
+                    }
+                    .into())
+                }
+            }
+        }
+    }
+
+    /// N.
+    pub fn n(&self) -> usize {
+        match self {
+            GraphMatrix::Dense(t) => t.dims().first().copied().unwrap_or(0),
+            GraphMatrix::Sparse(c) => c.n(),
+        }
+    }
+
+    /// `M x` for `x` (N, m) or (N, B, d); the result has `x`'s shape and dtype.
+    ///
+    /// ```
+    /// use candle_core::{Device, Tensor};
+    /// use dahn_graph::GraphMatrix;
+    /// let m = GraphMatrix::Dense(Tensor::new(&[[0f64, 1.], [1., 0.]], &Device::Cpu)?);
+    /// let x = Tensor::new(&[[[1f64], [2.]], [[3.], [4.]]], &Device::Cpu)?; // (2, 2, 1)
+    /// assert_eq!(m.matmul(&x)?.to_vec3::<f64>()?, vec![vec![vec![3.], vec![4.]], vec![vec![1.], vec![2.]]]);
+    /// # Ok::<(), candle_core::Error>(())
+    /// ```
+    pub fn matmul(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            GraphMatrix::Sparse(c) => c.matmul(x),
+            GraphMatrix::Dense(m) => {
+                let n = self.n();
+                let dims = x.dims().to_vec();
+                if !(dims.len() == 2 || dims.len() == 3) || dims[0] != n {
+                    return Err(GraphError::ShapeMismatch(format!(
+                        "graph matrix is {n} x {n}, operand has shape {dims:?} (expected ({n}, d) or ({n}, B, d))"
+                    ))
+                    .into());
+                }
+                let m = m.to_dtype(x.dtype())?;
+                let cols: usize = dims[1..].iter().product();
+                m.matmul(&x.reshape((n, cols))?)?.reshape(dims)
+            }
+        }
+    }
+
+    /// The dense matrix (converting a sparse one: O(N^2) memory).
+    pub fn to_dense(&self, dtype: DType, device: &Device) -> Result<Tensor> {
+        match self {
+            GraphMatrix::Dense(t) => t.to_dtype(dtype)?.to_device(device),
+            GraphMatrix::Sparse(c) => c.to_dense(dtype, device),
+        }
+    }
+
+    /// The diagonal, on the host.
+    pub fn diagonal(&self) -> Result<Vec<f64>> {
+        match self {
+            GraphMatrix::Dense(t) => {
+                let n = self.n();
+                let host = check::host_f64(t)?;
+                Ok((0..n).map(|i| host[i * n + i]).collect())
+            }
+            GraphMatrix::Sparse(c) => Ok(c.diagonal()),
+        }
+    }
+
+    /// Row sums, on the host.
+    pub fn row_sums(&self) -> Result<Vec<f64>> {
+        match self {
+            GraphMatrix::Dense(t) => {
+                let n = self.n();
+                let host = check::host_f64(t)?;
+                Ok((0..n)
+                    .map(|i| host[i * n..(i + 1) * n].iter().sum())
+                    .collect())
+            }
+            GraphMatrix::Sparse(c) => Ok(c.row_sums()),
+        }
+    }
+
+    /// The largest absolute row sum of the off-diagonal part plus the diagonal entry
+    /// (a Gershgorin bound on the spectral radius), on the host.
+    pub fn gershgorin_bound(&self) -> Result<f64> {
+        let n = self.n();
+        let rows: Vec<f64> = match self {
+            GraphMatrix::Dense(t) => {
+                let host = check::host_f64(t)?;
+                (0..n)
+                    .map(|i| host[i * n..(i + 1) * n].iter().map(|v| v.abs()).sum())
+                    .collect()
+            }
+            GraphMatrix::Sparse(c) => (0..n)
+                .map(|i| c.row(i).1.iter().map(|v| v.abs()).sum())
+                .collect(),
+        };
+        Ok(rows.into_iter().fold(0.0, f64::max))
+    }
+}

@@ -1,0 +1,48 @@
+//! One Energy Transformer block step (tokens 64, dim 128, heads 4, 512 Hopfield memories, batch 1,
+//! f32 CPU): forward, and forward + backward (second order, through the closed-form gradient).
+//! Compare with `benches/et_port.py` (the port's algorithm in PyTorch) at the same shapes.
+//!
+//! `cargo bench -p hopfield-nn --bench et_step`
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
+use criterion::{criterion_group, criterion_main, Criterion};
+use hopfield_nn::energy::{EnergyTransformer, EnergyTransformerConfig};
+use std::hint::black_box;
+
+const TOKENS: usize = 64;
+const DIM: usize = 128;
+const HEADS: usize = 4;
+const MEMORIES: usize = 512;
+
+fn et_step(c: &mut Criterion) {
+    let dev = Device::Cpu;
+    let map = VarMap::new();
+    let vb = VarBuilder::from_varmap(&map, DType::F32, &dev);
+    // Weights at 1/sqrt(D) so the block acts (the port's 0.002 init is ~identity); timing is the same.
+    let cfg = EnergyTransformerConfig::new(DIM, MEMORIES, HEADS)
+        .with_n_iters(1)
+        .with_init_scale(1.0 / (DIM as f64).sqrt());
+    let et = EnergyTransformer::new(&cfg, vb).expect("model");
+    let x = Tensor::randn(0f32, 1., (1, TOKENS, DIM), &dev).expect("x");
+    let cot = Tensor::randn(0f32, 1., (1, TOKENS, DIM), &dev).expect("cotangent");
+    let mut group = c.benchmark_group("et_step");
+    group.bench_function("forward", |b| {
+        b.iter(|| black_box(et.forward_detailed(&x, None).expect("forward").y))
+    });
+    let xv = Var::from_tensor(&x).expect("var");
+    group.bench_function("forward_backward", |b| {
+        b.iter(|| {
+            let y = et
+                .forward_detailed(xv.as_tensor(), None)
+                .expect("forward")
+                .y;
+            let loss = (y * &cot).and_then(|t| t.sum_all()).expect("loss");
+            black_box(loss.backward().expect("backward"))
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, et_step);
+criterion_main!(benches);

@@ -1,0 +1,337 @@
+//! The Energy Transformer's Hopfield energies over memories `W` `(D, M)`, with `h = x W`:
+//! [`BaseModernHopfield`] (ReLU, `-1/2 sum relu(beta h)^2`) and [`SoftmaxModernHopfield`]
+//! (`-1/beta sum_A logsumexp(beta h_A)`), plus [`HopfieldEnergy`], the block's choice of the two.
+
+use super::{error::check_tokens, flatten_rows, lse_softmax, Energy, HopfieldType};
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{Init, VarBuilder};
+
+/// ReLU Hopfield energy. State-dict names: `W` `(D, M)`, `beta` `(1,)` (init 1, learnable).
+///
+/// `dE/dx = -beta relu(beta h) W^T`.
+///
+/// ```
+/// use candle_core::{DType, Device, Tensor};
+/// use candle_nn::{VarBuilder, VarMap};
+/// use hopfield_nn::energy::{BaseModernHopfield, Energy};
+/// let vb = VarBuilder::from_varmap(&VarMap::new(), DType::F64, &Device::Cpu);
+/// let hop = BaseModernHopfield::new(4, 6, vb)?;
+/// assert_eq!(hop.w().dims(), &[4, 6]);
+/// let x = Tensor::ones((2, 4), DType::F64, &Device::Cpu)?;
+/// assert_eq!(hop.grad(&x)?.dims(), &[2, 4]);
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct BaseModernHopfield {
+    w: Tensor,
+    beta: Tensor,
+}
+
+impl BaseModernHopfield {
+    /// The port's init: `W ~ 0.002 N(0, 1)`, `beta = 1`.
+    pub fn new(in_dim: usize, hidden_dim: usize, vb: VarBuilder) -> Result<Self> {
+        Self::with_options(in_dim, hidden_dim, None, 0.002, vb)
+    }
+
+    /// With an initial beta and init std of `W`.
+    pub fn with_options(
+        in_dim: usize,
+        hidden_dim: usize,
+        beta: Option<f64>,
+        init_scale: f64,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let w = vb.get_with_hints(
+            (in_dim, hidden_dim),
+            "W",
+            Init::Randn {
+                mean: 0.0,
+                stdev: init_scale,
+            },
+        )?;
+        let beta = vb.get_with_hints(1, "beta", Init::Const(beta.unwrap_or(1.0)))?;
+        Ok(Self { w, beta })
+    }
+
+    /// The memories `W`, `(D, M)`.
+    pub fn w(&self) -> &Tensor {
+        &self.w
+    }
+    /// `beta`, `(1,)`.
+    pub fn beta(&self) -> &Tensor {
+        &self.beta
+    }
+
+    /// `h = x W` over rows, `relu(beta h)` and the flattened shape.
+    fn hidden(&self, x: &Tensor) -> Result<(Tensor, Tensor, Vec<usize>)> {
+        let (xf, dims) = flatten_rows(x)?;
+        let h = xf.matmul(&self.w)?;
+        let r = h.broadcast_mul(&self.beta.reshape((1, 1))?)?.relu()?;
+        Ok((h, r, dims))
+    }
+
+    /// Closed-form `dE/dW` and `dE/dbeta` (first order).
+    ///
+    /// ```
+    /// use candle_core::{DType, Device, Tensor};
+    /// use candle_nn::{VarBuilder, VarMap};
+    /// use hopfield_nn::energy::BaseModernHopfield;
+    /// let vb = VarBuilder::from_varmap(&VarMap::new(), DType::F64, &Device::Cpu);
+    /// let hop = BaseModernHopfield::new(4, 6, vb)?;
+    /// let (gw, gb) = hop.param_grads(&Tensor::ones((2, 4), DType::F64, &Device::Cpu)?)?;
+    /// assert_eq!((gw.dims(), gb.dims()), (&[4, 6][..], &[1][..]));
+    /// # Ok::<(), candle_core::Error>(())
+    /// ```
+    pub fn param_grads(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+        check_tokens_1d("x", x, self.w.dim(0)?)?;
+        let (h, r, _) = self.hidden(x)?;
+        let (xf, _) = flatten_rows(x)?;
+        let gw = xf
+            .t()?
+            .matmul(&r)?
+            .broadcast_mul(&self.beta.reshape((1, 1))?)?
+            .neg()?;
+        let gb = (r * h)?.sum_all()?.neg()?.reshape(1)?;
+        Ok((gw, gb))
+    }
+}
+
+impl BaseModernHopfield {
+    /// The energy without input validation.
+    pub(crate) fn raw_energy(&self, x: &Tensor) -> Result<Tensor> {
+        let (_, r, _) = self.hidden(x)?;
+        r.sqr()?.sum_all()?.affine(-0.5, 0.0)
+    }
+
+    /// The gradient without input validation.
+    pub(crate) fn raw_grad(&self, x: &Tensor) -> Result<Tensor> {
+        let (_, r, dims) = self.hidden(x)?;
+        // The sign goes on the scalar beta, not on the (N, D) result.
+        r.matmul(&self.w.t()?)?
+            .broadcast_mul(&self.beta.reshape((1, 1))?.neg()?)?
+            .reshape(dims)
+    }
+}
+
+impl Energy for BaseModernHopfield {
+    fn energy(&self, x: &Tensor) -> Result<Tensor> {
+        check_tokens_1d("x", x, self.w.dim(0)?)?;
+        self.raw_energy(x)
+    }
+    fn grad(&self, x: &Tensor) -> Result<Tensor> {
+        check_tokens_1d("x", x, self.w.dim(0)?)?;
+        self.raw_grad(x)
+    }
+}
+
+impl Module for BaseModernHopfield {
+    /// The port's `forward`: `dE/dx`.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.grad(x)
+    }
+}
+
+/// Log-sum-exp Hopfield energy. State-dict names: `W` `(D, M)`, `beta` `()` (init 0.01, learnable).
+///
+/// `dE/dx = -softmax(beta h) W^T`.
+///
+/// ```
+/// use candle_core::{DType, Device, Tensor};
+/// use candle_nn::{VarBuilder, VarMap};
+/// use hopfield_nn::energy::{Energy, SoftmaxModernHopfield};
+/// let vb = VarBuilder::from_varmap(&VarMap::new(), DType::F64, &Device::Cpu);
+/// let hop = SoftmaxModernHopfield::with_options(4, 6, Some(0.5), 0.1, vb)?;
+/// assert_eq!(hop.beta().to_scalar::<f64>()?, 0.5);
+/// let x = Tensor::ones((3, 2, 4), DType::F64, &Device::Cpu)?;
+/// assert_eq!(hop.grad(&x)?.dims(), &[3, 2, 4]);
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct SoftmaxModernHopfield {
+    w: Tensor,
+    beta: Tensor,
+}
+
+impl SoftmaxModernHopfield {
+    /// The port's init: `W ~ 0.002 N(0, 1)`, `beta = 0.01`.
+    pub fn new(in_dim: usize, hidden_dim: usize, vb: VarBuilder) -> Result<Self> {
+        Self::with_options(in_dim, hidden_dim, None, 0.002, vb)
+    }
+
+    /// With an initial beta and init std of `W`.
+    pub fn with_options(
+        in_dim: usize,
+        hidden_dim: usize,
+        beta: Option<f64>,
+        init_scale: f64,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let w = vb.get_with_hints(
+            (in_dim, hidden_dim),
+            "W",
+            Init::Randn {
+                mean: 0.0,
+                stdev: init_scale,
+            },
+        )?;
+        // Init::Const carries the requested beta when a VarMap creates it; a checkpoint keeps its own.
+        let beta = vb.get_with_hints((), "beta", Init::Const(beta.unwrap_or(0.01)))?;
+        Ok(Self { w, beta })
+    }
+
+    /// The memories `W`, `(D, M)`.
+    pub fn w(&self) -> &Tensor {
+        &self.w
+    }
+    /// `beta`, 0-d.
+    pub fn beta(&self) -> &Tensor {
+        &self.beta
+    }
+
+    /// `h = x W` over rows, `lse(beta h)` `(N, 1)`, `softmax(beta h)` and the original dims.
+    fn hidden(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor, Vec<usize>)> {
+        let (xf, dims) = flatten_rows(x)?;
+        let h = xf.matmul(&self.w)?;
+        let (lse, p) = lse_softmax(&h.broadcast_mul(&self.beta.reshape((1, 1))?)?)?;
+        Ok((h, lse, p, dims))
+    }
+
+    /// Closed-form `dE/dW` and `dE/dbeta` (first order).
+    ///
+    /// ```
+    /// use candle_core::{DType, Device, Tensor};
+    /// use candle_nn::{VarBuilder, VarMap};
+    /// use hopfield_nn::energy::SoftmaxModernHopfield;
+    /// let vb = VarBuilder::from_varmap(&VarMap::new(), DType::F64, &Device::Cpu);
+    /// let hop = SoftmaxModernHopfield::new(4, 6, vb)?;
+    /// let (gw, gb) = hop.param_grads(&Tensor::ones((2, 4), DType::F64, &Device::Cpu)?)?;
+    /// assert_eq!((gw.dims(), gb.dims()), (&[4, 6][..], &[] as &[usize]));
+    /// # Ok::<(), candle_core::Error>(())
+    /// ```
+    pub fn param_grads(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+        check_tokens_1d("x", x, self.w.dim(0)?)?;
+        let (h, lse, p, _) = self.hidden(x)?;
+        let (xf, _) = flatten_rows(x)?;
+        let gw = xf.t()?.matmul(&p)?.neg()?;
+        let inv = self.beta.recip()?;
+        let gb = ((lse.sum_all()? * inv.sqr()?)? - ((p * h)?.sum_all()? * inv)?)?;
+        Ok((gw, gb))
+    }
+}
+
+impl SoftmaxModernHopfield {
+    /// The energy without input validation.
+    pub(crate) fn raw_energy(&self, x: &Tensor) -> Result<Tensor> {
+        let (_, lse, _, _) = self.hidden(x)?;
+        lse.sum_all()?.div(&self.beta)?.neg()
+    }
+
+    /// The gradient without input validation.
+    pub(crate) fn raw_grad(&self, x: &Tensor) -> Result<Tensor> {
+        let (_, _, p, dims) = self.hidden(x)?;
+        p.matmul(&self.w.t()?)?.neg()?.reshape(dims)
+    }
+}
+
+impl Energy for SoftmaxModernHopfield {
+    fn energy(&self, x: &Tensor) -> Result<Tensor> {
+        check_tokens_1d("x", x, self.w.dim(0)?)?;
+        self.raw_energy(x)
+    }
+    fn grad(&self, x: &Tensor) -> Result<Tensor> {
+        check_tokens_1d("x", x, self.w.dim(0)?)?;
+        self.raw_grad(x)
+    }
+}
+
+impl Module for SoftmaxModernHopfield {
+    /// The port's `forward`: `dE/dx`.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.grad(x)
+    }
+}
+
+/// The block's Hopfield energy: ReLU or softmax, chosen by [`HopfieldType`].
+///
+/// ```
+/// use candle_core::{DType, Device};
+/// use candle_nn::{VarBuilder, VarMap};
+/// use hopfield_nn::energy::{HopfieldEnergy, HopfieldType};
+/// let vb = VarBuilder::from_varmap(&VarMap::new(), DType::F32, &Device::Cpu);
+/// let hop = HopfieldEnergy::new(HopfieldType::Softmax, 8, 16, None, 0.002, vb)?;
+/// assert!(matches!(hop, HopfieldEnergy::Softmax(_)));
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub enum HopfieldEnergy {
+    /// [`BaseModernHopfield`].
+    Relu(BaseModernHopfield),
+    /// [`SoftmaxModernHopfield`].
+    Softmax(SoftmaxModernHopfield),
+}
+
+impl HopfieldEnergy {
+    /// Builds the chosen energy from `vb` (names `W`, `beta`).
+    pub fn new(
+        kind: HopfieldType,
+        in_dim: usize,
+        hidden_dim: usize,
+        beta: Option<f64>,
+        init_scale: f64,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        Ok(match kind {
+            HopfieldType::Relu => Self::Relu(BaseModernHopfield::with_options(
+                in_dim, hidden_dim, beta, init_scale, vb,
+            )?),
+            HopfieldType::Softmax => Self::Softmax(SoftmaxModernHopfield::with_options(
+                in_dim, hidden_dim, beta, init_scale, vb,
+            )?),
+        })
+    }
+}
+
+impl Energy for HopfieldEnergy {
+    fn energy(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Relu(h) => h.energy(x),
+            Self::Softmax(h) => h.energy(x),
+        }
+    }
+    fn grad(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Relu(h) => h.grad(x),
+            Self::Softmax(h) => h.grad(x),
+        }
+    }
+}
+
+impl HopfieldEnergy {
+    pub(crate) fn raw_energy(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Relu(h) => h.raw_energy(x),
+            Self::Softmax(h) => h.raw_energy(x),
+        }
+    }
+    pub(crate) fn raw_grad(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Relu(h) => h.raw_grad(x),
+            Self::Softmax(h) => h.raw_grad(x),
+        }
+    }
+    /// The memories `W`, `(D, M)`.
+    pub fn w(&self) -> &Tensor {
+        match self {
+            Self::Relu(h) => h.w(),
+            Self::Softmax(h) => h.w(),
+        }
+    }
+}
+
+/// The Hopfield energies act per token, so `(D,)`-shaped rows are fine too: rank >= 1.
+fn check_tokens_1d(arg: &'static str, x: &Tensor, dim: usize) -> Result<()> {
+    if x.rank() == 1 {
+        return check_tokens(arg, &x.unsqueeze(0)?, dim);
+    }
+    check_tokens(arg, x, dim)
+}
