@@ -249,7 +249,7 @@ impl CoreConfig {
                 reason: format!("must be in [0, 1), got {}", self.dropout),
             });
         }
-        if !(self.normalize_pattern_eps > 0.0) {
+        if self.normalize_pattern_eps.is_nan() || self.normalize_pattern_eps <= 0.0 {
             return Err(HopfieldError::Config {
                 field: "normalize_pattern_eps",
                 reason: format!("must be > 0, got {}", self.normalize_pattern_eps),
@@ -279,7 +279,11 @@ mod tests {
         );
         assert!(matches!(
             Scaling::PerHead(vec![1.0]).per_head(2),
-            Err(HopfieldError::PerHeadLength { field: "scaling", heads: 2, got: 1 })
+            Err(HopfieldError::PerHeadLength {
+                field: "scaling",
+                heads: 2,
+                got: 1
+            })
         ));
     }
 
@@ -287,7 +291,10 @@ mod tests {
     fn eps_must_be_positive() {
         assert!(matches!(
             StepsEps::Scalar(0.0).per_head(1),
-            Err(HopfieldError::Config { field: "update_steps_eps", .. })
+            Err(HopfieldError::Config {
+                field: "update_steps_eps",
+                ..
+            })
         ));
         assert!(CoreConfig::new(0).validate().is_err());
         assert!(CoreConfig::new(1).with_dropout(1.0).validate().is_err());

@@ -40,8 +40,12 @@ pub struct CoreOutput {
 }
 
 fn check_finite(arg: &'static str, x: &Tensor) -> Result<()> {
-    // x - x is 0 for finite values and NaN for NaN/inf, so one sum tells.
-    let s = (x - x)?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+    // 0 * x is 0 for finite values and NaN for NaN/inf, so one sum tells.
+    let s = x
+        .affine(0.0, 0.0)?
+        .sum_all()?
+        .to_dtype(DType::F64)?
+        .to_scalar::<f64>()?;
     if s == 0.0 {
         Ok(())
     } else {
@@ -61,9 +65,7 @@ fn split_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
 /// pair heads with other samples' data).
 fn broadcast_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
     let (n, t, f) = x.dims3()?;
-    x.unsqueeze(1)?
-        .broadcast_as((n, heads, t, f))?
-        .contiguous()
+    x.unsqueeze(1)?.broadcast_as((n, heads, t, f))?.contiguous()
 }
 
 fn project(x: &Tensor, p: &Projection, heads: usize) -> Result<Tensor> {
@@ -232,12 +234,18 @@ pub fn hopfield_core_forward_mapped(
     let q_in = if qs { hd } else { layout.embed_dim };
     let k_in = if ks { hd } else { layout.kdim };
     let v_in = if vs { pd } else { layout.vdim };
-    expect_shape("state pattern (query)", query.dims(), &[None, None, Some(q_in)], || {
-        format!("(N, L, {q_in})")
-    })?;
-    expect_shape("stored pattern (key)", key.dims(), &[None, None, Some(k_in)], || {
-        format!("(N, S, {k_in})")
-    })?;
+    expect_shape(
+        "state pattern (query)",
+        query.dims(),
+        &[None, None, Some(q_in)],
+        || format!("(N, L, {q_in})"),
+    )?;
+    expect_shape(
+        "stored pattern (key)",
+        key.dims(),
+        &[None, None, Some(k_in)],
+        || format!("(N, S, {k_in})"),
+    )?;
     expect_shape(
         "pattern projection (value)",
         value.dims(),
@@ -251,8 +259,16 @@ pub fn hopfield_core_forward_mapped(
             what: "batch size N",
             lhs_arg: "state pattern",
             lhs: query.dims().to_vec(),
-            rhs_arg: if key.dim(0)? != n { "stored pattern" } else { "pattern projection" },
-            rhs: if key.dim(0)? != n { key.dims().to_vec() } else { value.dims().to_vec() },
+            rhs_arg: if key.dim(0)? != n {
+                "stored pattern"
+            } else {
+                "pattern projection"
+            },
+            rhs: if key.dim(0)? != n {
+                key.dims().to_vec()
+            } else {
+                value.dims().to_vec()
+            },
         }
         .into());
     }
@@ -276,7 +292,11 @@ pub fn hopfield_core_forward_mapped(
     let mut q = project(query, &pq, heads)?;
     let mut k = project(key, &pk, heads)?;
     let mut v = if cfg.value_as_connected && !ks {
-        let through_k = linear(value, pk.weight.as_ref().expect("key projection"), pk.bias.as_ref())?;
+        let through_k = linear(
+            value,
+            pk.weight.as_ref().expect("key projection"),
+            pk.bias.as_ref(),
+        )?;
         project(&through_k, &pv, heads)?
     } else {
         project(value, &pv, heads)?
@@ -384,10 +404,7 @@ pub fn hopfield_core_forward_mapped(
     } else {
         xi.clone()
     };
-    let out = a
-        .matmul(&v)?
-        .transpose(1, 2)?
-        .reshape((n, l, heads * pd))?;
+    let out = a.matmul(&v)?.transpose(1, 2)?.reshape((n, l, heads * pd))?;
     let out = match &weights.out_proj_weight {
         Some(w) => linear(&out, w, weights.out_proj_bias.as_ref())?,
         None => out,

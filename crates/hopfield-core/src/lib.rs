@@ -37,5 +37,7 @@ pub mod weights;
 
 pub use config::{CoreConfig, OnNoConvergence, Scaling, StepsEps, UpdateSteps};
 pub use error::HopfieldError;
-pub use forward::{hopfield_core_forward, hopfield_core_forward_mapped, CoreOutput, LogitMap, Masks};
+pub use forward::{
+    hopfield_core_forward, hopfield_core_forward_mapped, CoreOutput, LogitMap, Masks,
+};
 pub use weights::{CoreLayout, CoreWeights, InProjection};

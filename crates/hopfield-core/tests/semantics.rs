@@ -10,7 +10,10 @@ use hopfield_core::{
 };
 
 fn weights(layout: CoreLayout, seed_var: &VarMap) -> Result<CoreWeights> {
-    CoreWeights::load(layout, VarBuilder::from_varmap(seed_var, DType::F64, &Device::Cpu))
+    CoreWeights::load(
+        layout,
+        VarBuilder::from_varmap(seed_var, DType::F64, &Device::Cpu),
+    )
 }
 
 fn randomize(map: &VarMap) -> Result<()> {
@@ -128,7 +131,10 @@ fn convergence_is_per_sample_and_head() -> Result<()> {
     let y = Tensor::randn(0f64, 1., (2, 6, 4), &dev)?;
     // Sample 0 starts on a stored pattern (converges at once), sample 1 in between patterns.
     let r = Tensor::cat(
-        &[&(y.narrow(0, 0, 1)?.narrow(1, 0, 2)? * 3.0)?, &Tensor::randn(0f64, 0.1, (1, 2, 4), &dev)?],
+        &[
+            &(y.narrow(0, 0, 1)?.narrow(1, 0, 2)? * 3.0)?,
+            &Tensor::randn(0f64, 0.1, (1, 2, 4), &dev)?,
+        ],
         0,
     )?;
     let batch = hopfield_core_forward(&r, &y, &y, &w, &cfg, Masks::default(), false)?;
@@ -145,7 +151,10 @@ fn convergence_is_per_sample_and_head() -> Result<()> {
         assert_eq!(alone.steps_run[0], batch.steps_run[n]);
         assert!(max_diff(&batch.output.narrow(0, n, 1)?, &alone.output)? < 1e-14);
     }
-    assert_ne!(batch.steps_run[0], batch.steps_run[1], "the samples must differ");
+    assert_ne!(
+        batch.steps_run[0], batch.steps_run[1],
+        "the samples must differ"
+    );
     Ok(())
 }
 
@@ -159,7 +168,11 @@ fn until_convergence_has_a_cap() -> Result<()> {
         .with_update_steps_eps(StepsEps::Scalar(1e-300))
         .with_max_convergence_steps(3);
     let err = hopfield_core_forward(&x, &x, &x, &w, &cfg, Masks::default(), false).unwrap_err();
-    assert!(err.to_string().contains("did not converge within the cap of 3"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("did not converge within the cap of 3"),
+        "{err}"
+    );
     let cfg = cfg.with_on_no_convergence(OnNoConvergence::Stop);
     let out = hopfield_core_forward(&x, &x, &x, &w, &cfg, Masks::default(), false)?;
     assert!(!out.converged);
@@ -202,7 +215,8 @@ fn dropout_acts_only_in_training_on_the_final_association() -> Result<()> {
     let x = Tensor::randn(0f64, 1., (2, 6, 8), &dev)?;
     let cfg = CoreConfig::new(2).with_dropout(0.5);
     let eval = hopfield_core_forward(&x, &x, &x, &w, &cfg, Masks::default(), false)?;
-    let plain = hopfield_core_forward(&x, &x, &x, &w, &CoreConfig::new(2), Masks::default(), false)?;
+    let plain =
+        hopfield_core_forward(&x, &x, &x, &w, &CoreConfig::new(2), Masks::default(), false)?;
     assert!(max_diff(&eval.output, &plain.output)? == 0.0);
     let train = hopfield_core_forward(&x, &x, &x, &w, &cfg, Masks::default(), true)?;
     assert!(max_diff(&train.output, &plain.output)? > 1e-6);
@@ -223,14 +237,22 @@ fn masks_are_validated() -> Result<()> {
         ..Masks::default()
     };
     let e = hopfield_core_forward(&x, &x, &x, &w, &cfg, masks, false).unwrap_err();
-    assert!(e.to_string().contains("association_mask: expected shape (L, S) = (3, 3)"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("association_mask: expected shape (L, S) = (3, 3)"),
+        "{e}"
+    );
     let pad = Tensor::zeros((2, 3), DType::F64, &dev)?;
     let masks = Masks {
         stored_pattern_padding_mask: Some(&pad),
         ..Masks::default()
     };
     let e = hopfield_core_forward(&x, &x, &x, &w, &cfg, masks, false).unwrap_err();
-    assert!(e.to_string().contains("stored_pattern_padding_mask: unsupported dtype F64"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("stored_pattern_padding_mask: unsupported dtype F64"),
+        "{e}"
+    );
     Ok(())
 }
 
@@ -243,17 +265,34 @@ fn inputs_are_validated() -> Result<()> {
     let x = Tensor::randn(0f64, 1., (2, 3, 4), &dev)?;
     let wrong = Tensor::randn(0f64, 1., (2, 3, 5), &dev)?;
     let e = hopfield_core_forward(&x, &wrong, &x, &w, &cfg, Masks::default(), false).unwrap_err();
-    assert!(e.to_string().contains("stored pattern (key): expected shape (N, S, 4), got [2, 3, 5]"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("stored pattern (key): expected shape (N, S, 4), got [2, 3, 5]"),
+        "{e}"
+    );
     let other_batch = Tensor::randn(0f64, 1., (1, 3, 4), &dev)?;
-    let e = hopfield_core_forward(&x, &other_batch, &other_batch, &w, &cfg, Masks::default(), false)
-        .unwrap_err();
+    let e = hopfield_core_forward(
+        &x,
+        &other_batch,
+        &other_batch,
+        &w,
+        &cfg,
+        Masks::default(),
+        false,
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("batch size N"), "{e}");
     let nan = (x.clone() * f64::NAN)?;
     let e = hopfield_core_forward(&nan, &x, &x, &w, &cfg, Masks::default(), false).unwrap_err();
     assert!(e.to_string().contains("non-finite"), "{e}");
     assert!(matches!(
-        CoreConfig::new(2).with_update_steps_eps(StepsEps::Scalar(-1.0)).validate(),
-        Err(HopfieldError::Config { field: "update_steps_eps", .. })
+        CoreConfig::new(2)
+            .with_update_steps_eps(StepsEps::Scalar(-1.0))
+            .validate(),
+        Err(HopfieldError::Config {
+            field: "update_steps_eps",
+            ..
+        })
     ));
     Ok(())
 }

@@ -34,7 +34,9 @@ impl Activation {
             "gelu" => Ok(Self::Gelu),
             other => Err(HopfieldError::Config {
                 field: "activation",
-                reason: format!("unknown activation {other:?} (expected relu, tanh, sigmoid or gelu)"),
+                reason: format!(
+                    "unknown activation {other:?} (expected relu, tanh, sigmoid or gelu)"
+                ),
             }),
         }
     }

@@ -313,10 +313,22 @@ impl HopfieldConfig {
         let kdim = self.stored_pattern_size.unwrap_or(e);
         let vdim = self.pattern_projection_size.unwrap_or(e);
         for (f, eps) in [
-            ("normalize_stored_pattern_eps", self.normalize_stored_pattern_eps),
-            ("normalize_state_pattern_eps", self.normalize_state_pattern_eps),
-            ("normalize_pattern_projection_eps", self.normalize_pattern_projection_eps),
-            ("normalize_hopfield_space_eps", self.normalize_hopfield_space_eps),
+            (
+                "normalize_stored_pattern_eps",
+                self.normalize_stored_pattern_eps,
+            ),
+            (
+                "normalize_state_pattern_eps",
+                self.normalize_state_pattern_eps,
+            ),
+            (
+                "normalize_pattern_projection_eps",
+                self.normalize_pattern_projection_eps,
+            ),
+            (
+                "normalize_hopfield_space_eps",
+                self.normalize_hopfield_space_eps,
+            ),
         ] {
             Self::check_eps(f, eps)?;
         }
@@ -364,7 +376,8 @@ impl HopfieldConfig {
             query_as_static: self.state_pattern_as_static,
             value_as_static: self.pattern_projection_as_static,
             value_as_connected: self.pattern_projection_as_connected,
-            normalize_pattern: self.normalize_hopfield_space || self.normalize_hopfield_space_affine,
+            normalize_pattern: self.normalize_hopfield_space
+                || self.normalize_hopfield_space_affine,
             normalize_pattern_eps: self.normalize_hopfield_space_eps,
         };
         core.validate()?;
@@ -377,7 +390,8 @@ impl HopfieldConfig {
             if size == 0 {
                 return Err(HopfieldError::Config {
                     field,
-                    reason: "a LayerNorm needs input_size (or hidden_size for static inputs)".into(),
+                    reason: "a LayerNorm needs input_size (or hidden_size for static inputs)"
+                        .into(),
                 });
             }
             Ok(Some((size, affine, eps)))
@@ -386,7 +400,11 @@ impl HopfieldConfig {
             self.normalize_stored_pattern,
             self.normalize_stored_pattern_affine,
             self.normalize_stored_pattern_eps,
-            if self.stored_pattern_as_static { hd } else { kdim },
+            if self.stored_pattern_as_static {
+                hd
+            } else {
+                kdim
+            },
             "normalize_stored_pattern",
         )?;
         let norm_state = norm(
@@ -400,7 +418,11 @@ impl HopfieldConfig {
             self.normalize_pattern_projection,
             self.normalize_pattern_projection_affine,
             self.normalize_pattern_projection_eps,
-            if self.pattern_projection_as_static { pd } else { vdim },
+            if self.pattern_projection_as_static {
+                pd
+            } else {
+                vdim
+            },
             "normalize_pattern_projection",
         )?;
         Ok(Resolved {
@@ -598,11 +620,17 @@ mod tests {
     fn kwargs_reject_unknown_and_bad_types() {
         assert!(matches!(
             HopfieldConfig::from_kwargs(r#"{"input_size": 8, "num_head": 2}"#),
-            Err(HopfieldError::Config { field: "kwargs", .. })
+            Err(HopfieldError::Config {
+                field: "kwargs",
+                ..
+            })
         ));
         assert!(matches!(
             HopfieldConfig::from_kwargs(r#"{"input_size": "8"}"#),
-            Err(HopfieldError::Config { field: "input_size", .. })
+            Err(HopfieldError::Config {
+                field: "input_size",
+                ..
+            })
         ));
     }
 
@@ -611,18 +639,33 @@ mod tests {
         let e = HopfieldConfig::new(10).with_num_heads(3).validate();
         assert_eq!(
             e,
-            Err(HopfieldError::HeadsDoNotDivide { what: "input_size", size: 10, heads: 3 })
+            Err(HopfieldError::HeadsDoNotDivide {
+                what: "input_size",
+                size: 10,
+                heads: 3
+            })
         );
     }
 
     #[test]
     fn eps_must_be_positive() {
         let e = HopfieldConfig::new(8).with_update_steps_eps(0.0).validate();
-        assert!(matches!(e, Err(HopfieldError::Config { field: "update_steps_eps", .. })));
-        let e = HopfieldConfig::new(8).with_normalize_state_pattern_eps(-1.0).validate();
         assert!(matches!(
             e,
-            Err(HopfieldError::Config { field: "normalize_state_pattern_eps", .. })
+            Err(HopfieldError::Config {
+                field: "update_steps_eps",
+                ..
+            })
+        ));
+        let e = HopfieldConfig::new(8)
+            .with_normalize_state_pattern_eps(-1.0)
+            .validate();
+        assert!(matches!(
+            e,
+            Err(HopfieldError::Config {
+                field: "normalize_state_pattern_eps",
+                ..
+            })
         ));
     }
 

@@ -186,10 +186,12 @@ impl DiffusedHopfieldConfig {
         let mut c = Self::new(HopfieldConfig::default());
         let keys: Vec<String> = obj.keys().cloned().collect();
         let text = |f: &'static str, v: &serde_json::Value| {
-            v.as_str().map(str::to_string).ok_or_else(|| HopfieldError::Config {
-                field: f,
-                reason: format!("expected a string, got {v}"),
-            })
+            v.as_str()
+                .map(str::to_string)
+                .ok_or_else(|| HopfieldError::Config {
+                    field: f,
+                    reason: format!("expected a string, got {v}"),
+                })
         };
         let parse_err = |f: &'static str, e: candle_core::Error| HopfieldError::Config {
             field: f,
@@ -217,7 +219,9 @@ impl DiffusedHopfieldConfig {
                         .map_err(|e| parse_err("attention_mode", e))?
                 }
                 "use_sparse" => c.use_sparse = boolean("use_sparse", &v)?,
-                "use_logit_diffusion" => c.use_logit_diffusion = boolean("use_logit_diffusion", &v)?,
+                "use_logit_diffusion" => {
+                    c.use_logit_diffusion = boolean("use_logit_diffusion", &v)?
+                }
                 "logit_eta" => {
                     c.logit_eta = if v.is_null() {
                         None
@@ -226,7 +230,9 @@ impl DiffusedHopfieldConfig {
                     }
                 }
                 "adaptive_eta" => c.adaptive_eta = boolean("adaptive_eta", &v)?,
-                "adaptive_temperature" => c.adaptive_temperature = float("adaptive_temperature", &v)?,
+                "adaptive_temperature" => {
+                    c.adaptive_temperature = float("adaptive_temperature", &v)?
+                }
                 "adaptive_threshold" => c.adaptive_threshold = float("adaptive_threshold", &v)?,
                 "cache_graph" => c.cache_graph = boolean("cache_graph", &v)?,
                 "energy_stop_tol" => c.energy_stop_tol = float("energy_stop_tol", &v)?,
@@ -273,14 +279,34 @@ impl DiffusedHopfieldConfig {
     fn validate(&self) -> std::result::Result<(), HopfieldError> {
         let cfg = |field, reason: String| HopfieldError::Config { field, reason };
         if !(self.eta.is_finite() && self.eta >= 0.0) {
-            return Err(cfg("eta", format!("must be finite and >= 0, got {}", self.eta)));
+            return Err(cfg(
+                "eta",
+                format!("must be finite and >= 0, got {}", self.eta),
+            ));
+        }
+        let h = &self.hopfield;
+        if self.dynamics_active()
+            && h.pattern_projection_size.is_some()
+            && h.pattern_projection_size != h.input_size
+        {
+            return Err(cfg(
+                "pattern_projection_size",
+                format!(
+                    "the diffusion loop replaces the state patterns by readouts of the projections, \
+                     so pattern_projection_size ({:?}) must equal input_size ({:?})",
+                    h.pattern_projection_size, h.input_size
+                ),
+            ));
         }
         if self.diffusion_steps == 0 {
             return Err(cfg("diffusion_steps", "must be >= 1".into()));
         }
         if let Some(e) = self.logit_eta {
             if !(e.is_finite() && e >= 0.0) {
-                return Err(cfg("logit_eta", format!("must be finite and >= 0, got {e}")));
+                return Err(cfg(
+                    "logit_eta",
+                    format!("must be finite and >= 0, got {e}"),
+                ));
             }
         }
         self.diffusion_config()
@@ -396,7 +422,8 @@ impl DiffusedHopfield {
             energies: Vec::new(),
         };
         let dynamics = c.dynamics_active();
-        if !dynamics && !(c.use_logit_diffusion && c.eta > 0.0) {
+        let logits_diffused = c.use_logit_diffusion && c.eta > 0.0;
+        if !dynamics && !logits_diffused {
             return Ok(g);
         }
         // Graphs are built on detached batch means: constants for autograd.
@@ -415,14 +442,15 @@ impl DiffusedHopfield {
                 .contiguous()?
                 .matmul(&g.stored.transpose(0, 1)?.transpose(1, 2)?.contiguous()?)?
                 .detach();
-            let eff = compute_adaptive_eta(&logits, c.eta, c.adaptive_temperature, c.adaptive_threshold)?;
+            let eff =
+                compute_adaptive_eta(&logits, c.eta, c.adaptive_temperature, c.adaptive_threshold)?;
             if (eff - c.eta).abs() / (c.eta + 1e-9) > 0.05 {
                 g.eta = eff;
                 op_k = op_k.with_params(eff, 1)?;
                 op_q = op_q.map(|o| o.with_params(eff, 1)).transpose()?;
             }
         }
-        if c.use_logit_diffusion && c.eta > 0.0 {
+        if logits_diffused {
             g.logit_op = Some(kg.operator.with_params(c.logit_eta.unwrap_or(c.eta), 1)?);
         }
         if dynamics {
@@ -443,13 +471,21 @@ impl DiffusedHopfield {
                 engine = engine.query_op(q);
             }
             if c.energy_stop_tol > 0.0 {
-                engine = engine.energy_tracker(EnergyTracker::new(self.beta0(), c.eta, c.energy_stop_tol));
+                engine = engine.energy_tracker(EnergyTracker::new(
+                    self.beta0(),
+                    c.eta,
+                    c.energy_stop_tol,
+                ));
             }
             let w = kg.graph.matrix();
             let factored = c.diffusion_mode == DiffusionMode::Factored;
             let inputs = DynamicsInputs {
                 adj_indices: Some(&kg.neighbours),
-                laplacian: if factored { None } else { kg.laplacian.as_ref() },
+                laplacian: if factored {
+                    None
+                } else {
+                    kg.laplacian.as_ref()
+                },
                 weights: factored.then_some(&w),
                 degrees: factored.then_some(&kg.degrees),
                 diffuse_query: c.diffuse_query,
@@ -459,7 +495,10 @@ impl DiffusedHopfield {
             g.state = out.query;
             g.stored = out.key;
             g.steps = out.steps_run;
-            g.energies = engine.tracker().map(|t| t.history().to_vec()).unwrap_or_default();
+            g.energies = engine
+                .tracker()
+                .map(|t| t.history().to_vec())
+                .unwrap_or_default();
         }
         g.key_graph = Some(kg);
         g.query_graph = qg;
@@ -467,7 +506,12 @@ impl DiffusedHopfield {
     }
 
     /// Full forward pass with masks.
-    pub fn forward_full(&self, input: HopfieldInput, masks: Masks, train: bool) -> Result<DiffusedOutput> {
+    pub fn forward_full(
+        &self,
+        input: HopfieldInput,
+        masks: Masks,
+        train: bool,
+    ) -> Result<DiffusedOutput> {
         let (stored, state, projection) = self.hopfield.normalized_inputs(input)?;
         let c = &self.config;
         if c.dynamics_active() && projection.dim(2)? != state.dim(2)? {
@@ -491,15 +535,23 @@ impl DiffusedHopfield {
         };
         let mut groups = Vec::with_capacity(ranges.len());
         for &(a, len) in &ranges {
-            groups.push(self.run_group(sf(&stored, a, len)?, sf(&state, a, len)?, &sf(&projection, a, len)?)?);
+            groups.push(self.run_group(
+                sf(&stored, a, len)?,
+                sf(&state, a, len)?,
+                &sf(&projection, a, len)?,
+            )?);
         }
         let bm = |xs: Vec<&Tensor>| -> Result<Tensor> {
-            let parts: Vec<Tensor> = xs.iter().map(|x| x.transpose(0, 1)).collect::<Result<_>>()?;
+            let parts: Vec<Tensor> = xs
+                .iter()
+                .map(|x| x.transpose(0, 1))
+                .collect::<Result<_>>()?;
             Tensor::cat(&parts, 0)
         };
         let core_state = bm(groups.iter().map(|g| &g.state).collect())?;
         let core_stored = bm(groups.iter().map(|g| &g.stored).collect())?;
-        let logit_ops: Vec<Option<Arc<dyn DiffusionOperator>>> = groups.iter().map(|g| g.logit_op.clone()).collect();
+        let logit_ops: Vec<Option<Arc<dyn DiffusionOperator>>> =
+            groups.iter().map(|g| g.logit_op.clone()).collect();
         let s = core_stored.dim(1)?;
         let logit_map = |logits: &Tensor| -> Result<Tensor> {
             let mut parts = Vec::with_capacity(ranges.len());
@@ -511,7 +563,11 @@ impl DiffusedHopfield {
                 };
                 // (B, H, L, S') -> nodes first (S, B*H*L); the zero pattern (if any) is no node.
                 let (b, h, l, s_all) = part.dims4()?;
-                let nodes = part.narrow(3, 0, s)?.reshape((b * h * l, s))?.t()?.contiguous()?;
+                let nodes = part
+                    .narrow(3, 0, s)?
+                    .reshape((b * h * l, s))?
+                    .t()?
+                    .contiguous()?;
                 let diffused = op.apply(&nodes)?.t()?.reshape((b, h, l, s))?;
                 parts.push(if s_all > s {
                     Tensor::cat(&[&diffused, &part.narrow(3, s, s_all - s)?], 3)?
@@ -522,20 +578,26 @@ impl DiffusedHopfield {
             Tensor::cat(&parts, 0)
         };
         let use_map = logit_ops.iter().any(Option::is_some);
-        let out = self.hopfield.association_core().forward_batch_major_mapped(
-            &core_state,
-            &core_stored,
-            &projection,
-            masks,
-            train,
-            use_map.then_some(&logit_map as &dyn Fn(&Tensor) -> Result<Tensor>),
-        )?;
+        let out = self
+            .hopfield
+            .association_core()
+            .forward_batch_major_mapped(
+                &core_state,
+                &core_stored,
+                &projection,
+                masks,
+                train,
+                use_map.then_some(&logit_map as &dyn Fn(&Tensor) -> Result<Tensor>),
+            )?;
         Ok(DiffusedOutput {
             hopfield: self.hopfield.finish(out)?,
             core_state,
             core_stored,
             key_graphs: groups.iter().filter_map(|g| g.key_graph.clone()).collect(),
-            query_graphs: groups.iter().filter_map(|g| g.query_graph.clone()).collect(),
+            query_graphs: groups
+                .iter()
+                .filter_map(|g| g.query_graph.clone())
+                .collect(),
             dynamics_steps_run: groups.iter().map(|g| g.steps).collect(),
             eta_effective: groups.iter().map(|g| g.eta).collect(),
             energies: groups.into_iter().map(|g| g.energies).collect(),
@@ -549,12 +611,20 @@ impl DiffusedHopfield {
 
     /// The core's association `(N, H, L, S)` after the dynamics, without gradient.
     pub fn association_matrix(&self, input: HopfieldInput, masks: Masks) -> Result<Tensor> {
-        Ok(self.forward_full(input, masks, false)?.hopfield.association.detach())
+        Ok(self
+            .forward_full(input, masks, false)?
+            .hopfield
+            .association
+            .detach())
     }
 
     /// The core's projected pattern projections `(N, H, S, pd)`, without gradient.
     pub fn projected_pattern_matrix(&self, input: HopfieldInput, masks: Masks) -> Result<Tensor> {
-        Ok(self.forward_full(input, masks, false)?.hopfield.projected.detach())
+        Ok(self
+            .forward_full(input, masks, false)?
+            .hopfield
+            .projected
+            .detach())
     }
 }
 

@@ -112,7 +112,10 @@ impl Hopfield {
         Ok(Self {
             norm_stored_pattern: build_norm(r.norm_stored, vb.pp("norm_stored_pattern"))?,
             norm_state_pattern: build_norm(r.norm_state, vb.pp("norm_state_pattern"))?,
-            norm_pattern_projection: build_norm(r.norm_projection, vb.pp("norm_pattern_projection"))?,
+            norm_pattern_projection: build_norm(
+                r.norm_projection,
+                vb.pp("norm_pattern_projection"),
+            )?,
             association_core,
             config,
         })
@@ -147,9 +150,13 @@ impl Hopfield {
         train: bool,
     ) -> Result<HopfieldOutput> {
         let (stored, state, projection) = self.normalized_inputs(input)?;
-        let out = self
-            .association_core
-            .forward_batch_major(&state, &stored, &projection, masks, train)?;
+        let out = self.association_core.forward_batch_major(
+            &state,
+            &stored,
+            &projection,
+            masks,
+            train,
+        )?;
         self.finish(out)
     }
 
@@ -199,9 +206,24 @@ impl Hopfield {
     /// so that errors name the module's arguments; the core checks the rest.
     fn check_inputs(&self, stored: &Tensor, state: &Tensor, projection: &Tensor) -> Result<()> {
         for (arg, x, norm, len) in [
-            ("stored pattern (key)", stored, &self.norm_stored_pattern, "S"),
-            ("state pattern (query)", state, &self.norm_state_pattern, "L"),
-            ("pattern projection (value)", projection, &self.norm_pattern_projection, "S"),
+            (
+                "stored pattern (key)",
+                stored,
+                &self.norm_stored_pattern,
+                "S",
+            ),
+            (
+                "state pattern (query)",
+                state,
+                &self.norm_state_pattern,
+                "L",
+            ),
+            (
+                "pattern projection (value)",
+                projection,
+                &self.norm_pattern_projection,
+                "S",
+            ),
         ] {
             let size = norm.as_ref().map(LayerNorm::size);
             let (a, b) = if self.config.batch_first {

@@ -45,4 +45,6 @@ pub use hopfield_core::{HopfieldError, Masks, OnNoConvergence, Scaling, StepsEps
 pub use layer::{HopfieldLayer, HopfieldLayerConfig};
 pub use norm::LayerNorm;
 pub use pooling::{HopfieldPooling, HopfieldPoolingConfig};
-pub use transformer::{DecoderMasks, HopfieldDecoderLayer, HopfieldEncoderLayer, TransformerLayerConfig};
+pub use transformer::{
+    DecoderMasks, HopfieldDecoderLayer, HopfieldEncoderLayer, TransformerLayerConfig,
+};

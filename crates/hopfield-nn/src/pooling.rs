@@ -1,6 +1,6 @@
 //! `HopfieldPooling`: trainable state patterns (queries) that pool a set of stored patterns.
 
-use crate::config::{reject_unknown, boolean, req_usize, HopfieldConfig};
+use crate::config::{boolean, reject_unknown, req_usize, HopfieldConfig};
 use crate::hopfield::{Hopfield, HopfieldInput, HopfieldOutput};
 use candle_core::{ModuleT, Result, Tensor};
 use candle_nn::{init::Init, VarBuilder};
@@ -161,7 +161,13 @@ impl HopfieldPooling {
         &self.pooling_weights
     }
 
-    fn full(&self, stored: &Tensor, projection: &Tensor, masks: Masks, train: bool) -> Result<HopfieldOutput> {
+    fn full(
+        &self,
+        stored: &Tensor,
+        projection: &Tensor,
+        masks: Masks,
+        train: bool,
+    ) -> Result<HopfieldOutput> {
         let bf = self.config.hopfield.batch_first;
         let mut w = self.pooling_weights.clone();
         if !self.config.trainable {
@@ -177,7 +183,11 @@ impl HopfieldPooling {
             masks,
             train,
         )?;
-        let y = if bf { out.output } else { out.output.transpose(0, 1)? };
+        let y = if bf {
+            out.output
+        } else {
+            out.output.transpose(0, 1)?
+        };
         out.output = y.flatten_from(1)?;
         Ok(out)
     }
@@ -190,17 +200,35 @@ impl HopfieldPooling {
         masks: Masks,
         train: bool,
     ) -> Result<Tensor> {
-        Ok(self.full(stored, projection.unwrap_or(stored), masks, train)?.output)
+        Ok(self
+            .full(stored, projection.unwrap_or(stored), masks, train)?
+            .output)
     }
 
     /// The association `(N, H, quantity, S)`.
-    pub fn association_matrix(&self, stored: &Tensor, projection: Option<&Tensor>, masks: Masks) -> Result<Tensor> {
-        Ok(self.full(stored, projection.unwrap_or(stored), masks, false)?.association.detach())
+    pub fn association_matrix(
+        &self,
+        stored: &Tensor,
+        projection: Option<&Tensor>,
+        masks: Masks,
+    ) -> Result<Tensor> {
+        Ok(self
+            .full(stored, projection.unwrap_or(stored), masks, false)?
+            .association
+            .detach())
     }
 
     /// The projected pattern projections `(N, H, S, pd)`.
-    pub fn projected_pattern_matrix(&self, stored: &Tensor, projection: Option<&Tensor>, masks: Masks) -> Result<Tensor> {
-        Ok(self.full(stored, projection.unwrap_or(stored), masks, false)?.projected.detach())
+    pub fn projected_pattern_matrix(
+        &self,
+        stored: &Tensor,
+        projection: Option<&Tensor>,
+        masks: Masks,
+    ) -> Result<Tensor> {
+        Ok(self
+            .full(stored, projection.unwrap_or(stored), masks, false)?
+            .projected
+            .detach())
     }
 }
 

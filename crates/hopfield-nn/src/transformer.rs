@@ -2,7 +2,7 @@
 //! (hflayers `HopfieldEncoderLayer`, `HopfieldDecoderLayer`).
 
 use crate::activation::Activation;
-use crate::config::{float, req_usize, reject_unknown, HopfieldConfig};
+use crate::config::{float, reject_unknown, req_usize, HopfieldConfig};
 use crate::hopfield::{Hopfield, HopfieldInput};
 use crate::norm::LayerNorm;
 use crate::pooling::parse_object;
@@ -73,10 +73,12 @@ impl TransformerLayerConfig {
     pub fn from_kwargs(json: &str) -> std::result::Result<Self, HopfieldError> {
         let mut obj = parse_object(json)?;
         let sub = |v: Value| HopfieldConfig::from_kwargs(&v.to_string());
-        let hopfield = sub(obj.remove("hopfield").ok_or_else(|| HopfieldError::Config {
-            field: "hopfield",
-            reason: "missing the Hopfield kwargs".into(),
-        })?)?;
+        let hopfield = sub(obj
+            .remove("hopfield")
+            .ok_or_else(|| HopfieldError::Config {
+                field: "hopfield",
+                reason: "missing the Hopfield kwargs".into(),
+            })?)?;
         let mut cfg = Self::new(hopfield);
         if let Some(v) = obj.remove("hopfield_cross") {
             cfg.hopfield_cross = Some(sub(v)?);
@@ -99,15 +101,13 @@ impl TransformerLayerConfig {
     }
 
     fn model_dim(&self) -> Result<usize> {
-        self.hopfield
-            .input_size
-            .ok_or_else(|| {
-                HopfieldError::Config {
-                    field: "hopfield.input_size",
-                    reason: "the transformer layers need the Hopfield's input_size".into(),
-                }
-                .into()
-            })
+        self.hopfield.input_size.ok_or_else(|| {
+            HopfieldError::Config {
+                field: "hopfield.input_size",
+                reason: "the transformer layers need the Hopfield's input_size".into(),
+            }
+            .into()
+        })
     }
 }
 
@@ -137,7 +137,9 @@ impl FeedForward {
     fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let h = self.activation.apply(&self.linear_residual.forward(x)?)?;
         let h = self.dropout_residual.forward_t(&h, train)?;
-        let f = self.dropout_output.forward_t(&self.linear_output.forward(&h)?, train)?;
+        let f = self
+            .dropout_output
+            .forward_t(&self.linear_output.forward(&h)?, train)?;
         self.norm_output.forward(&(x + f)?)
     }
 }
@@ -183,7 +185,8 @@ impl HopfieldEncoderLayer {
     /// Builds or loads the layer under `vb`.
     pub fn new(cfg: TransformerLayerConfig, vb: VarBuilder) -> Result<Self> {
         let d = cfg.model_dim()?;
-        let hopfield_association = Hopfield::new(cfg.hopfield.clone(), vb.pp("hopfield_association"))?;
+        let hopfield_association =
+            Hopfield::new(cfg.hopfield.clone(), vb.pp("hopfield_association"))?;
         check_output_size(&hopfield_association, d, "hopfield.output_size")?;
         Ok(Self {
             hopfield_association,
@@ -276,7 +279,10 @@ impl HopfieldDecoderLayer {
     /// Builds or loads the layer under `vb` (`cfg.hopfield_cross` defaults to `cfg.hopfield`).
     pub fn new(cfg: TransformerLayerConfig, vb: VarBuilder) -> Result<Self> {
         let d = cfg.model_dim()?;
-        let cross_cfg = cfg.hopfield_cross.clone().unwrap_or_else(|| cfg.hopfield.clone());
+        let cross_cfg = cfg
+            .hopfield_cross
+            .clone()
+            .unwrap_or_else(|| cfg.hopfield.clone());
         let hopfield_association_self =
             Hopfield::new(cfg.hopfield.clone(), vb.pp("hopfield_association_self"))?;
         let hopfield_association_cross =

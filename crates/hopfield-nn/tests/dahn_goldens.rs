@@ -1,44 +1,26 @@
-//! The difflayers (`dahn/`) goldens: every function case passes at the file tolerance (1e-9) in
-//! float64, and within 1e-4 on `output.y` in float32. `DiffusedHopfield` module cases are not
-//! covered yet (they come with the module).
+//! The difflayers (`dahn/`) goldens: every case (graphs, Laplacians, operators, attention,
+//! dynamics, energy tracker and the `DiffusedHopfield` module) passes at the file tolerance (1e-9)
+//! in float64, gradients included, and within 1e-4 on `output.y` in float32.
 
-use hopfield_nn::conformance::{run_dirs, Outcome, Precision, Summary};
+use hopfield_nn::conformance::{run_dirs, Precision};
 
 const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/goldens/dahn");
 
-fn check(summary: &Summary) {
-    let mut failures = Vec::new();
-    let mut function_cases = 0;
-    for (name, outcome) in &summary.results {
-        if name.starts_with("dh_") {
-            continue; // DiffusedHopfield module cases
-        }
-        function_cases += 1;
-        if let Outcome::Fail(why) = outcome {
-            failures.push(format!("FAIL {name}: {why}"));
-        }
-    }
-    eprintln!("{}", summary.lines().join("\n"));
-    assert!(
-        function_cases >= 40,
-        "expected the dahn function cases, found {function_cases}"
-    );
-    assert!(
-        failures.is_empty(),
-        "{} of {function_cases} failed:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
-}
-
-#[test]
-fn dahn_function_goldens_f64() -> candle_core::Result<()> {
-    check(&run_dirs(&[DIR], Precision::F64)?);
+fn assert_all_pass(precision: Precision) -> candle_core::Result<()> {
+    let summary = run_dirs(&[DIR], precision)?;
+    let lines = summary.lines();
+    eprintln!("{}", lines.join("\n"));
+    assert_eq!(summary.passed, 72, "{}", lines.join("\n"));
+    assert_eq!(summary.failed, 0);
     Ok(())
 }
 
 #[test]
-fn dahn_function_goldens_f32() -> candle_core::Result<()> {
-    check(&run_dirs(&[DIR], Precision::F32)?);
-    Ok(())
+fn dahn_goldens_f64() -> candle_core::Result<()> {
+    assert_all_pass(Precision::F64)
+}
+
+#[test]
+fn dahn_goldens_f32() -> candle_core::Result<()> {
+    assert_all_pass(Precision::F32)
 }

@@ -199,7 +199,9 @@ impl Report {
         let rel = err / scale;
         self.max_err = self.max_err.max(rel);
         if rel > tol {
-            self.fail(format!("{key}: max error {err:.3e} (relative {rel:.3e} > {tol:.0e})"));
+            self.fail(format!(
+                "{key}: max error {err:.3e} (relative {rel:.3e} > {tol:.0e})"
+            ));
         }
         Ok(())
     }

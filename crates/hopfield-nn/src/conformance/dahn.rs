@@ -1,5 +1,5 @@
 //! Replays the `dahn/` goldens (difflayers 0.1.1 functions) against `dahn-graph` and
-//! `dahn-diffusion`. `DiffusedHopfield` module cases are reported as unsupported here.
+//! `dahn-diffusion`; `DiffusedHopfield` module cases go to [`super::diffused`].
 
 use super::case::{backward_with, Case, Report};
 use candle_core::{backprop::GradStore, DType, Error, Result, Tensor, Var};

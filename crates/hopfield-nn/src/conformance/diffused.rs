@@ -30,7 +30,11 @@ pub fn run(case: &Case, report: &mut Report) -> Result<()> {
             HopfieldInput::Single(&s)
         }
         "tuple3" => {
-            (s, q, p) = (mc.input("stored")?, mc.input("state")?, mc.input("projection")?);
+            (s, q, p) = (
+                mc.input("stored")?,
+                mc.input("state")?,
+                mc.input("projection")?,
+            );
             HopfieldInput::Triple {
                 stored: &s,
                 state: &q,
@@ -57,8 +61,14 @@ pub fn run(case: &Case, report: &mut Report) -> Result<()> {
         ("output.core_stored", Some(o.core_stored.clone())),
         ("output.graph_W", kg.map(|g| g.graph.weights()).transpose()?),
         ("output.graph_deg", kg.map(|g| g.degrees.clone())),
-        ("output.graph_adj_indices", kg.map(|g| g.neighbours.to_dtype(DType::I64)).transpose()?),
-        ("output.query_graph_W", qg.map(|g| g.graph.weights()).transpose()?),
+        (
+            "output.graph_adj_indices",
+            kg.map(|g| g.neighbours.to_dtype(DType::I64)).transpose()?,
+        ),
+        (
+            "output.query_graph_W",
+            qg.map(|g| g.graph.weights()).transpose()?,
+        ),
         ("output.query_graph_deg", qg.map(|g| g.degrees.clone())),
         ("output.energies", energies),
     ];
@@ -67,7 +77,10 @@ pub fn run(case: &Case, report: &mut Report) -> Result<()> {
             match got {
                 Some(g) if want.dtype().is_int() => {
                     let (g, w) = (g.to_dtype(DType::I64)?, want.clone());
-                    if g.dims() != w.dims() || g.flatten_all()?.to_vec1::<i64>()? != w.flatten_all()?.to_vec1::<i64>()? {
+                    if g.dims() != w.dims()
+                        || g.flatten_all()?.to_vec1::<i64>()?
+                            != w.flatten_all()?.to_vec1::<i64>()?
+                    {
                         report.fail(format!("{key}: {:?} differs from the reference", g.dims()));
                     } else {
                         report.check(key, &g.to_dtype(DType::F64)?, &w.to_dtype(DType::F64)?)?;
@@ -79,14 +92,27 @@ pub fn run(case: &Case, report: &mut Report) -> Result<()> {
         }
     }
     if !report.forward_only() {
-        if let Some(want) = mc.forward.get("dynamics_steps_run").and_then(|v| v.as_u64()) {
+        if let Some(want) = mc
+            .forward
+            .get("dynamics_steps_run")
+            .and_then(|v| v.as_u64())
+        {
             if o.dynamics_steps_run.iter().any(|s| *s as u64 != want) {
-                report.fail(format!("dynamics steps run {:?}, expected {want}", o.dynamics_steps_run));
+                report.fail(format!(
+                    "dynamics steps run {:?}, expected {want}",
+                    o.dynamics_steps_run
+                ));
             }
         }
         if let Some(want) = mc.forward.get("eta_effective").and_then(|v| v.as_f64()) {
-            if o.eta_effective.iter().any(|e| (e - want).abs() > 1e-9 * want.abs().max(1.0)) {
-                report.fail(format!("eta_effective {:?}, expected {want}", o.eta_effective));
+            if o.eta_effective
+                .iter()
+                .any(|e| (e - want).abs() > 1e-9 * want.abs().max(1.0))
+            {
+                report.fail(format!(
+                    "eta_effective {:?}, expected {want}",
+                    o.eta_effective
+                ));
             }
         }
     }

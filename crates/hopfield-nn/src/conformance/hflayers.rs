@@ -8,7 +8,7 @@ use crate::checkpoint::load_strict_tensors;
 use crate::{
     DecoderMasks, Hopfield, HopfieldConfig, HopfieldDecoderLayer, HopfieldEncoderLayer,
     HopfieldInput, HopfieldLayer, HopfieldLayerConfig, HopfieldPooling, HopfieldPoolingConfig,
-    Masks, TransformerLayerConfig,
+    TransformerLayerConfig,
 };
 use candle_core::{Device, Error, Result, Tensor};
 
@@ -79,8 +79,16 @@ pub fn run(case: &Case, report: &mut Report) -> Result<()> {
             let y = h.forward_with(&stored, projection.as_ref(), hopfield_masks, false)?;
             Outputs {
                 y,
-                association: Some(h.association_matrix(&stored, projection.as_ref(), hopfield_masks)?),
-                projected: Some(h.projected_pattern_matrix(&stored, projection.as_ref(), hopfield_masks)?),
+                association: Some(h.association_matrix(
+                    &stored,
+                    projection.as_ref(),
+                    hopfield_masks,
+                )?),
+                projected: Some(h.projected_pattern_matrix(
+                    &stored,
+                    projection.as_ref(),
+                    hopfield_masks,
+                )?),
                 steps_per_head: None,
             }
         }
@@ -97,8 +105,15 @@ pub fn run(case: &Case, report: &mut Report) -> Result<()> {
         }
         "HopfieldEncoderLayer" => {
             let cfg = TransformerLayerConfig::from_kwargs(&kwargs)?;
-            let h = load_strict_tensors(tensors, dtype, &dev, |vb| HopfieldEncoderLayer::new(cfg, vb))?;
-            let y = h.forward_with(&input("x")?, m("src_mask"), m("src_key_padding_mask"), false)?;
+            let h = load_strict_tensors(tensors, dtype, &dev, |vb| {
+                HopfieldEncoderLayer::new(cfg, vb)
+            })?;
+            let y = h.forward_with(
+                &input("x")?,
+                m("src_mask"),
+                m("src_key_padding_mask"),
+                false,
+            )?;
             Outputs {
                 y,
                 association: None,
@@ -108,7 +123,9 @@ pub fn run(case: &Case, report: &mut Report) -> Result<()> {
         }
         "HopfieldDecoderLayer" => {
             let cfg = TransformerLayerConfig::from_kwargs(&kwargs)?;
-            let h = load_strict_tensors(tensors, dtype, &dev, |vb| HopfieldDecoderLayer::new(cfg, vb))?;
+            let h = load_strict_tensors(tensors, dtype, &dev, |vb| {
+                HopfieldDecoderLayer::new(cfg, vb)
+            })?;
             let dm = DecoderMasks {
                 tgt_mask: m("tgt_mask"),
                 memory_mask: m("memory_mask"),
@@ -140,10 +157,16 @@ pub fn run(case: &Case, report: &mut Report) -> Result<()> {
     if let (Some(steps), Some(want)) = (&out.steps_per_head, mc.forward.get("update_steps_run")) {
         let want: Vec<usize> = want[""]
             .as_array()
-            .map(|a| a.iter().filter_map(|v| v.as_u64().map(|x| x as usize)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_u64().map(|x| x as usize))
+                    .collect()
+            })
             .unwrap_or_default();
         if !want.is_empty() && &want != steps {
-            report.fail(format!("update steps run per head {steps:?}, expected {want:?}"));
+            report.fail(format!(
+                "update steps run per head {steps:?}, expected {want:?}"
+            ));
         }
     }
     mc.check_gradients(case, report, &out.y)

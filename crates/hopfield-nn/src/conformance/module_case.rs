@@ -28,7 +28,12 @@ impl ModuleCase {
             .map(|a| a.iter().filter_map(|v| v.as_str()).collect::<Vec<_>>())
             .unwrap_or_default()
             .into_iter()
-            .map(|n| Ok((n.to_string(), Var::from_tensor(&case.get(&format!("input.{n}"))?)?)))
+            .map(|n| {
+                Ok((
+                    n.to_string(),
+                    Var::from_tensor(&case.get(&format!("input.{n}"))?)?,
+                ))
+            })
             .collect::<Result<_>>()?;
         let masks = forward["masks"]
             .as_object()
@@ -80,7 +85,11 @@ impl ModuleCase {
         let grads = backward_with(y, &case.get("grad_seed.cotangent")?)?;
         for (name, var) in &self.inputs {
             if let Some(want) = case.opt(&format!("grad.input.{name}")) {
-                report.check_grad(&format!("grad.input.{name}"), grads.get(var.as_tensor()), &want)?;
+                report.check_grad(
+                    &format!("grad.input.{name}"),
+                    grads.get(var.as_tensor()),
+                    &want,
+                )?;
             }
         }
         let frozen: Vec<String> =

@@ -1,0 +1,175 @@
+//! `DiffusedHopfield` behaviour beyond the goldens: batch independence with per-sample graphs
+//! (difflayers couples the batch, D9), working logit diffusion (it crashes in difflayers, D2),
+//! drop-in equality with `Hopfield`, gradients and bad input.
+
+use candle_core::{DType, Device, ModuleT, Result, Tensor, D};
+use candle_nn::{VarBuilder, VarMap};
+use dahn_diffusion::{AttentionMode, DiffusionMode};
+use dahn_graph::GraphBuilder;
+use hopfield_nn::{
+    DiffusedHopfield, DiffusedHopfieldConfig, GraphScope, Hopfield, HopfieldConfig, HopfieldInput,
+    Masks,
+};
+
+fn vb(map: &VarMap) -> VarBuilder<'_> {
+    VarBuilder::from_varmap(map, DType::F64, &Device::Cpu)
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> Result<f64> {
+    (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>()
+}
+
+fn randomize(map: &VarMap) -> Result<()> {
+    for v in map.all_vars() {
+        v.set(&Tensor::randn(0f64, 0.3, v.shape(), &Device::Cpu)?)?;
+    }
+    Ok(())
+}
+
+fn base() -> HopfieldConfig {
+    HopfieldConfig::new(8).with_num_heads(2)
+}
+
+#[test]
+fn per_sample_graphs_make_results_independent_of_the_batch() -> Result<()> {
+    let dev = Device::Cpu;
+    let map = VarMap::new();
+    let cfg = DiffusedHopfieldConfig::new(base())
+        .with_k_neighbors(3)
+        .with_eta(0.2);
+    let dh = DiffusedHopfield::new(cfg.clone(), vb(&map))?;
+    randomize(&map)?;
+    let x = Tensor::randn(0f64, 1., (3, 9, 8), &dev)?;
+    let batch = dh.forward_t(&x, false)?;
+    for n in 0..3 {
+        let alone = dh.forward_t(&x.narrow(0, n, 1)?, false)?;
+        assert!(max_diff(&batch.narrow(0, n, 1)?, &alone)? < 1e-13);
+    }
+    // difflayers' batch-mean graph couples the samples.
+    let mean = DiffusedHopfield::new(cfg.with_graph_scope(GraphScope::BatchMean), vb(&map))?;
+    let coupled = mean.forward_t(&x, false)?;
+    let alone = mean.forward_t(&x.narrow(0, 0, 1)?, false)?;
+    assert!(max_diff(&coupled.narrow(0, 0, 1)?, &alone)? > 1e-6);
+    Ok(())
+}
+
+#[test]
+fn eta_zero_is_exactly_hopfield() -> Result<()> {
+    let map = VarMap::new();
+    let dh = DiffusedHopfield::new(DiffusedHopfieldConfig::new(base()).with_eta(0.0), vb(&map))?;
+    randomize(&map)?;
+    let h = Hopfield::new(base(), vb(&map))?;
+    let x = Tensor::randn(0f64, 1., (2, 7, 8), &Device::Cpu)?;
+    assert_eq!(
+        max_diff(&dh.forward_t(&x, false)?, &h.forward_t(&x, false)?)?,
+        0.0
+    );
+    Ok(())
+}
+
+#[test]
+fn logit_diffusion_matches_an_independent_computation() -> Result<()> {
+    // Pure static retrieval with the logits diffused over the stored patterns' kNN graph:
+    // xi = softmax(beta R Y^T (I - eta L_sym)^T), out = xi Y.
+    let dev = Device::Cpu;
+    let (beta, eta) = (2.0, 0.3);
+    let cfg = DiffusedHopfieldConfig::new(HopfieldConfig::pure_static().with_scaling(beta))
+        .with_diffuse(false, false)
+        .with_eta(eta)
+        .with_k_neighbors(2)
+        .with_diffusion_mode(DiffusionMode::Simple)
+        .with_logit_diffusion(true, None);
+    let map = VarMap::new();
+    let dh = DiffusedHopfield::new(cfg, vb(&map))?;
+    let y = Tensor::randn(0f64, 1., (1, 6, 4), &dev)?;
+    let r = Tensor::randn(0f64, 1., (1, 3, 4), &dev)?;
+    let out = dh.forward_with((&y, &r, &y).into(), Masks::default(), false)?;
+
+    let graph = GraphBuilder::new().k(2).build(&y.squeeze(0)?)?;
+    let l = graph.laplacian(true).to_dense(DType::F64, &dev)?;
+    let smooth = (Tensor::eye(6, DType::F64, &dev)? - (l * eta)?)?;
+    let logits = ((r.squeeze(0)? * beta)?.matmul(&y.squeeze(0)?.t()?)?).matmul(&smooth.t()?)?;
+    let want = candle_nn::ops::softmax(&logits, D::Minus1)?.matmul(&y.squeeze(0)?)?;
+    assert!(max_diff(&out.squeeze(0)?, &want)? < 1e-12);
+    // ...and it changes the result.
+    let plain = Hopfield::new(HopfieldConfig::pure_static().with_scaling(beta), vb(&map))?
+        .forward_with((&y, &r, &y).into(), Masks::default(), false)?;
+    assert!(max_diff(&out, &plain)? > 1e-6);
+    Ok(())
+}
+
+#[test]
+fn every_trainable_variable_gets_a_gradient() -> Result<()> {
+    let map = VarMap::new();
+    let cfg = DiffusedHopfieldConfig::new(base())
+        .with_k_neighbors(3)
+        .with_diffuse(true, true)
+        .with_logit_diffusion(true, Some(0.1));
+    let dh = DiffusedHopfield::new(cfg, vb(&map))?;
+    randomize(&map)?;
+    let x = Tensor::randn(0f64, 1., (2, 9, 8), &Device::Cpu)?;
+    let grads = dh.forward_t(&x, true)?.sqr()?.sum_all()?.backward()?;
+    for (name, var) in map.data().lock().unwrap().iter() {
+        assert!(
+            grads.get(var.as_tensor()).is_some(),
+            "no gradient for {name}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn bad_input_and_configs_are_typed_errors() -> Result<()> {
+    let dev = Device::Cpu;
+    let map = VarMap::new();
+    let graph_attn = DiffusedHopfield::new(
+        DiffusedHopfieldConfig::new(base()).with_attention_mode(AttentionMode::Graph),
+        vb(&map),
+    )?;
+    let (stored, state) = (
+        Tensor::randn(0f64, 1., (1, 9, 8), &dev)?,
+        Tensor::randn(0f64, 1., (1, 4, 8), &dev)?,
+    );
+    let e = graph_attn
+        .forward_with(
+            HopfieldInput::Triple {
+                stored: &stored,
+                state: &state,
+                projection: &stored,
+            },
+            Masks::default(),
+            false,
+        )
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("graph attention pairs state i with stored node i"),
+        "{e}"
+    );
+
+    let e = DiffusedHopfield::new(
+        DiffusedHopfieldConfig::new(base().with_pattern_projection_size(Some(6))),
+        vb(&VarMap::new()),
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("pattern_projection_size (Some(6)) must equal input_size"),
+        "{e}"
+    );
+
+    for cfg in [
+        DiffusedHopfieldConfig::new(base()).with_eta(-0.1),
+        DiffusedHopfieldConfig::new(base()).with_diffusion_steps(0),
+        DiffusedHopfieldConfig::new(base()).with_k_neighbors(0),
+        DiffusedHopfieldConfig::new(base()).with_logit_diffusion(true, Some(f64::NAN)),
+    ] {
+        assert!(
+            DiffusedHopfield::new(cfg.clone(), vb(&map)).is_err(),
+            "{cfg:?}"
+        );
+    }
+    let nan = (stored.clone() * f64::NAN)?;
+    assert!(graph_attn.forward_t(&nan, false).is_err());
+    Ok(())
+}
