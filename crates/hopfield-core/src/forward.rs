@@ -327,9 +327,6 @@ pub fn hopfield_core_forward_mapped(
         };
         match &mask {
             Some(m) => masked_softmax(&logits.broadcast_add(m)?),
-            // Without a mask no row can be fully masked, and when nothing requires a gradient
-            // candle's fused (forward-only) kernel is exact and faster.
-            None if !logits.track_op() => candle_nn::ops::softmax_last_dim(&logits),
             None => masked_softmax(&logits),
         }
     };

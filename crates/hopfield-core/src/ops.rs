@@ -63,7 +63,8 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
 }
 
 /// Softmax over the last dimension that tolerates `-inf` logits: a row whose logits are all `-inf`
-/// (fully masked) becomes all zeros instead of NaN, and its gradient is zero.
+/// (fully masked) becomes all zeros instead of NaN, and its gradient is zero. Fused on the CPU
+/// (one pass per row, with a backward pass), composed elsewhere: see [`hopfield_cuda::masked_softmax`].
 ///
 /// ```
 /// use candle_core::{Device, Tensor};
@@ -74,15 +75,7 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
 /// # Ok::<(), candle_core::Error>(())
 /// ```
 pub fn masked_softmax(logits: &Tensor) -> Result<Tensor> {
-    // The max is a constant shift (softmax is invariant to it), so it carries no gradient.
-    let m = logits.max_keepdim(D::Minus1)?.detach();
-    let finite = m.ne(f64::NEG_INFINITY)?;
-    let m = finite.where_cond(&m, &m.zeros_like()?)?;
-    let e = logits.broadcast_sub(&m)?.exp()?;
-    let s = e.sum_keepdim(D::Minus1)?;
-    let positive = s.gt(0.0)?;
-    let s = positive.where_cond(&s, &s.ones_like()?)?;
-    e.broadcast_div(&s)
+    hopfield_cuda::masked_softmax(logits)
 }
 
 /// Converts a boolean-like mask (any integer dtype, nonzero = masked) into an additive float mask

@@ -128,14 +128,24 @@ fn convergence_is_per_sample_and_head() -> Result<()> {
         .with_scaling(Scaling::Scalar(1.5))
         .with_update_steps_max(UpdateSteps::UntilConvergence)
         .with_update_steps_eps(StepsEps::Scalar(1e-6));
-    let y = Tensor::randn(0f64, 1., (2, 6, 4), &dev)?;
-    // Sample 0 starts on a stored pattern (converges at once), sample 1 in between patterns.
-    let r = Tensor::cat(
+    // Fixed data, so the two samples provably need different numbers of steps: sample 0 starts
+    // on (a multiple of) a stored pattern and converges at once, sample 1 starts in between.
+    let patterns = [
+        [1.0f64, 0.2, -0.3, 0.5],
+        [-0.4, 1.1, 0.3, -0.2],
+        [0.3, -0.5, 0.9, 0.4],
+        [0.8, 0.7, 0.1, -0.6],
+        [-0.2, -0.3, -0.8, 0.9],
+        [0.5, -0.9, 0.2, 0.1],
+    ];
+    let y1 = Tensor::new(&patterns, &dev)?;
+    let y = Tensor::stack(&[&y1, &y1], 0)?;
+    let r = Tensor::new(
         &[
-            &(y.narrow(0, 0, 1)?.narrow(1, 0, 2)? * 3.0)?,
-            &Tensor::randn(0f64, 0.1, (1, 2, 4), &dev)?,
+            [[5.0f64, 1.0, -1.5, 2.5], [-2.0, 5.5, 1.5, -1.0]],
+            [[0.3, 0.2, 0.1, 0.1], [0.1, -0.1, 0.2, 0.0]],
         ],
-        0,
+        &dev,
     )?;
     let batch = hopfield_core_forward(&r, &y, &y, &w, &cfg, Masks::default(), false)?;
     for n in 0..2 {

@@ -67,15 +67,23 @@ fn state_dict_names_match_hflayers() -> Result<()> {
 #[test]
 fn varmap_save_then_strict_load_round_trips() -> Result<()> {
     let map = VarMap::new();
-    let cfg = HopfieldConfig::new(8).with_num_heads(2).with_update_steps_max(Some(2));
+    let cfg = HopfieldConfig::new(8)
+        .with_num_heads(2)
+        .with_update_steps_max(Some(2));
     let h = Hopfield::new(cfg.clone(), vb(&map))?;
     randomize(&map)?;
-    let path = std::env::temp_dir().join(format!("hopfield-rs-roundtrip-{}.safetensors", std::process::id()));
+    let path = std::env::temp_dir().join(format!(
+        "hopfield-rs-roundtrip-{}.safetensors",
+        std::process::id()
+    ));
     map.save(&path)?;
     let loaded = load_strict(&path, DType::F64, &dev(), |vb| Hopfield::new(cfg, vb))?;
     std::fs::remove_file(&path).ok();
     let x = Tensor::randn(0f64, 1., (2, 5, 8), &dev())?;
-    assert_eq!(max_diff(&h.forward_t(&x, false)?, &loaded.forward_t(&x, false)?)?, 0.0);
+    assert_eq!(
+        max_diff(&h.forward_t(&x, false)?, &loaded.forward_t(&x, false)?)?,
+        0.0
+    );
     Ok(())
 }
 
@@ -91,13 +99,26 @@ fn strict_loading_names_missing_unexpected_and_misshaped_keys() -> Result<()> {
         .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
         .collect();
     sd.remove("norm_state_pattern.weight");
-    sd.insert("association_core.out_proj.bias".into(), Tensor::zeros(7, DType::F64, &dev())?);
+    sd.insert(
+        "association_core.out_proj.bias".into(),
+        Tensor::zeros(7, DType::F64, &dev())?,
+    );
     sd.insert("extra.weight".into(), Tensor::zeros(1, DType::F64, &dev())?);
-    let err = load_strict_tensors(sd, DType::F64, &dev(), |vb| Hopfield::new(HopfieldConfig::new(8), vb))
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("missing key \"norm_state_pattern.weight\" (shape [8])"), "{err}");
-    assert!(err.contains("key \"association_core.out_proj.bias\" has shape [7], the module expects [8]"), "{err}");
+    let err = load_strict_tensors(sd, DType::F64, &dev(), |vb| {
+        Hopfield::new(HopfieldConfig::new(8), vb)
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("missing key \"norm_state_pattern.weight\" (shape [8])"),
+        "{err}"
+    );
+    assert!(
+        err.contains(
+            "key \"association_core.out_proj.bias\" has shape [7], the module expects [8]"
+        ),
+        "{err}"
+    );
     assert!(err.contains("unexpected key \"extra.weight\""), "{err}");
     Ok(())
 }
@@ -119,13 +140,19 @@ fn every_trainable_variable_gets_a_gradient(#[case] which: &str) -> Result<()> {
         .with_normalize_hopfield_space_affine(true)
         .with_add_zero_association(true);
     let x = Tensor::randn(0f64, 1., (2, 5, 8), &dev())?;
-    let tf = TransformerLayerConfig::new(h.clone()).with_dim_feedforward(16).with_dropout(0.0);
+    let tf = TransformerLayerConfig::new(h.clone())
+        .with_dim_feedforward(16)
+        .with_dropout(0.0);
     let y = match which {
         "hopfield" => Hopfield::new(h, vb(&map))?.forward_t(&x, true)?,
-        "pooling" => HopfieldPooling::new(HopfieldPoolingConfig::new(h).with_quantity(2), vb(&map))?
-            .forward_t(&x, true)?,
+        "pooling" => {
+            HopfieldPooling::new(HopfieldPoolingConfig::new(h).with_quantity(2), vb(&map))?
+                .forward_t(&x, true)?
+        }
         "layer" => HopfieldLayer::new(
-            HopfieldLayerConfig::new(h).with_quantity(4).with_lookup_weights_as_separated(true),
+            HopfieldLayerConfig::new(h)
+                .with_quantity(4)
+                .with_lookup_weights_as_separated(true),
             vb(&map),
         )?
         .forward_t(&x, true)?,
@@ -142,7 +169,10 @@ fn every_trainable_variable_gets_a_gradient(#[case] which: &str) -> Result<()> {
     let data = map.data().lock().unwrap();
     assert!(!data.is_empty());
     for (name, var) in data.iter() {
-        assert!(grads.get(var.as_tensor()).is_some(), "{which}: no gradient for {name}");
+        assert!(
+            grads.get(var.as_tensor()).is_some(),
+            "{which}: no gradient for {name}"
+        );
     }
     Ok(())
 }
@@ -170,14 +200,21 @@ fn pooling_batch_first_false_returns_batch_major() -> Result<()> {
     // hflayers (Q7) returns (quantity, N*O) here; we return (N, quantity*O) for both layouts.
     let (map_a, mut map_b) = (VarMap::new(), VarMap::new());
     let base = HopfieldConfig::new(6).with_num_heads(2);
-    let a = HopfieldPooling::new(HopfieldPoolingConfig::new(base.clone()).with_quantity(3), vb(&map_a))?;
+    let a = HopfieldPooling::new(
+        HopfieldPoolingConfig::new(base.clone()).with_quantity(3),
+        vb(&map_a),
+    )?;
     randomize(&map_a)?;
     let b = HopfieldPooling::new(
         HopfieldPoolingConfig::new(base.with_batch_first(false)).with_quantity(3),
         vb(&map_b),
     )?;
     for (k, v) in map_a.data().lock().unwrap().iter() {
-        let t = if k == "pooling_weights" { v.as_tensor().transpose(0, 1)? } else { v.as_tensor().clone() };
+        let t = if k == "pooling_weights" {
+            v.as_tensor().transpose(0, 1)?
+        } else {
+            v.as_tensor().clone()
+        };
         map_b.set_one(k, t)?;
     }
     let x = Tensor::randn(0f64, 1., (4, 7, 6), &dev())?;
@@ -193,7 +230,9 @@ fn static_stored_pattern_with_hidden_size_below_input_size_works() -> Result<()>
     // hflayers (Q5) sizes this LayerNorm 16 and crashes on the 8-feature static keys.
     let map = VarMap::new();
     let h = Hopfield::new(
-        HopfieldConfig::new(16).with_hidden_size(Some(8)).with_stored_pattern_as_static(true),
+        HopfieldConfig::new(16)
+            .with_hidden_size(Some(8))
+            .with_stored_pattern_as_static(true),
         vb(&map),
     )?;
     let (stored, state, proj) = (
@@ -210,33 +249,61 @@ fn static_stored_pattern_with_hidden_size_below_input_size_works() -> Result<()>
 fn bad_input_gives_typed_errors_naming_shapes() -> Result<()> {
     let map = VarMap::new();
     let h = Hopfield::new(HopfieldConfig::new(8).with_num_heads(2), vb(&map))?;
-    let e = h.forward_t(&Tensor::zeros((2, 5, 6), DType::F64, &dev())?, false).unwrap_err();
-    assert!(e.to_string().contains("stored pattern (key): expected shape (N, S, 8), got [2, 5, 6]"), "{e}");
-    let e = h.forward_t(&Tensor::zeros((5, 8), DType::F64, &dev())?, false).unwrap_err();
+    let e = h
+        .forward_t(&Tensor::zeros((2, 5, 6), DType::F64, &dev())?, false)
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("stored pattern (key): expected shape (N, S, 8), got [2, 5, 6]"),
+        "{e}"
+    );
+    let e = h
+        .forward_t(&Tensor::zeros((5, 8), DType::F64, &dev())?, false)
+        .unwrap_err();
     assert!(e.to_string().contains("got [5, 8]"), "{e}");
     let x = Tensor::zeros((2, 5, 8), DType::F64, &dev())?;
     let mask = Tensor::zeros((2, 4), DType::U8, &dev())?;
     let e = h
         .forward_with(
             HopfieldInput::Single(&x),
-            Masks { stored_pattern_padding_mask: Some(&mask), association_mask: None },
+            Masks {
+                stored_pattern_padding_mask: Some(&mask),
+                association_mask: None,
+            },
             false,
         )
         .unwrap_err();
-    assert!(e.to_string().contains("stored_pattern_padding_mask: expected shape (N, S) = (2, 5), got [2, 4]"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("stored_pattern_padding_mask: expected shape (N, S) = (2, 5), got [2, 4]"),
+        "{e}"
+    );
     // A static state pattern must have the per-head size.
     let map = VarMap::new();
     let s = Hopfield::new(
-        HopfieldConfig::new(8).with_num_heads(2).with_state_pattern_as_static(true)
-            .with_normalize_state_pattern(false).with_normalize_state_pattern_affine(false),
+        HopfieldConfig::new(8)
+            .with_num_heads(2)
+            .with_state_pattern_as_static(true)
+            .with_normalize_state_pattern(false)
+            .with_normalize_state_pattern_affine(false),
         vb(&map),
     )?;
-    let e = s.forward_with((&x, &x, &x).into(), Masks::default(), false).unwrap_err();
-    assert!(e.to_string().contains("state pattern (query): expected shape (N, L, 4), got [2, 5, 8]"), "{e}");
+    let e = s
+        .forward_with((&x, &x, &x).into(), Masks::default(), false)
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("state pattern (query): expected shape (N, L, 4), got [2, 5, 8]"),
+        "{e}"
+    );
     // Config errors surface at construction.
     let map = VarMap::new();
     let e = Hopfield::new(HopfieldConfig::new(10).with_num_heads(4), vb(&map)).unwrap_err();
-    assert!(e.to_string().contains("input_size = 10 is not divisible by num_heads = 4"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("input_size = 10 is not divisible by num_heads = 4"),
+        "{e}"
+    );
     let e = Hopfield::new(HopfieldConfig::new(8).with_update_steps_eps(0.0), vb(&map)).unwrap_err();
     assert!(e.to_string().contains("update_steps_eps"), "{e}");
     let e = Hopfield::new(HopfieldConfig::default(), vb(&map)).unwrap_err();
@@ -246,24 +313,43 @@ fn bad_input_gives_typed_errors_naming_shapes() -> Result<()> {
         Hopfield::new(HopfieldConfig::new(8), vb)
     })
     .unwrap_err();
-    assert!(e.to_string().contains("missing key \"association_core.in_proj_weight\" (shape [24, 8])"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("missing key \"association_core.in_proj_weight\" (shape [24, 8])"),
+        "{e}"
+    );
     Ok(())
 }
 
 #[test]
 fn association_getters_are_batch_major_for_either_layout() -> Result<()> {
     let map = VarMap::new();
-    let h = Hopfield::new(HopfieldConfig::new(8).with_num_heads(2).with_batch_first(false), vb(&map))?;
+    let h = Hopfield::new(
+        HopfieldConfig::new(8)
+            .with_num_heads(2)
+            .with_batch_first(false),
+        vb(&map),
+    )?;
     let (stored, state) = (
         Tensor::randn(0f64, 1., (6, 3, 8), &dev())?,
         Tensor::randn(0f64, 1., (4, 3, 8), &dev())?,
     );
-    let input = HopfieldInput::Triple { stored: &stored, state: &state, projection: &stored };
-    assert_eq!(h.forward_with(input, Masks::default(), false)?.dims(), &[4, 3, 8]);
+    let input = HopfieldInput::Triple {
+        stored: &stored,
+        state: &state,
+        projection: &stored,
+    };
+    assert_eq!(
+        h.forward_with(input, Masks::default(), false)?.dims(),
+        &[4, 3, 8]
+    );
     let a = h.association_matrix(input, Masks::default())?;
     assert_eq!(a.dims(), &[3, 2, 4, 6]);
     let rows = a.sum(3)?.flatten_all()?.to_vec1::<f64>()?;
     assert!(rows.iter().all(|r| (r - 1.0).abs() < 1e-12));
-    assert_eq!(h.projected_pattern_matrix(input, Masks::default())?.dims(), &[3, 2, 6, 4]);
+    assert_eq!(
+        h.projected_pattern_matrix(input, Masks::default())?.dims(),
+        &[3, 2, 6, 4]
+    );
     Ok(())
 }

@@ -1,0 +1,25 @@
+//! # hopfield-cuda
+//!
+//! Fused kernels of hopfield-rs as Candle custom ops, each with a backward pass so that training
+//! can use them (candle-nn's fused softmax has none).
+//!
+//! - [`masked_softmax`]: softmax over the last dimension that maps fully masked rows (all `-inf`)
+//!   to zeros instead of NaN, one pass per row on the CPU (rayon over rows), differentiable to any
+//!   order.
+//!
+//! Every op has a CPU implementation for f32 and f64 and falls back to composed candle ops on
+//! other dtypes and devices, so results never depend on which path ran. CUDA kernels belong behind
+//! the `cuda` feature; the composed fallback covers CUDA devices until then.
+//!
+//! ```
+//! use candle_core::{Device, Tensor};
+//! let inf = f32::NEG_INFINITY;
+//! let x = Tensor::new(&[[0f32, 0.], [inf, inf]], &Device::Cpu)?;
+//! let p = hopfield_cuda::masked_softmax(&x)?;
+//! assert_eq!(p.to_vec2::<f32>()?, vec![vec![0.5, 0.5], vec![0., 0.]]);
+//! # Ok::<(), candle_core::Error>(())
+//! ```
+
+mod softmax;
+
+pub use softmax::{masked_softmax, masked_softmax_composed};

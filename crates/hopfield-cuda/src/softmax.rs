@@ -1,0 +1,341 @@
+//! Masked softmax over the last dimension as a custom op with a backward pass.
+
+use candle_core::{
+    backend::BackendStorage, CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape,
+    Tensor, D,
+};
+use rayon::prelude::*;
+
+/// Rows handed to one rayon task: enough work to amortise scheduling.
+const MIN_ELEMS_PER_TASK: usize = 16 * 1024;
+
+trait Float:
+    Copy + Send + Sync + PartialOrd + std::ops::Mul<Output = Self> + std::ops::Sub<Output = Self>
+{
+    const NEG_INF: Self;
+    const ZERO: Self;
+    const ONE: Self;
+    fn exp(self) -> Self;
+    fn add(self, o: Self) -> Self;
+    fn div(self, o: Self) -> Self;
+}
+
+/// `exp` for f32 in a form the compiler vectorises (libm's `expf` is a scalar call and dominated
+/// the softmax): Cody-Waite range reduction `x = n ln2 + r` with round-to-nearest by the
+/// 1.5 * 2^23 trick (no `floor`, which is a libm call without SSE4.1), Cephes' degree-6
+/// polynomial, and `2^n` built in the exponent bits. Relative error below 2e-7 (about 1 ulp);
+/// inputs below ln(f32::MIN_POSITIVE), `-inf` included, give exactly 0, as masked logits must.
+#[inline(always)]
+pub(crate) fn exp_f32(x: f32) -> f32 {
+    const LO: f32 = -87.336_54;
+    const HI: f32 = 88.722_83;
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23
+    const C1: f32 = 0.693_359_4;
+    const C2: f32 = -2.121_944_4e-4;
+    let xc = x.clamp(LO, HI);
+    let n = (xc * LOG2E + ROUND) - ROUND;
+    let r = xc - n * C1 - n * C2;
+    let r2 = r * r;
+    let mut y = 1.987_569_1e-4_f32;
+    y = y * r + 1.398_199_9e-3;
+    y = y * r + 8.333_452e-3;
+    y = y * r + 4.166_579_6e-2;
+    y = y * r + 1.666_666_5e-1;
+    y = y * r + 0.5;
+    y = y * r2 + r + 1.0;
+    let pow2 = f32::from_bits(((n as i32 + 127) << 23) as u32);
+    if x < LO {
+        0.0
+    } else {
+        y * pow2
+    }
+}
+
+macro_rules! float {
+    ($t:ty, $exp:expr) => {
+        impl Float for $t {
+            const NEG_INF: Self = <$t>::NEG_INFINITY;
+            const ZERO: Self = 0.0;
+            const ONE: Self = 1.0;
+            fn exp(self) -> Self {
+                $exp(self)
+            }
+            fn add(self, o: Self) -> Self {
+                self + o
+            }
+            fn div(self, o: Self) -> Self {
+                self / o
+            }
+        }
+    };
+}
+float!(f32, exp_f32);
+float!(f64, f64::exp);
+
+fn softmax_row<T: Float>(src: &[T], dst: &mut [T]) {
+    let mut max = T::NEG_INF;
+    for &v in src {
+        if v > max {
+            max = v;
+        }
+    }
+    if max == T::NEG_INF {
+        // Fully masked: no pattern may be retrieved.
+        dst.iter_mut().for_each(|d| *d = T::ZERO);
+        return;
+    }
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d = (s - max).exp();
+    }
+    let mut sum = T::ZERO;
+    for &d in dst.iter() {
+        sum = sum.add(d);
+    }
+    let inv = T::ONE.div(sum);
+    dst.iter_mut().for_each(|d| *d = *d * inv);
+}
+
+/// `p * (g - sum(p * g))` per row.
+fn softmax_grad_row<T: Float>(p: &[T], g: &[T], dst: &mut [T]) {
+    let mut dot = T::ZERO;
+    for (&a, &b) in p.iter().zip(g) {
+        dot = dot.add(a * b);
+    }
+    for ((d, &a), &b) in dst.iter_mut().zip(p).zip(g) {
+        *d = a * (b - dot);
+    }
+}
+
+fn contiguous<'a, T>(v: &'a [T], l: &Layout) -> Result<&'a [T]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&v[a..b]),
+        None => candle_core::bail!("masked_softmax: input must be contiguous"),
+    }
+}
+
+fn rows_per_task(dim: usize) -> usize {
+    (MIN_ELEMS_PER_TASK / dim.max(1)).max(1)
+}
+
+fn map_rows<T: Float>(src: &[T], dim: usize) -> Vec<T> {
+    let mut dst = vec![T::ZERO; src.len()];
+    let chunk = rows_per_task(dim) * dim;
+    dst.par_chunks_mut(chunk)
+        .zip(src.par_chunks(chunk))
+        .for_each(|(d, s)| {
+            for (dr, sr) in d.chunks_mut(dim).zip(s.chunks(dim)) {
+                softmax_row(sr, dr);
+            }
+        });
+    dst
+}
+
+fn grad_rows<T: Float>(p: &[T], g: &[T], dim: usize) -> Vec<T> {
+    let mut dst = vec![T::ZERO; p.len()];
+    let chunk = rows_per_task(dim) * dim;
+    dst.par_chunks_mut(chunk)
+        .zip(p.par_chunks(chunk).zip(g.par_chunks(chunk)))
+        .for_each(|(d, (pc, gc))| {
+            for ((dr, pr), gr) in d.chunks_mut(dim).zip(pc.chunks(dim)).zip(gc.chunks(dim)) {
+                softmax_grad_row(pr, gr, dr);
+            }
+        });
+    dst
+}
+
+struct MaskedSoftmax;
+
+impl CustomOp1 for MaskedSoftmax {
+    fn name(&self) -> &'static str {
+        "hopfield-masked-softmax"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let dim = l.dims().last().copied().unwrap_or(1);
+        let out = match s {
+            CpuStorage::F32(v) => CpuStorage::F32(map_rows(contiguous(v, l)?, dim)),
+            CpuStorage::F64(v) => CpuStorage::F64(map_rows(contiguous(v, l)?, dim)),
+            other => candle_core::bail!("masked_softmax: unsupported dtype {:?}", other.dtype()),
+        };
+        Ok((out, l.shape().clone()))
+    }
+
+    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(res.apply_op2(&grad_res.contiguous()?, SoftmaxGrad)?))
+    }
+}
+
+/// The softmax backward `p * (g - sum(p g))` as one op; its own backward is composed, so
+/// second-order gradients still work.
+struct SoftmaxGrad;
+
+impl CustomOp2 for SoftmaxGrad {
+    fn name(&self) -> &'static str {
+        "hopfield-masked-softmax-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        p: &CpuStorage,
+        lp: &Layout,
+        g: &CpuStorage,
+        lg: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let dim = lp.dims().last().copied().unwrap_or(1);
+        let out = match (p, g) {
+            (CpuStorage::F32(p), CpuStorage::F32(g)) => {
+                CpuStorage::F32(grad_rows(contiguous(p, lp)?, contiguous(g, lg)?, dim))
+            }
+            (CpuStorage::F64(p), CpuStorage::F64(g)) => {
+                CpuStorage::F64(grad_rows(contiguous(p, lp)?, contiguous(g, lg)?, dim))
+            }
+            _ => candle_core::bail!("masked_softmax backward: unsupported dtypes"),
+        };
+        Ok((out, lp.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        p: &Tensor,
+        g: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        // r = p*g - p*s with s = sum(p*g): dr/dp . u = u*g - u*s - p*sum(u*g)... written out:
+        let s = (p * g)?.sum_keepdim(D::Minus1)?;
+        let u = grad_res;
+        let ug = (u * g)?;
+        let up = (u * p)?;
+        let d_p =
+            ((&ug - u.broadcast_mul(&s)?)? - g.broadcast_mul(&up.sum_keepdim(D::Minus1)?)?)?;
+        let d_g = (&up - p.broadcast_mul(&up.sum_keepdim(D::Minus1)?)?)?;
+        Ok((Some(d_p), Some(d_g)))
+    }
+}
+
+/// Softmax over the last dimension; rows whose entries are all `-inf` become zeros (with zero
+/// gradient) instead of NaN. One fused pass per row on the CPU for f32/f64 contiguous inputs;
+/// otherwise [`masked_softmax_composed`].
+///
+/// ```
+/// use candle_core::{Device, Tensor, Var};
+/// let x = Var::new(&[[1f64, 2., 3.]], &Device::Cpu)?;
+/// let p = hopfield_cuda::masked_softmax(x.as_tensor())?;
+/// let g = p.narrow(1, 2, 1)?.sum_all()?.backward()?;
+/// let p2 = p.to_vec2::<f64>()?[0][2];
+/// assert!((g.get(&x).unwrap().to_vec2::<f64>()?[0][2] - p2 * (1. - p2)).abs() < 1e-15);
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+pub fn masked_softmax(x: &Tensor) -> Result<Tensor> {
+    let fused = x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64);
+    if fused {
+        x.contiguous()?.apply_op1(MaskedSoftmax)
+    } else {
+        masked_softmax_composed(x)
+    }
+}
+
+/// The same function from composed candle ops (any dtype and device).
+pub fn masked_softmax_composed(logits: &Tensor) -> Result<Tensor> {
+    // The max is a constant shift (softmax is invariant to it), so it carries no gradient.
+    let m = logits.max_keepdim(D::Minus1)?.detach();
+    let finite = m.ne(f64::NEG_INFINITY)?;
+    let m = finite.where_cond(&m, &m.zeros_like()?)?;
+    let e = logits.broadcast_sub(&m)?.exp()?;
+    let s = e.sum_keepdim(D::Minus1)?;
+    let positive = s.gt(0.0)?;
+    let s = positive.where_cond(&s, &s.ones_like()?)?;
+    e.broadcast_div(&s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+    }
+
+    #[test]
+    fn fused_equals_composed_forward_and_backward() -> Result<()> {
+        let dev = Device::Cpu;
+        let inf = f64::NEG_INFINITY;
+        let mask = Tensor::new(&[[0f64, inf, 0., 0., inf], [inf, inf, inf, inf, inf]], &dev)?;
+        let x = Var::from_tensor(&Tensor::randn(0f64, 2., (3, 2, 5), &dev)?)?;
+        let cot = Tensor::randn(0f64, 1., (3, 2, 5), &dev)?;
+        let run = |f: fn(&Tensor) -> Result<Tensor>| -> Result<(Tensor, Tensor)> {
+            let p = f(&x.as_tensor().broadcast_add(&mask)?)?;
+            let g = (&p * &cot)?.sum_all()?.backward()?;
+            Ok((p, g.get(x.as_tensor()).unwrap().clone()))
+        };
+        let (p1, g1) = run(masked_softmax)?;
+        let (p2, g2) = run(masked_softmax_composed)?;
+        assert!(max_diff(&p1, &p2) < 1e-15);
+        assert!(max_diff(&g1, &g2) < 1e-15);
+        let row = p1.get(0)?.get(1)?.to_vec1::<f64>()?;
+        assert_eq!(row, vec![0.0; 5]);
+        Ok(())
+    }
+
+    #[test]
+    fn backward_op_is_differentiable() -> Result<()> {
+        // The fused backward's own backward (second-order training) against composed ops.
+        let dev = Device::Cpu;
+        let p = Var::from_tensor(&candle_nn::ops::softmax_last_dim(&Tensor::randn(
+            0f64,
+            1.,
+            (2, 6),
+            &dev,
+        )?)?)?;
+        let g = Var::from_tensor(&Tensor::randn(0f64, 1., (2, 6), &dev)?)?;
+        let u = Tensor::randn(0f64, 1., (2, 6), &dev)?;
+        let (pt, gt) = (p.as_tensor(), g.as_tensor());
+        let fused = pt.apply_op2(gt, SoftmaxGrad)?;
+        let composed = (pt * (gt.broadcast_sub(&(pt * gt)?.sum_keepdim(D::Minus1)?))?)?;
+        assert!(max_diff(&fused, &composed) < 1e-15);
+        let a = (&fused * &u)?.sum_all()?.backward()?;
+        let b = (&composed * &u)?.sum_all()?.backward()?;
+        for v in [pt, gt] {
+            assert!(max_diff(a.get(v).unwrap(), b.get(v).unwrap()) < 1e-14);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn fast_exp_is_accurate_and_exact_at_the_edges() {
+        let mut worst = 0f64;
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let (a, b) = (exp_f32(x) as f64, (x as f64).exp());
+            worst = worst.max(((a - b) / b).abs());
+            x += 0.001_37;
+        }
+        assert!(worst < 2e-7, "max relative error {worst}");
+        assert_eq!(exp_f32(0.0), 1.0);
+        assert_eq!(exp_f32(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp_f32(-100.0), 0.0);
+        assert!(exp_f32(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn f32_matches_candle_softmax() -> Result<()> {
+        let x = Tensor::randn(0f32, 3., (4, 7, 33), &Device::Cpu)?;
+        let a = masked_softmax(&x)?;
+        let b = candle_nn::ops::softmax_last_dim(&x)?;
+        assert!(max_diff(&a, &b) < 1e-6);
+        Ok(())
+    }
+}
