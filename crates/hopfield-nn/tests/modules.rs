@@ -353,3 +353,30 @@ fn association_getters_are_batch_major_for_either_layout() -> Result<()> {
     );
     Ok(())
 }
+
+/// Any float dtype candle supports runs the same module (half precision within its accuracy).
+#[rstest]
+#[case::f32(DType::F32, 1e-5)]
+#[case::f16(DType::F16, 2e-2)]
+#[case::bf16(DType::BF16, 1e-1)]
+fn every_float_dtype_runs(#[case] dtype: DType, #[case] tol: f64) -> Result<()> {
+    let map = VarMap::new();
+    let cfg = HopfieldConfig::new(8).with_num_heads(2).with_update_steps_max(Some(2));
+    let reference = Hopfield::new(cfg.clone(), vb(&map))?;
+    randomize(&map)?;
+    let x = Tensor::randn(0f64, 1., (2, 5, 8), &dev())?;
+    let want = reference.forward_t(&x, false)?;
+    let tensors: HashMap<String, Tensor> = map
+        .data()
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+        .collect();
+    let h = load_strict_tensors(tensors, dtype, &dev(), |vb| Hopfield::new(cfg, vb))?;
+    let got = h.forward_t(&x.to_dtype(dtype)?, false)?;
+    assert_eq!(got.dtype(), dtype);
+    let got = got.to_dtype(DType::F64)?;
+    assert!(max_diff(&got, &want)? < tol, "{dtype:?}: {}", max_diff(&got, &want)?);
+    Ok(())
+}
