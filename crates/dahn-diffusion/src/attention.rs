@@ -2,10 +2,10 @@
 
 use crate::{AttentionMode, DiffusionError};
 use candle_core::{Result, Tensor, D};
-use candle_nn::ops::softmax;
+use hopfield_cuda::masked_softmax as softmax;
 
 /// difflayers' `AttentionOperator(beta, mode)`. Inputs are (rows, d) or (rows, B, d) (batch
-/// columns attend independently). Differentiable w.r.t. Q, K, V (composed softmax).
+/// columns attend independently). Differentiable w.r.t. Q, K, V (fused softmax with a backward pass).
 ///
 /// Graph mode: query i attends only to the keys `adj[i]` (softmax over those k entries), so Q and
 /// K index the same nodes (rows of Q = rows of `adj`; entries of `adj` index K); one table serves
@@ -85,14 +85,17 @@ impl AttentionOperator {
     }
 
     fn dense(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+        // beta is folded into Q (L x d multiplies instead of L x S), and the softmax is the fused
+        // one (one pass per row, with a backward pass): the logits are the big tensor here.
+        let q = (q * self.beta)?;
         if q.rank() == 2 {
-            let p = softmax(&(q.matmul(&k.t()?)? * self.beta)?, D::Minus1)?;
+            let p = softmax(&q.matmul(&k.t()?)?)?;
             return p.matmul(v);
         }
         let qb = q.transpose(0, 1)?.contiguous()?;
         let kb = k.transpose(0, 1)?.contiguous()?;
         let vb = v.transpose(0, 1)?.contiguous()?;
-        let p = softmax(&(qb.matmul(&kb.transpose(1, 2)?)? * self.beta)?, D::Minus1)?;
+        let p = softmax(&qb.matmul(&kb.transpose(1, 2)?)?)?;
         p.matmul(&vb)?.transpose(0, 1)
     }
 
@@ -130,14 +133,14 @@ impl AttentionOperator {
             let kn = k.index_select(&flat, 0)?.reshape((n, kk, d))?;
             let vn = v.index_select(&flat, 0)?.reshape((n, kk, v.dim(1)?))?;
             let logits = (q.unsqueeze(1)?.broadcast_mul(&kn)?.sum(D::Minus1)? * self.beta)?;
-            let p = softmax(&logits, D::Minus1)?;
+            let p = softmax(&logits)?;
             return p.unsqueeze(2)?.broadcast_mul(&vn)?.sum(1);
         }
         let (b, d, dv) = (k.dim(1)?, k.dim(2)?, v.dim(2)?);
         let kn = k.index_select(&flat, 0)?.reshape((n, kk, b, d))?;
         let vn = v.index_select(&flat, 0)?.reshape((n, kk, b, dv))?;
         let logits = (q.unsqueeze(1)?.broadcast_mul(&kn)?.sum(D::Minus1)? * self.beta)?; // (n, kk, b)
-        let p = softmax(&logits.transpose(1, 2)?, D::Minus1)?.transpose(1, 2)?; // over kk
+        let p = softmax(&logits.transpose(1, 2)?)?.transpose(1, 2)?; // over kk
         p.unsqueeze(3)?.broadcast_mul(&vn)?.sum(1)
     }
 }
