@@ -33,7 +33,9 @@ pub(crate) fn exp_f32(x: f32) -> f32 {
     const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23
     const C1: f32 = 0.693_359_4;
     const C2: f32 = -2.121_944_4e-4;
-    let xc = x.clamp(LO, HI);
+    // max/min rather than clamp (which asserts) and a truncating cast of a value that is already
+    // integral and in range: both keep the loop vectorisable.
+    let xc = x.max(LO).min(HI);
     let n = (xc * LOG2E + ROUND) - ROUND;
     let r = xc - n * C1 - n * C2;
     let r2 = r * r;
@@ -47,6 +49,8 @@ pub(crate) fn exp_f32(x: f32) -> f32 {
     let pow2 = f32::from_bits(((n as i32 + 127) << 23) as u32);
     if x < LO {
         0.0
+    } else if x.is_nan() {
+        x
     } else {
         y * pow2
     }

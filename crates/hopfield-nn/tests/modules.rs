@@ -361,7 +361,9 @@ fn association_getters_are_batch_major_for_either_layout() -> Result<()> {
 #[case::bf16(DType::BF16, 1e-1)]
 fn every_float_dtype_runs(#[case] dtype: DType, #[case] tol: f64) -> Result<()> {
     let map = VarMap::new();
-    let cfg = HopfieldConfig::new(8).with_num_heads(2).with_update_steps_max(Some(2));
+    let cfg = HopfieldConfig::new(8)
+        .with_num_heads(2)
+        .with_update_steps_max(Some(2));
     let reference = Hopfield::new(cfg.clone(), vb(&map))?;
     randomize(&map)?;
     let x = Tensor::randn(0f64, 1., (2, 5, 8), &dev())?;
@@ -377,6 +379,10 @@ fn every_float_dtype_runs(#[case] dtype: DType, #[case] tol: f64) -> Result<()> 
     let got = h.forward_t(&x.to_dtype(dtype)?, false)?;
     assert_eq!(got.dtype(), dtype);
     let got = got.to_dtype(DType::F64)?;
-    assert!(max_diff(&got, &want)? < tol, "{dtype:?}: {}", max_diff(&got, &want)?);
+    assert!(
+        max_diff(&got, &want)? < tol,
+        "{dtype:?}: {}",
+        max_diff(&got, &want)?
+    );
     Ok(())
 }

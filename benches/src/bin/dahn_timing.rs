@@ -1,0 +1,189 @@
+//! Times `DiffusedHopfield` forward (f32, CPU, eval) with difflayers' default settings
+//! (`DiffusedHopfield(input_size=64)`: factored diffusion, k = 5, 3 diffusion steps, 1 head) and
+//! prints one JSON object per case and graph mode:
+//! `{"case": .., "graph": "fresh"|"cached", "ms": .., "runs": .., "vmhwm_mib": ..}`.
+//!
+//! Cases (batch N = 1, d = 64): `s2048` (S = 2048 stored, L = 32 queries), `self2048`
+//! (self-association, L = S = 2048) and `s100k` (S = 10^5, L = 32). "fresh" rebuilds the kNN graph
+//! on every call (`cache_graph = false`, what the first call of a module costs); "cached" reuses
+//! the graph of the first call. `ms` is the median over the runs. `vmhwm_mib` is the process's
+//! peak RSS (`/proc/self/status` VmHWM) after the case, so run `s100k` in its own process to read
+//! its peak alone. `benches/dahn_compare.sh` runs it next to PyTorch difflayers.
+//!
+//! ```text
+//! cargo run --release -p hopfield-benches --bin dahn_timing              # s2048 and self2048
+//! cargo run --release -p hopfield-benches --bin dahn_timing -- s100k
+//! DAHN_PROFILE=1 cargo run --release -p hopfield-benches --bin dahn_timing   # + time breakdown
+//! ```
+
+use candle_core::{DType, Device, Result, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use dahn_diffusion::{AttentionMode, AttentionOperator, DiffusionConfig, GraphCache};
+use hopfield_nn::{DiffusedHopfield, DiffusedHopfieldConfig, HopfieldConfig, HopfieldInput, Masks};
+use std::time::Instant;
+
+const D: usize = 64;
+
+/// `(name, S, L)`; `L == S` means self-association (one input tensor).
+const CASES: [(&str, usize, usize); 3] = [
+    ("s2048", 2048, 32),
+    ("self2048", 2048, 2048),
+    ("s100k", 100_000, 32),
+];
+
+/// Peak resident set size of this process in MiB (Linux), `None` elsewhere.
+fn vmhwm_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+/// Median milliseconds of `runs` calls of `f` (no warm-up: the caller decides what a warm-up is).
+fn median_ms(runs: usize, mut f: impl FnMut() -> Result<Tensor>) -> Result<f64> {
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let t = Instant::now();
+        std::hint::black_box(f()?);
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
+
+/// difflayers' `DiffusedHopfield(input_size=64, cache_graph=cache)` with random parameters.
+fn module(map: &VarMap, cache: bool) -> Result<DiffusedHopfield> {
+    let cfg = DiffusedHopfieldConfig::new(HopfieldConfig::new(D)).with_cache_graph(cache);
+    DiffusedHopfield::new(cfg, VarBuilder::from_varmap(map, DType::F32, &Device::Cpu))
+}
+
+fn report(case: &str, graph: &str, ms: f64, runs: usize) {
+    let hwm = vmhwm_mib().map_or("null".to_string(), |m| format!("{m:.1}"));
+    println!(
+        "{{\"case\": \"{case}\", \"graph\": \"{graph}\", \"ms\": {ms:.3}, \"runs\": {runs}, \"vmhwm_mib\": {hwm}}}"
+    );
+}
+
+fn run_case(name: &str, s: usize, l: usize) -> Result<()> {
+    let dev = Device::Cpu;
+    let stored = Tensor::randn(0f32, 1., (1, s, D), &dev)?;
+    let state = Tensor::randn(0f32, 1., (1, l, D), &dev)?;
+    let input = || {
+        if l == s {
+            HopfieldInput::Single(&stored)
+        } else {
+            HopfieldInput::Triple {
+                stored: &stored,
+                state: &state,
+                projection: &stored,
+            }
+        }
+    };
+    let map = VarMap::new();
+    let fresh = module(&map, false)?;
+    let cached = module(&map, true)?;
+    // A 10^5 graph build takes tens of seconds: fewer runs there.
+    let (fresh_runs, cached_runs) = if s > 10_000 { (1, 5) } else { (7, 15) };
+    let f = median_ms(fresh_runs, || {
+        fresh.forward_with(input(), Masks::default(), false)
+    })?;
+    report(name, "fresh", f, fresh_runs);
+    // The first cached call builds the graph; it is the warm-up.
+    cached.forward_with(input(), Masks::default(), false)?;
+    let c = median_ms(cached_runs, || {
+        cached.forward_with(input(), Masks::default(), false)
+    })?;
+    assert_eq!(
+        cached.graph_builds(),
+        1,
+        "the cached module must build once"
+    );
+    report(name, "cached", c, cached_runs);
+    if std::env::var_os("DAHN_PROFILE").is_some() {
+        profile(name, &stored, &map, &input, fresh_runs, cached_runs)?;
+    }
+    Ok(())
+}
+
+/// Where a forward's time goes (`DAHN_PROFILE=1`): the graph build alone (`GraphCache::get` on
+/// the stored patterns, cache off), and the same module with `eta = 0` (LayerNorms and the Hopfield
+/// core, no graph and no diffuse -> attend loop). The loop is what remains of "cached".
+fn profile<'a>(
+    name: &str,
+    stored: &Tensor,
+    map: &VarMap,
+    input: &impl Fn() -> HopfieldInput<'a>,
+    fresh_runs: usize,
+    cached_runs: usize,
+) -> Result<()> {
+    let cache = GraphCache::new(
+        DiffusionConfig::default()
+            .k_neighbors(5)
+            .eta(0.1)
+            .cache_graph(false),
+    )?;
+    let patterns = stored.squeeze(0)?;
+    let g = median_ms(fresh_runs, || {
+        cache.get(&patterns).map(|g| g.degrees.clone())
+    })?;
+    report(name, "profile:graph_build", g, fresh_runs);
+    let cfg = DiffusedHopfieldConfig::new(HopfieldConfig::new(D)).with_eta(0.0);
+    let core = DiffusedHopfield::new(cfg, VarBuilder::from_varmap(map, DType::F32, &Device::Cpu))?;
+    let c = median_ms(cached_runs, || {
+        core.forward_with(input(), Masks::default(), false)
+    })?;
+    report(name, "profile:core_only_eta0", c, cached_runs);
+    // One dense loop-attention step `softmax(beta Q K^T) V` (Q = K = V = patterns here, the
+    // self-association shape), split into its kernels: dahn-diffusion's AttentionOperator uses
+    // candle-nn's composed (differentiable) softmax; the fused softmax_last_dim is shown for scale.
+    let (l, s) = (input_len(input)?, patterns.dim(0)?);
+    let q = patterns.narrow(0, 0, l)?;
+    let kt = patterns.t()?.contiguous()?;
+    let logits = q.matmul(&kt)?;
+    let t = median_ms(cached_runs, || q.matmul(&kt))?;
+    report(name, &format!("profile:step_qk_{l}x{s}"), t, cached_runs);
+    let t = median_ms(cached_runs, || {
+        candle_nn::ops::softmax(&(&logits * 1.0)?, candle_core::D::Minus1)
+    })?;
+    report(name, "profile:step_scale_softmax_composed", t, cached_runs);
+    let t = median_ms(cached_runs, || {
+        candle_nn::ops::softmax_last_dim(&(&logits * 1.0)?)
+    })?;
+    report(name, "profile:step_scale_softmax_fused", t, cached_runs);
+    let p = candle_nn::ops::softmax_last_dim(&logits)?;
+    let t = median_ms(cached_runs, || p.matmul(&patterns))?;
+    report(name, "profile:step_pv", t, cached_runs);
+    // The two calls of one loop step as the engine makes them (sequence-first (rows, 1, d)).
+    let (q3, k3) = (q.unsqueeze(1)?, patterns.unsqueeze(1)?);
+    let attn = AttentionOperator::new(1.0, AttentionMode::Dense);
+    let t = median_ms(cached_runs, || attn.forward(&q3, &k3, &k3, None))?;
+    report(name, "profile:step_attention_operator", t, cached_runs);
+    let graph = cache.get(&patterns)?;
+    let t = median_ms(cached_runs, || graph.operator.apply(&k3))?;
+    report(name, "profile:step_factored_diffusion", t, cached_runs);
+    Ok(())
+}
+
+/// Number of state patterns of a case's input.
+fn input_len<'a>(input: &impl Fn() -> HopfieldInput<'a>) -> Result<usize> {
+    match input() {
+        HopfieldInput::Single(x) => x.dim(1),
+        HopfieldInput::Triple { state, .. } => state.dim(1),
+    }
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let wanted: Vec<&str> = if args.is_empty() {
+        vec!["s2048", "self2048"]
+    } else {
+        args.iter().map(String::as_str).collect()
+    };
+    for w in &wanted {
+        let Some(&(name, s, l)) = CASES.iter().find(|c| c.0 == *w) else {
+            candle_core::bail!("unknown case {w:?}; expected one of s2048, self2048, s100k");
+        };
+        run_case(name, s, l)?;
+    }
+    Ok(())
+}
