@@ -26,6 +26,7 @@ trait Float:
 /// polynomial, and `2^n` built in the exponent bits. Relative error below 2e-7 (about 1 ulp);
 /// inputs below ln(f32::MIN_POSITIVE), `-inf` included, give exactly 0, as masked logits must.
 #[inline(always)]
+#[allow(clippy::manual_clamp)] // see the comment at the max/min below
 pub(crate) fn exp_f32(x: f32) -> f32 {
     const LO: f32 = -87.336_54;
     const HI: f32 = 88.722_83;

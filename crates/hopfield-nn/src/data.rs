@@ -553,17 +553,14 @@ mod tests {
         assert_eq!((set.num_targets_high(), set.num_targets_low()), (100, 100));
         let signals: HashSet<Vec<u8>> = rows(set.signals()).into_iter().collect();
         assert_eq!(signals.len(), 8);
-        assert!(signals.iter().all(|s| s.iter().any(|&b| b == 1)));
+        assert!(signals.iter().all(|s| s.contains(&1)));
         let targets = set.targets().to_vec1::<f32>()?;
         for (i, &t) in targets.iter().enumerate() {
             let bag = rows(&set.bags().get(i)?);
             let hits = bag.iter().filter(|r| signals.contains(*r)).count();
             assert_eq!(hits, if i < 100 { 2 } else { 0 }, "bag {i}");
             assert_eq!(t, if i < 100 { 1.0 } else { 0.0 });
-            assert!(
-                bag.iter().all(|r| r.iter().any(|&b| b == 1)),
-                "zero row in bag {i}"
-            );
+            assert!(bag.iter().all(|r| r.contains(&1)), "zero row in bag {i}");
         }
         Ok(())
     }
