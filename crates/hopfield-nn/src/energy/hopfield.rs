@@ -2,7 +2,7 @@
 //! [`BaseModernHopfield`] (ReLU, `-1/2 sum relu(beta h)^2`) and [`SoftmaxModernHopfield`]
 //! (`-1/beta sum_A logsumexp(beta h_A)`), plus [`HopfieldEnergy`], the block's choice of the two.
 
-use super::{error::check_tokens, flatten_rows, lse_softmax, Energy, HopfieldType};
+use super::{error::check_tokens, flatten_rows, lse_softmax, softmax, Energy, HopfieldType};
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
@@ -228,7 +228,11 @@ impl SoftmaxModernHopfield {
 
     /// The gradient without input validation.
     pub(crate) fn raw_grad(&self, x: &Tensor) -> Result<Tensor> {
-        let (_, _, p, dims) = self.hidden(x)?;
+        let (xf, dims) = flatten_rows(x)?;
+        let p = softmax(
+            &xf.matmul(&self.w)?
+                .broadcast_mul(&self.beta.reshape((1, 1))?)?,
+        )?;
         p.matmul(&self.w.t()?)?.neg()?.reshape(dims)
     }
 }

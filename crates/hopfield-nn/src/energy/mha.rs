@@ -5,7 +5,7 @@
 //! `E = -sum_h 1/beta_h sum_A logsumexp_B(beta_h A_AB)` and
 //! `dE/dx_C = -sum_h [Wq^h^T sum_B P_CB k_B + Wk^h^T sum_A P_AC q_A]` (the `1/beta` cancels).
 
-use super::{as_batched, error::check_tokens, lse_softmax, Energy, EtError};
+use super::{as_batched, error::check_tokens, lse_softmax, softmax, Energy, EtError};
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
@@ -239,7 +239,7 @@ impl EnergyMHA {
         let (b, l, d) = x3.dims3()?;
         let (h, z) = (self.n_heads, self.head_dim);
         let (q, k, s) = self.scores(&x3)?;
-        let (_, p) = lse_softmax(&s)?;
+        let p = softmax(&s)?;
         let pk = p.matmul(&k)?; // (B, H, L, Z)
         let ptq = p.t()?.matmul(&q)?; // (B, H, L, Z)
                                       // One matmul: [P k | P^T q] (B, L, H, 2Z) against [Wq | Wk] per head (H, 2Z, D).
