@@ -16,6 +16,11 @@
 //! - **Logit diffusion works** (it always crashes in difflayers, D2): the association logits of
 //!   every head are diffused over the key graph with `logit_eta` before the softmax, at every
 //!   update step, and the values and output projection are applied as usual.
+//! - **Padded stored patterns stay out of the diffusion** (per-sample graphs, dense loop
+//!   attention): the graph, the diffusion, the adaptive eta, the loop attention and logit
+//!   diffusion only see the patterns the `stored_pattern_padding_mask` keeps, so padding never
+//!   changes the result (difflayers lets padded patterns smooth the real ones, D8). Association
+//!   masks act in the core only, as in difflayers.
 //! - Float64 end to end (D1); graph cache keyed on the pattern values (D10).
 
 use crate::config::{boolean, float, reject_unknown, req_usize, HopfieldConfig};
@@ -359,6 +364,56 @@ pub struct DiffusedHopfield {
     query_cache: GraphCache,
 }
 
+/// The stored patterns of one sample that its padding mask keeps, and how to put them back.
+#[derive(Debug, Clone)]
+struct Padding {
+    kept: Tensor,
+    masked: Tensor,
+    inverse: Tensor,
+}
+
+impl Padding {
+    /// `None` when row `n` of the `(N, S)` mask masks nothing (or everything: then there is
+    /// nothing to diffuse and the patterns pass unchanged to the core, which masks them).
+    fn of_row(mask: &Tensor, n: usize) -> Result<Option<Self>> {
+        let row = mask
+            .get(n)?
+            .to_dtype(candle_core::DType::U32)?
+            .to_vec1::<u32>()?;
+        let kept: Vec<u32> = (0..row.len() as u32)
+            .filter(|&i| row[i as usize] == 0)
+            .collect();
+        let masked: Vec<u32> = (0..row.len() as u32)
+            .filter(|&i| row[i as usize] != 0)
+            .collect();
+        if kept.is_empty() || masked.is_empty() {
+            return Ok(None);
+        }
+        // Position of pattern i in [kept..., masked...].
+        let mut inverse = vec![0u32; row.len()];
+        for (pos, &i) in kept.iter().chain(&masked).enumerate() {
+            inverse[i as usize] = pos as u32;
+        }
+        let dev = mask.device();
+        Ok(Some(Self {
+            kept: Tensor::new(kept.as_slice(), dev)?,
+            masked: Tensor::new(masked.as_slice(), dev)?,
+            inverse: Tensor::new(inverse.as_slice(), dev)?,
+        }))
+    }
+
+    /// The kept patterns along `dim`.
+    fn kept(&self, x: &Tensor, dim: usize) -> Result<Tensor> {
+        x.contiguous()?.index_select(&self.kept, dim)
+    }
+
+    /// `processed` (the kept patterns) back in place, the masked ones taken from `original`.
+    fn restore(&self, processed: &Tensor, original: &Tensor, dim: usize) -> Result<Tensor> {
+        let masked = original.contiguous()?.index_select(&self.masked, dim)?;
+        Tensor::cat(&[processed, &masked], dim)?.index_select(&self.inverse, dim)
+    }
+}
+
 /// The state of one group's dynamics, sequence-first.
 struct Group {
     state: Tensor,
@@ -533,13 +588,33 @@ impl DiffusedHopfield {
         let sf = |x: &Tensor, a: usize, len: usize| -> Result<Tensor> {
             x.narrow(0, a, len)?.transpose(0, 1)?.contiguous()
         };
+        // Padded stored patterns take no part in the graph, the diffusion or the loop attention
+        // (difflayers lets them smooth the real patterns, D8); per-sample graphs only.
+        let paddings: Vec<Option<Padding>> =
+            match (c.graph_scope, masks.stored_pattern_padding_mask) {
+                (GraphScope::PerSample, Some(m)) if c.attention_mode == AttentionMode::Dense => {
+                    ranges
+                        .iter()
+                        .map(|&(a, _)| Padding::of_row(m, a))
+                        .collect::<Result<_>>()?
+                }
+                _ => vec![None; ranges.len()],
+            };
         let mut groups = Vec::with_capacity(ranges.len());
-        for &(a, len) in &ranges {
-            groups.push(self.run_group(
+        for (&(a, len), pad) in ranges.iter().zip(&paddings) {
+            let (k, q, v) = (
                 sf(&stored, a, len)?,
                 sf(&state, a, len)?,
-                &sf(&projection, a, len)?,
-            )?);
+                sf(&projection, a, len)?,
+            );
+            groups.push(match pad {
+                None => self.run_group(k, q, &v)?,
+                Some(p) => {
+                    let mut g = self.run_group(p.kept(&k, 0)?, q, &p.kept(&v, 0)?)?;
+                    g.stored = p.restore(&g.stored, &k, 0)?;
+                    g
+                }
+            });
         }
         let bm = |xs: Vec<&Tensor>| -> Result<Tensor> {
             let parts: Vec<Tensor> = xs
@@ -555,20 +630,27 @@ impl DiffusedHopfield {
         let s = core_stored.dim(1)?;
         let logit_map = |logits: &Tensor| -> Result<Tensor> {
             let mut parts = Vec::with_capacity(ranges.len());
-            for (&(a, len), op) in ranges.iter().zip(&logit_ops) {
+            for ((&(a, len), op), pad) in ranges.iter().zip(&logit_ops).zip(&paddings) {
                 let part = logits.narrow(0, a, len)?;
                 let Some(op) = op else {
                     parts.push(part);
                     continue;
                 };
-                // (B, H, L, S') -> nodes first (S, B*H*L); the zero pattern (if any) is no node.
+                // (B, H, L, S') -> nodes first (n, B*H*L); the zero pattern (if any) and padded
+                // patterns are no nodes.
                 let (b, h, l, s_all) = part.dims4()?;
-                let nodes = part
-                    .narrow(3, 0, s)?
-                    .reshape((b * h * l, s))?
-                    .t()?
-                    .contiguous()?;
-                let diffused = op.apply(&nodes)?.t()?.reshape((b, h, l, s))?;
+                let cols = part.narrow(3, 0, s)?;
+                let nodes = match pad {
+                    Some(p) => p.kept(&cols, 3)?,
+                    None => cols.clone(),
+                };
+                let n_nodes = nodes.dim(3)?;
+                let flat = nodes.reshape((b * h * l, n_nodes))?.t()?.contiguous()?;
+                let diffused = op.apply(&flat)?.t()?.reshape((b, h, l, n_nodes))?;
+                let diffused = match pad {
+                    Some(p) => p.restore(&diffused, &cols, 3)?,
+                    None => diffused,
+                };
                 parts.push(if s_all > s {
                     Tensor::cat(&[&diffused, &part.narrow(3, s, s_all - s)?], 3)?
                 } else {

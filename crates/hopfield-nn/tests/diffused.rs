@@ -173,3 +173,46 @@ fn bad_input_and_configs_are_typed_errors() -> Result<()> {
     assert!(graph_attn.forward_t(&nan, false).is_err());
     Ok(())
 }
+
+#[test]
+fn padded_stored_patterns_never_change_the_result() -> Result<()> {
+    // difflayers (D8) lets padded patterns take part in the graph and the diffusion.
+    let dev = Device::Cpu;
+    let map = VarMap::new();
+    for logit in [false, true] {
+        let cfg = DiffusedHopfieldConfig::new(base())
+            .with_k_neighbors(3)
+            .with_diffuse(true, true)
+            .with_logit_diffusion(logit, Some(0.2));
+        let dh = DiffusedHopfield::new(cfg, vb(&map))?;
+        randomize(&map)?;
+        let stored = Tensor::randn(0f64, 1., (2, 9, 8), &dev)?;
+        let state = Tensor::randn(0f64, 1., (2, 4, 8), &dev)?;
+        let pad = Tensor::new(
+            &[[0u8, 0, 0, 0, 0, 0, 0, 1, 1], [0, 0, 0, 0, 0, 0, 0, 0, 0]],
+            &dev,
+        )?;
+        let masks = Masks {
+            stored_pattern_padding_mask: Some(&pad),
+            association_mask: None,
+        };
+        let y = dh.forward_with((&stored, &state, &stored).into(), masks, false)?;
+        // Other content in the padded slots: same output.
+        let junk = Tensor::randn(0f64, 5., (1, 2, 8), &dev)?;
+        let s0 = Tensor::cat(&[&stored.get(0)?.narrow(0, 0, 7)?.unsqueeze(0)?, &junk], 1)?;
+        let stored2 = Tensor::cat(&[&s0, &stored.narrow(0, 1, 1)?], 0)?;
+        let y2 = dh.forward_with((&stored2, &state, &stored2).into(), masks, false)?;
+        assert!(max_diff(&y, &y2)? < 1e-12, "logit {logit}");
+        // And the same as sample 0 without its padded patterns at all.
+        let (s7, q0) = (
+            stored.narrow(0, 0, 1)?.narrow(1, 0, 7)?,
+            state.narrow(0, 0, 1)?,
+        );
+        let alone = dh.forward_with((&s7, &q0, &s7).into(), Masks::default(), false)?;
+        assert!(
+            max_diff(&y.narrow(0, 0, 1)?, &alone)? < 1e-12,
+            "logit {logit}"
+        );
+    }
+    Ok(())
+}
