@@ -27,6 +27,10 @@ fn median_ms<T>(mut f: impl FnMut() -> Result<T>) -> Result<f64> {
 }
 
 fn main() -> Result<()> {
+    // Opt-in, so that the default comparison runs both sides on the stock allocator.
+    if std::env::var_os("HOPFIELD_TUNE_ALLOCATOR").is_some() {
+        eprintln!("tune_allocator: {}", hopfield_cuda::tune_allocator());
+    }
     let dev = Device::Cpu;
     for shape in SHAPES {
         let case = Case::new(shape, &dev)?;

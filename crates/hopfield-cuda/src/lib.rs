@@ -8,6 +8,9 @@
 //!   lane-wise reductions, compiled for AVX2+FMA as well and picked at run time), with a fused
 //!   backward op whose own backward is composed.
 //!
+//! - [`tune_allocator`]: an opt-in process-wide malloc setting that removes most page-fault
+//!   overhead of large temporary tensors on Linux/glibc.
+//!
 //! Every op has a CPU implementation for f32 and f64 and falls back to composed candle ops on
 //! other dtypes and devices, so results never depend on which path ran. CUDA kernels belong behind
 //! the `cuda` feature; the composed fallback covers CUDA devices until then.
@@ -21,6 +24,9 @@
 //! # Ok::<(), candle_core::Error>(())
 //! ```
 
+mod alloc;
 mod softmax;
+
+pub use alloc::tune_allocator;
 
 pub use softmax::{masked_softmax, masked_softmax_composed};

@@ -501,6 +501,8 @@ fn levels_label(levels: &[Noise]) -> Vec<String> {
 }
 
 fn main() -> std::result::Result<(), Box<dyn Error>> {
+    // Many large temporary tensors: keep freed memory instead of page-faulting it back in.
+    hopfield_cuda::tune_allocator();
     let args = Args::parse();
     let t0 = Instant::now();
     std::fs::create_dir_all(&args.out_dir)?;

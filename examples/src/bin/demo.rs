@@ -199,6 +199,8 @@ fn pooling_demo(images: &Tensor, labels: &[u8], dev: &Device) -> Result<()> {
 }
 
 fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
+    // Many large temporary tensors: keep freed memory instead of page-faulting it back in.
+    hopfield_cuda::tune_allocator();
     let args = Args::parse();
     let dev = device(args.cpu)?;
     let (images, labels) = load_digits(args.digits.unwrap_or_else(digits_path))?;

@@ -179,6 +179,8 @@ fn random_mask(rng: &mut StdRng, masked: usize) -> [f32; TOKENS] {
 }
 
 fn main() -> anyhow_free::Res<()> {
+    // Many large temporary tensors: keep freed memory instead of page-faulting it back in.
+    hopfield_cuda::tune_allocator();
     let args = Args::parse();
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
         // Read by candle's CPU kernels on every call; set before the first tensor op.

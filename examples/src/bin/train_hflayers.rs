@@ -281,6 +281,8 @@ fn run_bits(dev: &Device, epochs: usize, rng: &mut StdRng) -> Result<bool> {
 }
 
 fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
+    // Many large temporary tensors: keep freed memory instead of page-faulting it back in.
+    hopfield_cuda::tune_allocator();
     let args = Args::parse();
     let dev = device(args.cpu)?;
     let mut rng = StdRng::seed_from_u64(args.seed);
