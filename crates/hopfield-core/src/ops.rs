@@ -4,7 +4,7 @@
 //! candle-nn's fused `layer_norm` and `softmax_last_dim` have no backward pass, so everything here
 //! is composed from primitive ops that candle can differentiate.
 
-use candle_core::{DType, Result, Tensor, D};
+use candle_core::{DType, Result, Tensor};
 
 /// LayerNorm over the last dimension, with optional affine weight and bias (biased variance, as
 /// PyTorch).
@@ -23,10 +23,8 @@ pub fn layer_norm(
     bias: Option<&Tensor>,
     eps: f64,
 ) -> Result<Tensor> {
-    let mean = x.mean_keepdim(D::Minus1)?;
-    let xc = x.broadcast_sub(&mean)?;
-    let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
-    let mut y = xc.broadcast_div(&(var + eps)?.sqrt()?)?;
+    // The standardisation is fused (with its backward); the affine part stays composed.
+    let mut y = hopfield_cuda::normalize(x, eps)?;
     if let Some(w) = weight {
         y = y.broadcast_mul(w)?;
     }
@@ -97,7 +95,7 @@ mod tests {
         let dev = Device::Cpu;
         let x = Var::new(&[[0.3f64, -1.0, 2.0], [1.0, 1.0, 0.0]], &dev)?;
         let p = masked_softmax(x.as_tensor())?;
-        let r = candle_nn::ops::softmax(x.as_tensor(), D::Minus1)?;
+        let r = candle_nn::ops::softmax(x.as_tensor(), candle_core::D::Minus1)?;
         let d = (p.clone() - r)?.abs()?.max_all()?.to_scalar::<f64>()?;
         assert!(d < 1e-15);
         let g = (p.narrow(1, 0, 1)?.sum_all()?).backward()?;

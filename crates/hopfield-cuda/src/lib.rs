@@ -8,6 +8,8 @@
 //!   lane-wise reductions, compiled for AVX2+FMA as well and picked at run time), with a fused
 //!   backward op whose own backward is composed.
 //!
+//! - [`normalize`]: `(x - mean) / sqrt(var + eps)` per row (LayerNorm without its affine part),
+//!   fused on the CPU with a fused first-order backward.
 //! - [`tune_allocator`]: an opt-in process-wide malloc setting that removes most page-fault
 //!   overhead of large temporary tensors on Linux/glibc.
 //!
@@ -25,8 +27,11 @@
 //! ```
 
 mod alloc;
+mod normalize;
+mod rows;
 mod softmax;
 
 pub use alloc::tune_allocator;
+pub use normalize::{normalize, normalize_composed};
 
 pub use softmax::{masked_softmax, masked_softmax_composed};

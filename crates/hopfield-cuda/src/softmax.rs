@@ -1,13 +1,11 @@
 //! Masked softmax over the last dimension as a custom op with a backward pass.
 
+use crate::rows::{contiguous, rows_per_task};
 use candle_core::{
     backend::BackendStorage, CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape,
     Tensor, D,
 };
 use rayon::prelude::*;
-
-/// Rows handed to one rayon task: enough work to amortise scheduling.
-const MIN_ELEMS_PER_TASK: usize = 16 * 1024;
 
 trait Float:
     Copy + Send + Sync + PartialOrd + std::ops::Mul<Output = Self> + std::ops::Sub<Output = Self>
@@ -166,17 +164,6 @@ fn softmax_grad_row<T: Float>(p: &[T], g: &[T], dst: &mut [T]) {
     for ((d, &a), &b) in dst.iter_mut().zip(p).zip(g) {
         *d = a * (b - dot);
     }
-}
-
-fn contiguous<'a, T>(v: &'a [T], l: &Layout) -> Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&v[a..b]),
-        None => candle_core::bail!("masked_softmax: input must be contiguous"),
-    }
-}
-
-fn rows_per_task(dim: usize) -> usize {
-    (MIN_ELEMS_PER_TASK / dim.max(1)).max(1)
 }
 
 /// The rows of one task. On x86-64 an AVX2+FMA build of the same code is picked at run time:

@@ -63,8 +63,9 @@ impl Module for LayerNorm {
 
 impl LayerNorm {
     pub(crate) fn raw_forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (xn, _) = standardize(x, self.eps)?;
-        xn.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)
+        hopfield_cuda::normalize(x, self.eps)?
+            .broadcast_mul(&self.weight)?
+            .broadcast_add(&self.bias)
     }
 }
 

@@ -1,0 +1,177 @@
+//! Row standardisation `(x - mean) / sqrt(var + eps)` (the core of LayerNorm) as a custom op with a
+//! fused backward pass.
+
+use crate::rows::{contiguous, par_rows, par_rows2};
+use candle_core::{
+    backend::BackendStorage, CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape,
+    Tensor, D,
+};
+
+trait Real: Copy + Send + Sync + Into<f64> {
+    fn from_f64(v: f64) -> Self;
+}
+impl Real for f32 {
+    fn from_f64(v: f64) -> Self {
+        v as f32
+    }
+}
+impl Real for f64 {
+    fn from_f64(v: f64) -> Self {
+        v
+    }
+}
+
+/// Mean and 1 / sqrt(var + eps) of a row, accumulated in f64.
+fn moments<T: Real>(x: &[T], eps: f64) -> (f64, f64) {
+    let n = x.len() as f64;
+    let mean = x.iter().map(|&v| v.into()).sum::<f64>() / n;
+    let var = x.iter().map(|&v| (v.into() - mean).powi(2)).sum::<f64>() / n;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+fn normalize_row<T: Real>(x: &[T], y: &mut [T], eps: f64) {
+    let (mean, rstd) = moments(x, eps);
+    for (o, &v) in y.iter_mut().zip(x) {
+        *o = T::from_f64((v.into() - mean) * rstd);
+    }
+}
+
+/// `dx = rstd (g - mean(g) - xhat mean(g xhat))`.
+fn normalize_grad_row<T: Real>(x: &[T], g: &[T], dx: &mut [T], eps: f64) {
+    let (mean, rstd) = moments(x, eps);
+    let n = x.len() as f64;
+    let (mut sg, mut sgx) = (0.0, 0.0);
+    for (&v, &gv) in x.iter().zip(g) {
+        let gv: f64 = gv.into();
+        sg += gv;
+        sgx += gv * (v.into() - mean) * rstd;
+    }
+    let (mg, mgx) = (sg / n, sgx / n);
+    for ((o, &v), &gv) in dx.iter_mut().zip(x).zip(g) {
+        let xhat = (v.into() - mean) * rstd;
+        *o = T::from_f64(rstd * (gv.into() - mg - xhat * mgx));
+    }
+}
+
+struct Normalize {
+    eps: f64,
+}
+
+impl CustomOp1 for Normalize {
+    fn name(&self) -> &'static str {
+        "hopfield-normalize"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let dim = l.dims().last().copied().unwrap_or(1);
+        let eps = self.eps;
+        let out = match s {
+            CpuStorage::F32(v) => CpuStorage::F32(par_rows(contiguous(v, l)?, dim, |a, b| {
+                normalize_row(a, b, eps)
+            })),
+            CpuStorage::F64(v) => CpuStorage::F64(par_rows(contiguous(v, l)?, dim, |a, b| {
+                normalize_row(a, b, eps)
+            })),
+            other => candle_core::bail!("normalize: unsupported dtype {:?}", other.dtype()),
+        };
+        Ok((out, l.shape().clone()))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(arg.apply_op2_no_bwd(
+            &grad_res.contiguous()?,
+            &NormalizeGrad { eps: self.eps },
+        )?))
+    }
+}
+
+/// First-order backward only: LayerNorm's second derivative is not needed for training.
+struct NormalizeGrad {
+    eps: f64,
+}
+
+impl CustomOp2 for NormalizeGrad {
+    fn name(&self) -> &'static str {
+        "hopfield-normalize-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        lx: &Layout,
+        g: &CpuStorage,
+        lg: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let dim = lx.dims().last().copied().unwrap_or(1);
+        let eps = self.eps;
+        let out = match (x, g) {
+            (CpuStorage::F32(x), CpuStorage::F32(g)) => CpuStorage::F32(par_rows2(
+                contiguous(x, lx)?,
+                contiguous(g, lg)?,
+                dim,
+                |a, b, c| normalize_grad_row(a, b, c, eps),
+            )),
+            (CpuStorage::F64(x), CpuStorage::F64(g)) => CpuStorage::F64(par_rows2(
+                contiguous(x, lx)?,
+                contiguous(g, lg)?,
+                dim,
+                |a, b, c| normalize_grad_row(a, b, c, eps),
+            )),
+            _ => candle_core::bail!("normalize backward: unsupported dtypes"),
+        };
+        Ok((out, lx.shape().clone()))
+    }
+}
+
+/// `(x - mean) / sqrt(var + eps)` over the last dimension (biased variance, as PyTorch's
+/// LayerNorm), with a fused backward pass. Fused on the CPU for f32/f64 (statistics accumulated in
+/// f64); [`normalize_composed`] elsewhere.
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// let x = Tensor::new(&[[1f64, 2., 3.]], &Device::Cpu)?;
+/// let y = hopfield_cuda::normalize(&x, 0.0)?.to_vec2::<f64>()?;
+/// assert!((y[0][0] + 1.224744871391589).abs() < 1e-12 && y[0][1].abs() < 1e-15);
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+pub fn normalize(x: &Tensor, eps: f64) -> Result<Tensor> {
+    if x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64) {
+        x.contiguous()?.apply_op1(Normalize { eps })
+    } else {
+        normalize_composed(x, eps)
+    }
+}
+
+/// The same from composed candle ops (any dtype and device; differentiable to any order).
+pub fn normalize_composed(x: &Tensor, eps: f64) -> Result<Tensor> {
+    let mean = x.mean_keepdim(D::Minus1)?;
+    let xc = x.broadcast_sub(&mean)?;
+    let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+    xc.broadcast_div(&(var + eps)?.sqrt()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    #[test]
+    fn fused_equals_composed_forward_and_backward() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&(Tensor::randn(0f64, 2., (3, 4, 7), &dev)? + 1.5)?)?;
+        let cot = Tensor::randn(0f64, 1., (3, 4, 7), &dev)?;
+        let run = |f: fn(&Tensor, f64) -> Result<Tensor>| -> Result<(Tensor, Tensor)> {
+            let y = f(x.as_tensor(), 1e-5)?;
+            let g = (&y * &cot)?.sum_all()?.backward()?;
+            Ok((y, g.get(x.as_tensor()).unwrap().clone()))
+        };
+        let (y1, g1) = run(normalize)?;
+        let (y2, g2) = run(normalize_composed)?;
+        let d = |a: &Tensor, b: &Tensor| -> Result<f64> {
+            (a - b)?.abs()?.max_all()?.to_scalar::<f64>()
+        };
+        assert!(d(&y1, &y2)? < 1e-14);
+        assert!(d(&g1, &g2)? < 1e-13);
+        Ok(())
+    }
+}

@@ -1,0 +1,56 @@
+//! Row-parallel helpers shared by the CPU kernels.
+
+use candle_core::{Layout, Result};
+use rayon::prelude::*;
+
+/// Rows handed to one rayon task: enough work to amortise scheduling.
+const MIN_ELEMS_PER_TASK: usize = 16 * 1024;
+
+pub(crate) fn rows_per_task(dim: usize) -> usize {
+    (MIN_ELEMS_PER_TASK / dim.max(1)).max(1)
+}
+
+/// The contiguous slice of a storage described by `l`.
+pub(crate) fn contiguous<'a, T>(v: &'a [T], l: &Layout) -> Result<&'a [T]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&v[a..b]),
+        None => candle_core::bail!("hopfield-cuda kernels need contiguous inputs"),
+    }
+}
+
+/// `out[row] = f(src[row])` for every row of length `dim`, rows in parallel.
+pub(crate) fn par_rows<T: Copy + Default + Send + Sync>(
+    src: &[T],
+    dim: usize,
+    f: impl Fn(&[T], &mut [T]) + Sync,
+) -> Vec<T> {
+    let mut dst = vec![T::default(); src.len()];
+    let chunk = rows_per_task(dim) * dim;
+    dst.par_chunks_mut(chunk)
+        .zip(src.par_chunks(chunk))
+        .for_each(|(d, s)| {
+            for (dr, sr) in d.chunks_mut(dim).zip(s.chunks(dim)) {
+                f(sr, dr);
+            }
+        });
+    dst
+}
+
+/// `out[row] = f(a[row], b[row])` for every row of length `dim`, rows in parallel.
+pub(crate) fn par_rows2<T: Copy + Default + Send + Sync>(
+    a: &[T],
+    b: &[T],
+    dim: usize,
+    f: impl Fn(&[T], &[T], &mut [T]) + Sync,
+) -> Vec<T> {
+    let mut dst = vec![T::default(); a.len()];
+    let chunk = rows_per_task(dim) * dim;
+    dst.par_chunks_mut(chunk)
+        .zip(a.par_chunks(chunk).zip(b.par_chunks(chunk)))
+        .for_each(|(d, (ac, bc))| {
+            for ((dr, ar), br) in d.chunks_mut(dim).zip(ac.chunks(dim)).zip(bc.chunks(dim)) {
+                f(ar, br, dr);
+            }
+        });
+    dst
+}
