@@ -3,7 +3,7 @@
 //! drop-in equality with `Hopfield`, gradients and bad input.
 
 use candle_core::{DType, Device, ModuleT, Result, Tensor, D};
-use candle_nn::{VarBuilder, VarMap};
+use candle_nn::VarMap;
 use dahn_diffusion::{AttentionMode, DiffusionMode};
 use dahn_graph::GraphBuilder;
 use hopfield_nn::{
@@ -11,20 +11,8 @@ use hopfield_nn::{
     Masks,
 };
 
-fn vb(map: &VarMap) -> VarBuilder<'_> {
-    VarBuilder::from_varmap(map, DType::F64, &Device::Cpu)
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> Result<f64> {
-    (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>()
-}
-
-fn randomize(map: &VarMap) -> Result<()> {
-    for v in map.all_vars() {
-        v.set(&Tensor::randn(0f64, 0.3, v.shape(), &Device::Cpu)?)?;
-    }
-    Ok(())
-}
+mod common;
+use common::{max_diff, randomize, vb};
 
 fn base() -> HopfieldConfig {
     HopfieldConfig::new(8).with_num_heads(2)

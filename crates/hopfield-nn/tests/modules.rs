@@ -2,7 +2,7 @@
 //! trainable variable, bad input, and hflayers quirks we fix (Q5, Q7).
 
 use candle_core::{DType, Device, ModuleT, Result, Tensor};
-use candle_nn::{VarBuilder, VarMap};
+use candle_nn::VarMap;
 use hopfield_nn::checkpoint::{load_strict, load_strict_tensors};
 use hopfield_nn::{
     DecoderMasks, Hopfield, HopfieldConfig, HopfieldDecoderLayer, HopfieldEncoderLayer,
@@ -16,20 +16,8 @@ fn dev() -> Device {
     Device::Cpu
 }
 
-fn vb(map: &VarMap) -> VarBuilder<'_> {
-    VarBuilder::from_varmap(map, DType::F64, &Device::Cpu)
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> Result<f64> {
-    (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>()
-}
-
-fn randomize(map: &VarMap) -> Result<()> {
-    for v in map.all_vars() {
-        v.set(&Tensor::randn(0f64, 0.3, v.shape(), &Device::Cpu)?)?;
-    }
-    Ok(())
-}
+mod common;
+use common::{max_diff, randomize, vb};
 
 #[test]
 fn state_dict_names_match_hflayers() -> Result<()> {
