@@ -53,19 +53,9 @@ pub(crate) fn float_dtype(x: &Tensor, what: &'static str) -> Result<()> {
     }
 }
 
-/// One reduction instead of a host copy: `x - x` is 0 for finite entries and NaN for NaN/inf,
-/// so its sum is NaN exactly when something is not finite.
-#[allow(clippy::eq_op)] // x - x is the point: 0 when finite, NaN otherwise
+/// Errors if the tensor holds NaN or infinities (see [`hopfield_cuda::all_finite`]).
 pub(crate) fn finite(x: &Tensor, what: &'static str) -> Result<()> {
-    if x.elem_count() == 0 {
-        return Ok(());
-    }
-    let x = x.detach();
-    let s = (&x - &x)?
-        .sum_all()?
-        .to_dtype(candle_core::DType::F64)?
-        .to_scalar::<f64>()?;
-    if s.is_finite() {
+    if hopfield_cuda::all_finite(x)? {
         Ok(())
     } else {
         Err(GraphError::NonFinite { what }.into())

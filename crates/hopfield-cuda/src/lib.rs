@@ -10,6 +10,7 @@
 //!
 //! - [`normalize`]: `(x - mean) / sqrt(var + eps)` per row (LayerNorm without its affine part),
 //!   fused on the CPU with a fused first-order backward.
+//! - [`all_finite`]: the one-reduction NaN/inf check behind every crate's typed `NonFinite` error.
 //! - [`tune_allocator`]: an opt-in process-wide malloc setting that removes most page-fault
 //!   overhead of large temporary tensors on Linux/glibc.
 //!
@@ -27,11 +28,13 @@
 //! ```
 
 mod alloc;
+mod finite;
 mod normalize;
 mod rows;
 mod softmax;
 
 pub use alloc::tune_allocator;
+pub use finite::all_finite;
 pub use normalize::{normalize, normalize_composed};
 
 pub use softmax::{masked_softmax, masked_softmax_composed};
