@@ -93,7 +93,8 @@ pub struct DiffusionConfig {
     pub diffuse_key: bool,
     /// Diffuse the state patterns (queries). Default false.
     pub diffuse_query: bool,
-    /// Logit diffusion (always crashes in difflayers, D2): rejected by `validate`.
+    /// Logit diffusion (always crashes in difflayers, D2): rejected by `validate` here, because it
+    /// acts on association logits; `hopfield_nn::DiffusedHopfield` implements it.
     pub use_logit_diffusion: bool,
     /// eta for logit diffusion; `None` = `eta`.
     pub logit_eta: Option<f64>,
@@ -227,7 +228,7 @@ impl DiffusionConfig {
         }
         if self.use_logit_diffusion {
             return bad(
-                "use_logit_diffusion is not supported (it always crashes in difflayers 0.1.1, D2)"
+                "use_logit_diffusion is not a graph-operator setting: use hopfield_nn::DiffusedHopfield, which implements it (it always crashes in difflayers 0.1.1, D2)"
                     .into(),
             );
         }
