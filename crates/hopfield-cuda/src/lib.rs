@@ -30,6 +30,7 @@
 mod alloc;
 mod finite;
 mod normalize;
+pub mod retrieval;
 mod rows;
 mod softmax;
 

@@ -1,0 +1,275 @@
+//! Fused softmax retrieval: `out = softmax(beta q k^T + mask) v` per (sample, head), streamed
+//! over blocks of stored patterns with an online softmax (FlashAttention-style), so memory is
+//! O(L d + S d), never O(L S).
+//!
+//! Layouts are the ones linear projections produce: queries `(N, L, H, hd)`, keys `(N, S, H, hd)`,
+//! values `(N, S, H, pd)`, output `(N, L, H, pd)` (reshape to `(N, L, H*pd)` for an output
+//! projection, free). Strided views are read in place: a head split of a projection, one third of
+//! a packed q/k/v product, or a static input shared by every head (head stride 0) cost no copy.
+//! Only the last dimension must have stride 1.
+//!
+//! Besides the output, the forward pass yields the log-sum-exp of each query row's logits,
+//! `lse = log sum_j exp(beta q k_j + mask_j)` (`-inf` for a fully masked row): the backward pass
+//! recomputes the association from it (FlashAttention-2), sharded memories merge on it, and the
+//! Hopfield energy is `-lse / beta`. Both outputs are differentiable with respect to q, k and v.
+//!
+//! Semantics shared by every path (fused CPU, fused CUDA, [`retrieve_composed`]):
+//! - `beta` is one value or one per head, a constant (no gradient);
+//! - the mask is additive (`-inf` = masked), broadcastable to `(N, H, L, S)`, a constant;
+//! - `zero_association` adds a zero stored pattern with logit 0 that is never masked (hflayers'
+//!   `add_zero_association`): it takes softmax mass and retrieves nothing;
+//! - a fully masked row has association zero: its output is 0 (never NaN) and its gradients are 0.
+//!
+//! ```
+//! use candle_core::{Device, Tensor};
+//! use hopfield_cuda::retrieval::{retrieve, Retrieval};
+//! let dev = Device::Cpu;
+//! let q = Tensor::randn(0f32, 1., (2, 5, 4, 16), &dev)?;   // (N, L, H, hd)
+//! let k = Tensor::randn(0f32, 1., (2, 7, 4, 16), &dev)?;   // (N, S, H, hd)
+//! let v = Tensor::randn(0f32, 1., (2, 7, 4, 8), &dev)?;    // (N, S, H, pd)
+//! let out = retrieve(&q, &k, &v, &Retrieval::new(0.25))?;
+//! assert_eq!(out.dims(), &[2, 5, 4, 8]);
+//! # Ok::<(), candle_core::Error>(())
+//! ```
+
+mod cpu;
+#[cfg(feature = "cuda")]
+mod cuda;
+mod op;
+
+use crate::softmax::masked_softmax;
+use candle_core::{DType, Result, Tensor, D};
+
+/// Parameters of one retrieval besides its three inputs.
+#[derive(Debug, Clone)]
+pub struct Retrieval {
+    /// Inverse temperature: one value for every head, or one per head.
+    pub beta: Vec<f64>,
+    /// Additive mask broadcastable to `(N, H, L, S)` (`-inf` = masked); no gradient.
+    pub mask: Option<Tensor>,
+    /// hflayers' `add_zero_association`: an extra zero pattern with logit 0, never masked.
+    pub zero_association: bool,
+}
+
+impl Retrieval {
+    /// One beta for every head, no mask.
+    pub fn new(beta: f64) -> Self {
+        Self {
+            beta: vec![beta],
+            mask: None,
+            zero_association: false,
+        }
+    }
+
+    /// One beta per head.
+    pub fn with_head_betas(mut self, betas: Vec<f64>) -> Self {
+        self.beta = betas;
+        self
+    }
+
+    /// An additive mask broadcastable to `(N, H, L, S)`.
+    pub fn with_mask(mut self, mask: Option<Tensor>) -> Self {
+        self.mask = mask;
+        self
+    }
+
+    /// hflayers' `add_zero_association`.
+    pub fn with_zero_association(mut self, on: bool) -> Self {
+        self.zero_association = on;
+        self
+    }
+}
+
+/// The sizes of one retrieval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Geometry {
+    pub n: usize,
+    pub l: usize,
+    pub s: usize,
+    pub h: usize,
+    pub hd: usize,
+    pub pd: usize,
+}
+
+/// Which implementation [`retrieve`] and [`retrieve_with_lse`] use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetrievalPath {
+    /// The fused kernel (CPU f32/f64, CUDA when built with the `cuda` feature).
+    Fused,
+    /// [`retrieve_composed`]: candle ops, materialises the `(N, H, L, S)` association.
+    Composed,
+}
+
+/// The path [`retrieve`] takes for tensors of this dtype on this device.
+pub fn retrieval_path(dtype: DType, device: &candle_core::Device) -> RetrievalPath {
+    if op::fused_supported(dtype, device) {
+        RetrievalPath::Fused
+    } else {
+        RetrievalPath::Composed
+    }
+}
+
+/// Checks the shapes and returns the geometry, the per-head betas and the mask broadcast to
+/// `(N, H, L, S)` in the inputs' dtype.
+fn prepare(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    cfg: &Retrieval,
+) -> Result<(Geometry, Vec<f64>, Option<Tensor>)> {
+    let (n, l, h, hd) = q
+        .dims4()
+        .map_err(|_| shape_error("query", "(N, L, H, hd)", q))?;
+    let (nk, s, hk, hdk) = k
+        .dims4()
+        .map_err(|_| shape_error("key", "(N, S, H, hd)", k))?;
+    let (nv, sv, hv, pd) = v
+        .dims4()
+        .map_err(|_| shape_error("value", "(N, S, H, pd)", v))?;
+    if (nk, hk, hdk) != (n, h, hd) || (nv, sv, hv) != (n, s, h) {
+        candle_core::bail!(
+            "retrieval: query {:?} (N, L, H, hd), key {:?} (N, S, H, hd) and value {:?} (N, S, H, pd) disagree",
+            q.dims(),
+            k.dims(),
+            v.dims()
+        );
+    }
+    if k.dtype() != q.dtype() || v.dtype() != q.dtype() {
+        candle_core::bail!(
+            "retrieval: query, key and value dtypes differ ({:?}, {:?}, {:?})",
+            q.dtype(),
+            k.dtype(),
+            v.dtype()
+        );
+    }
+    let betas = match cfg.beta.len() {
+        1 => vec![cfg.beta[0]; h],
+        x if x == h => cfg.beta.clone(),
+        x => candle_core::bail!("retrieval: {x} betas given for {h} heads (give 1 or {h})"),
+    };
+    if let Some(b) = betas.iter().find(|b| !b.is_finite()) {
+        candle_core::bail!("retrieval: beta must be finite, got {b}");
+    }
+    let mask = match &cfg.mask {
+        Some(m) => {
+            if !m.dtype().is_float() {
+                candle_core::bail!(
+                    "retrieval: the mask must be additive float (0 / -inf), got {:?}",
+                    m.dtype()
+                );
+            }
+            let m = m.detach().to_dtype(q.dtype())?;
+            Some(m.broadcast_as((n, h, l, s)).map_err(|_| {
+                candle_core::Error::Msg(format!(
+                    "retrieval: mask {:?} does not broadcast to (N, H, L, S) = ({n}, {h}, {l}, {s})",
+                    cfg.mask.as_ref().map(|m| m.dims().to_vec()).unwrap_or_default()
+                ))
+            })?)
+        }
+        None => None,
+    };
+    Ok((Geometry { n, l, s, h, hd, pd }, betas, mask))
+}
+
+fn shape_error(what: &str, expected: &str, t: &Tensor) -> candle_core::Error {
+    candle_core::Error::Msg(format!(
+        "retrieval: {what} must be {expected}, got {:?}",
+        t.dims()
+    ))
+}
+
+/// `softmax(beta q k^T + mask) v` per (sample, head): `(N, L, H, hd)`, `(N, S, H, hd)`,
+/// `(N, S, H, pd)` -> `(N, L, H, pd)`. Fused where [`retrieval_path`] says so, composed elsewhere;
+/// differentiable with respect to q, k and v on every path.
+pub fn retrieve(q: &Tensor, k: &Tensor, v: &Tensor, cfg: &Retrieval) -> Result<Tensor> {
+    Ok(retrieve_with_lse(q, k, v, cfg)?.0)
+}
+
+/// [`retrieve`] and the log-sum-exp of each query row's logits, `(N, H, L)` (`-inf` for a fully
+/// masked row). Both are differentiable.
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use hopfield_cuda::retrieval::{retrieve_with_lse, Retrieval};
+/// let q = Tensor::new(&[[[[0f64]]]], &Device::Cpu)?;              // one query, logit 0 for both
+/// let k = Tensor::new(&[[[[1f64]], [[2.]]]], &Device::Cpu)?;
+/// let v = Tensor::new(&[[[[1f64]], [[3.]]]], &Device::Cpu)?;
+/// let (out, lse) = retrieve_with_lse(&q, &k, &v, &Retrieval::new(1.0))?;
+/// assert_eq!(out.flatten_all()?.to_vec1::<f64>()?, vec![2.0]);      // mean of the values
+/// assert!((lse.flatten_all()?.to_vec1::<f64>()?[0] - 2f64.ln()).abs() < 1e-15);
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+pub fn retrieve_with_lse(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    cfg: &Retrieval,
+) -> Result<(Tensor, Tensor)> {
+    let (g, betas, mask) = prepare(q, k, v, cfg)?;
+    if op::fused_supported(q.dtype(), q.device()) {
+        op::fused(q, k, v, g, betas, mask, cfg.zero_association)
+    } else {
+        composed(q, k, v, g, &betas, mask.as_ref(), cfg.zero_association)
+    }
+}
+
+/// The same function from candle ops: forms the `(N, H, L, S)` logits and association explicitly.
+/// The reference the fused kernels are tested against, and the path for dtypes and devices
+/// without a fused kernel.
+pub fn retrieve_composed(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    cfg: &Retrieval,
+) -> Result<(Tensor, Tensor)> {
+    let (g, betas, mask) = prepare(q, k, v, cfg)?;
+    composed(q, k, v, g, &betas, mask.as_ref(), cfg.zero_association)
+}
+
+fn composed(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    g: Geometry,
+    betas: &[f64],
+    mask: Option<&Tensor>,
+    zero_association: bool,
+) -> Result<(Tensor, Tensor)> {
+    let dtype = q.dtype();
+    let dev = q.device();
+    let qh = q.transpose(1, 2)?.contiguous()?; // (N, H, L, hd)
+    let kt = k.permute((0, 2, 3, 1))?.contiguous()?; // (N, H, hd, S)
+    let vh = v.transpose(1, 2)?.contiguous()?; // (N, H, S, pd)
+    let beta = Tensor::new(betas, dev)?
+        .to_dtype(dtype)?
+        .reshape((1, g.h, 1, 1))?;
+    let mut logits = qh.matmul(&kt)?.broadcast_mul(&beta)?;
+    if let Some(m) = mask {
+        logits = logits.broadcast_add(m)?;
+    }
+    if zero_association {
+        let z = Tensor::zeros((g.n, g.h, g.l, 1), dtype, dev)?;
+        logits = Tensor::cat(&[&logits, &z], 3)?;
+    }
+    let p = masked_softmax(&logits)?;
+    let p = if zero_association {
+        p.narrow(3, 0, g.s)?
+    } else {
+        p
+    };
+    let out = p.matmul(&vh)?.transpose(1, 2)?.contiguous()?;
+    // lse = m + log(sum exp(x - m)); a fully masked row (sum 0) gets -inf with zero gradient.
+    let m = logits.max_keepdim(D::Minus1)?.detach();
+    let finite = m.ne(f64::NEG_INFINITY)?;
+    let m = finite.where_cond(&m, &m.zeros_like()?)?;
+    let sum = logits.broadcast_sub(&m)?.exp()?.sum_keepdim(D::Minus1)?;
+    let positive = sum.gt(0.0)?;
+    let safe = positive.where_cond(&sum, &sum.ones_like()?)?;
+    let lse = (safe.log()? + m)?;
+    let ninf = Tensor::full(f64::NEG_INFINITY, lse.shape(), dev)?.to_dtype(dtype)?;
+    let lse = positive.where_cond(&lse, &ninf)?.squeeze(3)?;
+    Ok((out, lse))
+}
+
+#[cfg(test)]
+mod tests;

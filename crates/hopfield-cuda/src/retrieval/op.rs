@@ -1,0 +1,288 @@
+//! The fused retrieval as candle custom ops.
+//!
+//! A custom op has one output, so the forward op returns one flat tensor holding the output
+//! `(N, L, H, pd)` followed by the log-sum-exp `(N, H, L)`; both halves are contiguous narrows of
+//! it, so splitting costs nothing, and the gradient candle hands back for the flat tensor carries
+//! the gradients of both. The backward op likewise returns `dq | dk | dv` flat.
+
+use super::{cpu, Geometry};
+use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Tensor};
+
+/// Where a 4-D input lives in its storage: element offset and strides of its four dims.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct View {
+    pub offset: usize,
+    pub strides: [usize; 4],
+}
+
+impl View {
+    pub(crate) fn of(l: &Layout) -> Result<Self> {
+        let st = l.stride();
+        if st.len() != 4 {
+            candle_core::bail!("retrieval: expected a 4-D input, got {:?}", l.dims());
+        }
+        Ok(Self {
+            offset: l.start_offset(),
+            strides: [st[0], st[1], st[2], st[3]],
+        })
+    }
+
+    /// Element index of `[a, b, c, 0]`.
+    #[inline(always)]
+    pub(crate) fn at(&self, a: usize, b: usize, c: usize) -> usize {
+        self.offset + a * self.strides[0] + b * self.strides[1] + c * self.strides[2]
+    }
+}
+
+/// Everything a kernel needs besides the input data.
+#[derive(Debug, Clone)]
+pub(crate) struct Params {
+    pub g: Geometry,
+    pub betas: Vec<f64>,
+    pub zero_association: bool,
+}
+
+pub(crate) fn fused_supported(dtype: DType, device: &Device) -> bool {
+    match device {
+        Device::Cpu => matches!(dtype, DType::F32 | DType::F64),
+        #[cfg(feature = "cuda")]
+        Device::Cuda(_) => super::cuda::supported(dtype),
+        _ => false,
+    }
+}
+
+/// Inputs whose last dim is not unit-stride are copied once; every other view is read in place.
+fn unit_last(t: &Tensor) -> Result<Tensor> {
+    if t.stride().last() == Some(&1) || t.dim(3)? <= 1 {
+        Ok(t.clone())
+    } else {
+        t.contiguous()
+    }
+}
+
+pub(crate) fn fused(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    g: Geometry,
+    betas: Vec<f64>,
+    mask: Option<Tensor>,
+    zero_association: bool,
+) -> Result<(Tensor, Tensor)> {
+    let op = RetrievalFwd {
+        p: Params {
+            g,
+            betas,
+            zero_association,
+        },
+        mask,
+    };
+    let flat = unit_last(q)?.apply_op3(&unit_last(k)?, &unit_last(v)?, op)?;
+    let no = g.n * g.l * g.h * g.pd;
+    let out = flat.narrow(0, 0, no)?.reshape((g.n, g.l, g.h, g.pd))?;
+    let lse = flat
+        .narrow(0, no, g.n * g.h * g.l)?
+        .reshape((g.n, g.h, g.l))?;
+    Ok((out, lse))
+}
+
+pub(crate) struct RetrievalFwd {
+    pub p: Params,
+    /// Additive, `(N, H, L, S)` (possibly broadcast, stride 0), the inputs' dtype.
+    pub mask: Option<Tensor>,
+}
+
+/// Runs `f` with the mask's CPU data and view, if any.
+fn with_cpu_mask<R>(
+    mask: &Option<Tensor>,
+    f: impl FnOnce(Option<(&CpuStorage, View)>) -> Result<R>,
+) -> Result<R> {
+    match mask {
+        None => f(None),
+        Some(m) => {
+            let (s, l) = m.storage_and_layout();
+            match &*s {
+                candle_core::Storage::Cpu(c) => f(Some((c, View::of(l)?))),
+                _ => candle_core::bail!("retrieval: the mask is not on the CPU"),
+            }
+        }
+    }
+}
+
+impl CustomOp3 for RetrievalFwd {
+    fn name(&self) -> &'static str {
+        "hopfield-retrieval"
+    }
+
+    fn cpu_fwd(
+        &self,
+        q: &CpuStorage,
+        lq: &Layout,
+        k: &CpuStorage,
+        lk: &Layout,
+        v: &CpuStorage,
+        lv: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let views = [View::of(lq)?, View::of(lk)?, View::of(lv)?];
+        let g = self.p.g;
+        let len = g.n * g.l * g.h * g.pd + g.n * g.h * g.l;
+        let out = with_cpu_mask(&self.mask, |mask| {
+            Ok(match (q, k, v) {
+                (CpuStorage::F32(q), CpuStorage::F32(k), CpuStorage::F32(v)) => {
+                    let m = match mask {
+                        Some((CpuStorage::F32(m), vm)) => Some((m.as_slice(), vm)),
+                        None => None,
+                        _ => candle_core::bail!("retrieval: mask dtype differs from the inputs"),
+                    };
+                    CpuStorage::F32(cpu::forward(&self.p, [q, k, v], views, m))
+                }
+                (CpuStorage::F64(q), CpuStorage::F64(k), CpuStorage::F64(v)) => {
+                    let m = match mask {
+                        Some((CpuStorage::F64(m), vm)) => Some((m.as_slice(), vm)),
+                        None => None,
+                        _ => candle_core::bail!("retrieval: mask dtype differs from the inputs"),
+                    };
+                    CpuStorage::F64(cpu::forward(&self.p, [q, k, v], views, m))
+                }
+                _ => candle_core::bail!("retrieval: CPU kernel supports f32 and f64 only"),
+            })
+        })?;
+        Ok((out, Shape::from(len)))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        q: &candle_core::CudaStorage,
+        lq: &Layout,
+        k: &candle_core::CudaStorage,
+        lk: &Layout,
+        v: &candle_core::CudaStorage,
+        lv: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::forward(self, (q, lq), (k, lk), (v, lv))
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let g = self.p.g;
+        let op = RetrievalBwd {
+            p: self.p.clone(),
+            mask: self.mask.clone(),
+            res: res.contiguous()?,
+            grad: grad_res.contiguous()?,
+        };
+        let flat = q.apply_op3_no_bwd(k, v, &op)?;
+        let (nq, nk, nv) = (
+            g.n * g.l * g.h * g.hd,
+            g.n * g.s * g.h * g.hd,
+            g.n * g.s * g.h * g.pd,
+        );
+        let dq = flat.narrow(0, 0, nq)?.reshape((g.n, g.l, g.h, g.hd))?;
+        let dk = flat.narrow(0, nq, nk)?.reshape((g.n, g.s, g.h, g.hd))?;
+        let dv = flat
+            .narrow(0, nq + nk, nv)?
+            .reshape((g.n, g.s, g.h, g.pd))?;
+        Ok((Some(dq), Some(dk), Some(dv)))
+    }
+}
+
+/// FlashAttention-2 backward: recomputes the association block by block from q, k, v and the
+/// forward's log-sum-exp; returns `dq | dk | dv` flat, each contiguous in its input's shape.
+pub(crate) struct RetrievalBwd {
+    pub p: Params,
+    pub mask: Option<Tensor>,
+    /// The forward's flat result (output | lse), contiguous.
+    pub res: Tensor,
+    /// The gradient of the flat result, contiguous.
+    pub grad: Tensor,
+}
+
+fn cpu_slice<'a, T: candle_core::WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
+    let v = s.as_slice::<T>()?;
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&v[a..b]),
+        None => candle_core::bail!("retrieval backward: result and gradient must be contiguous"),
+    }
+}
+
+impl CustomOp3 for RetrievalBwd {
+    fn name(&self) -> &'static str {
+        "hopfield-retrieval-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        q: &CpuStorage,
+        lq: &Layout,
+        k: &CpuStorage,
+        lk: &Layout,
+        v: &CpuStorage,
+        lv: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let views = [View::of(lq)?, View::of(lk)?, View::of(lv)?];
+        let g = self.p.g;
+        let len = g.n * g.l * g.h * g.hd + g.n * g.s * g.h * (g.hd + g.pd);
+        let (rs, rl) = self.res.storage_and_layout();
+        let (gs, gl) = self.grad.storage_and_layout();
+        let (rs, gs) = match (&*rs, &*gs) {
+            (candle_core::Storage::Cpu(r), candle_core::Storage::Cpu(g)) => (r, g),
+            _ => candle_core::bail!("retrieval backward: result and gradient not on the CPU"),
+        };
+        let out = with_cpu_mask(&self.mask, |mask| {
+            Ok(match (q, k, v) {
+                (CpuStorage::F32(q), CpuStorage::F32(k), CpuStorage::F32(v)) => {
+                    let m = match mask {
+                        Some((CpuStorage::F32(m), vm)) => Some((m.as_slice(), vm)),
+                        None => None,
+                        _ => candle_core::bail!("retrieval: mask dtype differs from the inputs"),
+                    };
+                    CpuStorage::F32(cpu::backward(
+                        &self.p,
+                        [q, k, v],
+                        views,
+                        m,
+                        cpu_slice::<f32>(rs, rl)?,
+                        cpu_slice::<f32>(gs, gl)?,
+                    ))
+                }
+                (CpuStorage::F64(q), CpuStorage::F64(k), CpuStorage::F64(v)) => {
+                    let m = match mask {
+                        Some((CpuStorage::F64(m), vm)) => Some((m.as_slice(), vm)),
+                        None => None,
+                        _ => candle_core::bail!("retrieval: mask dtype differs from the inputs"),
+                    };
+                    CpuStorage::F64(cpu::backward(
+                        &self.p,
+                        [q, k, v],
+                        views,
+                        m,
+                        cpu_slice::<f64>(rs, rl)?,
+                        cpu_slice::<f64>(gs, gl)?,
+                    ))
+                }
+                _ => candle_core::bail!("retrieval: CPU kernel supports f32 and f64 only"),
+            })
+        })?;
+        Ok((out, Shape::from(len)))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        q: &candle_core::CudaStorage,
+        lq: &Layout,
+        k: &candle_core::CudaStorage,
+        lk: &Layout,
+        v: &candle_core::CudaStorage,
+        lv: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::backward(self, (q, lq), (k, lk), (v, lv))
+    }
+}

@@ -1,0 +1,358 @@
+#![allow(clippy::too_many_arguments)] // rstest tables
+use super::*;
+use candle_core::{Device, Var};
+use rstest::rstest;
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
+}
+
+/// Seeded inputs (candle's CPU RNG cannot be seeded): a small LCG.
+fn det(shape: (usize, usize, usize, usize), seed: u64, dtype: DType) -> Tensor {
+    let len = shape.0 * shape.1 * shape.2 * shape.3;
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let v: Vec<f64> = (0..len)
+        .map(|_| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((x >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
+        })
+        .collect();
+    Tensor::from_vec(v, shape, &Device::Cpu)
+        .unwrap()
+        .to_dtype(dtype)
+        .unwrap()
+}
+
+struct Case {
+    n: usize,
+    l: usize,
+    s: usize,
+    h: usize,
+    hd: usize,
+    pd: usize,
+}
+
+fn mask_for(c: &Case, kind: &str, dtype: DType) -> Option<Tensor> {
+    let inf = f64::NEG_INFINITY;
+    let dev = Device::Cpu;
+    match kind {
+        "none" => None,
+        // (L, S) additive with some -inf and finite values, and one fully masked row.
+        "assoc" => {
+            let mut v = vec![0f64; c.l * c.s];
+            for r in 0..c.l {
+                for j in 0..c.s {
+                    v[r * c.s + j] = if (r + 2 * j) % 5 == 0 {
+                        inf
+                    } else {
+                        0.1 * ((r * 7 + j) % 3) as f64
+                    };
+                }
+            }
+            if c.l > 1 {
+                for j in 0..c.s {
+                    v[c.s + j] = inf;
+                }
+            }
+            Some(
+                Tensor::from_vec(v, (c.l, c.s), &dev)
+                    .unwrap()
+                    .to_dtype(dtype)
+                    .unwrap(),
+            )
+        }
+        // Padding (N, 1, 1, S): sample 0 loses its last pattern, sample 1 (if any) all of them.
+        "padding" => {
+            let mut v = vec![0f64; c.n * c.s];
+            v[c.s - 1] = inf;
+            if c.n > 1 {
+                for j in 0..c.s {
+                    v[c.s + j] = inf;
+                }
+            }
+            Some(
+                Tensor::from_vec(v, (c.n, 1, 1, c.s), &dev)
+                    .unwrap()
+                    .to_dtype(dtype)
+                    .unwrap(),
+            )
+        }
+        // Per (N, H) 3-D association mask.
+        "full" => {
+            let len = c.n * c.h * c.l * c.s;
+            let v: Vec<f64> = (0..len)
+                .map(|i| {
+                    if i % 7 == 3 {
+                        inf
+                    } else {
+                        0.05 * (i % 4) as f64
+                    }
+                })
+                .collect();
+            Some(
+                Tensor::from_vec(v, (c.n, c.h, c.l, c.s), &dev)
+                    .unwrap()
+                    .to_dtype(dtype)
+                    .unwrap(),
+            )
+        }
+        _ => unreachable!(),
+    }
+}
+
+fn check_case(c: Case, mask: &str, zero: bool, per_head: bool, dtype: DType, tol: f64) {
+    let q = Var::from_tensor(&det((c.n, c.l, c.h, c.hd), 1, dtype)).unwrap();
+    let k = Var::from_tensor(&det((c.n, c.s, c.h, c.hd), 2, dtype)).unwrap();
+    let v = Var::from_tensor(&det((c.n, c.s, c.h, c.pd), 3, dtype)).unwrap();
+    let betas: Vec<f64> = if per_head {
+        (0..c.h).map(|h| 0.5 + 1.5 * h as f64).collect()
+    } else {
+        vec![2.0]
+    };
+    let cfg = Retrieval::new(1.0)
+        .with_head_betas(betas)
+        .with_mask(mask_for(&c, mask, dtype))
+        .with_zero_association(zero);
+    let cot = det((c.n, c.l, c.h, c.pd), 4, dtype);
+    let cot_lse = det((c.n, c.h, c.l, 1), 5, dtype).squeeze(3).unwrap();
+    let run = |fused: bool| {
+        let (o, lse) = if fused {
+            retrieve_with_lse(q.as_tensor(), k.as_tensor(), v.as_tensor(), &cfg).unwrap()
+        } else {
+            retrieve_composed(q.as_tensor(), k.as_tensor(), v.as_tensor(), &cfg).unwrap()
+        };
+        // Rows with lse = -inf have no gradient through lse in either path.
+        let finite = lse.ne(f64::NEG_INFINITY).unwrap();
+        let lse_safe = finite.where_cond(&lse, &lse.zeros_like().unwrap()).unwrap();
+        let loss = ((&o * &cot).unwrap().sum_all().unwrap()
+            + (&lse_safe * &cot_lse).unwrap().sum_all().unwrap())
+        .unwrap();
+        let gr = loss.backward().unwrap();
+        let grads: Vec<Tensor> = [&q, &k, &v]
+            .iter()
+            .map(|x| gr.get(x.as_tensor()).unwrap().clone())
+            .collect();
+        (o, lse, grads)
+    };
+    let (o1, l1, g1) = run(true);
+    let (o2, l2, g2) = run(false);
+    assert!(max_diff(&o1, &o2) < tol, "output {}", max_diff(&o1, &o2));
+    let l1f = l1
+        .flatten_all()
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap();
+    let l2f = l2
+        .flatten_all()
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap();
+    for (a, b) in l1f.iter().zip(&l2f) {
+        assert!(a == b || (a - b).abs() < tol, "lse {a} vs {b}");
+    }
+    for (i, (a, b)) in g1.iter().zip(&g2).enumerate() {
+        let d = max_diff(a, b);
+        assert!(d < tol, "grad {i}: {d}");
+    }
+    assert!(o1
+        .flatten_all()
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap()
+        .iter()
+        .all(|x| x.is_finite()));
+}
+
+#[rstest]
+#[case(2, 5, 7, 3, 4, 6)]
+#[case(1, 1, 1, 1, 3, 2)] // L = 1, S = 1
+#[case(2, 33, 130, 2, 16, 16)] // S not a multiple of the block, L not of the query block
+#[case(1, 3, 300, 1, 8, 5)] // few tasks: stored patterns split into chunks
+#[case(3, 17, 64, 4, 32, 8)]
+fn fused_matches_composed_f64(
+    #[case] n: usize,
+    #[case] l: usize,
+    #[case] s: usize,
+    #[case] h: usize,
+    #[case] hd: usize,
+    #[case] pd: usize,
+    #[values("none", "assoc", "padding", "full")] mask: &str,
+    #[values(false, true)] zero: bool,
+) {
+    let c = Case { n, l, s, h, hd, pd };
+    check_case(c, mask, zero, h > 1, DType::F64, 1e-12);
+}
+
+#[rstest]
+#[case(2, 40, 200, 4, 16, 16)]
+#[case(1, 2, 1000, 2, 64, 64)]
+fn fused_matches_composed_f32(
+    #[case] n: usize,
+    #[case] l: usize,
+    #[case] s: usize,
+    #[case] h: usize,
+    #[case] hd: usize,
+    #[case] pd: usize,
+    #[values("none", "padding")] mask: &str,
+) {
+    let c = Case { n, l, s, h, hd, pd };
+    check_case(c, mask, true, true, DType::F32, 2e-5);
+}
+
+#[test]
+fn gradients_match_finite_differences() -> Result<()> {
+    let (n, l, s, h, hd, pd) = (2, 3, 70, 2, 4, 3);
+    let q = det((n, l, h, hd), 11, DType::F64);
+    let k = det((n, s, h, hd), 12, DType::F64);
+    let v = det((n, s, h, pd), 13, DType::F64);
+    let cot = det((n, l, h, pd), 14, DType::F64);
+    let cot_lse = det((n, h, l, 1), 15, DType::F64).squeeze(3)?;
+    let cfg = Retrieval::new(1.0)
+        .with_head_betas(vec![1.5, 3.0])
+        .with_zero_association(true);
+    let loss = |q: &Tensor, k: &Tensor, v: &Tensor| -> Result<f64> {
+        let (o, lse) = retrieve_with_lse(q, k, v, &cfg)?;
+        ((o * &cot)?.sum_all()? + (lse * &cot_lse)?.sum_all()?)?.to_scalar::<f64>()
+    };
+    let vars = [
+        Var::from_tensor(&q)?,
+        Var::from_tensor(&k)?,
+        Var::from_tensor(&v)?,
+    ];
+    let (o, lse) = retrieve_with_lse(
+        vars[0].as_tensor(),
+        vars[1].as_tensor(),
+        vars[2].as_tensor(),
+        &cfg,
+    )?;
+    let grads = ((o * &cot)?.sum_all()? + (lse * &cot_lse)?.sum_all()?)?.backward()?;
+    let eps = 1e-6;
+    for (i, var) in vars.iter().enumerate() {
+        let analytic = grads
+            .get(var.as_tensor())
+            .unwrap()
+            .flatten_all()?
+            .to_vec1::<f64>()?;
+        let base = var.as_tensor().flatten_all()?.to_vec1::<f64>()?;
+        // A spread of coordinates, including the last.
+        for idx in (0..base.len())
+            .step_by(base.len() / 9 + 1)
+            .chain([base.len() - 1])
+        {
+            let bump = |delta: f64| -> Result<f64> {
+                let mut b = base.clone();
+                b[idx] += delta;
+                let t = Tensor::from_vec(b, var.as_tensor().shape(), &Device::Cpu)?;
+                let mut args = [q.clone(), k.clone(), v.clone()];
+                args[i] = t;
+                loss(&args[0], &args[1], &args[2])
+            };
+            let numeric = (bump(eps)? - bump(-eps)?) / (2.0 * eps);
+            assert!(
+                (numeric - analytic[idx]).abs() < 1e-7 * (1.0 + numeric.abs()),
+                "input {i} coord {idx}: {numeric} vs {}",
+                analytic[idx]
+            );
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn strided_views_are_read_in_place() -> Result<()> {
+    // A packed q/k/v product (N, L, 3, H, hd) read as three views, and a static input shared by
+    // every head (head stride 0).
+    let (n, l, h, hd) = (2, 9, 3, 5);
+    let packed = det((n, l, 3 * h, hd), 21, DType::F64).reshape((n, l, 3, h, hd))?;
+    let q = packed.narrow(2, 0, 1)?.squeeze(2)?;
+    let k = packed.narrow(2, 1, 1)?.squeeze(2)?;
+    let v = packed.narrow(2, 2, 1)?.squeeze(2)?;
+    assert!(!q.is_contiguous());
+    let cfg = Retrieval::new(0.7);
+    let (a, la) = retrieve_with_lse(&q, &k, &v, &cfg)?;
+    let (b, lb) = retrieve_composed(&q.contiguous()?, &k.contiguous()?, &v.contiguous()?, &cfg)?;
+    assert!(max_diff(&a, &b) < 1e-13 && max_diff(&la, &lb) < 1e-13);
+    let stat = det((n, l, 1, hd), 22, DType::F64).broadcast_as((n, l, h, hd))?;
+    let (a, _) = retrieve_with_lse(&q, &stat, &stat, &cfg)?;
+    let (b, _) = retrieve_composed(
+        &q.contiguous()?,
+        &stat.contiguous()?,
+        &stat.contiguous()?,
+        &cfg,
+    )?;
+    assert!(max_diff(&a, &b) < 1e-13);
+    Ok(())
+}
+
+#[test]
+fn fully_masked_rows_give_zero_output_and_zero_gradients() -> Result<()> {
+    let (n, l, s, h, hd) = (1, 2, 5, 1, 3);
+    let q = Var::from_tensor(&det((n, l, h, hd), 31, DType::F64))?;
+    let k = Var::from_tensor(&det((n, s, h, hd), 32, DType::F64))?;
+    let v = Var::from_tensor(&det((n, s, h, hd), 33, DType::F64))?;
+    let mask = Tensor::full(f64::NEG_INFINITY, (l, s), &Device::Cpu)?;
+    let cfg = Retrieval::new(1.0).with_mask(Some(mask));
+    let (o, lse) = retrieve_with_lse(q.as_tensor(), k.as_tensor(), v.as_tensor(), &cfg)?;
+    assert!(o.flatten_all()?.to_vec1::<f64>()?.iter().all(|x| *x == 0.0));
+    assert!(lse
+        .flatten_all()?
+        .to_vec1::<f64>()?
+        .iter()
+        .all(|x| *x == f64::NEG_INFINITY));
+    let g = o.sum_all()?.backward()?;
+    for x in [&q, &k, &v] {
+        let gx = g
+            .get(x.as_tensor())
+            .unwrap()
+            .flatten_all()?
+            .to_vec1::<f64>()?;
+        assert!(gx.iter().all(|x| *x == 0.0));
+    }
+    Ok(())
+}
+
+#[test]
+fn bad_shapes_are_errors() {
+    let q = det((2, 3, 2, 4), 1, DType::F32);
+    let k = det((2, 5, 2, 4), 2, DType::F32);
+    let v = det((2, 6, 2, 4), 3, DType::F32);
+    let e = retrieve(&q, &k, &v, &Retrieval::new(1.0))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("disagree"), "{e}");
+    let e = retrieve(
+        &q,
+        &k,
+        &k,
+        &Retrieval::new(1.0).with_head_betas(vec![1.0; 3]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("3 betas given for 2 heads"), "{e}");
+    let m = Tensor::zeros((4, 4), DType::F32, &Device::Cpu).unwrap();
+    let e = retrieve(&q, &k, &k, &Retrieval::new(1.0).with_mask(Some(m)))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("does not broadcast"), "{e}");
+}
