@@ -8,6 +8,8 @@ use crate::error::{expect_shape, HopfieldError};
 use crate::ops::{bool_to_additive, layer_norm, linear, masked_softmax};
 use crate::weights::{CoreWeights, Projection};
 use candle_core::{DType, Result, Tensor};
+use hopfield_cuda::retrieval::{retrieval_path, retrieve, Retrieval, RetrievalPath};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Optional masks of one association.
 ///
@@ -47,19 +49,22 @@ fn check_finite(arg: &'static str, x: &Tensor) -> Result<()> {
     }
 }
 
-/// `(N, T, H*d)` -> `(N, H, T, d)`.
+/// `(N, T, H*d)` -> `(N, T, H, d)`, a free reshape of the projection's output.
 fn split_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
     let (n, t, f) = x.dims3()?;
-    x.reshape((n, t, heads, f / heads))?
-        .transpose(1, 2)?
-        .contiguous()
+    x.reshape((n, t, heads, f / heads))
 }
 
 /// A static input is shared by every head of its own sample (fixes hflayers quirks Q3/Q4, which
-/// pair heads with other samples' data).
+/// pair heads with other samples' data): a head-stride-0 view, no copy.
 fn broadcast_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
     let (n, t, f) = x.dims3()?;
-    x.unsqueeze(1)?.broadcast_as((n, heads, t, f))?.contiguous()
+    x.unsqueeze(2)?.broadcast_as((n, t, heads, f))
+}
+
+/// `(N, T, H, d)` -> `(N, H, T, d)`, contiguous, for the explicit path.
+fn heads_major(x: &Tensor) -> Result<Tensor> {
+    x.transpose(1, 2)?.contiguous()
 }
 
 fn project(x: &Tensor, p: &Projection, heads: usize) -> Result<Tensor> {
@@ -183,6 +188,97 @@ pub fn hopfield_core_forward(
     hopfield_core_forward_mapped(query, key, value, weights, cfg, masks, train, None)
 }
 
+static FUSED: AtomicBool = AtomicBool::new(true);
+
+/// Switches the fused retrieval of [`hopfield_core_output`] on (the default) or off for the whole
+/// process. Off, every call takes the explicit path of [`hopfield_core_forward`]; results agree
+/// to rounding either way, so this exists for testing and benchmarking the two against each other.
+pub fn set_fused_retrieval(on: bool) {
+    FUSED.store(on, Ordering::Relaxed);
+}
+
+/// Whether [`hopfield_core_output`] may use the fused retrieval (see [`set_fused_retrieval`]).
+pub fn fused_retrieval_enabled() -> bool {
+    FUSED.load(Ordering::Relaxed)
+}
+
+/// Whether this call can take the fused path: no update steps (their per-(sample, head)
+/// convergence test needs the change of the association, an `L x S` quantity per step), no
+/// dropout on the association in training (it acts on the materialised association) and a
+/// dtype/device with a fused kernel.
+fn fused_applies(cfg: &CoreConfig, train: bool, query: &Tensor) -> Result<bool> {
+    if !fused_retrieval_enabled() || (train && cfg.dropout > 0.0) {
+        return Ok(false);
+    }
+    let no_steps = cfg
+        .update_steps_max
+        .per_head(cfg.num_heads)?
+        .iter()
+        .all(|m| *m == Some(0));
+    Ok(no_steps && retrieval_path(query.dtype(), query.device()) == RetrievalPath::Fused)
+}
+
+/// The output of [`hopfield_core_forward`] alone, `(N, L, O)`: what `Module::forward` needs.
+///
+/// Where it can (see [`set_fused_retrieval`]; no update steps, no association dropout in training,
+/// CPU f32/f64 or a CUDA build), this runs the fused retrieval kernel of
+/// [`hopfield_cuda::retrieval`] on the head-split projections in place: the `(N, H, L, S)`
+/// association is never formed. Otherwise it is the explicit path. Same semantics and
+/// gradients either way.
+///
+/// ```
+/// use candle_core::{DType, Device, Tensor};
+/// use candle_nn::{VarBuilder, VarMap};
+/// use hopfield_core::{hopfield_core_forward, hopfield_core_output, CoreConfig, CoreLayout, CoreWeights, Masks, Scaling};
+/// let dev = Device::Cpu;
+/// let map = VarMap::new();
+/// let w = CoreWeights::load(CoreLayout::new(8, 2), VarBuilder::from_varmap(&map, DType::F64, &dev))?;
+/// let x = Tensor::randn(0f64, 1., (3, 5, 8), &dev)?;
+/// let cfg = CoreConfig::new(2).with_scaling(Scaling::Scalar(0.5));
+/// let fused = hopfield_core_output(&x, &x, &x, &w, &cfg, Masks::default(), false)?;
+/// let explicit = hopfield_core_forward(&x, &x, &x, &w, &cfg, Masks::default(), false)?.output;
+/// assert!((fused - explicit)?.abs()?.max_all()?.to_scalar::<f64>()? < 1e-12);
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+pub fn hopfield_core_output(
+    query: &Tensor,
+    key: &Tensor,
+    value: &Tensor,
+    weights: &CoreWeights,
+    cfg: &CoreConfig,
+    masks: Masks,
+    train: bool,
+) -> Result<Tensor> {
+    cfg.validate()?;
+    if !fused_applies(cfg, train, query)? {
+        return Ok(hopfield_core_forward_mapped(
+            query, key, value, weights, cfg, masks, train, None,
+        )?
+        .output);
+    }
+    let heads = cfg.num_heads;
+    let Prepared {
+        q,
+        k,
+        v,
+        n,
+        l,
+        s,
+        pd,
+        ..
+    } = prepare(query, key, value, weights, cfg)?;
+    let mask = additive_mask(&masks, (n, heads, l, s), false, query.dtype())?;
+    let spec = Retrieval::new(1.0)
+        .with_head_betas(cfg.scaling.per_head(heads)?)
+        .with_mask(mask)
+        .with_zero_association(cfg.add_zero_association);
+    let out = retrieve(&q, &k, &v, &spec)?.reshape((n, l, heads * pd))?;
+    match &weights.out_proj_weight {
+        Some(w) => linear(&out, w, weights.out_proj_bias.as_ref()),
+        None => Ok(out),
+    }
+}
+
 /// A transform of the association logits `(N, H, L, S')`, applied at every step before the
 /// masks (e.g. diffusion of the logits over a graph of the stored patterns). `S'` includes the
 /// zero pattern of `add_zero_association`.
@@ -200,106 +296,20 @@ pub fn hopfield_core_forward_mapped(
     train: bool,
     logit_map: Option<LogitMap>,
 ) -> Result<CoreOutput> {
-    cfg.validate()?;
-    let layout = &weights.layout;
+    let Prepared {
+        q,
+        k,
+        v,
+        n,
+        l,
+        s,
+        hd,
+        pd,
+    } = prepare(query, key, value, weights, cfg)?;
     let heads = cfg.num_heads;
-    if heads != layout.num_heads {
-        return Err(HopfieldError::Config {
-            field: "num_heads",
-            reason: format!(
-                "config has {heads} heads but the weights were built for {}",
-                layout.num_heads
-            ),
-        }
-        .into());
-    }
-    let (qs, ks, vs) = (cfg.query_as_static, cfg.key_as_static, cfg.value_as_static);
-    // Pure static retrieval has no sizes of its own: they come from the inputs.
-    let hd = if qs && ks {
-        query.dims().last().copied().unwrap_or(0)
-    } else {
-        layout.head_dim
-    };
-    let pd = if vs && layout.out_dim.is_none() {
-        value.dims().last().copied().unwrap_or(0)
-    } else {
-        layout.pattern_dim
-    };
-    let q_in = if qs { hd } else { layout.embed_dim };
-    let k_in = if ks { hd } else { layout.kdim };
-    let v_in = if vs { pd } else { layout.vdim };
-    expect_shape(
-        "state pattern (query)",
-        query.dims(),
-        &[None, None, Some(q_in)],
-        || format!("(N, L, {q_in})"),
-    )?;
-    expect_shape(
-        "stored pattern (key)",
-        key.dims(),
-        &[None, None, Some(k_in)],
-        || format!("(N, S, {k_in})"),
-    )?;
-    expect_shape(
-        "pattern projection (value)",
-        value.dims(),
-        &[None, None, Some(v_in)],
-        || format!("(N, S, {v_in})"),
-    )?;
-    let (n, l, _) = query.dims3()?;
-    let s = key.dim(1)?;
-    if key.dim(0)? != n || value.dim(0)? != n {
-        return Err(HopfieldError::Mismatch {
-            what: "batch size N",
-            lhs_arg: "state pattern",
-            lhs: query.dims().to_vec(),
-            rhs_arg: if key.dim(0)? != n {
-                "stored pattern"
-            } else {
-                "pattern projection"
-            },
-            rhs: if key.dim(0)? != n {
-                key.dims().to_vec()
-            } else {
-                value.dims().to_vec()
-            },
-        }
-        .into());
-    }
-    if value.dim(1)? != s {
-        return Err(HopfieldError::Mismatch {
-            what: "number of stored patterns S",
-            lhs_arg: "stored pattern",
-            lhs: key.dims().to_vec(),
-            rhs_arg: "pattern projection",
-            rhs: value.dims().to_vec(),
-        }
-        .into());
-    }
-    check_finite("state pattern (query)", query)?;
-    check_finite("stored pattern (key)", key)?;
-    check_finite("pattern projection (value)", value)?;
-
     let dtype = query.dtype();
     let dev = query.device();
-    let [pq, pk, pv] = weights.projections()?;
-    let mut q = project(query, &pq, heads)?;
-    let mut k = project(key, &pk, heads)?;
-    let mut v = if cfg.value_as_connected && !ks {
-        let through_k = linear(
-            value,
-            pk.weight.as_ref().expect("key projection"),
-            pk.bias.as_ref(),
-        )?;
-        project(&through_k, &pv, heads)?
-    } else {
-        project(value, &pv, heads)?
-    };
-    if cfg.normalize_pattern {
-        let (w, b) = (weights.p_norm_weight.as_ref(), weights.p_norm_bias.as_ref());
-        q = layer_norm(&q, w, b, cfg.normalize_pattern_eps)?;
-        k = layer_norm(&k, w, b, cfg.normalize_pattern_eps)?;
-    }
+    let (q, mut k, mut v) = (heads_major(&q)?, heads_major(&k)?, heads_major(&v)?);
     let mask = additive_mask(&masks, (n, heads, l, s), cfg.add_zero_association, dtype)?;
     if cfg.add_zero_association {
         k = Tensor::cat(&[&k, &Tensor::zeros((n, heads, 1, hd), dtype, dev)?], 2)?;
@@ -406,5 +416,137 @@ pub fn hopfield_core_forward_mapped(
         projected: v,
         steps_run,
         converged: unconverged == 0,
+    })
+}
+
+/// Projected, head-split (and Hopfield-space normalised) inputs as `(N, T, H, d)` views, with
+/// their sizes.
+struct Prepared {
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    n: usize,
+    l: usize,
+    s: usize,
+    hd: usize,
+    pd: usize,
+}
+
+/// Validation, projections, head split and Hopfield-space LayerNorm: everything before the
+/// association, shared by the explicit and the fused path.
+fn prepare(
+    query: &Tensor,
+    key: &Tensor,
+    value: &Tensor,
+    weights: &CoreWeights,
+    cfg: &CoreConfig,
+) -> Result<Prepared> {
+    cfg.validate()?;
+    let layout = &weights.layout;
+    let heads = cfg.num_heads;
+    if heads != layout.num_heads {
+        return Err(HopfieldError::Config {
+            field: "num_heads",
+            reason: format!(
+                "config has {heads} heads but the weights were built for {}",
+                layout.num_heads
+            ),
+        }
+        .into());
+    }
+    let (qs, ks, vs) = (cfg.query_as_static, cfg.key_as_static, cfg.value_as_static);
+    // Pure static retrieval has no sizes of its own: they come from the inputs.
+    let hd = if qs && ks {
+        query.dims().last().copied().unwrap_or(0)
+    } else {
+        layout.head_dim
+    };
+    let pd = if vs && layout.out_dim.is_none() {
+        value.dims().last().copied().unwrap_or(0)
+    } else {
+        layout.pattern_dim
+    };
+    let q_in = if qs { hd } else { layout.embed_dim };
+    let k_in = if ks { hd } else { layout.kdim };
+    let v_in = if vs { pd } else { layout.vdim };
+    expect_shape(
+        "state pattern (query)",
+        query.dims(),
+        &[None, None, Some(q_in)],
+        || format!("(N, L, {q_in})"),
+    )?;
+    expect_shape(
+        "stored pattern (key)",
+        key.dims(),
+        &[None, None, Some(k_in)],
+        || format!("(N, S, {k_in})"),
+    )?;
+    expect_shape(
+        "pattern projection (value)",
+        value.dims(),
+        &[None, None, Some(v_in)],
+        || format!("(N, S, {v_in})"),
+    )?;
+    let (n, l, _) = query.dims3()?;
+    let s = key.dim(1)?;
+    if key.dim(0)? != n || value.dim(0)? != n {
+        return Err(HopfieldError::Mismatch {
+            what: "batch size N",
+            lhs_arg: "state pattern",
+            lhs: query.dims().to_vec(),
+            rhs_arg: if key.dim(0)? != n {
+                "stored pattern"
+            } else {
+                "pattern projection"
+            },
+            rhs: if key.dim(0)? != n {
+                key.dims().to_vec()
+            } else {
+                value.dims().to_vec()
+            },
+        }
+        .into());
+    }
+    if value.dim(1)? != s {
+        return Err(HopfieldError::Mismatch {
+            what: "number of stored patterns S",
+            lhs_arg: "stored pattern",
+            lhs: key.dims().to_vec(),
+            rhs_arg: "pattern projection",
+            rhs: value.dims().to_vec(),
+        }
+        .into());
+    }
+    check_finite("state pattern (query)", query)?;
+    check_finite("stored pattern (key)", key)?;
+    check_finite("pattern projection (value)", value)?;
+
+    let [pq, pk, pv] = weights.projections()?;
+    let mut q = project(query, &pq, heads)?;
+    let mut k = project(key, &pk, heads)?;
+    let v = if cfg.value_as_connected && !ks {
+        let through_k = linear(
+            value,
+            pk.weight.as_ref().expect("key projection"),
+            pk.bias.as_ref(),
+        )?;
+        project(&through_k, &pv, heads)?
+    } else {
+        project(value, &pv, heads)?
+    };
+    if cfg.normalize_pattern {
+        let (w, b) = (weights.p_norm_weight.as_ref(), weights.p_norm_bias.as_ref());
+        q = layer_norm(&q.contiguous()?, w, b, cfg.normalize_pattern_eps)?;
+        k = layer_norm(&k.contiguous()?, w, b, cfg.normalize_pattern_eps)?;
+    }
+    Ok(Prepared {
+        q,
+        k,
+        v,
+        n,
+        l,
+        s,
+        hd,
+        pd,
     })
 }

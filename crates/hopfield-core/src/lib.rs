@@ -38,6 +38,7 @@ pub mod weights;
 pub use config::{CoreConfig, OnNoConvergence, Scaling, StepsEps, UpdateSteps};
 pub use error::HopfieldError;
 pub use forward::{
-    hopfield_core_forward, hopfield_core_forward_mapped, CoreOutput, LogitMap, Masks,
+    fused_retrieval_enabled, hopfield_core_forward, hopfield_core_forward_mapped,
+    hopfield_core_output, set_fused_retrieval, CoreOutput, LogitMap, Masks,
 };
 pub use weights::{CoreLayout, CoreWeights, InProjection};

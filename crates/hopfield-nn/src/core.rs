@@ -4,7 +4,8 @@
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 use hopfield_core::{
-    hopfield_core_forward_mapped, CoreConfig, CoreLayout, CoreOutput, CoreWeights, LogitMap, Masks,
+    hopfield_core_forward_mapped, hopfield_core_output, CoreConfig, CoreLayout, CoreOutput,
+    CoreWeights, LogitMap, Masks,
 };
 
 /// The association core. Its weights live under the `association_core` prefix inside
@@ -64,6 +65,19 @@ impl HopfieldCore {
         train: bool,
     ) -> Result<CoreOutput> {
         self.forward_batch_major_mapped(query, key, value, masks, train, None)
+    }
+
+    /// The output of [`forward_batch_major`](Self::forward_batch_major) alone, through the fused
+    /// retrieval where it applies ([`hopfield_core_output`]).
+    pub fn forward_output_batch_major(
+        &self,
+        query: &Tensor,
+        key: &Tensor,
+        value: &Tensor,
+        masks: Masks,
+        train: bool,
+    ) -> Result<Tensor> {
+        hopfield_core_output(query, key, value, &self.weights, &self.config, masks, train)
     }
 
     /// [`forward_batch_major`](Self::forward_batch_major) with a transform of the association

@@ -185,21 +185,26 @@ impl Hopfield {
 
     /// Turns the core's batch-major result into the module's output: layout and activation.
     pub fn finish(&self, out: CoreOutput) -> Result<HopfieldOutput> {
-        let mut y = if self.config.batch_first {
-            out.output
-        } else {
-            out.output.transpose(0, 1)?
-        };
-        if let Some(a) = self.config.association_activation {
-            y = a.apply(&y)?;
-        }
         Ok(HopfieldOutput {
-            output: y,
+            output: self.finish_output(out.output)?,
             association: out.association,
             projected: out.projected,
             steps_run: out.steps_run,
             converged: out.converged,
         })
+    }
+
+    /// The core's batch-major output in the module's layout, with the association activation.
+    fn finish_output(&self, y: Tensor) -> Result<Tensor> {
+        let mut y = if self.config.batch_first {
+            y
+        } else {
+            y.transpose(0, 1)?
+        };
+        if let Some(a) = self.config.association_activation {
+            y = a.apply(&y)?;
+        }
+        Ok(y)
     }
 
     /// Checks ranks (and feature sizes where an input LayerNorm fixes them) before anything runs,
@@ -240,9 +245,20 @@ impl Hopfield {
         Ok(())
     }
 
-    /// Forward pass with masks.
+    /// Forward pass with masks: the output alone, which lets the core run the fused retrieval
+    /// kernel and never form the `(N, H, L, S)` association (see
+    /// [`hopfield_core::hopfield_core_output`]). Same values and gradients as
+    /// [`forward_full`](Self::forward_full)`.output`.
     pub fn forward_with(&self, input: HopfieldInput, masks: Masks, train: bool) -> Result<Tensor> {
-        Ok(self.forward_full(input, masks, train)?.output)
+        let (stored, state, projection) = self.normalized_inputs(input)?;
+        let y = self.association_core.forward_output_batch_major(
+            &state,
+            &stored,
+            &projection,
+            masks,
+            train,
+        )?;
+        self.finish_output(y)
     }
 
     /// The association xi of the last update step, before dropout, `(N, H, L, S)`, without

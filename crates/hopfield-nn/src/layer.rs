@@ -171,6 +171,20 @@ impl HopfieldLayer {
     }
 
     fn full(&self, state: &Tensor, masks: Masks, train: bool) -> Result<HopfieldOutput> {
+        let (stored, projection) = self.patterns(state)?;
+        self.hopfield.forward_full(
+            HopfieldInput::Triple {
+                stored: &stored,
+                state,
+                projection: &projection,
+            },
+            masks,
+            train,
+        )
+    }
+
+    /// The lookup table (stored patterns) and targets (projections) expanded over the batch.
+    fn patterns(&self, state: &Tensor) -> Result<(Tensor, Tensor)> {
         let bf = self.config.hopfield.batch_first;
         let mut lookup = self.lookup_weights.clone();
         if !self.config.trainable {
@@ -188,7 +202,13 @@ impl HopfieldLayer {
             }
             None => stored.clone(),
         };
-        self.hopfield.forward_full(
+        Ok((stored, projection))
+    }
+
+    /// Forward pass with masks (the output alone: the fused retrieval path).
+    pub fn forward_with(&self, state: &Tensor, masks: Masks, train: bool) -> Result<Tensor> {
+        let (stored, projection) = self.patterns(state)?;
+        self.hopfield.forward_with(
             HopfieldInput::Triple {
                 stored: &stored,
                 state,
@@ -197,11 +217,6 @@ impl HopfieldLayer {
             masks,
             train,
         )
-    }
-
-    /// Forward pass with masks.
-    pub fn forward_with(&self, state: &Tensor, masks: Masks, train: bool) -> Result<Tensor> {
-        Ok(self.full(state, masks, train)?.output)
     }
 
     /// The association `(N, H, L, quantity)`.

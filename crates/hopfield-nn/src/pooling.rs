@@ -169,11 +169,7 @@ impl HopfieldPooling {
         train: bool,
     ) -> Result<HopfieldOutput> {
         let bf = self.config.hopfield.batch_first;
-        let mut w = self.pooling_weights.clone();
-        if !self.config.trainable {
-            w = w.detach();
-        }
-        let state = expand_patterns(&w, stored, bf)?;
+        let state = self.queries(stored)?;
         let mut out = self.hopfield.forward_full(
             HopfieldInput::Triple {
                 stored,
@@ -192,6 +188,15 @@ impl HopfieldPooling {
         Ok(out)
     }
 
+    /// The trainable queries expanded over the batch of `stored`.
+    fn queries(&self, stored: &Tensor) -> Result<Tensor> {
+        let mut w = self.pooling_weights.clone();
+        if !self.config.trainable {
+            w = w.detach();
+        }
+        expand_patterns(&w, stored, self.config.hopfield.batch_first)
+    }
+
     /// Pools `stored` (also the projection), or a `(stored, projection)` pair, with masks.
     pub fn forward_with(
         &self,
@@ -200,9 +205,23 @@ impl HopfieldPooling {
         masks: Masks,
         train: bool,
     ) -> Result<Tensor> {
-        Ok(self
-            .full(stored, projection.unwrap_or(stored), masks, train)?
-            .output)
+        // The output alone: the fused retrieval path, no association matrix.
+        let state = self.queries(stored)?;
+        let y = self.hopfield.forward_with(
+            HopfieldInput::Triple {
+                stored,
+                state: &state,
+                projection: projection.unwrap_or(stored),
+            },
+            masks,
+            train,
+        )?;
+        let y = if self.config.hopfield.batch_first {
+            y
+        } else {
+            y.transpose(0, 1)?
+        };
+        y.flatten_from(1)
     }
 
     /// The association `(N, H, quantity, S)`.

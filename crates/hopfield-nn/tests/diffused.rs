@@ -48,10 +48,9 @@ fn eta_zero_is_exactly_hopfield() -> Result<()> {
     randomize(&map)?;
     let h = Hopfield::new(base(), vb(&map))?;
     let x = Tensor::randn(0f64, 1., (2, 7, 8), &Device::Cpu)?;
-    assert_eq!(
-        max_diff(&dh.forward_t(&x, false)?, &h.forward_t(&x, false)?)?,
-        0.0
-    );
+    // Equal to rounding: `Hopfield::forward_t` runs the fused retrieval, DiffusedHopfield the
+    // explicit association (its logits may be diffused).
+    assert!(max_diff(&dh.forward_t(&x, false)?, &h.forward_t(&x, false)?)? < 1e-12);
     Ok(())
 }
 
