@@ -31,6 +31,11 @@ fn main() -> Result<()> {
     if std::env::var_os("HOPFIELD_TUNE_ALLOCATOR").is_some() {
         eprintln!("tune_allocator: {}", hopfield_cuda::tune_allocator());
     }
+    // HOPFIELD_FUSED=0 times the explicit association path instead of the fused retrieval.
+    if std::env::var("HOPFIELD_FUSED").as_deref() == Ok("0") {
+        hopfield_nn::set_fused_retrieval(false);
+        eprintln!("fused retrieval off");
+    }
     let dev = Device::Cpu;
     for shape in SHAPES {
         let case = Case::new(shape, &dev)?;

@@ -41,7 +41,10 @@ pub use config::HopfieldConfig;
 pub use core::HopfieldCore;
 pub use diffused::{DiffusedHopfield, DiffusedHopfieldConfig, DiffusedOutput, GraphScope};
 pub use hopfield::{Hopfield, HopfieldInput, HopfieldOutput};
-pub use hopfield_core::{HopfieldError, Masks, OnNoConvergence, Scaling, StepsEps, UpdateSteps};
+pub use hopfield_core::{
+    fused_retrieval_enabled, set_fused_retrieval, HopfieldError, Masks, OnNoConvergence, Scaling,
+    StepsEps, UpdateSteps,
+};
 pub use layer::{HopfieldLayer, HopfieldLayerConfig};
 pub use norm::LayerNorm;
 pub use pooling::{HopfieldPooling, HopfieldPoolingConfig};

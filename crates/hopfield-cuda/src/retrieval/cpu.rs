@@ -11,7 +11,7 @@ use crate::softmax::exp_f32;
 use rayon::prelude::*;
 
 /// Query rows per block.
-const BR: usize = 16;
+const BR: usize = 32;
 /// Stored patterns per block.
 const BC: usize = 64;
 
@@ -34,6 +34,19 @@ pub(crate) trait Float:
     fn exp(self) -> Self;
     fn ln(self) -> Self;
     fn from_f64(x: f64) -> Self;
+    /// `a * b + c`, one rounding (a hardware FMA) when the caller is compiled with `fma`.
+    fn mul_add(self, b: Self, c: Self) -> Self;
+}
+
+/// `a * b + c`: fused in the FMA builds (where `mul_add` is one instruction), plain elsewhere
+/// (where `mul_add` would be a slow library call).
+#[inline(always)]
+fn madd<T: Float, const FMA: bool>(a: T, b: T, c: T) -> T {
+    if FMA {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
 }
 
 impl Float for f32 {
@@ -52,6 +65,10 @@ impl Float for f32 {
     fn from_f64(x: f64) -> Self {
         x as f32
     }
+    #[inline(always)]
+    fn mul_add(self, b: Self, c: Self) -> Self {
+        f32::mul_add(self, b, c)
+    }
 }
 
 impl Float for f64 {
@@ -69,6 +86,10 @@ impl Float for f64 {
     #[inline(always)]
     fn from_f64(x: f64) -> Self {
         x
+    }
+    #[inline(always)]
+    fn mul_add(self, b: Self, c: Self) -> Self {
+        f64::mul_add(self, b, c)
     }
 }
 
@@ -142,32 +163,124 @@ impl<T: Float> Inputs<'_, T> {
     }
 }
 
-/// `logits[r][j] = sum_d a[r][d] * bt[d][j]` for `rows x BC`, `bt` being `hd x BC`.
+/// `logits[r][j] = sum_d a[r][d] * bt[d][j]` for `rows x BC`, `bt` being `hd x BC`. Two rows
+/// at a time in local accumulators, so the compiler keeps them in registers and each load of
+/// `bt` feeds two FMAs.
 #[inline(always)]
-fn block_logits<T: Float>(a: &[T], bt: &[T], hd: usize, rows: usize, logits: &mut [T]) {
-    for r in 0..rows {
-        let acc: &mut [T; BC] = (&mut logits[r * BC..(r + 1) * BC]).try_into().unwrap();
-        *acc = [T::ZERO; BC];
+fn block_logits<T: Float, const FMA: bool>(
+    a: &[T],
+    bt: &[T],
+    hd: usize,
+    rows: usize,
+    logits: &mut [T],
+) {
+    let mut r = 0;
+    while r + 2 <= rows {
+        let mut acc0 = [T::ZERO; BC];
+        let mut acc1 = [T::ZERO; BC];
+        let (a0, a1) = (&a[r * hd..(r + 1) * hd], &a[(r + 1) * hd..(r + 2) * hd]);
+        for d in 0..hd {
+            let row: &[T; BC] = (&bt[d * BC..(d + 1) * BC]).try_into().unwrap();
+            let (x0, x1) = (a0[d], a1[d]);
+            for j in 0..BC {
+                acc0[j] = madd::<T, FMA>(x0, row[j], acc0[j]);
+                acc1[j] = madd::<T, FMA>(x1, row[j], acc1[j]);
+            }
+        }
+        logits[r * BC..(r + 1) * BC].copy_from_slice(&acc0);
+        logits[(r + 1) * BC..(r + 2) * BC].copy_from_slice(&acc1);
+        r += 2;
+    }
+    if r < rows {
+        let mut acc = [T::ZERO; BC];
         let ar = &a[r * hd..(r + 1) * hd];
         for (d, &x) in ar.iter().enumerate() {
             let row: &[T; BC] = (&bt[d * BC..(d + 1) * BC]).try_into().unwrap();
             for j in 0..BC {
-                acc[j] += x * row[j];
+                acc[j] = madd::<T, FMA>(x, row[j], acc[j]);
             }
         }
+        logits[r * BC..(r + 1) * BC].copy_from_slice(&acc);
     }
 }
 
-/// `out[r][:] += sum_j p[r][j] * b[j][:]`, `p` being `rows x BC`, `b` being `cols x w`.
+/// `row[j] = exp(row[j] - shift)` over the whole block (vectorised; no reduction in the loop),
+/// then the sum of the first `c` entries with independent lanes; entries past `c` become 0.
 #[inline(always)]
-fn block_accumulate<T: Float>(p: &[T], b: &[T], w: usize, rows: usize, cols: usize, out: &mut [T]) {
-    for r in 0..rows {
-        let o = &mut out[r * w..(r + 1) * w];
+fn exp_shift_sum<T: Float>(row: &mut [T], shift: T, c: usize) -> T {
+    for z in row.iter_mut() {
+        *z = (*z - shift).exp();
+    }
+    for z in row.iter_mut().skip(c) {
+        *z = T::ZERO;
+    }
+    let mut lanes = [T::ZERO; 8];
+    for ch in row.chunks_exact(8) {
+        for (a, &b) in lanes.iter_mut().zip(ch) {
+            *a += b;
+        }
+    }
+    let mut sum = T::ZERO;
+    for a in lanes {
+        sum += a;
+    }
+    sum
+}
+
+/// `out[r][:] += sum_j p[r][j] * b[j][:]`, `p` being `rows x cols` with row stride `ps`, `b`
+/// being `cols x w`.
+/// Four rows and 16 output columns at a time in local accumulators: each load of `b` feeds
+/// four independent FMA chains.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn block_accumulate<T: Float, const FMA: bool>(
+    p: &[T],
+    ps: usize,
+    b: &[T],
+    w: usize,
+    rows: usize,
+    cols: usize,
+    out: &mut [T],
+) {
+    const W: usize = 16;
+    const R: usize = 4;
+    let full = w / W * W;
+    let mut r = 0;
+    while r + R <= rows {
+        let mut e0 = 0;
+        while e0 < full {
+            let mut acc = [[T::ZERO; W]; R];
+            for (i, a) in acc.iter_mut().enumerate() {
+                a.copy_from_slice(&out[(r + i) * w + e0..(r + i) * w + e0 + W]);
+            }
+            for j in 0..cols {
+                let br: &[T; W] = (&b[j * w + e0..j * w + e0 + W]).try_into().unwrap();
+                for (i, a) in acc.iter_mut().enumerate() {
+                    let x = p[(r + i) * ps + j];
+                    for e in 0..W {
+                        a[e] = madd::<T, FMA>(x, br[e], a[e]);
+                    }
+                }
+            }
+            for (i, a) in acc.iter().enumerate() {
+                out[(r + i) * w + e0..(r + i) * w + e0 + W].copy_from_slice(a);
+            }
+            e0 += W;
+        }
+        r += R;
+    }
+    // Leftover rows and columns.
+    for rr in 0..rows {
+        let from = if rr < r { full } else { 0 };
+        if from == w {
+            continue;
+        }
+        let o = &mut out[rr * w + from..(rr + 1) * w];
         for j in 0..cols {
-            let x = p[r * BC + j];
-            let br = &b[j * w..(j + 1) * w];
+            let x = p[rr * ps + j];
+            let br = &b[j * w + from..(j + 1) * w];
             for (oe, &be) in o.iter_mut().zip(br) {
-                *oe += x * be;
+                *oe = madd::<T, FMA>(x, be, *oe);
             }
         }
     }
@@ -218,8 +331,9 @@ fn load_rows<T: Float>(
     }
 }
 
+#[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn forward_block<T: Float>(
+fn forward_block<T: Float, const FMA: bool>(
     p: &Params,
     x: &Inputs<T>,
     n: usize,
@@ -250,7 +364,7 @@ fn forward_block<T: Float>(
         let c = BC.min(s1 - j0);
         load_transposed(x.k, &x.vk, n, h, j0, c, hd, &mut kt);
         load_rows(x.v, &x.vv, n, h, j0, c, pd, T::ONE, &mut vb);
-        block_logits(&qb, &kt, hd, rows, &mut logits);
+        block_logits::<T, FMA>(&qb, &kt, hd, rows, &mut logits);
         for r in 0..rows {
             let row = &mut logits[r * BC..(r + 1) * BC];
             if x.mask.is_some() {
@@ -269,14 +383,7 @@ fn forward_block<T: Float>(
                 continue;
             }
             let alpha = (m[r] - mnew).exp();
-            let mut sum = T::ZERO;
-            for z in row.iter_mut().take(c) {
-                *z = (*z - mnew).exp();
-                sum += *z;
-            }
-            for z in row.iter_mut().skip(c) {
-                *z = T::ZERO;
-            }
+            let sum = exp_shift_sum(row, mnew, c);
             l[r] = l[r] * alpha + sum;
             m[r] = mnew;
             if alpha != T::ONE {
@@ -285,7 +392,7 @@ fn forward_block<T: Float>(
                     .for_each(|e| *e = *e * alpha);
             }
         }
-        block_accumulate(&logits, &vb, pd, rows, c, &mut o);
+        block_accumulate::<T, FMA>(&logits, BC, &vb, pd, rows, c, &mut o);
         j0 += c;
     }
     Partial { o, m, l }
@@ -320,7 +427,7 @@ pub(crate) fn forward<T: Float>(
         let r0 = qb * BR;
         let rows = BR.min(g.l - r0);
         let parts: Vec<Partial<T>> = if chunks == 1 {
-            vec![forward_block(
+            vec![forward_block_dispatch(
                 p,
                 &x,
                 n,
@@ -338,7 +445,17 @@ pub(crate) fn forward<T: Float>(
                     let s0 = c * per_chunk;
                     (s0 < g.s || c == 0).then(|| {
                         let s1 = (s0 + per_chunk).min(g.s);
-                        forward_block(p, &x, n, h, r0, rows, s0, s1, c == 0 && p.zero_association)
+                        forward_block_dispatch(
+                            p,
+                            &x,
+                            n,
+                            h,
+                            r0,
+                            rows,
+                            s0,
+                            s1,
+                            c == 0 && p.zero_association,
+                        )
                     })
                 })
                 .collect()
@@ -384,8 +501,9 @@ pub(crate) fn forward<T: Float>(
 
 /// Gradients of one (sample, head) over stored patterns `s0..s1`: writes dk and dv rows of that
 /// range into the flat output and returns this range's contribution to dq (`L x hd`).
+#[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn backward_chunk<T: Float>(
+fn backward_chunk<T: Float, const FMA: bool>(
     p: &Params,
     x: &Inputs<T>,
     res: &[T],
@@ -410,6 +528,8 @@ fn backward_chunk<T: Float>(
     let mut dob = vec![T::ZERO; BR * pd];
     let mut pb = vec![T::ZERO; BR * BC];
     let mut dpb = vec![T::ZERO; BR * BC];
+    let mut pt = vec![T::ZERO; BC * BR];
+    let mut dst = vec![T::ZERO; BC * BR];
     let mut j0 = s0;
     while j0 < s1 {
         let c = BC.min(s1 - j0);
@@ -426,8 +546,8 @@ fn backward_chunk<T: Float>(
                 let base = ((n * l + r0 + r) * g.h + h) * pd;
                 dob[r * pd..(r + 1) * pd].copy_from_slice(&grad[base..base + pd]);
             }
-            block_logits(&qb, &kt, hd, rows, &mut pb);
-            block_logits(&dob, &vt, pd, rows, &mut dpb);
+            block_logits::<T, FMA>(&qb, &kt, hd, rows, &mut pb);
+            block_logits::<T, FMA>(&dob, &vt, pd, rows, &mut dpb);
             for r in 0..rows {
                 let li = (n * g.h + h) * l + r0 + r;
                 let lse = res[no + li];
@@ -439,36 +559,30 @@ fn backward_chunk<T: Float>(
                         .for_each(|z| *z = T::ZERO);
                     continue;
                 }
-                for (j, z) in row.iter_mut().enumerate() {
-                    *z = if j < c {
-                        (*z + x.mask_at(n, h, r0 + r, j0 + j) - lse).exp()
-                    } else {
-                        T::ZERO
-                    };
+                if x.mask.is_some() {
+                    for (j, z) in row.iter_mut().enumerate().take(c) {
+                        *z += x.mask_at(n, h, r0 + r, j0 + j);
+                    }
                 }
+                exp_shift_sum(row, lse, c);
                 // dS = P (dP - D + dlse), stored over dP.
                 let shift = grad[no + li] - delta[li];
                 for (d, &pv) in dpb[r * BC..(r + 1) * BC].iter_mut().zip(row.iter()) {
                     *d = pv * (*d + shift);
                 }
             }
-            // dV += P^T dO; dK += beta dS^T q; dq += beta dS k.
+            // dV += P^T dO and dK += beta dS^T q (q is already scaled), through the
+            // transposed blocks; dq += beta dS k below.
             for r in 0..rows {
-                let dor = &dob[r * pd..(r + 1) * pd];
-                let qr = &qb[r * hd..(r + 1) * hd]; // already beta * q
                 for j in 0..c {
-                    let pv = pb[r * BC + j];
-                    for (a, &b) in dv[j * pd..(j + 1) * pd].iter_mut().zip(dor) {
-                        *a += pv * b;
-                    }
-                    let ds = dpb[r * BC + j];
-                    for (a, &b) in dk[j * hd..(j + 1) * hd].iter_mut().zip(qr) {
-                        *a += ds * b;
-                    }
+                    pt[j * BR + r] = pb[r * BC + j];
+                    dst[j * BR + r] = dpb[r * BC + j];
                 }
             }
+            block_accumulate::<T, FMA>(&pt, BR, &dob, pd, c, rows, &mut dv);
+            block_accumulate::<T, FMA>(&dst, BR, &qb, hd, c, rows, &mut dk);
             let mut dqb = vec![T::ZERO; rows * hd];
-            block_accumulate(&dpb, &kb, hd, rows, c, &mut dqb);
+            block_accumulate::<T, FMA>(&dpb, BC, &kb, hd, rows, c, &mut dqb);
             for (a, &b) in dq[r0 * hd..(r0 + rows) * hd].iter_mut().zip(&dqb) {
                 *a += beta * b;
             }
@@ -540,7 +654,7 @@ pub(crate) fn backward<T: Float>(
             let (n, h) = (nh / g.h, nh % g.h);
             Some((
                 nh,
-                backward_chunk(p, &x, res, grad, &delta, n, h, s0, s1, dk_out, dv_out),
+                backward_chunk_dispatch(p, &x, res, grad, &delta, n, h, s0, s1, dk_out, dv_out),
             ))
         })
         .collect();
@@ -556,3 +670,69 @@ pub(crate) fn backward<T: Float>(
     }
     flat
 }
+
+/// Which instruction set the kernels run with, detected once.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Isa {
+    Generic,
+    #[cfg(target_arch = "x86_64")]
+    Avx2Fma,
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+}
+
+fn isa() -> Isa {
+    static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+    *ISA.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("fma") {
+                return Isa::Avx512;
+            }
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                return Isa::Avx2Fma;
+            }
+        }
+        Isa::Generic
+    })
+}
+
+/// The same kernel code compiled for AVX-512 and for AVX2+FMA (picked at run time; the default
+/// x86-64 target only allows SSE2 and no FMA) and generic for everything else.
+macro_rules! dispatch {
+    ($name:ident, $inner:ident, ($($arg:ident: $ty:ty),*) -> $ret:ty) => {
+        #[allow(clippy::too_many_arguments)]
+        fn $name<T: Float>($($arg: $ty),*) -> $ret {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn avx512<T: Float>($($arg: $ty),*) -> $ret {
+                    $inner::<T, true>($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn avx2<T: Float>($($arg: $ty),*) -> $ret {
+                    $inner::<T, true>($($arg),*)
+                }
+                match isa() {
+                    // SAFETY: the features were detected on this CPU.
+                    Isa::Avx512 => return unsafe { avx512::<T>($($arg),*) },
+                    Isa::Avx2Fma => return unsafe { avx2::<T>($($arg),*) },
+                    Isa::Generic => {}
+                }
+            }
+            $inner::<T, false>($($arg),*)
+        }
+    };
+}
+
+dispatch!(forward_block_dispatch, forward_block, (
+    p: &Params, x: &Inputs<T>, n: usize, h: usize, r0: usize, rows: usize, s0: usize, s1: usize,
+    with_zero: bool
+) -> Partial<T>);
+
+dispatch!(backward_chunk_dispatch, backward_chunk, (
+    p: &Params, x: &Inputs<T>, res: &[T], grad: &[T], delta: &[T], n: usize, h: usize,
+    s0: usize, s1: usize, dk_out: SharedMut<T>, dv_out: SharedMut<T>
+) -> Vec<T>);
