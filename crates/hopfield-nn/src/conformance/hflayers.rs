@@ -60,9 +60,11 @@ pub fn run(case: &Case, report: &mut Report) -> Result<()> {
                 }
                 other => return Err(Error::Msg(format!("unsupported input_form {other:?}"))),
             };
+            // The output (and so every gradient) through `forward_with`, which runs the fused
+            // retrieval where it applies; association and projections from `forward_full`.
             let o = h.forward_full(hi, hopfield_masks, false)?;
             Outputs {
-                y: o.output,
+                y: h.forward_with(hi, hopfield_masks, false)?,
                 association: Some(o.association),
                 projected: Some(o.projected),
                 steps_per_head: Some(steps_per_head(&o.steps_run, heads)),
