@@ -3,6 +3,9 @@
 //! Fused kernels of hopfield-rs as Candle custom ops, each with a backward pass so that training
 //! can use them (candle-nn's fused softmax has none).
 //!
+//! - [`retrieval`]: the fused softmax retrieval `softmax(beta q k^T + mask) v` per (sample, head),
+//!   FlashAttention-style (online softmax over blocks of stored patterns, log-sum-exp output,
+//!   FlashAttention-2 backward), reading the projections' `(N, T, H, d)` views in place.
 //! - [`masked_softmax`]: softmax over the last dimension that maps fully masked rows (all `-inf`)
 //!   to zeros instead of NaN, fused per row on the CPU (rayon over rows; a vectorisable `exp` and
 //!   lane-wise reductions, compiled for AVX2+FMA as well and picked at run time), with a fused
