@@ -1,4 +1,6 @@
-//! Times the fused retrieval against the composed (explicit) path, forward and forward+backward.
+//! Times the fused retrieval against the composed (explicit) path, forward and forward+backward,
+//! and against candle-nn's CPU flash attention (`candle_nn::attention::flash_attn`, forward only:
+//! it has no backward), same inputs and layout, same process.
 //!
 //! ```text
 //! cargo run --release -p hopfield-cuda --example retrieval_speed
@@ -49,10 +51,31 @@ fn main() -> Result<()> {
                 f64::NAN
             };
             println!(
-                "N{n} L{l} S{s} H{h} d{d} {name:>8}: forward {fwd:8.2} ms ({:5.1} GFLOP/s), forward+backward {bwd:8.2} ms",
+                "N{n} L{l} S{s} H{h} d{d} {name:>10}: forward {fwd:8.2} ms ({:5.1} GFLOP/s), forward+backward {bwd:8.2} ms",
                 flops / fwd / 1e6
             );
         }
+        let (qt, kt, vt) = (
+            q.as_tensor().detach(),
+            k.as_tensor().detach(),
+            v.as_tensor().detach(),
+        );
+        let fwd = median_ms(|| {
+            candle_nn::attention::flash_attn::<f32>(
+                &qt,
+                &kt,
+                &vt,
+                0.25,
+                candle_nn::attention::AttnMask::None,
+                None,
+                None,
+            )
+            .map(|_| ())
+        })?;
+        println!(
+            "N{n} L{l} S{s} H{h} d{d} candle-fa: forward {fwd:8.2} ms ({:5.1} GFLOP/s), no backward",
+            flops / fwd / 1e6
+        );
     }
     Ok(())
 }
