@@ -109,6 +109,16 @@ fn with_cpu_mask<R>(
     }
 }
 
+/// The mask's data as `T` (the inputs' dtype, which `prepare` converted it to).
+fn typed_mask<T: candle_core::WithDType>(
+    mask: Option<(&CpuStorage, View)>,
+) -> Result<Option<(&[T], View)>> {
+    match mask {
+        Some((m, vm)) => Ok(Some((m.as_slice::<T>()?, vm))),
+        None => Ok(None),
+    }
+}
+
 impl CustomOp3 for RetrievalFwd {
     fn name(&self) -> &'static str {
         "hopfield-retrieval"
@@ -129,19 +139,11 @@ impl CustomOp3 for RetrievalFwd {
         let out = with_cpu_mask(&self.mask, |mask| {
             Ok(match (q, k, v) {
                 (CpuStorage::F32(q), CpuStorage::F32(k), CpuStorage::F32(v)) => {
-                    let m = match mask {
-                        Some((CpuStorage::F32(m), vm)) => Some((m.as_slice(), vm)),
-                        None => None,
-                        _ => candle_core::bail!("retrieval: mask dtype differs from the inputs"),
-                    };
+                    let m = typed_mask::<f32>(mask)?;
                     CpuStorage::F32(cpu::forward(&self.p, [q, k, v], views, m))
                 }
                 (CpuStorage::F64(q), CpuStorage::F64(k), CpuStorage::F64(v)) => {
-                    let m = match mask {
-                        Some((CpuStorage::F64(m), vm)) => Some((m.as_slice(), vm)),
-                        None => None,
-                        _ => candle_core::bail!("retrieval: mask dtype differs from the inputs"),
-                    };
+                    let m = typed_mask::<f64>(mask)?;
                     CpuStorage::F64(cpu::forward(&self.p, [q, k, v], views, m))
                 }
                 _ => candle_core::bail!("retrieval: CPU kernel supports f32 and f64 only"),
@@ -238,11 +240,7 @@ impl CustomOp3 for RetrievalBwd {
         let out = with_cpu_mask(&self.mask, |mask| {
             Ok(match (q, k, v) {
                 (CpuStorage::F32(q), CpuStorage::F32(k), CpuStorage::F32(v)) => {
-                    let m = match mask {
-                        Some((CpuStorage::F32(m), vm)) => Some((m.as_slice(), vm)),
-                        None => None,
-                        _ => candle_core::bail!("retrieval: mask dtype differs from the inputs"),
-                    };
+                    let m = typed_mask::<f32>(mask)?;
                     CpuStorage::F32(cpu::backward(
                         &self.p,
                         [q, k, v],
@@ -253,11 +251,7 @@ impl CustomOp3 for RetrievalBwd {
                     ))
                 }
                 (CpuStorage::F64(q), CpuStorage::F64(k), CpuStorage::F64(v)) => {
-                    let m = match mask {
-                        Some((CpuStorage::F64(m), vm)) => Some((m.as_slice(), vm)),
-                        None => None,
-                        _ => candle_core::bail!("retrieval: mask dtype differs from the inputs"),
-                    };
+                    let m = typed_mask::<f64>(mask)?;
                     CpuStorage::F64(cpu::backward(
                         &self.p,
                         [q, k, v],
