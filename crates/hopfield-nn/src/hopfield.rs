@@ -172,6 +172,26 @@ impl Hopfield {
                 x.transpose(0, 1)
             }
         };
+        // Self-association: the stored, state and projection LayerNorms see the same tensor, so
+        // one standardisation (and one in the backward pass) serves all three; only the affine
+        // parts differ. Same operations as three separate LayerNorms, so the same values.
+        if let HopfieldInput::Single(x) = input {
+            let norms = [
+                &self.norm_stored_pattern,
+                &self.norm_state_pattern,
+                &self.norm_pattern_projection,
+            ];
+            let present: Vec<&LayerNorm> = norms.iter().filter_map(|n| n.as_ref()).collect();
+            if present.len() > 1 && present.iter().all(|n| n.eps() == present[0].eps()) {
+                let x = batch_major(x)?;
+                let z = hopfield_cuda::normalize(&x, present[0].eps())?;
+                let apply = |n: &Option<LayerNorm>| match n {
+                    Some(n) => n.affine(&z),
+                    None => Ok(x.clone()),
+                };
+                return Ok((apply(norms[0])?, apply(norms[1])?, apply(norms[2])?));
+            }
+        }
         let norm = |n: &Option<LayerNorm>, x: &Tensor| match n {
             Some(n) => n.forward(&batch_major(x)?),
             None => batch_major(x),

@@ -51,6 +51,25 @@ impl LayerNorm {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         hopfield_core::ops::layer_norm(x, self.weight.as_ref(), self.bias.as_ref(), self.eps)
     }
+
+    /// The epsilon added to the variance.
+    pub fn eps(&self) -> f64 {
+        self.eps
+    }
+
+    /// The affine part alone, on an already standardised `z` (`hopfield_cuda::normalize(x, eps)`):
+    /// `forward(x)` equals `affine(normalize(x, eps))` exactly. Lets several LayerNorms of the
+    /// same input share one standardisation.
+    pub fn affine(&self, z: &Tensor) -> Result<Tensor> {
+        let mut y = z.clone();
+        if let Some(w) = &self.weight {
+            y = y.broadcast_mul(w)?;
+        }
+        if let Some(b) = &self.bias {
+            y = y.broadcast_add(b)?;
+        }
+        Ok(y)
+    }
 }
 
 impl candle_core::Module for LayerNorm {

@@ -374,3 +374,37 @@ fn every_float_dtype_runs(#[case] dtype: DType, #[case] tol: f64) -> Result<()> 
     );
     Ok(())
 }
+
+/// Self-association shares one standardisation among the three input LayerNorms; the result and
+/// every gradient equal those of three separate LayerNorms (the tuple input takes that path).
+#[test]
+fn shared_standardisation_equals_separate_layer_norms() -> Result<()> {
+    let map = VarMap::new();
+    let h = Hopfield::new(HopfieldConfig::new(8).with_num_heads(2), vb(&map))?;
+    randomize(&map)?;
+    let x = candle_core::Var::from_tensor(&Tensor::randn(0f64, 1., (3, 5, 8), &dev())?)?;
+    let xt = x.as_tensor();
+    let single = h.forward_with(HopfieldInput::Single(xt), Masks::default(), false)?;
+    let triple = h.forward_with(
+        HopfieldInput::Triple {
+            stored: xt,
+            state: xt,
+            projection: xt,
+        },
+        Masks::default(),
+        false,
+    )?;
+    assert!(max_diff(&single, &triple)? < 1e-13);
+    let gs = single.sqr()?.sum_all()?.backward()?;
+    let gt = triple.sqr()?.sum_all()?.backward()?;
+    let mut vars = map.all_vars();
+    vars.push(x.clone());
+    for v in vars {
+        let (a, b) = (
+            gs.get(v.as_tensor()).unwrap(),
+            gt.get(v.as_tensor()).unwrap(),
+        );
+        assert!(max_diff(a, b)? < 1e-12);
+    }
+    Ok(())
+}
