@@ -36,6 +36,8 @@ mod normalize;
 pub mod retrieval;
 mod rows;
 mod softmax;
+#[cfg(test)]
+mod test_util;
 
 pub use alloc::tune_allocator;
 pub use finite::all_finite;

@@ -147,7 +147,19 @@ struct Inputs<'a, T> {
     mask: Option<(&'a [T], View)>,
 }
 
-impl<T: Float> Inputs<'_, T> {
+impl<'a, T: Float> Inputs<'a, T> {
+    fn new(data: [&'a [T]; 3], views: [View; 3], mask: Option<(&'a [T], View)>) -> Self {
+        Self {
+            q: data[0],
+            k: data[1],
+            v: data[2],
+            vq: views[0],
+            vk: views[1],
+            vv: views[2],
+            mask,
+        }
+    }
+
     #[inline(always)]
     fn mask_at(&self, n: usize, h: usize, r: usize, j: usize) -> T {
         match &self.mask {
@@ -405,15 +417,7 @@ pub(crate) fn forward<T: Float>(
     mask: Option<(&[T], View)>,
 ) -> Vec<T> {
     let g = p.g;
-    let x = Inputs {
-        q: data[0],
-        k: data[1],
-        v: data[2],
-        vq: views[0],
-        vk: views[1],
-        vv: views[2],
-        mask,
-    };
+    let x = Inputs::new(data, views, mask);
     let qblocks = g.l.div_ceil(BR);
     let tasks = g.n * g.h * qblocks;
     let chunks = chunks_for(tasks, g.s);
@@ -426,40 +430,19 @@ pub(crate) fn forward<T: Float>(
         let (n, h) = (nh / g.h, nh % g.h);
         let r0 = qb * BR;
         let rows = BR.min(g.l - r0);
-        let parts: Vec<Partial<T>> = if chunks == 1 {
-            vec![forward_block_dispatch(
-                p,
-                &x,
-                n,
-                h,
-                r0,
-                rows,
-                0,
-                g.s,
-                p.zero_association,
-            )]
-        } else {
-            (0..chunks)
-                .into_par_iter()
-                .filter_map(|c| {
-                    let s0 = c * per_chunk;
-                    (s0 < g.s || c == 0).then(|| {
-                        let s1 = (s0 + per_chunk).min(g.s);
-                        forward_block_dispatch(
-                            p,
-                            &x,
-                            n,
-                            h,
-                            r0,
-                            rows,
-                            s0,
-                            s1,
-                            c == 0 && p.zero_association,
-                        )
-                    })
+        // One chunk unless the tasks alone cannot keep the threads busy; the zero pattern
+        // belongs to the first chunk only.
+        let parts: Vec<Partial<T>> = (0..chunks)
+            .into_par_iter()
+            .filter_map(|c| {
+                let s0 = c * per_chunk;
+                (s0 < g.s || c == 0).then(|| {
+                    let s1 = (s0 + per_chunk).min(g.s);
+                    let zero = c == 0 && p.zero_association;
+                    forward_block_dispatch(p, &x, n, h, r0, rows, s0, s1, zero)
                 })
-                .collect()
-        };
+            })
+            .collect();
         for r in 0..rows {
             let mut m = T::NEG_INF;
             for pt in &parts {
@@ -615,15 +598,7 @@ pub(crate) fn backward<T: Float>(
     grad: &[T],
 ) -> Vec<T> {
     let g = p.g;
-    let x = Inputs {
-        q: data[0],
-        k: data[1],
-        v: data[2],
-        vq: views[0],
-        vk: views[1],
-        vv: views[2],
-        mask,
-    };
+    let x = Inputs::new(data, views, mask);
     // D_i = dO_i . O_i, per (n, h, l), laid out like the lse.
     let mut delta = vec![T::ZERO; g.n * g.h * g.l];
     delta.par_iter_mut().enumerate().for_each(|(i, d)| {

@@ -6,7 +6,8 @@
 //! the gradients of both. The backward op likewise returns `dq | dk | dv` flat.
 
 use super::{cpu, Geometry};
-use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Tensor};
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Tensor, WithDType};
 
 /// Where a 4-D input lives in its storage: element offset and strides of its four dims.
 #[derive(Debug, Clone, Copy)]
@@ -109,6 +110,15 @@ fn with_cpu_mask<R>(
     }
 }
 
+/// The three inputs' data as `T` (an error names a dtype that differs).
+fn typed_inputs<T: candle_core::WithDType>(s: [&CpuStorage; 3]) -> Result<[&[T]; 3]> {
+    Ok([
+        s[0].as_slice::<T>()?,
+        s[1].as_slice::<T>()?,
+        s[2].as_slice::<T>()?,
+    ])
+}
+
 /// The mask's data as `T` (the inputs' dtype, which `prepare` converted it to).
 fn typed_mask<T: candle_core::WithDType>(
     mask: Option<(&CpuStorage, View)>,
@@ -136,18 +146,20 @@ impl CustomOp3 for RetrievalFwd {
         let views = [View::of(lq)?, View::of(lk)?, View::of(lv)?];
         let g = self.p.g;
         let len = g.n * g.l * g.h * g.pd + g.n * g.h * g.l;
-        let out = with_cpu_mask(&self.mask, |mask| {
-            Ok(match (q, k, v) {
-                (CpuStorage::F32(q), CpuStorage::F32(k), CpuStorage::F32(v)) => {
-                    let m = typed_mask::<f32>(mask)?;
-                    CpuStorage::F32(cpu::forward(&self.p, [q, k, v], views, m))
-                }
-                (CpuStorage::F64(q), CpuStorage::F64(k), CpuStorage::F64(v)) => {
-                    let m = typed_mask::<f64>(mask)?;
-                    CpuStorage::F64(cpu::forward(&self.p, [q, k, v], views, m))
-                }
-                _ => candle_core::bail!("retrieval: CPU kernel supports f32 and f64 only"),
-            })
+        let out = with_cpu_mask(&self.mask, |mask| match q.dtype() {
+            DType::F32 => {
+                let [q, k, v] = typed_inputs::<f32>([q, k, v])?;
+                let out = cpu::forward(&self.p, [q, k, v], views, typed_mask(mask)?);
+                Ok(f32::to_cpu_storage_owned(out))
+            }
+            DType::F64 => {
+                let [q, k, v] = typed_inputs::<f64>([q, k, v])?;
+                let out = cpu::forward(&self.p, [q, k, v], views, typed_mask(mask)?);
+                Ok(f64::to_cpu_storage_owned(out))
+            }
+            other => {
+                candle_core::bail!("retrieval: CPU kernel supports f32 and f64, got {other:?}")
+            }
         })?;
         Ok((out, Shape::from(len)))
     }
@@ -237,32 +249,22 @@ impl CustomOp3 for RetrievalBwd {
             (candle_core::Storage::Cpu(r), candle_core::Storage::Cpu(g)) => (r, g),
             _ => candle_core::bail!("retrieval backward: result and gradient not on the CPU"),
         };
-        let out = with_cpu_mask(&self.mask, |mask| {
-            Ok(match (q, k, v) {
-                (CpuStorage::F32(q), CpuStorage::F32(k), CpuStorage::F32(v)) => {
-                    let m = typed_mask::<f32>(mask)?;
-                    CpuStorage::F32(cpu::backward(
-                        &self.p,
-                        [q, k, v],
-                        views,
-                        m,
-                        cpu_slice::<f32>(rs, rl)?,
-                        cpu_slice::<f32>(gs, gl)?,
-                    ))
-                }
-                (CpuStorage::F64(q), CpuStorage::F64(k), CpuStorage::F64(v)) => {
-                    let m = typed_mask::<f64>(mask)?;
-                    CpuStorage::F64(cpu::backward(
-                        &self.p,
-                        [q, k, v],
-                        views,
-                        m,
-                        cpu_slice::<f64>(rs, rl)?,
-                        cpu_slice::<f64>(gs, gl)?,
-                    ))
-                }
-                _ => candle_core::bail!("retrieval: CPU kernel supports f32 and f64 only"),
-            })
+        let out = with_cpu_mask(&self.mask, |mask| match q.dtype() {
+            DType::F32 => {
+                let [q, k, v] = typed_inputs::<f32>([q, k, v])?;
+                let (res, grad) = (cpu_slice(rs, rl)?, cpu_slice(gs, gl)?);
+                let out = cpu::backward(&self.p, [q, k, v], views, typed_mask(mask)?, res, grad);
+                Ok(f32::to_cpu_storage_owned(out))
+            }
+            DType::F64 => {
+                let [q, k, v] = typed_inputs::<f64>([q, k, v])?;
+                let (res, grad) = (cpu_slice(rs, rl)?, cpu_slice(gs, gl)?);
+                let out = cpu::backward(&self.p, [q, k, v], views, typed_mask(mask)?, res, grad);
+                Ok(f64::to_cpu_storage_owned(out))
+            }
+            other => {
+                candle_core::bail!("retrieval: CPU kernel supports f32 and f64, got {other:?}")
+            }
         })?;
         Ok((out, Shape::from(len)))
     }

@@ -1,22 +1,8 @@
 #![allow(clippy::too_many_arguments)] // rstest tables
 use super::*;
+use crate::test_util::max_diff;
 use candle_core::{Device, Var};
 use rstest::rstest;
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_dtype(DType::F64)
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap()
-}
 
 /// Seeded inputs (candle's CPU RNG cannot be seeded): a small LCG.
 fn det(shape: (usize, usize, usize, usize), seed: u64, dtype: DType) -> Tensor {
@@ -355,4 +341,25 @@ fn bad_shapes_are_errors() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("does not broadcast"), "{e}");
+}
+
+#[test]
+fn empty_inputs_do_not_panic() -> Result<()> {
+    // No stored patterns: every row is "fully masked", output 0 and lse -inf; no queries or
+    // samples: empty results.
+    for (n, l, s) in [(2, 3, 0), (2, 0, 4), (0, 3, 4)] {
+        let q = Var::from_tensor(&det((n, l, 2, 3), 1, DType::F32))?;
+        let k = det((n, s, 2, 3), 2, DType::F32);
+        let (o, lse) = retrieve_with_lse(q.as_tensor(), &k, &k, &Retrieval::new(1.0))?;
+        assert_eq!(o.dims(), &[n, l, 2, 3]);
+        assert!(o.flatten_all()?.to_vec1::<f32>()?.iter().all(|x| *x == 0.0));
+        assert!(lse
+            .flatten_all()?
+            .to_vec1::<f32>()?
+            .iter()
+            .all(|x| *x == f32::NEG_INFINITY));
+        let g = o.sum_all()?.backward()?;
+        assert_eq!(g.get(q.as_tensor()).unwrap().dims(), &[n, l, 2, 3]);
+    }
+    Ok(())
 }
