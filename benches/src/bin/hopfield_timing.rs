@@ -36,11 +36,26 @@ fn main() -> Result<()> {
         hopfield_nn::set_fused_retrieval(false);
         eprintln!("fused retrieval off");
     }
+    // HOPFIELD_SHAPE=N32_L256_E128_H8_k0 times one shape only (for profiling).
+    let only = std::env::var("HOPFIELD_SHAPE").ok();
     let dev = Device::Cpu;
     for shape in SHAPES {
+        if only.as_deref().is_some_and(|id| id != shape.id()) {
+            continue;
+        }
         let case = Case::new(shape, &dev)?;
-        let fwd = median_ms(|| case.forward())?;
-        let bwd = median_ms(|| case.forward_backward())?;
+        // HOPFIELD_PASS=forward (or backward) times only that pass (for profiling).
+        let pass = std::env::var("HOPFIELD_PASS").unwrap_or_default();
+        let fwd = if pass == "backward" {
+            f64::NAN
+        } else {
+            median_ms(|| case.forward())?
+        };
+        let bwd = if pass == "forward" {
+            f64::NAN
+        } else {
+            median_ms(|| case.forward_backward())?
+        };
         println!(
             "{{\"shape\": \"{}\", \"forward_ms\": {fwd:.4}, \"forward_backward_ms\": {bwd:.4}}}",
             shape.id()

@@ -175,45 +175,82 @@ impl<'a, T: Float> Inputs<'a, T> {
     }
 }
 
-/// `logits[r][j] = sum_d a[r][d] * bt[d][j]` for `rows x BC`, `bt` being `hd x BC`. Two rows
-/// at a time in local accumulators, so the compiler keeps them in registers and each load of
-/// `bt` feeds two FMAs.
+/// `out[r][j] = sum_d a[r][d] * bt[d][j]` for `rows x W`, `a` being `rows x hd` and `bt`
+/// `hd x W`. `R` rows at a time in local accumulators, so the compiler keeps them in registers and
+/// each load of `bt` feeds `R` independent FMA chains.
 #[inline(always)]
-fn block_logits<T: Float, const FMA: bool>(
+fn block_logits<T: Float, const FMA: bool, const W: usize, const R: usize>(
     a: &[T],
     bt: &[T],
     hd: usize,
     rows: usize,
-    logits: &mut [T],
+    out: &mut [T],
 ) {
     let mut r = 0;
-    while r + 2 <= rows {
-        let mut acc0 = [T::ZERO; BC];
-        let mut acc1 = [T::ZERO; BC];
-        let (a0, a1) = (&a[r * hd..(r + 1) * hd], &a[(r + 1) * hd..(r + 2) * hd]);
-        for d in 0..hd {
-            let row: &[T; BC] = (&bt[d * BC..(d + 1) * BC]).try_into().unwrap();
-            let (x0, x1) = (a0[d], a1[d]);
-            for j in 0..BC {
-                acc0[j] = madd::<T, FMA>(x0, row[j], acc0[j]);
+    while r + R <= rows {
+        logits_rows::<T, FMA, W, R>(a, bt, hd, r, out);
+        r += R;
+    }
+    while r < rows {
+        logits_rows::<T, FMA, W, 1>(a, bt, hd, r, out);
+        r += 1;
+    }
+}
+
+/// `R` (1 to 4) rows of [`block_logits`]. Separate named accumulators (not an array of rows)
+/// so that the compiler keeps them in registers and vectorises over `j`.
+#[inline(always)]
+fn logits_rows<T: Float, const FMA: bool, const W: usize, const R: usize>(
+    a: &[T],
+    bt: &[T],
+    hd: usize,
+    r: usize,
+    out: &mut [T],
+) {
+    let mut acc0 = [T::ZERO; W];
+    let mut acc1 = [T::ZERO; W];
+    let mut acc2 = [T::ZERO; W];
+    let mut acc3 = [T::ZERO; W];
+    let at = |i: usize, d: usize| if i < R { a[(r + i) * hd + d] } else { T::ZERO };
+    for d in 0..hd {
+        let row: &[T; W] = (&bt[d * W..(d + 1) * W]).try_into().unwrap();
+        let (x0, x1, x2, x3) = (at(0, d), at(1, d), at(2, d), at(3, d));
+        for j in 0..W {
+            acc0[j] = madd::<T, FMA>(x0, row[j], acc0[j]);
+            if R > 1 {
                 acc1[j] = madd::<T, FMA>(x1, row[j], acc1[j]);
             }
-        }
-        logits[r * BC..(r + 1) * BC].copy_from_slice(&acc0);
-        logits[(r + 1) * BC..(r + 2) * BC].copy_from_slice(&acc1);
-        r += 2;
-    }
-    if r < rows {
-        let mut acc = [T::ZERO; BC];
-        let ar = &a[r * hd..(r + 1) * hd];
-        for (d, &x) in ar.iter().enumerate() {
-            let row: &[T; BC] = (&bt[d * BC..(d + 1) * BC]).try_into().unwrap();
-            for j in 0..BC {
-                acc[j] = madd::<T, FMA>(x, row[j], acc[j]);
+            if R > 2 {
+                acc2[j] = madd::<T, FMA>(x2, row[j], acc2[j]);
+                acc3[j] = madd::<T, FMA>(x3, row[j], acc3[j]);
             }
         }
-        logits[r * BC..(r + 1) * BC].copy_from_slice(&acc);
     }
+    for (i, acc) in [acc0, acc1, acc2, acc3].iter().enumerate().take(R) {
+        out[(r + i) * W..(r + i + 1) * W].copy_from_slice(acc);
+    }
+}
+
+/// The largest of the first `c` entries; lane-wise (vectorised) over a full block.
+#[inline(always)]
+fn row_max<T: Float>(row: &[T], c: usize) -> T {
+    let mut best = T::NEG_INF;
+    if c == row.len() && c % 16 == 0 {
+        let mut lanes = [T::NEG_INF; 16];
+        for ch in row.chunks_exact(16) {
+            for (a, &b) in lanes.iter_mut().zip(ch) {
+                *a = max(*a, b);
+            }
+        }
+        for a in lanes {
+            best = max(best, a);
+        }
+    } else {
+        for &z in &row[..c] {
+            best = max(best, z);
+        }
+    }
+    best
 }
 
 /// `row[j] = exp(row[j] - shift)` over the whole block (vectorised; no reduction in the loop),
@@ -239,13 +276,13 @@ fn exp_shift_sum<T: Float>(row: &mut [T], shift: T, c: usize) -> T {
     sum
 }
 
-/// `out[r][:] += sum_j p[r][j] * b[j][:]`, `p` being `rows x cols` with row stride `ps`, `b`
-/// being `cols x w`.
-/// Four rows and 16 output columns at a time in local accumulators: each load of `b` feeds
-/// four independent FMA chains.
+/// `out[r][:] += sum_j p[r][j] * b[j][:]` for `rows x w`, where `p[r][j]` sits at `r * ps + j`,
+/// or at `j * ps + r` when `PT` (so a transposed `p` costs no copy), and `b` is `cols x w`.
+/// `R` rows and [`AW`] output columns at a time in local accumulators: each load of `b` feeds `R`
+/// independent FMA chains (the `p` entries are broadcast straight from memory).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn block_accumulate<T: Float, const FMA: bool>(
+fn block_accumulate<T: Float, const FMA: bool, const R: usize, const PT: bool>(
     p: &[T],
     ps: usize,
     b: &[T],
@@ -254,30 +291,13 @@ fn block_accumulate<T: Float, const FMA: bool>(
     cols: usize,
     out: &mut [T],
 ) {
-    const W: usize = 16;
-    const R: usize = 4;
-    let full = w / W * W;
+    let full = w / AW * AW;
     let mut r = 0;
     while r + R <= rows {
         let mut e0 = 0;
         while e0 < full {
-            let mut acc = [[T::ZERO; W]; R];
-            for (i, a) in acc.iter_mut().enumerate() {
-                a.copy_from_slice(&out[(r + i) * w + e0..(r + i) * w + e0 + W]);
-            }
-            for j in 0..cols {
-                let br: &[T; W] = (&b[j * w + e0..j * w + e0 + W]).try_into().unwrap();
-                for (i, a) in acc.iter_mut().enumerate() {
-                    let x = p[(r + i) * ps + j];
-                    for e in 0..W {
-                        a[e] = madd::<T, FMA>(x, br[e], a[e]);
-                    }
-                }
-            }
-            for (i, a) in acc.iter().enumerate() {
-                out[(r + i) * w + e0..(r + i) * w + e0 + W].copy_from_slice(a);
-            }
-            e0 += W;
+            accumulate_tile::<T, FMA, R, PT>(p, ps, b, w, r, e0, cols, out);
+            e0 += AW;
         }
         r += R;
     }
@@ -289,12 +309,74 @@ fn block_accumulate<T: Float, const FMA: bool>(
         }
         let o = &mut out[rr * w + from..(rr + 1) * w];
         for j in 0..cols {
-            let x = p[rr * ps + j];
+            let x = if PT { p[j * ps + rr] } else { p[rr * ps + j] };
             let br = &b[j * w + from..(j + 1) * w];
             for (oe, &be) in o.iter_mut().zip(br) {
                 *oe = madd::<T, FMA>(x, be, *oe);
             }
         }
+    }
+}
+
+/// Output columns per accumulator of [`block_accumulate`].
+const AW: usize = 16;
+
+/// `R` (4 or 8) rows x [`AW`] columns of [`block_accumulate`] from column `e0`. Separate named
+/// accumulators (not an array of rows) so that the compiler keeps them in registers and
+/// vectorises over the columns.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn accumulate_tile<T: Float, const FMA: bool, const R: usize, const PT: bool>(
+    p: &[T],
+    ps: usize,
+    b: &[T],
+    w: usize,
+    r: usize,
+    e0: usize,
+    cols: usize,
+    out: &mut [T],
+) {
+    let load = |i: usize| -> [T; AW] {
+        if i < R {
+            (&out[(r + i) * w + e0..(r + i) * w + e0 + AW])
+                .try_into()
+                .unwrap()
+        } else {
+            [T::ZERO; AW]
+        }
+    };
+    let (mut a0, mut a1, mut a2, mut a3) = (load(0), load(1), load(2), load(3));
+    let (mut a4, mut a5, mut a6, mut a7) = (load(4), load(5), load(6), load(7));
+    let at = |i: usize, j: usize| {
+        if i >= R {
+            T::ZERO
+        } else if PT {
+            p[j * ps + r + i]
+        } else {
+            p[(r + i) * ps + j]
+        }
+    };
+    for j in 0..cols {
+        let br: &[T; AW] = (&b[j * w + e0..j * w + e0 + AW]).try_into().unwrap();
+        let (x0, x1, x2, x3) = (at(0, j), at(1, j), at(2, j), at(3, j));
+        for e in 0..AW {
+            a0[e] = madd::<T, FMA>(x0, br[e], a0[e]);
+            a1[e] = madd::<T, FMA>(x1, br[e], a1[e]);
+            a2[e] = madd::<T, FMA>(x2, br[e], a2[e]);
+            a3[e] = madd::<T, FMA>(x3, br[e], a3[e]);
+        }
+        if R > 4 {
+            let (x4, x5, x6, x7) = (at(4, j), at(5, j), at(6, j), at(7, j));
+            for e in 0..AW {
+                a4[e] = madd::<T, FMA>(x4, br[e], a4[e]);
+                a5[e] = madd::<T, FMA>(x5, br[e], a5[e]);
+                a6[e] = madd::<T, FMA>(x6, br[e], a6[e]);
+                a7[e] = madd::<T, FMA>(x7, br[e], a7[e]);
+            }
+        }
+    }
+    for (i, a) in [a0, a1, a2, a3, a4, a5, a6, a7].iter().enumerate().take(R) {
+        out[(r + i) * w + e0..(r + i) * w + e0 + AW].copy_from_slice(a);
     }
 }
 
@@ -312,11 +394,15 @@ fn load_transposed<T: Float>(
     w: usize,
     dst: &mut [T],
 ) {
-    dst.iter_mut().for_each(|x| *x = T::ZERO);
     for j in 0..c {
         let base = view.at(n, j0 + j, h);
         for d in 0..w {
             dst[d * BC + j] = src[base + d];
+        }
+    }
+    if c < BC {
+        for d in 0..w {
+            dst[d * BC + c..(d + 1) * BC].fill(T::ZERO);
         }
     }
 }
@@ -343,9 +429,50 @@ fn load_rows<T: Float>(
     }
 }
 
+/// [`block_logits`] with as many rows per step as keep eight vector accumulators busy: AVX-512
+/// (`WIDE`) holds 16 lanes per register, AVX2 8.
+#[inline(always)]
+fn logits<T: Float, const FMA: bool, const WIDE: bool, const W: usize>(
+    a: &[T],
+    bt: &[T],
+    hd: usize,
+    rows: usize,
+    out: &mut [T],
+) {
+    // R = 3 is never used: `logits_rows` handles 1, 2 and 4 rows.
+    match (WIDE, W <= 32) {
+        (true, true) => block_logits::<T, FMA, W, 4>(a, bt, hd, rows, out),
+        (true, false) | (false, true) => block_logits::<T, FMA, W, 2>(a, bt, hd, rows, out),
+        (false, false) => block_logits::<T, FMA, W, 1>(a, bt, hd, rows, out),
+    }
+}
+
+/// [`block_accumulate`] with eight rows per step where AVX-512's 32 registers hold the
+/// accumulators, four elsewhere.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn forward_block<T: Float, const FMA: bool>(
+fn accumulate<T: Float, const FMA: bool, const WIDE: bool, const PT: bool>(
+    p: &[T],
+    ps: usize,
+    b: &[T],
+    w: usize,
+    rows: usize,
+    cols: usize,
+    out: &mut [T],
+) {
+    if WIDE {
+        block_accumulate::<T, FMA, 8, PT>(p, ps, b, w, rows, cols, out)
+    } else {
+        block_accumulate::<T, FMA, 4, PT>(p, ps, b, w, rows, cols, out)
+    }
+}
+
+/// One task of the forward pass: queries `r0..r0+rows` of (sample `n`, head `h`) against stored
+/// patterns `s0..s1`. The stored-pattern blocks are the outer loop, so each block is loaded (and
+/// transposed) once per task and reused by every block of `BR` queries.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn forward_block<T: Float, const FMA: bool, const WIDE: bool>(
     p: &Params,
     x: &Inputs<T>,
     n: usize,
@@ -359,11 +486,11 @@ fn forward_block<T: Float, const FMA: bool>(
     let g = &p.g;
     let (hd, pd) = (g.hd, g.pd);
     let beta = T::from_f64(p.betas[h]);
-    let mut qb = vec![T::ZERO; BR * hd];
+    let mut qb = vec![T::ZERO; rows * hd];
     load_rows(x.q, &x.vq, n, h, r0, rows, hd, beta, &mut qb);
     let mut kt = vec![T::ZERO; hd * BC];
     let mut vb = vec![T::ZERO; BC * pd];
-    let mut logits = vec![T::ZERO; BR * BC];
+    let mut zb = vec![T::ZERO; BR * BC];
     let mut o = vec![T::ZERO; rows * pd];
     // The zero pattern: logit 0, value 0, so it starts the running sum at exp(0 - 0) = 1.
     let (mut m, mut l) = if with_zero {
@@ -376,38 +503,51 @@ fn forward_block<T: Float, const FMA: bool>(
         let c = BC.min(s1 - j0);
         load_transposed(x.k, &x.vk, n, h, j0, c, hd, &mut kt);
         load_rows(x.v, &x.vv, n, h, j0, c, pd, T::ONE, &mut vb);
-        block_logits::<T, FMA>(&qb, &kt, hd, rows, &mut logits);
-        for r in 0..rows {
-            let row = &mut logits[r * BC..(r + 1) * BC];
-            if x.mask.is_some() {
-                for (j, z) in row.iter_mut().enumerate().take(c) {
-                    *z += x.mask_at(n, h, r0 + r, j0 + j);
+        let mut rb = 0;
+        while rb < rows {
+            let rr = BR.min(rows - rb);
+            logits::<T, FMA, WIDE, BC>(&qb[rb * hd..], &kt, hd, rr, &mut zb);
+            for r in 0..rr {
+                let gr = rb + r;
+                let row = &mut zb[r * BC..(r + 1) * BC];
+                if x.mask.is_some() {
+                    for (j, z) in row.iter_mut().enumerate().take(c) {
+                        *z += x.mask_at(n, h, r0 + gr, j0 + j);
+                    }
+                }
+                let mnew = max(m[gr], row_max(row, c));
+                if mnew == T::NEG_INF {
+                    // Everything so far is masked: nothing to add.
+                    row.fill(T::ZERO);
+                    continue;
+                }
+                let alpha = (m[gr] - mnew).exp();
+                let sum = exp_shift_sum(row, mnew, c);
+                l[gr] = l[gr] * alpha + sum;
+                m[gr] = mnew;
+                if alpha != T::ONE {
+                    o[gr * pd..(gr + 1) * pd]
+                        .iter_mut()
+                        .for_each(|e| *e = *e * alpha);
                 }
             }
-            let mut bm = T::NEG_INF;
-            for z in row.iter().take(c) {
-                bm = max(bm, *z);
-            }
-            let mnew = max(m[r], bm);
-            if mnew == T::NEG_INF {
-                // Everything so far is masked: nothing to add.
-                row.iter_mut().for_each(|z| *z = T::ZERO);
-                continue;
-            }
-            let alpha = (m[r] - mnew).exp();
-            let sum = exp_shift_sum(row, mnew, c);
-            l[r] = l[r] * alpha + sum;
-            m[r] = mnew;
-            if alpha != T::ONE {
-                o[r * pd..(r + 1) * pd]
-                    .iter_mut()
-                    .for_each(|e| *e = *e * alpha);
-            }
+            accumulate::<T, FMA, WIDE, false>(&zb, BC, &vb, pd, rr, c, &mut o[rb * pd..]);
+            rb += rr;
         }
-        block_accumulate::<T, FMA>(&logits, BC, &vb, pd, rows, c, &mut o);
         j0 += c;
     }
     Partial { o, m, l }
+}
+
+/// Queries per forward task: as many as keep every thread busy, up to 256, so that each block
+/// of stored patterns is loaded once for many queries.
+fn rows_per_task(heads: usize, l: usize) -> usize {
+    let want = 4 * rayon::current_num_threads();
+    let mut bq = 8 * BR;
+    while bq > BR && heads * l.div_ceil(bq) < want {
+        bq /= 2;
+    }
+    bq
 }
 
 pub(crate) fn forward<T: Float>(
@@ -418,7 +558,8 @@ pub(crate) fn forward<T: Float>(
 ) -> Vec<T> {
     let g = p.g;
     let x = Inputs::new(data, views, mask);
-    let qblocks = g.l.div_ceil(BR);
+    let bq = rows_per_task(g.n * g.h, g.l);
+    let qblocks = g.l.div_ceil(bq);
     let tasks = g.n * g.h * qblocks;
     let chunks = chunks_for(tasks, g.s);
     let per_chunk = g.s.div_ceil(chunks).div_ceil(BC) * BC;
@@ -428,8 +569,8 @@ pub(crate) fn forward<T: Float>(
     (0..tasks).into_par_iter().for_each(|t| {
         let (nh, qb) = (t / qblocks, t % qblocks);
         let (n, h) = (nh / g.h, nh % g.h);
-        let r0 = qb * BR;
-        let rows = BR.min(g.l - r0);
+        let r0 = qb * bq;
+        let rows = bq.min(g.l - r0);
         // One chunk unless the tasks alone cannot keep the threads busy; the zero pattern
         // belongs to the first chunk only.
         let parts: Vec<Partial<T>> = (0..chunks)
@@ -482,11 +623,85 @@ pub(crate) fn forward<T: Float>(
     flat
 }
 
+/// One (sample, head)'s queries and output gradients, copied once per backward task in the two
+/// layouts the block products read: row-major (`rows x d`) and transposed per block of `BR`
+/// queries (`d x BR`), zero-padded to whole blocks.
+struct QueryBlocks<T> {
+    /// `beta q`, row-major.
+    q: Vec<T>,
+    /// `beta q`, transposed per block.
+    qt: Vec<T>,
+    /// Output gradient, row-major.
+    d_o: Vec<T>,
+    /// Output gradient, transposed per block.
+    d_ot: Vec<T>,
+    /// The log-sum-exp per query; `+inf` for fully masked and padding rows, so that their
+    /// recomputed association `exp(z - lse)` is exactly 0.
+    lse: Vec<T>,
+    /// `dlse - D` per query (0 on padding rows): `dS = P (dP + shift)`.
+    shift: Vec<T>,
+}
+
+impl<T: Float> QueryBlocks<T> {
+    #[allow(clippy::too_many_arguments)]
+    fn load(
+        p: &Params,
+        x: &Inputs<T>,
+        res: &[T],
+        grad: &[T],
+        delta: &[T],
+        n: usize,
+        h: usize,
+    ) -> Self {
+        let g = &p.g;
+        let (hd, pd, l) = (g.hd, g.pd, g.l);
+        let no = g.n * g.l * g.h * g.pd;
+        let padded = l.div_ceil(BR) * BR;
+        let beta = T::from_f64(p.betas[h]);
+        let mut qb = Self {
+            q: vec![T::ZERO; padded * hd],
+            qt: vec![T::ZERO; padded * hd],
+            d_o: vec![T::ZERO; padded * pd],
+            d_ot: vec![T::ZERO; padded * pd],
+            lse: vec![T::ZERO; padded],
+            shift: vec![T::ZERO; padded],
+        };
+        load_rows(x.q, &x.vq, n, h, 0, l, hd, beta, &mut qb.q);
+        for r in 0..l {
+            let base = ((n * l + r) * g.h + h) * pd;
+            qb.d_o[r * pd..(r + 1) * pd].copy_from_slice(&grad[base..base + pd]);
+        }
+        for r in 0..padded {
+            let (blk, i) = (r / BR * BR, r % BR);
+            for d in 0..hd {
+                qb.qt[blk * hd + d * BR + i] = qb.q[r * hd + d];
+            }
+            for e in 0..pd {
+                qb.d_ot[blk * pd + e * BR + i] = qb.d_o[r * pd + e];
+            }
+            let li = (n * g.h + h) * l + r;
+            let lse = if r < l { res[no + li] } else { T::NEG_INF };
+            if lse == T::NEG_INF {
+                qb.lse[r] = T::ZERO - T::NEG_INF;
+            } else {
+                qb.lse[r] = lse;
+                qb.shift[r] = grad[no + li] - delta[li];
+            }
+        }
+        qb
+    }
+}
+
 /// Gradients of one (sample, head) over stored patterns `s0..s1`: writes dk and dv rows of that
 /// range into the flat output and returns this range's contribution to dq (`L x hd`).
+///
+/// Everything is computed transposed (stored patterns as rows): `S^T = K (beta q)^T` and
+/// `dP^T = V dO^T`, so that `dV = P^T dO` and `dK = dS^T (beta q)` read their left factor
+/// row-major, and `dq = beta dS K` reads the same buffer with swapped strides: no transposes
+/// in the loop.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn backward_chunk<T: Float, const FMA: bool>(
+fn backward_chunk<T: Float, const FMA: bool, const WIDE: bool>(
     p: &Params,
     x: &Inputs<T>,
     res: &[T],
@@ -501,74 +716,53 @@ fn backward_chunk<T: Float, const FMA: bool>(
 ) -> Vec<T> {
     let g = &p.g;
     let (hd, pd, l) = (g.hd, g.pd, g.l);
-    let no = g.n * g.l * g.h * g.pd;
     let beta = T::from_f64(p.betas[h]);
-    let mut dq = vec![T::ZERO; l * hd];
+    let qs = QueryBlocks::load(p, x, res, grad, delta, n, h);
+    let mut dq = vec![T::ZERO; qs.lse.len() * hd];
     let mut kb = vec![T::ZERO; BC * hd];
-    let mut kt = vec![T::ZERO; hd * BC];
-    let mut vt = vec![T::ZERO; pd * BC];
-    let mut qb = vec![T::ZERO; BR * hd];
-    let mut dob = vec![T::ZERO; BR * pd];
-    let mut pb = vec![T::ZERO; BR * BC];
-    let mut dpb = vec![T::ZERO; BR * BC];
-    let mut pt = vec![T::ZERO; BC * BR];
-    let mut dst = vec![T::ZERO; BC * BR];
+    let mut vb = vec![T::ZERO; BC * pd];
+    let mut st = vec![T::ZERO; BC * BR];
+    let mut dpt = vec![T::ZERO; BC * BR];
+    let mut dk = vec![T::ZERO; BC * hd];
+    let mut dv = vec![T::ZERO; BC * pd];
     let mut j0 = s0;
     while j0 < s1 {
         let c = BC.min(s1 - j0);
         load_rows(x.k, &x.vk, n, h, j0, c, hd, T::ONE, &mut kb);
-        load_transposed(x.k, &x.vk, n, h, j0, c, hd, &mut kt);
-        load_transposed(x.v, &x.vv, n, h, j0, c, pd, &mut vt);
-        let mut dk = vec![T::ZERO; c * hd];
-        let mut dv = vec![T::ZERO; c * pd];
+        load_rows(x.v, &x.vv, n, h, j0, c, pd, T::ONE, &mut vb);
+        dk.fill(T::ZERO);
+        dv.fill(T::ZERO);
         let mut r0 = 0;
         while r0 < l {
             let rows = BR.min(l - r0);
-            load_rows(x.q, &x.vq, n, h, r0, rows, hd, beta, &mut qb);
-            for r in 0..rows {
-                let base = ((n * l + r0 + r) * g.h + h) * pd;
-                dob[r * pd..(r + 1) * pd].copy_from_slice(&grad[base..base + pd]);
-            }
-            block_logits::<T, FMA>(&qb, &kt, hd, rows, &mut pb);
-            block_logits::<T, FMA>(&dob, &vt, pd, rows, &mut dpb);
-            for r in 0..rows {
-                let li = (n * g.h + h) * l + r0 + r;
-                let lse = res[no + li];
-                let row = &mut pb[r * BC..(r + 1) * BC];
-                if lse == T::NEG_INF {
-                    row.iter_mut().for_each(|z| *z = T::ZERO);
-                    dpb[r * BC..(r + 1) * BC]
-                        .iter_mut()
-                        .for_each(|z| *z = T::ZERO);
-                    continue;
-                }
+            let (qt, d_ot) = (
+                &qs.qt[r0 * hd..(r0 + BR) * hd],
+                &qs.d_ot[r0 * pd..(r0 + BR) * pd],
+            );
+            logits::<T, FMA, WIDE, BR>(&kb, qt, hd, c, &mut st);
+            logits::<T, FMA, WIDE, BR>(&vb, d_ot, pd, c, &mut dpt);
+            let lse: &[T; BR] = (&qs.lse[r0..r0 + BR]).try_into().unwrap();
+            let shift: &[T; BR] = (&qs.shift[r0..r0 + BR]).try_into().unwrap();
+            for j in 0..c {
+                let row: &mut [T; BR] = (&mut st[j * BR..(j + 1) * BR]).try_into().unwrap();
                 if x.mask.is_some() {
-                    for (j, z) in row.iter_mut().enumerate().take(c) {
+                    for (r, z) in row.iter_mut().enumerate().take(rows) {
                         *z += x.mask_at(n, h, r0 + r, j0 + j);
                     }
                 }
-                exp_shift_sum(row, lse, c);
-                // dS = P (dP - D + dlse), stored over dP.
-                let shift = grad[no + li] - delta[li];
-                for (d, &pv) in dpb[r * BC..(r + 1) * BC].iter_mut().zip(row.iter()) {
-                    *d = pv * (*d + shift);
+                for r in 0..BR {
+                    row[r] = (row[r] - lse[r]).exp();
+                }
+                let drow: &mut [T; BR] = (&mut dpt[j * BR..(j + 1) * BR]).try_into().unwrap();
+                for r in 0..BR {
+                    drow[r] = row[r] * (drow[r] + shift[r]);
                 }
             }
-            // dV += P^T dO and dK += beta dS^T q (q is already scaled), through the
-            // transposed blocks; dq += beta dS k below.
-            for r in 0..rows {
-                for j in 0..c {
-                    pt[j * BR + r] = pb[r * BC + j];
-                    dst[j * BR + r] = dpb[r * BC + j];
-                }
-            }
-            block_accumulate::<T, FMA>(&pt, BR, &dob, pd, c, rows, &mut dv);
-            block_accumulate::<T, FMA>(&dst, BR, &qb, hd, c, rows, &mut dk);
-            let mut dqb = vec![T::ZERO; rows * hd];
-            block_accumulate::<T, FMA>(&dpb, BC, &kb, hd, rows, c, &mut dqb);
-            for (a, &b) in dq[r0 * hd..(r0 + rows) * hd].iter_mut().zip(&dqb) {
-                *a += beta * b;
-            }
+            let q_rows = &qs.q[r0 * hd..];
+            let do_rows = &qs.d_o[r0 * pd..];
+            accumulate::<T, FMA, WIDE, false>(&st, BR, do_rows, pd, c, rows, &mut dv);
+            accumulate::<T, FMA, WIDE, false>(&dpt, BR, q_rows, hd, c, rows, &mut dk);
+            accumulate::<T, FMA, WIDE, true>(&dpt, BR, &kb, hd, rows, c, &mut dq[r0 * hd..]);
             r0 += rows;
         }
         for j in 0..c {
@@ -586,6 +780,8 @@ fn backward_chunk<T: Float, const FMA: bool>(
         }
         j0 += c;
     }
+    dq.truncate(l * hd);
+    dq.iter_mut().for_each(|e| *e = *e * beta);
     dq
 }
 
@@ -656,7 +852,40 @@ enum Isa {
     Avx512,
 }
 
+/// Tests force each instruction set in turn (0 = detect); any forced set is correct for every
+/// other test running meanwhile, only slower.
+#[cfg(test)]
+pub(crate) static FORCE_ISA: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// The instruction sets this CPU can run, for tests: 1 = generic, 2 = AVX2+FMA, 3 = AVX-512.
+#[cfg(test)]
+pub(crate) fn available_isas() -> Vec<u8> {
+    let best = match detected_isa() {
+        Isa::Generic => 1,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2Fma => 2,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => 3,
+    };
+    (1..=best).collect()
+}
+
 fn isa() -> Isa {
+    #[cfg(test)]
+    {
+        match FORCE_ISA.load(std::sync::atomic::Ordering::Relaxed) {
+            1 => return Isa::Generic,
+            #[cfg(target_arch = "x86_64")]
+            2 => return Isa::Avx2Fma,
+            #[cfg(target_arch = "x86_64")]
+            3 => return Isa::Avx512,
+            _ => {}
+        }
+    }
+    detected_isa()
+}
+
+fn detected_isa() -> Isa {
     static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
     *ISA.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
@@ -683,12 +912,12 @@ macro_rules! dispatch {
                 #[target_feature(enable = "avx512f,avx2,fma")]
                 #[allow(clippy::too_many_arguments)]
                 unsafe fn avx512<T: Float>($($arg: $ty),*) -> $ret {
-                    $inner::<T, true>($($arg),*)
+                    $inner::<T, true, true>($($arg),*)
                 }
                 #[target_feature(enable = "avx2,fma")]
                 #[allow(clippy::too_many_arguments)]
                 unsafe fn avx2<T: Float>($($arg: $ty),*) -> $ret {
-                    $inner::<T, true>($($arg),*)
+                    $inner::<T, true, false>($($arg),*)
                 }
                 match isa() {
                     // SAFETY: the features were detected on this CPU.
@@ -697,7 +926,7 @@ macro_rules! dispatch {
                     Isa::Generic => {}
                 }
             }
-            $inner::<T, false>($($arg),*)
+            $inner::<T, false, false>($($arg),*)
         }
     };
 }

@@ -176,6 +176,7 @@ fn check_case(c: Case, mask: &str, zero: bool, per_head: bool, dtype: DType, tol
 #[case(2, 33, 130, 2, 16, 16)] // S not a multiple of the block, L not of the query block
 #[case(1, 3, 300, 1, 8, 5)] // few tasks: stored patterns split into chunks
 #[case(3, 17, 64, 4, 32, 8)]
+#[case(4, 300, 70, 4, 24, 20)] // several query blocks per task, ragged tiles of P V
 fn fused_matches_composed_f64(
     #[case] n: usize,
     #[case] l: usize,
@@ -204,6 +205,38 @@ fn fused_matches_composed_f32(
 ) {
     let c = Case { n, l, s, h, hd, pd };
     check_case(c, mask, true, true, DType::F32, 2e-5);
+}
+
+/// Every instruction-set build of the kernels (generic, AVX2+FMA, AVX-512, as far as this CPU
+/// runs them) agrees with the composed path.
+#[test]
+fn every_instruction_set_matches_composed() {
+    use super::cpu::{available_isas, FORCE_ISA};
+    use std::sync::atomic::Ordering;
+    for isa in available_isas() {
+        FORCE_ISA.store(isa, Ordering::Relaxed);
+        for (mask, zero) in [("none", false), ("full", true)] {
+            let c = Case {
+                n: 4,
+                l: 300,
+                s: 70,
+                h: 4,
+                hd: 24,
+                pd: 20,
+            };
+            check_case(c, mask, zero, true, DType::F64, 1e-12);
+            let c = Case {
+                n: 2,
+                l: 40,
+                s: 200,
+                h: 2,
+                hd: 16,
+                pd: 16,
+            };
+            check_case(c, mask, zero, true, DType::F32, 2e-5);
+        }
+    }
+    FORCE_ISA.store(0, Ordering::Relaxed);
 }
 
 #[test]
