@@ -41,7 +41,7 @@ pub struct CoreOutput {
     pub converged: bool,
 }
 
-fn check_finite(arg: &'static str, x: &Tensor) -> Result<()> {
+pub(crate) fn check_finite(arg: &'static str, x: &Tensor) -> Result<()> {
     if hopfield_cuda::all_finite(x)? {
         Ok(())
     } else {
@@ -91,7 +91,7 @@ fn mask_to_additive(mask: &Tensor, name: &'static str, dtype: DType) -> Result<T
 }
 
 /// The additive mask, broadcastable to `(N, H, L, S')`.
-fn additive_mask(
+pub(crate) fn additive_mask(
     masks: &Masks,
     dims: (usize, usize, usize, usize),
     zero_column: bool,
@@ -206,7 +206,7 @@ pub fn fused_retrieval_enabled() -> bool {
 /// convergence test needs the change of the association, an `L x S` quantity per step), no
 /// dropout on the association in training (it acts on the materialised association) and a
 /// dtype/device with a fused kernel.
-fn fused_applies(cfg: &CoreConfig, train: bool, query: &Tensor) -> Result<bool> {
+pub(crate) fn fused_applies(cfg: &CoreConfig, train: bool, query: &Tensor) -> Result<bool> {
     if !fused_retrieval_enabled() || (train && cfg.dropout > 0.0) {
         return Ok(false);
     }

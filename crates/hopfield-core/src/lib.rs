@@ -33,6 +33,7 @@ pub mod config;
 pub mod error;
 pub mod forward;
 pub mod ops;
+pub mod self_association;
 pub mod weights;
 
 pub use config::{CoreConfig, OnNoConvergence, Scaling, StepsEps, UpdateSteps};
@@ -41,4 +42,5 @@ pub use forward::{
     fused_retrieval_enabled, hopfield_core_forward, hopfield_core_forward_mapped,
     hopfield_core_output, set_fused_retrieval, CoreOutput, LogitMap, Masks,
 };
+pub use self_association::{hopfield_core_output_shared, InputAffine};
 pub use weights::{CoreLayout, CoreWeights, InProjection};

@@ -4,8 +4,8 @@
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 use hopfield_core::{
-    hopfield_core_forward_mapped, hopfield_core_output, CoreConfig, CoreLayout, CoreOutput,
-    CoreWeights, LogitMap, Masks,
+    hopfield_core_forward_mapped, hopfield_core_output, hopfield_core_output_shared, CoreConfig,
+    CoreLayout, CoreOutput, CoreWeights, InputAffine, LogitMap, Masks,
 };
 
 /// The association core. Its weights live under the `association_core` prefix inside
@@ -78,6 +78,19 @@ impl HopfieldCore {
         train: bool,
     ) -> Result<Tensor> {
         hopfield_core_output(query, key, value, &self.weights, &self.config, masks, train)
+    }
+
+    /// [`forward_output_batch_major`](Self::forward_output_batch_major) for self-association from
+    /// one standardised input, the three input LayerNorms' affine parts given separately
+    /// ([`hopfield_core_output_shared`]: one packed GEMM for the three projections).
+    pub fn forward_output_shared(
+        &self,
+        z: &Tensor,
+        affines: [InputAffine; 3],
+        masks: Masks,
+        train: bool,
+    ) -> Result<Tensor> {
+        hopfield_core_output_shared(z, affines, &self.weights, &self.config, masks, train)
     }
 
     /// [`forward_batch_major`](Self::forward_batch_major) with a transform of the association

@@ -6,7 +6,7 @@ use crate::norm::LayerNorm;
 use candle_core::{ModuleT, Result, Tensor};
 use candle_nn::VarBuilder;
 use hopfield_core::error::expect_shape;
-use hopfield_core::{CoreLayout, CoreOutput, Masks};
+use hopfield_core::{CoreLayout, CoreOutput, InputAffine, Masks};
 
 /// What a Hopfield module associates: one tensor (stored pattern, state pattern and pattern
 /// projection at once) or the triple `(stored, state, projection)` = (keys, queries, values).
@@ -160,6 +160,50 @@ impl Hopfield {
         self.finish(out)
     }
 
+    /// Self-association whose three input LayerNorms are all present with one eps, or all absent:
+    /// one standardisation, and the core runs the three projections as one GEMM
+    /// ([`HopfieldCore::forward_output_shared`]). `None` where that does not apply.
+    fn forward_self_association(
+        &self,
+        input: HopfieldInput,
+        masks: Masks,
+        train: bool,
+    ) -> Result<Option<Tensor>> {
+        let HopfieldInput::Single(x) = input else {
+            return Ok(None);
+        };
+        // Core order: query (state), key (stored), value (projection).
+        let norms = [
+            self.norm_state_pattern.as_ref(),
+            self.norm_stored_pattern.as_ref(),
+            self.norm_pattern_projection.as_ref(),
+        ];
+        let eps = match norms {
+            [Some(a), Some(b), Some(c)] if a.eps() == b.eps() && b.eps() == c.eps() => {
+                Some(a.eps())
+            }
+            [None, None, None] => None,
+            _ => return Ok(None),
+        };
+        self.check_inputs(x, x, x)?;
+        let x = if self.config.batch_first {
+            x.clone()
+        } else {
+            x.transpose(0, 1)?
+        };
+        let z = match eps {
+            Some(eps) => hopfield_cuda::normalize(&x, eps)?,
+            None => x,
+        };
+        let affines = norms.map(|n| InputAffine {
+            weight: n.and_then(LayerNorm::weight),
+            bias: n.and_then(LayerNorm::bias),
+        });
+        self.association_core
+            .forward_output_shared(&z, affines, masks, train)
+            .map(Some)
+    }
+
     /// Checks the inputs, makes them batch-major and applies the input LayerNorms:
     /// `(stored, state, projection)`, what the association core receives.
     pub fn normalized_inputs(&self, input: HopfieldInput) -> Result<(Tensor, Tensor, Tensor)> {
@@ -270,6 +314,9 @@ impl Hopfield {
     /// [`hopfield_core::hopfield_core_output`]). Same values and gradients as
     /// [`forward_full`](Self::forward_full)`.output`.
     pub fn forward_with(&self, input: HopfieldInput, masks: Masks, train: bool) -> Result<Tensor> {
+        if let Some(y) = self.forward_self_association(input, masks, train)? {
+            return self.finish_output(y);
+        }
         let (stored, state, projection) = self.normalized_inputs(input)?;
         let y = self.association_core.forward_output_batch_major(
             &state,

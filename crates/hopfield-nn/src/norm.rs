@@ -52,6 +52,16 @@ impl LayerNorm {
         hopfield_core::ops::layer_norm(x, self.weight.as_ref(), self.bias.as_ref(), self.eps)
     }
 
+    /// The per-feature scale, if affine.
+    pub fn weight(&self) -> Option<&Tensor> {
+        self.weight.as_ref()
+    }
+
+    /// The per-feature shift, if affine.
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+
     /// The epsilon added to the variance.
     pub fn eps(&self) -> f64 {
         self.eps

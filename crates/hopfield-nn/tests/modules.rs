@@ -375,23 +375,45 @@ fn every_float_dtype_runs(#[case] dtype: DType, #[case] tol: f64) -> Result<()> 
     Ok(())
 }
 
-/// Self-association shares one standardisation among the three input LayerNorms; the result and
-/// every gradient equal those of three separate LayerNorms (the tuple input takes that path).
-#[test]
-fn shared_standardisation_equals_separate_layer_norms() -> Result<()> {
+/// Self-association shares one standardisation among the three input LayerNorms and runs the
+/// three projections as one packed GEMM with the LayerNorms' affine parts folded in; the result
+/// and every gradient equal those of three separate LayerNorms and projections (the tuple input
+/// takes that path). Over the layouts the packing must handle: value size != head size, no
+/// biases, no LayerNorms, sequence-first inputs, masks and the zero pattern, and
+/// LayerNorms without affine parameters.
+#[rstest]
+#[case::default(HopfieldConfig::new(8).with_num_heads(2), false)]
+#[case::pattern_size(HopfieldConfig::new(8).with_num_heads(2).with_hidden_size(Some(3)).with_pattern_size(Some(5)), false)]
+#[case::no_bias(HopfieldConfig::new(8).with_num_heads(2).with_input_bias(false), false)]
+#[case::no_affine(HopfieldConfig::new(8).with_num_heads(4).with_normalize_state_pattern_affine(false).with_normalize_stored_pattern_affine(false).with_normalize_pattern_projection_affine(false), false)]
+#[case::no_norms(HopfieldConfig::new(8).with_num_heads(2).with_normalize_state_pattern(false).with_normalize_stored_pattern(false).with_normalize_pattern_projection(false), false)]
+#[case::sequence_first(HopfieldConfig::new(8).with_num_heads(2).with_batch_first(false), false)]
+#[case::masked_zero_association(HopfieldConfig::new(8).with_num_heads(2).with_add_zero_association(true), true)]
+fn shared_standardisation_equals_separate_layer_norms(
+    #[case] cfg: HopfieldConfig,
+    #[case] masked: bool,
+) -> Result<()> {
     let map = VarMap::new();
-    let h = Hopfield::new(HopfieldConfig::new(8).with_num_heads(2), vb(&map))?;
+    let h = Hopfield::new(cfg, vb(&map))?;
     randomize(&map)?;
     let x = candle_core::Var::from_tensor(&Tensor::randn(0f64, 1., (3, 5, 8), &dev())?)?;
     let xt = x.as_tensor();
-    let single = h.forward_with(HopfieldInput::Single(xt), Masks::default(), false)?;
+    let padding = Tensor::new(
+        &[[0u8, 0, 0, 0, 1], [1, 1, 1, 1, 1], [0, 1, 0, 0, 0]],
+        &dev(),
+    )?;
+    let masks = Masks {
+        stored_pattern_padding_mask: masked.then_some(&padding),
+        association_mask: None,
+    };
+    let single = h.forward_with(HopfieldInput::Single(xt), masks, false)?;
     let triple = h.forward_with(
         HopfieldInput::Triple {
             stored: xt,
             state: xt,
             projection: xt,
         },
-        Masks::default(),
+        masks,
         false,
     )?;
     assert!(max_diff(&single, &triple)? < 1e-13);
@@ -400,11 +422,15 @@ fn shared_standardisation_equals_separate_layer_norms() -> Result<()> {
     let mut vars = map.all_vars();
     vars.push(x.clone());
     for v in vars {
-        let (a, b) = (
-            gs.get(v.as_tensor()).unwrap(),
-            gt.get(v.as_tensor()).unwrap(),
-        );
-        assert!(max_diff(a, b)? < 1e-12);
+        match (gs.get(v.as_tensor()), gt.get(v.as_tensor())) {
+            (Some(a), Some(b)) => assert!(max_diff(a, b)? < 1e-12),
+            (None, None) => {}
+            (a, b) => panic!(
+                "gradient present on one side only: {:?} {:?}",
+                a.is_some(),
+                b.is_some()
+            ),
+        }
     }
     Ok(())
 }

@@ -711,8 +711,8 @@ fn backward_chunk<T: Float, const FMA: bool, const WIDE: bool>(
     h: usize,
     s0: usize,
     s1: usize,
-    dk_out: SharedMut<T>,
-    dv_out: SharedMut<T>,
+    flat: SharedMut<T>,
+    out: [View; 3],
 ) -> Vec<T> {
     let g = &p.g;
     let (hd, pd, l) = (g.hd, g.pd, g.l);
@@ -766,15 +766,16 @@ fn backward_chunk<T: Float, const FMA: bool, const WIDE: bool>(
             r0 += rows;
         }
         for j in 0..c {
-            let kbase = ((n * g.s + j0 + j) * g.h + h) * hd;
-            let vbase = ((n * g.s + j0 + j) * g.h + h) * pd;
-            // SAFETY: stored pattern j0 + j of (n, h) belongs to this task only.
+            let kbase = out[1].at(n, j0 + j, h);
+            let vbase = out[2].at(n, j0 + j, h);
+            // SAFETY: stored pattern j0 + j of (n, h) belongs to this task only, and the
+            // three output views do not overlap.
             unsafe {
                 for d in 0..hd {
-                    *dk_out.at(kbase + d) = dk[j * hd + d];
+                    *flat.at(kbase + d) = dk[j * hd + d];
                 }
                 for e in 0..pd {
-                    *dv_out.at(vbase + e) = dv[j * pd + e];
+                    *flat.at(vbase + e) = dv[j * pd + e];
                 }
             }
         }
@@ -785,6 +786,8 @@ fn backward_chunk<T: Float, const FMA: bool, const WIDE: bool>(
     dq
 }
 
+/// Writes dq, dk and dv through `out` (their views in a flat buffer of `len` elements).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn backward<T: Float>(
     p: &Params,
     data: [&[T]; 3],
@@ -792,6 +795,8 @@ pub(crate) fn backward<T: Float>(
     mask: Option<(&[T], View)>,
     res: &[T],
     grad: &[T],
+    out: [View; 3],
+    len: usize,
 ) -> Vec<T> {
     let g = p.g;
     let x = Inputs::new(data, views, mask);
@@ -807,12 +812,10 @@ pub(crate) fn backward<T: Float>(
         }
         *d = s;
     });
-    let (nq, nk) = (g.n * g.l * g.h * g.hd, g.n * g.s * g.h * g.hd);
-    let mut flat = vec![T::ZERO; nq + nk + g.n * g.s * g.h * g.pd];
+    let mut flat = vec![T::ZERO; len];
     let chunks = chunks_for(g.n * g.h, g.s);
     let per_chunk = g.s.div_ceil(chunks).div_ceil(BC) * BC;
-    let base = SharedMut(flat.as_mut_ptr());
-    let (dk_out, dv_out) = (SharedMut(base.at(nq)), SharedMut(base.at(nq + nk)));
+    let ptr = SharedMut(flat.as_mut_ptr());
     let parts: Vec<(usize, Vec<T>)> = (0..g.n * g.h * chunks)
         .into_par_iter()
         .filter_map(|t| {
@@ -823,19 +826,18 @@ pub(crate) fn backward<T: Float>(
             }
             let s1 = (s0 + per_chunk).min(g.s);
             let (n, h) = (nh / g.h, nh % g.h);
-            Some((
-                nh,
-                backward_chunk_dispatch(p, &x, res, grad, &delta, n, h, s0, s1, dk_out, dv_out),
-            ))
+            let dq = backward_chunk_dispatch(p, &x, res, grad, &delta, n, h, s0, s1, ptr, out);
+            Some((nh, dq))
         })
         .collect();
-    let (dq_flat, _) = flat.split_at_mut(nq);
+    // The dq parts of one (n, h) from different chunks add up; after the parallel part, so
+    // plain indexing.
     for (nh, dq) in parts {
         let (n, h) = (nh / g.h, nh % g.h);
         for r in 0..g.l {
-            let b = ((n * g.l + r) * g.h + h) * g.hd;
+            let b = out[0].at(n, r, h);
             for d in 0..g.hd {
-                dq_flat[b + d] += dq[r * g.hd + d];
+                flat[b + d] += dq[r * g.hd + d];
             }
         }
     }
@@ -938,5 +940,5 @@ dispatch!(forward_block_dispatch, forward_block, (
 
 dispatch!(backward_chunk_dispatch, backward_chunk, (
     p: &Params, x: &Inputs<T>, res: &[T], grad: &[T], delta: &[T], n: usize, h: usize,
-    s0: usize, s1: usize, dk_out: SharedMut<T>, dv_out: SharedMut<T>
+    s0: usize, s1: usize, flat: SharedMut<T>, out: [View; 3]
 ) -> Vec<T>);

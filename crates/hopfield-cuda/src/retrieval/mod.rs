@@ -142,6 +142,17 @@ fn prepare(
             v.dtype()
         );
     }
+    let (betas, mask) = betas_and_mask(Geometry { n, l, s, h, hd, pd }, q.dtype(), cfg)?;
+    Ok((Geometry { n, l, s, h, hd, pd }, betas, mask))
+}
+
+/// The per-head betas and the mask broadcast to `(N, H, L, S)` in `dtype`, checked.
+fn betas_and_mask(
+    g: Geometry,
+    dtype: DType,
+    cfg: &Retrieval,
+) -> Result<(Vec<f64>, Option<Tensor>)> {
+    let Geometry { n, l, s, h, .. } = g;
     let betas = match cfg.beta.len() {
         1 => vec![cfg.beta[0]; h],
         x if x == h => cfg.beta.clone(),
@@ -158,7 +169,7 @@ fn prepare(
                     m.dtype()
                 );
             }
-            let m = m.detach().to_dtype(q.dtype())?;
+            let m = m.detach().to_dtype(dtype)?;
             Some(m.broadcast_as((n, h, l, s)).map_err(|_| {
                 candle_core::Error::Msg(format!(
                     "retrieval: mask {:?} does not broadcast to (N, H, L, S) = ({n}, {h}, {l}, {s})",
@@ -168,7 +179,7 @@ fn prepare(
         }
         None => None,
     };
-    Ok((Geometry { n, l, s, h, hd, pd }, betas, mask))
+    Ok((betas, mask))
 }
 
 fn shape_error(what: &str, expected: &str, t: &Tensor) -> candle_core::Error {
@@ -210,6 +221,81 @@ pub fn retrieve_with_lse(
         op::fused(q, k, v, g, betas, mask, cfg.zero_association)
     } else {
         composed(q, k, v, g, &betas, mask.as_ref(), cfg.zero_association)
+    }
+}
+
+/// Sizes of a packed `[q | k | v]` projection, see [`retrieve_packed`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PackedSizes {
+    /// Heads H.
+    pub heads: usize,
+    /// Query and key size per head.
+    pub hd: usize,
+    /// Value size per head.
+    pub pd: usize,
+}
+
+impl PackedSizes {
+    /// Features of one packed row: `H*hd + H*hd + H*pd`.
+    pub fn features(&self) -> usize {
+        self.heads * (2 * self.hd + self.pd)
+    }
+}
+
+/// [`retrieve_with_lse`] for self-association from one packed projection `qkv`,
+/// `(N, L, H*hd + H*hd + H*pd)`: the columns hold the queries, the keys and the values, each
+/// head-major (what one GEMM against stacked `[W_q; W_k; W_v]` produces), and every row is both
+/// a query and a stored pattern (S = L). The kernel reads the three parts in place, and the
+/// gradient with respect to `qkv` comes back as one tensor in the packed layout, so the packed
+/// GEMM's backward sees one gradient instead of three zero-padded slices.
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use hopfield_cuda::retrieval::{retrieve_packed, retrieve_with_lse, PackedSizes, Retrieval};
+/// let sizes = PackedSizes { heads: 2, hd: 3, pd: 4 };
+/// let qkv = Tensor::randn(0f64, 1., (2, 5, sizes.features()), &Device::Cpu)?;
+/// let (out, _lse) = retrieve_packed(&qkv, sizes, &Retrieval::new(0.5))?;
+/// let part = |from: usize, d: usize| qkv.narrow(2, from, 2 * d)?.reshape((2, 5, 2, d));
+/// let (q, k, v) = (part(0, 3)?, part(6, 3)?, part(12, 4)?);
+/// let (expected, _) = retrieve_with_lse(&q, &k, &v, &Retrieval::new(0.5))?;
+/// assert!((out - expected)?.abs()?.max_all()?.to_scalar::<f64>()? < 1e-12);
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+pub fn retrieve_packed(
+    qkv: &Tensor,
+    sizes: PackedSizes,
+    cfg: &Retrieval,
+) -> Result<(Tensor, Tensor)> {
+    let (n, l, f) = qkv
+        .dims3()
+        .map_err(|_| shape_error("packed q/k/v", "(N, L, H*hd + H*hd + H*pd)", qkv))?;
+    let PackedSizes { heads: h, hd, pd } = sizes;
+    if f != sizes.features() || h == 0 {
+        candle_core::bail!(
+            "retrieval: packed q/k/v {:?} needs {} features for {h} heads of hd = {hd}, pd = {pd}",
+            qkv.dims(),
+            sizes.features()
+        );
+    }
+    let g = Geometry {
+        n,
+        l,
+        s: l,
+        h,
+        hd,
+        pd,
+    };
+    if op::fused_supported(qkv.dtype(), qkv.device()) && qkv.stride().last() == Some(&1) {
+        let (betas, mask) = betas_and_mask(g, qkv.dtype(), cfg)?;
+        op::fused_packed(qkv, g, betas, mask, cfg.zero_association)
+    } else {
+        let part = |from: usize, d: usize| qkv.narrow(2, from, h * d)?.reshape((n, l, h, d));
+        retrieve_with_lse(
+            &part(0, hd)?,
+            &part(h * hd, hd)?,
+            &part(2 * h * hd, pd)?,
+            cfg,
+        )
     }
 }
 

@@ -7,7 +7,9 @@
 
 use super::{cpu, Geometry};
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Tensor, WithDType};
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp3, DType, Device, Layout, Result, Shape, Tensor, WithDType,
+};
 
 /// Where a 4-D input lives in its storage: element offset and strides of its four dims.
 #[derive(Debug, Clone, Copy)]
@@ -26,6 +28,14 @@ impl View {
             offset: l.start_offset(),
             strides: [st[0], st[1], st[2], st[3]],
         })
+    }
+
+    /// A contiguous `(_, d1, d2, d3)` tensor starting at element `offset`.
+    pub(crate) fn contiguous(offset: usize, [d1, d2, d3]: [usize; 3]) -> Self {
+        Self {
+            offset,
+            strides: [d1 * d2 * d3, d2 * d3, d3, 1],
+        }
     }
 
     /// Element index of `[a, b, c, 0]`.
@@ -129,6 +139,80 @@ fn typed_mask<T: candle_core::WithDType>(
     }
 }
 
+/// The forward kernel on CPU storages, whatever their (float) dtype.
+fn forward_cpu(
+    p: &Params,
+    mask: &Option<Tensor>,
+    s: [&CpuStorage; 3],
+    views: [View; 3],
+) -> Result<(CpuStorage, Shape)> {
+    let g = p.g;
+    let len = g.n * g.l * g.h * g.pd + g.n * g.h * g.l;
+    let out = with_cpu_mask(mask, |mask| match s[0].dtype() {
+        DType::F32 => {
+            let out = cpu::forward(p, typed_inputs::<f32>(s)?, views, typed_mask(mask)?);
+            Ok(f32::to_cpu_storage_owned(out))
+        }
+        DType::F64 => {
+            let out = cpu::forward(p, typed_inputs::<f64>(s)?, views, typed_mask(mask)?);
+            Ok(f64::to_cpu_storage_owned(out))
+        }
+        other => candle_core::bail!("retrieval: CPU kernel supports f32 and f64, got {other:?}"),
+    })?;
+    Ok((out, Shape::from(len)))
+}
+
+/// The backward kernel on CPU storages: gradients written through `out_views` into a flat
+/// buffer of `len` elements.
+fn backward_cpu(
+    op: &RetrievalBwd,
+    s: [&CpuStorage; 3],
+    views: [View; 3],
+    out_views: [View; 3],
+    len: usize,
+) -> Result<(CpuStorage, Shape)> {
+    let (rs, rl) = op.res.storage_and_layout();
+    let (gs, gl) = op.grad.storage_and_layout();
+    let (rs, gs) = match (&*rs, &*gs) {
+        (candle_core::Storage::Cpu(r), candle_core::Storage::Cpu(g)) => (r, g),
+        _ => candle_core::bail!("retrieval backward: result and gradient not on the CPU"),
+    };
+    let out = with_cpu_mask(&op.mask, |mask| match s[0].dtype() {
+        DType::F32 => {
+            let (res, grad) = (cpu_slice(rs, rl)?, cpu_slice(gs, gl)?);
+            let x = typed_inputs::<f32>(s)?;
+            let out = cpu::backward(
+                &op.p,
+                x,
+                views,
+                typed_mask(mask)?,
+                res,
+                grad,
+                out_views,
+                len,
+            );
+            Ok(f32::to_cpu_storage_owned(out))
+        }
+        DType::F64 => {
+            let (res, grad) = (cpu_slice(rs, rl)?, cpu_slice(gs, gl)?);
+            let x = typed_inputs::<f64>(s)?;
+            let out = cpu::backward(
+                &op.p,
+                x,
+                views,
+                typed_mask(mask)?,
+                res,
+                grad,
+                out_views,
+                len,
+            );
+            Ok(f64::to_cpu_storage_owned(out))
+        }
+        other => candle_core::bail!("retrieval: CPU kernel supports f32 and f64, got {other:?}"),
+    })?;
+    Ok((out, Shape::from(len)))
+}
+
 impl CustomOp3 for RetrievalFwd {
     fn name(&self) -> &'static str {
         "hopfield-retrieval"
@@ -144,24 +228,7 @@ impl CustomOp3 for RetrievalFwd {
         lv: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let views = [View::of(lq)?, View::of(lk)?, View::of(lv)?];
-        let g = self.p.g;
-        let len = g.n * g.l * g.h * g.pd + g.n * g.h * g.l;
-        let out = with_cpu_mask(&self.mask, |mask| match q.dtype() {
-            DType::F32 => {
-                let [q, k, v] = typed_inputs::<f32>([q, k, v])?;
-                let out = cpu::forward(&self.p, [q, k, v], views, typed_mask(mask)?);
-                Ok(f32::to_cpu_storage_owned(out))
-            }
-            DType::F64 => {
-                let [q, k, v] = typed_inputs::<f64>([q, k, v])?;
-                let out = cpu::forward(&self.p, [q, k, v], views, typed_mask(mask)?);
-                Ok(f64::to_cpu_storage_owned(out))
-            }
-            other => {
-                candle_core::bail!("retrieval: CPU kernel supports f32 and f64, got {other:?}")
-            }
-        })?;
-        Ok((out, Shape::from(len)))
+        forward_cpu(&self.p, &self.mask, [q, k, v], views)
     }
 
     #[cfg(feature = "cuda")]
@@ -242,31 +309,14 @@ impl CustomOp3 for RetrievalBwd {
     ) -> Result<(CpuStorage, Shape)> {
         let views = [View::of(lq)?, View::of(lk)?, View::of(lv)?];
         let g = self.p.g;
-        let len = g.n * g.l * g.h * g.hd + g.n * g.s * g.h * (g.hd + g.pd);
-        let (rs, rl) = self.res.storage_and_layout();
-        let (gs, gl) = self.grad.storage_and_layout();
-        let (rs, gs) = match (&*rs, &*gs) {
-            (candle_core::Storage::Cpu(r), candle_core::Storage::Cpu(g)) => (r, g),
-            _ => candle_core::bail!("retrieval backward: result and gradient not on the CPU"),
-        };
-        let out = with_cpu_mask(&self.mask, |mask| match q.dtype() {
-            DType::F32 => {
-                let [q, k, v] = typed_inputs::<f32>([q, k, v])?;
-                let (res, grad) = (cpu_slice(rs, rl)?, cpu_slice(gs, gl)?);
-                let out = cpu::backward(&self.p, [q, k, v], views, typed_mask(mask)?, res, grad);
-                Ok(f32::to_cpu_storage_owned(out))
-            }
-            DType::F64 => {
-                let [q, k, v] = typed_inputs::<f64>([q, k, v])?;
-                let (res, grad) = (cpu_slice(rs, rl)?, cpu_slice(gs, gl)?);
-                let out = cpu::backward(&self.p, [q, k, v], views, typed_mask(mask)?, res, grad);
-                Ok(f64::to_cpu_storage_owned(out))
-            }
-            other => {
-                candle_core::bail!("retrieval: CPU kernel supports f32 and f64, got {other:?}")
-            }
-        })?;
-        Ok((out, Shape::from(len)))
+        let (nq, nk) = (g.n * g.l * g.h * g.hd, g.n * g.s * g.h * g.hd);
+        let out_views = [
+            View::contiguous(0, [g.l, g.h, g.hd]),
+            View::contiguous(nq, [g.s, g.h, g.hd]),
+            View::contiguous(nq + nk, [g.s, g.h, g.pd]),
+        ];
+        let len = nq + nk + g.n * g.s * g.h * g.pd;
+        backward_cpu(self, [q, k, v], views, out_views, len)
     }
 
     #[cfg(feature = "cuda")]
@@ -280,5 +330,101 @@ impl CustomOp3 for RetrievalBwd {
         lv: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         super::cuda::backward(self, (q, lq), (k, lk), (v, lv))
+    }
+}
+
+/// Where the queries, keys and values of a packed `(N, L, H*hd + H*hd + H*pd)` projection sit:
+/// three head-split views of the same rows.
+fn packed_views(l: &Layout, g: &Geometry) -> Result<[View; 3]> {
+    let st = l.stride();
+    if st.len() != 3 || st[2] != 1 {
+        candle_core::bail!(
+            "retrieval: a packed q/k/v input must be (N, L, F) with unit-stride F, got {:?} strides {st:?}",
+            l.dims()
+        );
+    }
+    let o = l.start_offset();
+    let view = |col: usize, d: usize| View {
+        offset: o + col,
+        strides: [st[0], st[1], d, 1],
+    };
+    Ok([
+        view(0, g.hd),
+        view(g.h * g.hd, g.hd),
+        view(2 * g.h * g.hd, g.pd),
+    ])
+}
+
+pub(crate) fn fused_packed(
+    qkv: &Tensor,
+    g: Geometry,
+    betas: Vec<f64>,
+    mask: Option<Tensor>,
+    zero_association: bool,
+) -> Result<(Tensor, Tensor)> {
+    let op = RetrievalPackedFwd(RetrievalFwd {
+        p: Params {
+            g,
+            betas,
+            zero_association,
+        },
+        mask,
+    });
+    let flat = qkv.apply_op1(op)?;
+    let no = g.n * g.l * g.h * g.pd;
+    let out = flat.narrow(0, 0, no)?.reshape((g.n, g.l, g.h, g.pd))?;
+    let lse = flat
+        .narrow(0, no, g.n * g.h * g.l)?
+        .reshape((g.n, g.h, g.l))?;
+    Ok((out, lse))
+}
+
+/// [`RetrievalFwd`] reading q, k and v from one packed projection; its gradient is one tensor
+/// in the packed layout.
+struct RetrievalPackedFwd(RetrievalFwd);
+
+impl CustomOp1 for RetrievalPackedFwd {
+    fn name(&self) -> &'static str {
+        "hopfield-retrieval-packed"
+    }
+
+    fn cpu_fwd(&self, x: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let views = packed_views(l, &self.0.p.g)?;
+        forward_cpu(&self.0.p, &self.0.mask, [x, x, x], views)
+    }
+
+    fn bwd(&self, arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        let op = RetrievalPackedBwd(RetrievalBwd {
+            p: self.0.p.clone(),
+            mask: self.0.mask.clone(),
+            res: res.contiguous()?,
+            grad: grad_res.contiguous()?,
+        });
+        Ok(Some(arg.apply_op1_no_bwd(&op)?.reshape(arg.shape())?))
+    }
+}
+
+/// [`RetrievalBwd`] for [`RetrievalPackedFwd`]: `d[q | k | v]` in the packed layout, contiguous.
+struct RetrievalPackedBwd(RetrievalBwd);
+
+impl CustomOp1 for RetrievalPackedBwd {
+    fn name(&self) -> &'static str {
+        "hopfield-retrieval-packed-bwd"
+    }
+
+    fn cpu_fwd(&self, x: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = self.0.p.g;
+        let views = packed_views(l, &g)?;
+        let f = 2 * g.h * g.hd + g.h * g.pd;
+        let out = |col: usize, d: usize| View {
+            offset: col,
+            strides: [g.l * f, f, d, 1],
+        };
+        let out_views = [
+            out(0, g.hd),
+            out(g.h * g.hd, g.hd),
+            out(2 * g.h * g.hd, g.pd),
+        ];
+        backward_cpu(&self.0, [x, x, x], views, out_views, g.n * g.l * f)
     }
 }

@@ -396,3 +396,91 @@ fn empty_inputs_do_not_panic() -> Result<()> {
     }
     Ok(())
 }
+
+/// The packed op agrees with the three-input op on the same data: outputs, lse and the gradient
+/// of the packed tensor (its three column blocks against dq, dk, dv), for hd != pd, masks, the
+/// zero pattern, and a packed input that is itself a strided view (row stride > features).
+#[rstest]
+#[case(2, 33, 2, 8, 8, "none", false, 0)]
+#[case(3, 70, 4, 6, 10, "full", true, 0)]
+#[case(1, 5, 1, 3, 2, "assoc", false, 7)]
+#[case(2, 300, 2, 16, 16, "padding", true, 3)]
+fn packed_matches_separate(
+    #[case] n: usize,
+    #[case] l: usize,
+    #[case] h: usize,
+    #[case] hd: usize,
+    #[case] pd: usize,
+    #[case] mask: &str,
+    #[case] zero: bool,
+    #[case] extra_cols: usize,
+) {
+    let sizes = PackedSizes { heads: h, hd, pd };
+    let f = sizes.features();
+    let wide = Var::from_tensor(
+        &det((n, l, f + extra_cols, 1), 7, DType::F64)
+            .squeeze(3)
+            .unwrap(),
+    )
+    .unwrap();
+    let qkv = wide.as_tensor().narrow(2, extra_cols, f).unwrap();
+    let c = Case {
+        n,
+        l,
+        s: l,
+        h,
+        hd,
+        pd,
+    };
+    let cfg = Retrieval::new(1.0)
+        .with_head_betas((0..h).map(|i| 0.3 + 0.4 * i as f64).collect())
+        .with_mask(mask_for(&c, mask, DType::F64))
+        .with_zero_association(zero);
+    let cot = det((n, l, h, pd), 4, DType::F64);
+    let cot_lse = det((n, h, l, 1), 5, DType::F64).squeeze(3).unwrap();
+    let loss = |o: &Tensor, lse: &Tensor| {
+        let finite = lse.ne(f64::NEG_INFINITY).unwrap();
+        let lse_safe = finite.where_cond(lse, &lse.zeros_like().unwrap()).unwrap();
+        ((o * &cot).unwrap().sum_all().unwrap()
+            + (&lse_safe * &cot_lse).unwrap().sum_all().unwrap())
+        .unwrap()
+    };
+    let (o1, l1) = retrieve_packed(&qkv, sizes, &cfg).unwrap();
+    let g1 = loss(&o1, &l1).backward().unwrap();
+    let g1 = g1.get(wide.as_tensor()).unwrap().clone();
+    let part = |from: usize, d: usize| {
+        qkv.narrow(2, from, h * d)
+            .unwrap()
+            .reshape((n, l, h, d))
+            .unwrap()
+    };
+    let (q, k, v) = (part(0, hd), part(h * hd, hd), part(2 * h * hd, pd));
+    let (o2, l2) = retrieve_with_lse(&q, &k, &v, &cfg).unwrap();
+    let g2 = loss(&o2, &l2).backward().unwrap();
+    let g2 = g2.get(wide.as_tensor()).unwrap().clone();
+    assert_eq!(g1.dims(), &[n, l, f + extra_cols]);
+    assert!(max_diff(&o1, &o2) < 1e-12, "output {}", max_diff(&o1, &o2));
+    assert!(
+        max_diff(&g1, &g2) < 1e-12,
+        "gradient {}",
+        max_diff(&g1, &g2)
+    );
+    let finite = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+    for (a, b) in finite(&l1).iter().zip(finite(&l2)) {
+        assert!(a == &b || (a - b).abs() < 1e-12, "lse {a} vs {b}");
+    }
+}
+
+#[test]
+fn packed_rejects_a_wrong_feature_count() {
+    let qkv = Tensor::zeros((2, 3, 10), DType::F32, &Device::Cpu).unwrap();
+    let sizes = PackedSizes {
+        heads: 2,
+        hd: 2,
+        pd: 2,
+    };
+    let err = retrieve_packed(&qkv, sizes, &Retrieval::new(1.0))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("needs 12 features"), "{err}");
+}

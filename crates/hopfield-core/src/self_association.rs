@@ -1,0 +1,151 @@
+//! Self-association from one input, as one packed GEMM.
+//!
+//! In hflayers' `Hopfield(input)` the query (state), key (stored) and value (projection) all come
+//! from the same tensor, each through its own input LayerNorm and its own projection. The three
+//! LayerNorms share one standardisation `z`; what differs is only each LayerNorm's affine part,
+//! and an affine map followed by a linear map is one linear map:
+//! `(z * g + b) W^T + c = z (W diag(g))^T + (W b + c)`. So the three projections become one GEMM
+//! of `z` against stacked, folded weights, and the fused retrieval reads queries, keys and values
+//! from that one product in place ([`hopfield_cuda::retrieval::retrieve_packed`]), handing back
+//! one gradient for it. Same values as the three separate paths up to rounding; gradients reach
+//! the projection weights and the LayerNorm parameters through the (small) folded weights.
+
+use crate::config::CoreConfig;
+use crate::error::expect_shape;
+use crate::forward::{additive_mask, check_finite, fused_applies, hopfield_core_output, Masks};
+use crate::ops::linear;
+use crate::weights::CoreWeights;
+use candle_core::{Result, Tensor};
+use hopfield_cuda::retrieval::{retrieve_packed, PackedSizes, Retrieval};
+
+/// The affine part of an input LayerNorm, `z * weight + bias`, over the last dimension; either
+/// part may be absent.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct InputAffine<'a> {
+    /// Per-feature scale (`nn.LayerNorm.weight`).
+    pub weight: Option<&'a Tensor>,
+    /// Per-feature shift (`nn.LayerNorm.bias`).
+    pub bias: Option<&'a Tensor>,
+}
+
+impl InputAffine<'_> {
+    fn apply(&self, z: &Tensor) -> Result<Tensor> {
+        let mut y = z.clone();
+        if let Some(w) = self.weight {
+            y = y.broadcast_mul(w)?;
+        }
+        if let Some(b) = self.bias {
+            y = y.broadcast_add(b)?;
+        }
+        Ok(y)
+    }
+
+    /// `(W diag(weight), W bias + c)`: the projection `(w, c)` applied after this affine map.
+    fn fold(&self, w: &Tensor, c: Option<&Tensor>) -> Result<(Tensor, Option<Tensor>)> {
+        let shifted = match self.bias {
+            Some(b) => Some(w.matmul(&b.unsqueeze(1)?)?.squeeze(1)?),
+            None => None,
+        };
+        let c = match (c, shifted) {
+            (Some(c), Some(s)) => Some((c + s)?),
+            (c, s) => c.cloned().or(s),
+        };
+        let w = match self.weight {
+            Some(g) => w.broadcast_mul(&g.unsqueeze(0)?)?,
+            None => w.clone(),
+        };
+        Ok((w, c))
+    }
+}
+
+/// [`hopfield_core_output`] for self-association from one standardised input `z`, `(N, L, E)`:
+/// the query is `affines[0](z)`, the key `affines[1](z)` and the value `affines[2](z)`.
+///
+/// Where the fused retrieval applies and all three inputs are projected (no static inputs, no
+/// `value_as_connected`, no Hopfield-space LayerNorm), this runs one GEMM for the three
+/// projections and the packed retrieval (see the module docs); otherwise it applies the three
+/// affine maps and calls [`hopfield_core_output`]. Same results either way.
+///
+/// ```
+/// use candle_core::{DType, Device, Tensor};
+/// use candle_nn::{VarBuilder, VarMap};
+/// use hopfield_core::{hopfield_core_output, hopfield_core_output_shared, CoreConfig, CoreLayout, CoreWeights, InputAffine, Masks, Scaling};
+/// let dev = Device::Cpu;
+/// let map = VarMap::new();
+/// let w = CoreWeights::load(CoreLayout::new(8, 2), VarBuilder::from_varmap(&map, DType::F64, &dev))?;
+/// let z = Tensor::randn(0f64, 1., (3, 5, 8), &dev)?;
+/// let (g, b) = (Tensor::randn(0f64, 1., 8, &dev)?, Tensor::randn(0f64, 1., 8, &dev)?);
+/// let affine = InputAffine { weight: Some(&g), bias: Some(&b) };
+/// let cfg = CoreConfig::new(2).with_scaling(Scaling::Scalar(0.5));
+/// let packed = hopfield_core_output_shared(&z, [affine; 3], &w, &cfg, Masks::default(), false)?;
+/// let x = z.broadcast_mul(&g)?.broadcast_add(&b)?;
+/// let separate = hopfield_core_output(&x, &x, &x, &w, &cfg, Masks::default(), false)?;
+/// assert!((packed - separate)?.abs()?.max_all()?.to_scalar::<f64>()? < 1e-12);
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+pub fn hopfield_core_output_shared(
+    z: &Tensor,
+    affines: [InputAffine; 3],
+    weights: &CoreWeights,
+    cfg: &CoreConfig,
+    masks: Masks,
+    train: bool,
+) -> Result<Tensor> {
+    cfg.validate()?;
+    let layout = &weights.layout;
+    let e = layout.embed_dim;
+    let packable = fused_applies(cfg, train, z)?
+        && cfg.num_heads == layout.num_heads
+        && !(cfg.query_as_static || cfg.key_as_static || cfg.value_as_static)
+        && !cfg.value_as_connected
+        && !cfg.normalize_pattern
+        && layout.kdim == e
+        && layout.vdim == e
+        && z.rank() == 3;
+    if !packable {
+        let [q, k, v] = [
+            affines[0].apply(z)?,
+            affines[1].apply(z)?,
+            affines[2].apply(z)?,
+        ];
+        return hopfield_core_output(&q, &k, &v, weights, cfg, masks, train);
+    }
+    expect_shape("input", z.dims(), &[None, None, Some(e)], || {
+        format!("(N, L, {e})")
+    })?;
+    check_finite("input", z)?;
+    let (n, l, _) = z.dims3()?;
+    let heads = cfg.num_heads;
+    let (hd, pd) = (layout.head_dim, layout.pattern_dim);
+    let mut ws = Vec::with_capacity(3);
+    let mut bs = Vec::with_capacity(3);
+    for (p, a) in weights.projections()?.iter().zip(&affines) {
+        let w = p.weight.as_ref().expect("projected inputs have weights");
+        let (w, b) = a.fold(w, p.bias.as_ref())?;
+        bs.push(match b {
+            Some(b) => b,
+            None => Tensor::zeros(w.dim(0)?, w.dtype(), w.device())?,
+        });
+        ws.push(w);
+    }
+    let any_bias = weights.in_proj_bias.is_some() || affines.iter().any(|a| a.bias.is_some());
+    let w = Tensor::cat(&ws, 0)?;
+    let b = if any_bias {
+        Some(Tensor::cat(&bs, 0)?)
+    } else {
+        None
+    };
+    let qkv = linear(z, &w, b.as_ref())?;
+    let mask = additive_mask(&masks, (n, heads, l, l), false, z.dtype())?;
+    let spec = Retrieval::new(1.0)
+        .with_head_betas(cfg.scaling.per_head(heads)?)
+        .with_mask(mask)
+        .with_zero_association(cfg.add_zero_association);
+    let sizes = PackedSizes { heads, hd, pd };
+    let (out, _) = retrieve_packed(&qkv, sizes, &spec)?;
+    let out = out.reshape((n, l, heads * pd))?;
+    match &weights.out_proj_weight {
+        Some(w) => linear(&out, w, weights.out_proj_bias.as_ref()),
+        None => Ok(out),
+    }
+}
