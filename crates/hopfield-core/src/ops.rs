@@ -34,31 +34,8 @@ pub fn layer_norm(
     Ok(y)
 }
 
-/// `x W^T + b` for `x` of any rank >= 2 (folded to one matrix product, which candle runs fastest).
-///
-/// ```
-/// use candle_core::{Device, Tensor};
-/// let x = Tensor::new(&[[[1f32, 2.]]], &Device::Cpu)?;
-/// let w = Tensor::new(&[[1f32, 0.], [1., 1.], [0., 2.]], &Device::Cpu)?;
-/// let y = hopfield_core::ops::linear(&x, &w, None)?;
-/// assert_eq!(y.to_vec3::<f32>()?, vec![vec![vec![1., 3., 4.]]]);
-/// # Ok::<(), candle_core::Error>(())
-/// ```
-pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
-    let dims = x.dims();
-    let in_dim = *dims.last().unwrap_or(&0);
-    let rows: usize = dims[..dims.len().saturating_sub(1)].iter().product();
-    let y = x.reshape((rows, in_dim))?.matmul(&w.t()?)?;
-    let y = match b {
-        Some(b) => y.broadcast_add(b)?,
-        None => y,
-    };
-    let mut out_dims = dims.to_vec();
-    if let Some(last) = out_dims.last_mut() {
-        *last = w.dim(0)?;
-    }
-    y.reshape(out_dims)
-}
+/// `x W^T + b`: the fused projection of `hopfield-cuda` (one autograd node, see there).
+pub use hopfield_cuda::linear;
 
 /// Softmax over the last dimension that tolerates `-inf` logits: a row whose logits are all `-inf`
 /// (fully masked) becomes all zeros instead of NaN, and its gradient is zero. Fused on the CPU

@@ -32,6 +32,7 @@
 
 mod alloc;
 mod finite;
+mod linear;
 mod normalize;
 pub mod retrieval;
 mod rows;
@@ -41,6 +42,7 @@ mod test_util;
 
 pub use alloc::tune_allocator;
 pub use finite::all_finite;
+pub use linear::{linear, linear_composed};
 pub use normalize::{normalize, normalize_composed};
 
 pub use softmax::{masked_softmax, masked_softmax_composed};
