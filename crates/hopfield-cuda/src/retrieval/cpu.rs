@@ -396,8 +396,8 @@ fn load_transposed<T: Float>(
 ) {
     for j in 0..c {
         let base = view.at(n, j0 + j, h);
-        for d in 0..w {
-            dst[d * BC + j] = src[base + d];
+        for (d, &x) in src[base..base + w].iter().enumerate() {
+            dst[d * BC + j] = x;
         }
     }
     if c < BC {
@@ -421,10 +421,14 @@ fn load_rows<T: Float>(
     scale: T,
     dst: &mut [T],
 ) {
-    for j in 0..c {
+    if w == 0 {
+        return;
+    }
+    // Whole-row slices (no per-element bounds checks), so that rows of 16 are one vector move.
+    for (j, row) in dst.chunks_exact_mut(w).take(c).enumerate() {
         let base = view.at(n, j0 + j, h);
-        for d in 0..w {
-            dst[j * w + d] = src[base + d] * scale;
+        for (o, &x) in row.iter_mut().zip(&src[base..base + w]) {
+            *o = x * scale;
         }
     }
 }
