@@ -142,8 +142,7 @@ pub fn hopfield_core_output_shared(
         .with_mask(mask)
         .with_zero_association(cfg.add_zero_association);
     let sizes = PackedSizes { heads, hd, pd };
-    let (out, _) = retrieve_packed(&qkv, sizes, &spec)?;
-    let out = out.reshape((n, l, heads * pd))?;
+    let out = retrieve_packed(&qkv, sizes, &spec)?;
     match &weights.out_proj_weight {
         Some(w) => linear(&out, w, weights.out_proj_bias.as_ref()),
         None => Ok(out),

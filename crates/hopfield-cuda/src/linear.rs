@@ -222,13 +222,28 @@ fn column_sums(g: &Tensor) -> Result<Tensor> {
     Ok(v)
 }
 
-/// `dx = g W`, `dW = g^T x` (both through candle's GEMM on the untracked inputs).
-fn input_and_weight_grads(x: &Tensor, w: &Tensor, g: &Tensor) -> Result<(Tensor, Tensor)> {
+/// `dx = g W` and `dW = g^T x` (through candle's GEMM on the untracked inputs), each only
+/// where its input takes part in autograd: candle asks a custom op for every input's gradient
+/// and then adds it to a fresh zero tensor, so an untracked input (the data a first layer
+/// reads) would cost a GEMM and two full-size passes for nothing.
+fn input_and_weight_grads(
+    x: &Tensor,
+    w: &Tensor,
+    g: &Tensor,
+) -> Result<(Option<Tensor>, Option<Tensor>)> {
     let (out, inp) = w.dims2()?;
     let rows = g.elem_count() / out.max(1);
     let g2 = g.reshape((rows, out))?;
-    let dx = g2.matmul(w)?.reshape(x.shape())?;
-    let dw = g2.t()?.matmul(&x.reshape((rows, inp))?)?;
+    let dx = if x.track_op() {
+        Some(g2.matmul(w)?.reshape(x.shape())?)
+    } else {
+        None
+    };
+    let dw = if w.track_op() {
+        Some(g2.t()?.matmul(&x.reshape((rows, inp))?)?)
+    } else {
+        None
+    };
     Ok((dx, dw))
 }
 
@@ -254,8 +269,7 @@ impl CustomOp2 for Linear {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (dx, dw) = input_and_weight_grads(x, w, grad)?;
-        Ok((Some(dx), Some(dw)))
+        input_and_weight_grads(x, w, grad)
     }
 }
 
@@ -280,12 +294,17 @@ impl CustomOp3 for Linear {
         &self,
         x: &Tensor,
         w: &Tensor,
-        _b: &Tensor,
+        b: &Tensor,
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (dx, dw) = input_and_weight_grads(x, w, grad)?;
-        Ok((Some(dx), Some(dw), Some(column_sums(grad)?)))
+        let db = if b.track_op() {
+            Some(column_sums(grad)?)
+        } else {
+            None
+        };
+        Ok((dx, dw, db))
     }
 }
 

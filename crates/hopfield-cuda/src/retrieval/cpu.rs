@@ -627,6 +627,15 @@ pub(crate) fn forward<T: Float>(
     flat
 }
 
+/// What the backward pass reads besides the inputs: the forward's output `(N, L, H, pd)` and
+/// log-sum-exp `(N, H, L)`, and their gradients (the lse gradient is zero when absent).
+pub(crate) struct Saved<'a, T> {
+    pub out: &'a [T],
+    pub lse: &'a [T],
+    pub d_out: &'a [T],
+    pub d_lse: Option<&'a [T]>,
+}
+
 /// One (sample, head)'s queries and output gradients, copied once per backward task in the two
 /// layouts the block products read: row-major (`rows x d`) and transposed per block of `BR`
 /// queries (`d x BR`), zero-padded to whole blocks.
@@ -647,19 +656,9 @@ struct QueryBlocks<T> {
 }
 
 impl<T: Float> QueryBlocks<T> {
-    #[allow(clippy::too_many_arguments)]
-    fn load(
-        p: &Params,
-        x: &Inputs<T>,
-        res: &[T],
-        grad: &[T],
-        delta: &[T],
-        n: usize,
-        h: usize,
-    ) -> Self {
+    fn load(p: &Params, x: &Inputs<T>, sv: &Saved<T>, delta: &[T], n: usize, h: usize) -> Self {
         let g = &p.g;
         let (hd, pd, l) = (g.hd, g.pd, g.l);
-        let no = g.n * g.l * g.h * g.pd;
         let padded = l.div_ceil(BR) * BR;
         let beta = T::from_f64(p.betas[h]);
         let mut qb = Self {
@@ -673,7 +672,7 @@ impl<T: Float> QueryBlocks<T> {
         load_rows(x.q, &x.vq, n, h, 0, l, hd, beta, &mut qb.q);
         for r in 0..l {
             let base = ((n * l + r) * g.h + h) * pd;
-            qb.d_o[r * pd..(r + 1) * pd].copy_from_slice(&grad[base..base + pd]);
+            qb.d_o[r * pd..(r + 1) * pd].copy_from_slice(&sv.d_out[base..base + pd]);
         }
         for r in 0..padded {
             let (blk, i) = (r / BR * BR, r % BR);
@@ -684,12 +683,13 @@ impl<T: Float> QueryBlocks<T> {
                 qb.d_ot[blk * pd + e * BR + i] = qb.d_o[r * pd + e];
             }
             let li = (n * g.h + h) * l + r;
-            let lse = if r < l { res[no + li] } else { T::NEG_INF };
+            let lse = if r < l { sv.lse[li] } else { T::NEG_INF };
             if lse == T::NEG_INF {
                 qb.lse[r] = T::ZERO - T::NEG_INF;
             } else {
                 qb.lse[r] = lse;
-                qb.shift[r] = grad[no + li] - delta[li];
+                let d_lse = sv.d_lse.map_or(T::ZERO, |d| d[li]);
+                qb.shift[r] = d_lse - delta[li];
             }
         }
         qb
@@ -708,8 +708,7 @@ impl<T: Float> QueryBlocks<T> {
 fn backward_chunk<T: Float, const FMA: bool, const WIDE: bool>(
     p: &Params,
     x: &Inputs<T>,
-    res: &[T],
-    grad: &[T],
+    sv: &Saved<T>,
     delta: &[T],
     n: usize,
     h: usize,
@@ -721,7 +720,7 @@ fn backward_chunk<T: Float, const FMA: bool, const WIDE: bool>(
     let g = &p.g;
     let (hd, pd, l) = (g.hd, g.pd, g.l);
     let beta = T::from_f64(p.betas[h]);
-    let qs = QueryBlocks::load(p, x, res, grad, delta, n, h);
+    let qs = QueryBlocks::load(p, x, sv, delta, n, h);
     let mut dq = vec![T::ZERO; qs.lse.len() * hd];
     let mut kb = vec![T::ZERO; BC * hd];
     let mut vb = vec![T::ZERO; BC * pd];
@@ -797,8 +796,7 @@ pub(crate) fn backward<T: Float>(
     data: [&[T]; 3],
     views: [View; 3],
     mask: Option<(&[T], View)>,
-    res: &[T],
-    grad: &[T],
+    sv: &Saved<T>,
     out: [View; 3],
     len: usize,
 ) -> Vec<T> {
@@ -812,7 +810,7 @@ pub(crate) fn backward<T: Float>(
         let base = ((n * g.l + r) * g.h + h) * g.pd;
         let mut s = T::ZERO;
         for e in 0..g.pd {
-            s += res[base + e] * grad[base + e];
+            s += sv.out[base + e] * sv.d_out[base + e];
         }
         *d = s;
     });
@@ -830,7 +828,7 @@ pub(crate) fn backward<T: Float>(
             }
             let s1 = (s0 + per_chunk).min(g.s);
             let (n, h) = (nh / g.h, nh % g.h);
-            let dq = backward_chunk_dispatch(p, &x, res, grad, &delta, n, h, s0, s1, ptr, out);
+            let dq = backward_chunk_dispatch(p, &x, sv, &delta, n, h, s0, s1, ptr, out);
             Some((nh, dq))
         })
         .collect();
@@ -943,6 +941,6 @@ dispatch!(forward_block_dispatch, forward_block, (
 ) -> Partial<T>);
 
 dispatch!(backward_chunk_dispatch, backward_chunk, (
-    p: &Params, x: &Inputs<T>, res: &[T], grad: &[T], delta: &[T], n: usize, h: usize,
+    p: &Params, x: &Inputs<T>, sv: &Saved<T>, delta: &[T], n: usize, h: usize,
     s0: usize, s1: usize, flat: SharedMut<T>, out: [View; 3]
 ) -> Vec<T>);

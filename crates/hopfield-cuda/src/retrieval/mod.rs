@@ -193,7 +193,12 @@ fn shape_error(what: &str, expected: &str, t: &Tensor) -> candle_core::Error {
 /// `(N, S, H, pd)` -> `(N, L, H, pd)`. Fused where [`retrieval_path`] says so, composed elsewhere;
 /// differentiable with respect to q, k and v on every path.
 pub fn retrieve(q: &Tensor, k: &Tensor, v: &Tensor, cfg: &Retrieval) -> Result<Tensor> {
-    Ok(retrieve_with_lse(q, k, v, cfg)?.0)
+    let (g, betas, mask) = prepare(q, k, v, cfg)?;
+    if op::fused_supported(q.dtype(), q.device()) {
+        op::fused_output(q, k, v, g, betas, mask, cfg.zero_association)
+    } else {
+        Ok(composed(q, k, v, g, &betas, mask.as_ref(), cfg.zero_association)?.0)
+    }
 }
 
 /// [`retrieve`] and the log-sum-exp of each query row's logits, `(N, H, L)` (`-inf` for a fully
@@ -242,30 +247,27 @@ impl PackedSizes {
     }
 }
 
-/// [`retrieve_with_lse`] for self-association from one packed projection `qkv`,
+/// [`retrieve`] for self-association from one packed projection `qkv`,
 /// `(N, L, H*hd + H*hd + H*pd)`: the columns hold the queries, the keys and the values, each
 /// head-major (what one GEMM against stacked `[W_q; W_k; W_v]` produces), and every row is both
-/// a query and a stored pattern (S = L). The kernel reads the three parts in place, and the
-/// gradient with respect to `qkv` comes back as one tensor in the packed layout, so the packed
-/// GEMM's backward sees one gradient instead of three zero-padded slices.
+/// a query and a stored pattern (S = L). Returns the output as `(N, L, H*pd)`, the layout an
+/// output projection reads. The kernel reads the three parts in place, and the gradient with
+/// respect to `qkv` comes back as one tensor in the packed layout, so the packed GEMM's backward
+/// sees one gradient instead of three zero-padded slices.
 ///
 /// ```
 /// use candle_core::{Device, Tensor};
-/// use hopfield_cuda::retrieval::{retrieve_packed, retrieve_with_lse, PackedSizes, Retrieval};
+/// use hopfield_cuda::retrieval::{retrieve, retrieve_packed, PackedSizes, Retrieval};
 /// let sizes = PackedSizes { heads: 2, hd: 3, pd: 4 };
 /// let qkv = Tensor::randn(0f64, 1., (2, 5, sizes.features()), &Device::Cpu)?;
-/// let (out, _lse) = retrieve_packed(&qkv, sizes, &Retrieval::new(0.5))?;
+/// let out = retrieve_packed(&qkv, sizes, &Retrieval::new(0.5))?;
 /// let part = |from: usize, d: usize| qkv.narrow(2, from, 2 * d)?.reshape((2, 5, 2, d));
 /// let (q, k, v) = (part(0, 3)?, part(6, 3)?, part(12, 4)?);
-/// let (expected, _) = retrieve_with_lse(&q, &k, &v, &Retrieval::new(0.5))?;
+/// let expected = retrieve(&q, &k, &v, &Retrieval::new(0.5))?.reshape((2, 5, 8))?;
 /// assert!((out - expected)?.abs()?.max_all()?.to_scalar::<f64>()? < 1e-12);
 /// # Ok::<(), candle_core::Error>(())
 /// ```
-pub fn retrieve_packed(
-    qkv: &Tensor,
-    sizes: PackedSizes,
-    cfg: &Retrieval,
-) -> Result<(Tensor, Tensor)> {
+pub fn retrieve_packed(qkv: &Tensor, sizes: PackedSizes, cfg: &Retrieval) -> Result<Tensor> {
     let (n, l, f) = qkv
         .dims3()
         .map_err(|_| shape_error("packed q/k/v", "(N, L, H*hd + H*hd + H*pd)", qkv))?;
@@ -290,12 +292,8 @@ pub fn retrieve_packed(
         op::fused_packed(qkv, g, betas, mask, cfg.zero_association)
     } else {
         let part = |from: usize, d: usize| qkv.narrow(2, from, h * d)?.reshape((n, l, h, d));
-        retrieve_with_lse(
-            &part(0, hd)?,
-            &part(h * hd, hd)?,
-            &part(2 * h * hd, pd)?,
-            cfg,
-        )
+        let (q, k, v) = (part(0, hd)?, part(h * hd, hd)?, part(2 * h * hd, pd)?);
+        retrieve(&q, &k, &v, cfg)?.reshape((n, l, h * pd))
     }
 }
 

@@ -10,6 +10,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{
     CpuStorage, CustomOp1, CustomOp3, DType, Device, Layout, Result, Shape, Tensor, WithDType,
 };
+use std::sync::Mutex;
 
 /// Where a 4-D input lives in its storage: element offset and strides of its four dims.
 #[derive(Debug, Clone, Copy)]
@@ -71,6 +72,15 @@ fn unit_last(t: &Tensor) -> Result<Tensor> {
     }
 }
 
+fn params(g: Geometry, betas: Vec<f64>, zero_association: bool) -> Params {
+    Params {
+        g,
+        betas,
+        zero_association,
+    }
+}
+
+/// Output and log-sum-exp, both differentiable: the op's result is `[out | lse]` flat.
 pub(crate) fn fused(
     q: &Tensor,
     k: &Tensor,
@@ -80,14 +90,7 @@ pub(crate) fn fused(
     mask: Option<Tensor>,
     zero_association: bool,
 ) -> Result<(Tensor, Tensor)> {
-    let op = RetrievalFwd {
-        p: Params {
-            g,
-            betas,
-            zero_association,
-        },
-        mask,
-    };
+    let op = RetrievalFwd::new(params(g, betas, zero_association), mask, None);
     let flat = unit_last(q)?.apply_op3(&unit_last(k)?, &unit_last(v)?, op)?;
     let no = g.n * g.l * g.h * g.pd;
     let out = flat.narrow(0, 0, no)?.reshape((g.n, g.l, g.h, g.pd))?;
@@ -97,10 +100,89 @@ pub(crate) fn fused(
     Ok((out, lse))
 }
 
+/// The output alone, `(N, L, H, pd)`, as the op's result: no narrow or reshape nodes after it,
+/// each of which candle's backward pass would pay a zero tensor and an addition for.
+pub(crate) fn fused_output(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    g: Geometry,
+    betas: Vec<f64>,
+    mask: Option<Tensor>,
+    zero_association: bool,
+) -> Result<Tensor> {
+    let dims = Shape::from((g.n, g.l, g.h, g.pd));
+    let op = RetrievalFwd::new(params(g, betas, zero_association), mask, Some(dims));
+    unit_last(q)?.apply_op3(&unit_last(k)?, &unit_last(v)?, op)
+}
+
 pub(crate) struct RetrievalFwd {
     pub p: Params,
     /// Additive, `(N, H, L, S)` (possibly broadcast, stride 0), the inputs' dtype.
     pub mask: Option<Tensor>,
+    /// `None`: the result is `[out | lse]` flat. `Some(shape)`: the result is the output alone in
+    /// that shape, and the lse (which the backward pass needs) is kept in `lse`.
+    out_shape: Option<Shape>,
+    lse: Mutex<Option<Tensor>>,
+}
+
+impl RetrievalFwd {
+    fn new(p: Params, mask: Option<Tensor>, out_shape: Option<Shape>) -> Self {
+        Self {
+            p,
+            mask,
+            out_shape,
+            lse: Mutex::new(None),
+        }
+    }
+
+    /// Shapes the kernel's flat `[out | lse]` into this op's result.
+    fn finish<T: WithDType>(&self, mut flat: Vec<T>) -> Result<(CpuStorage, Shape)> {
+        let g = self.p.g;
+        let no = g.n * g.l * g.h * g.pd;
+        match &self.out_shape {
+            None => {
+                let len = flat.len();
+                Ok((T::to_cpu_storage_owned(flat), Shape::from(len)))
+            }
+            Some(shape) => {
+                let lse = flat.split_off(no);
+                let lse = Tensor::from_vec(lse, (g.n, g.h, g.l), &Device::Cpu)?;
+                *self.lse.lock().expect("lse lock") = Some(lse);
+                Ok((T::to_cpu_storage_owned(flat), shape.clone()))
+            }
+        }
+    }
+
+    /// What the backward pass reads: output, lse and their gradients, contiguous.
+    fn saved(&self, res: &Tensor, grad: &Tensor) -> Result<RetrievalBwd> {
+        let g = self.p.g;
+        let (no, nl) = (g.n * g.l * g.h * g.pd, g.n * g.h * g.l);
+        let (res, grad) = (res.contiguous()?, grad.contiguous()?);
+        let (out, lse, d_out, d_lse) = match &self.out_shape {
+            None => (
+                res.narrow(0, 0, no)?,
+                res.narrow(0, no, nl)?,
+                grad.narrow(0, 0, no)?,
+                Some(grad.narrow(0, no, nl)?),
+            ),
+            Some(_) => {
+                let lse = self.lse.lock().expect("lse lock").clone();
+                let lse = lse.ok_or_else(|| {
+                    candle_core::Error::Msg("retrieval backward: no forward log-sum-exp".into())
+                })?;
+                (res, lse, grad, None)
+            }
+        };
+        Ok(RetrievalBwd {
+            p: self.p.clone(),
+            mask: self.mask.clone(),
+            out,
+            lse,
+            d_out,
+            d_lse,
+        })
+    }
 }
 
 /// Runs `f` with the mask's CPU data and view, if any.
@@ -141,25 +223,51 @@ fn typed_mask<T: candle_core::WithDType>(
 
 /// The forward kernel on CPU storages, whatever their (float) dtype.
 fn forward_cpu(
-    p: &Params,
-    mask: &Option<Tensor>,
+    op: &RetrievalFwd,
     s: [&CpuStorage; 3],
     views: [View; 3],
 ) -> Result<(CpuStorage, Shape)> {
-    let g = p.g;
-    let len = g.n * g.l * g.h * g.pd + g.n * g.h * g.l;
-    let out = with_cpu_mask(mask, |mask| match s[0].dtype() {
-        DType::F32 => {
-            let out = cpu::forward(p, typed_inputs::<f32>(s)?, views, typed_mask(mask)?);
-            Ok(f32::to_cpu_storage_owned(out))
-        }
-        DType::F64 => {
-            let out = cpu::forward(p, typed_inputs::<f64>(s)?, views, typed_mask(mask)?);
-            Ok(f64::to_cpu_storage_owned(out))
-        }
+    with_cpu_mask(&op.mask, |mask| match s[0].dtype() {
+        DType::F32 => op.finish(cpu::forward(
+            &op.p,
+            typed_inputs::<f32>(s)?,
+            views,
+            typed_mask(mask)?,
+        )),
+        DType::F64 => op.finish(cpu::forward(
+            &op.p,
+            typed_inputs::<f64>(s)?,
+            views,
+            typed_mask(mask)?,
+        )),
         other => candle_core::bail!("retrieval: CPU kernel supports f32 and f64, got {other:?}"),
-    })?;
-    Ok((out, Shape::from(len)))
+    })
+}
+
+fn storage_slice<'a, T: WithDType>(s: &'a candle_core::Storage, l: &Layout) -> Result<&'a [T]> {
+    match s {
+        candle_core::Storage::Cpu(c) => cpu_slice::<T>(c, l),
+        _ => candle_core::bail!("retrieval backward: saved tensors not on the CPU"),
+    }
+}
+
+/// Runs `f` on the backward pass's saved CPU data as `T`.
+fn with_saved<T: WithDType, R>(
+    op: &RetrievalBwd,
+    f: impl FnOnce(&cpu::Saved<T>) -> Result<R>,
+) -> Result<R> {
+    let guards = [&op.out, &op.lse, &op.d_out].map(|t| t.storage_and_layout());
+    let d_lse = op.d_lse.as_ref().map(|t| t.storage_and_layout());
+    let saved = cpu::Saved {
+        out: storage_slice(&guards[0].0, guards[0].1)?,
+        lse: storage_slice(&guards[1].0, guards[1].1)?,
+        d_out: storage_slice(&guards[2].0, guards[2].1)?,
+        d_lse: match &d_lse {
+            Some((s, l)) => Some(storage_slice(s, l)?),
+            None => None,
+        },
+    };
+    f(&saved)
 }
 
 /// The backward kernel on CPU storages: gradients written through `out_views` into a flat
@@ -171,43 +279,17 @@ fn backward_cpu(
     out_views: [View; 3],
     len: usize,
 ) -> Result<(CpuStorage, Shape)> {
-    let (rs, rl) = op.res.storage_and_layout();
-    let (gs, gl) = op.grad.storage_and_layout();
-    let (rs, gs) = match (&*rs, &*gs) {
-        (candle_core::Storage::Cpu(r), candle_core::Storage::Cpu(g)) => (r, g),
-        _ => candle_core::bail!("retrieval backward: result and gradient not on the CPU"),
-    };
     let out = with_cpu_mask(&op.mask, |mask| match s[0].dtype() {
-        DType::F32 => {
-            let (res, grad) = (cpu_slice(rs, rl)?, cpu_slice(gs, gl)?);
+        DType::F32 => with_saved::<f32, _>(op, |sv| {
             let x = typed_inputs::<f32>(s)?;
-            let out = cpu::backward(
-                &op.p,
-                x,
-                views,
-                typed_mask(mask)?,
-                res,
-                grad,
-                out_views,
-                len,
-            );
+            let out = cpu::backward(&op.p, x, views, typed_mask(mask)?, sv, out_views, len);
             Ok(f32::to_cpu_storage_owned(out))
-        }
-        DType::F64 => {
-            let (res, grad) = (cpu_slice(rs, rl)?, cpu_slice(gs, gl)?);
+        }),
+        DType::F64 => with_saved::<f64, _>(op, |sv| {
             let x = typed_inputs::<f64>(s)?;
-            let out = cpu::backward(
-                &op.p,
-                x,
-                views,
-                typed_mask(mask)?,
-                res,
-                grad,
-                out_views,
-                len,
-            );
+            let out = cpu::backward(&op.p, x, views, typed_mask(mask)?, sv, out_views, len);
             Ok(f64::to_cpu_storage_owned(out))
-        }
+        }),
         other => candle_core::bail!("retrieval: CPU kernel supports f32 and f64, got {other:?}"),
     })?;
     Ok((out, Shape::from(len)))
@@ -228,7 +310,7 @@ impl CustomOp3 for RetrievalFwd {
         lv: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let views = [View::of(lq)?, View::of(lk)?, View::of(lv)?];
-        forward_cpu(&self.p, &self.mask, [q, k, v], views)
+        forward_cpu(self, [q, k, v], views)
     }
 
     #[cfg(feature = "cuda")]
@@ -253,24 +335,27 @@ impl CustomOp3 for RetrievalFwd {
         grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let g = self.p.g;
-        let op = RetrievalBwd {
-            p: self.p.clone(),
-            mask: self.mask.clone(),
-            res: res.contiguous()?,
-            grad: grad_res.contiguous()?,
-        };
+        let op = self.saved(res, grad_res)?;
         let flat = q.apply_op3_no_bwd(k, v, &op)?;
         let (nq, nk, nv) = (
             g.n * g.l * g.h * g.hd,
             g.n * g.s * g.h * g.hd,
             g.n * g.s * g.h * g.pd,
         );
-        let dq = flat.narrow(0, 0, nq)?.reshape((g.n, g.l, g.h, g.hd))?;
-        let dk = flat.narrow(0, nq, nk)?.reshape((g.n, g.s, g.h, g.hd))?;
-        let dv = flat
-            .narrow(0, nq + nk, nv)?
-            .reshape((g.n, g.s, g.h, g.pd))?;
-        Ok((Some(dq), Some(dk), Some(dv)))
+        // Only for inputs that take part in autograd (candle adds every returned gradient to a
+        // fresh zero tensor).
+        let part = |x: &Tensor, from: usize, len: usize, t: usize, d: usize| -> Result<_> {
+            if x.track_op() {
+                Ok(Some(flat.narrow(0, from, len)?.reshape((g.n, t, g.h, d))?))
+            } else {
+                Ok(None)
+            }
+        };
+        Ok((
+            part(q, 0, nq, g.l, g.hd)?,
+            part(k, nq, nk, g.s, g.hd)?,
+            part(v, nq + nk, nv, g.s, g.pd)?,
+        ))
     }
 }
 
@@ -279,10 +364,14 @@ impl CustomOp3 for RetrievalFwd {
 pub(crate) struct RetrievalBwd {
     pub p: Params,
     pub mask: Option<Tensor>,
-    /// The forward's flat result (output | lse), contiguous.
-    pub res: Tensor,
-    /// The gradient of the flat result, contiguous.
-    pub grad: Tensor,
+    /// The forward's output, contiguous.
+    pub out: Tensor,
+    /// The forward's log-sum-exp `(N, H, L)`, contiguous.
+    pub lse: Tensor,
+    /// The output's gradient, contiguous.
+    pub d_out: Tensor,
+    /// The lse's gradient, where the lse is an output of the graph.
+    pub d_lse: Option<Tensor>,
 }
 
 fn cpu_slice<'a, T: candle_core::WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
@@ -355,28 +444,17 @@ fn packed_views(l: &Layout, g: &Geometry) -> Result<[View; 3]> {
     ])
 }
 
+/// The output alone, `(N, L, H*pd)`, the layout the output projection reads.
 pub(crate) fn fused_packed(
     qkv: &Tensor,
     g: Geometry,
     betas: Vec<f64>,
     mask: Option<Tensor>,
     zero_association: bool,
-) -> Result<(Tensor, Tensor)> {
-    let op = RetrievalPackedFwd(RetrievalFwd {
-        p: Params {
-            g,
-            betas,
-            zero_association,
-        },
-        mask,
-    });
-    let flat = qkv.apply_op1(op)?;
-    let no = g.n * g.l * g.h * g.pd;
-    let out = flat.narrow(0, 0, no)?.reshape((g.n, g.l, g.h, g.pd))?;
-    let lse = flat
-        .narrow(0, no, g.n * g.h * g.l)?
-        .reshape((g.n, g.h, g.l))?;
-    Ok((out, lse))
+) -> Result<Tensor> {
+    let dims = Shape::from((g.n, g.l, g.h * g.pd));
+    let op = RetrievalFwd::new(params(g, betas, zero_association), mask, Some(dims));
+    qkv.apply_op1(RetrievalPackedFwd(op))
 }
 
 /// [`RetrievalFwd`] reading q, k and v from one packed projection; its gradient is one tensor
@@ -390,16 +468,11 @@ impl CustomOp1 for RetrievalPackedFwd {
 
     fn cpu_fwd(&self, x: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let views = packed_views(l, &self.0.p.g)?;
-        forward_cpu(&self.0.p, &self.0.mask, [x, x, x], views)
+        forward_cpu(&self.0, [x, x, x], views)
     }
 
     fn bwd(&self, arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        let op = RetrievalPackedBwd(RetrievalBwd {
-            p: self.0.p.clone(),
-            mask: self.0.mask.clone(),
-            res: res.contiguous()?,
-            grad: grad_res.contiguous()?,
-        });
+        let op = RetrievalPackedBwd(self.0.saved(res, grad_res)?);
         Ok(Some(arg.apply_op1_no_bwd(&op)?.reshape(arg.shape())?))
     }
 }

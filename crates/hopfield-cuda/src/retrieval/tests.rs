@@ -397,8 +397,8 @@ fn empty_inputs_do_not_panic() -> Result<()> {
     Ok(())
 }
 
-/// The packed op agrees with the three-input op on the same data: outputs, lse and the gradient
-/// of the packed tensor (its three column blocks against dq, dk, dv), for hd != pd, masks, the
+/// The packed op agrees with the three-input op on the same data: outputs and the gradient of
+/// the packed tensor (its three column blocks against dq, dk, dv), for hd != pd, masks, the
 /// zero pattern, and a packed input that is itself a strided view (row stride > features).
 #[rstest]
 #[case(2, 33, 2, 8, 8, "none", false, 0)]
@@ -417,12 +417,10 @@ fn packed_matches_separate(
 ) {
     let sizes = PackedSizes { heads: h, hd, pd };
     let f = sizes.features();
-    let wide = Var::from_tensor(
-        &det((n, l, f + extra_cols, 1), 7, DType::F64)
-            .squeeze(3)
-            .unwrap(),
-    )
-    .unwrap();
+    let wide = det((n, l, f + extra_cols, 1), 7, DType::F64)
+        .squeeze(3)
+        .unwrap();
+    let wide = Var::from_tensor(&wide).unwrap();
     let qkv = wide.as_tensor().narrow(2, extra_cols, f).unwrap();
     let c = Case {
         n,
@@ -436,17 +434,9 @@ fn packed_matches_separate(
         .with_head_betas((0..h).map(|i| 0.3 + 0.4 * i as f64).collect())
         .with_mask(mask_for(&c, mask, DType::F64))
         .with_zero_association(zero);
-    let cot = det((n, l, h, pd), 4, DType::F64);
-    let cot_lse = det((n, h, l, 1), 5, DType::F64).squeeze(3).unwrap();
-    let loss = |o: &Tensor, lse: &Tensor| {
-        let finite = lse.ne(f64::NEG_INFINITY).unwrap();
-        let lse_safe = finite.where_cond(lse, &lse.zeros_like().unwrap()).unwrap();
-        ((o * &cot).unwrap().sum_all().unwrap()
-            + (&lse_safe * &cot_lse).unwrap().sum_all().unwrap())
-        .unwrap()
-    };
-    let (o1, l1) = retrieve_packed(&qkv, sizes, &cfg).unwrap();
-    let g1 = loss(&o1, &l1).backward().unwrap();
+    let cot = det((n, l, h * pd, 1), 4, DType::F64).squeeze(3).unwrap();
+    let o1 = retrieve_packed(&qkv, sizes, &cfg).unwrap();
+    let g1 = (&o1 * &cot).unwrap().sum_all().unwrap().backward().unwrap();
     let g1 = g1.get(wide.as_tensor()).unwrap().clone();
     let part = |from: usize, d: usize| {
         qkv.narrow(2, from, h * d)
@@ -455,9 +445,11 @@ fn packed_matches_separate(
             .unwrap()
     };
     let (q, k, v) = (part(0, hd), part(h * hd, hd), part(2 * h * hd, pd));
-    let (o2, l2) = retrieve_with_lse(&q, &k, &v, &cfg).unwrap();
-    let g2 = loss(&o2, &l2).backward().unwrap();
+    let (o2, _) = retrieve_with_lse(&q, &k, &v, &cfg).unwrap();
+    let o2 = o2.reshape((n, l, h * pd)).unwrap();
+    let g2 = (&o2 * &cot).unwrap().sum_all().unwrap().backward().unwrap();
     let g2 = g2.get(wide.as_tensor()).unwrap().clone();
+    assert_eq!(o1.dims(), &[n, l, h * pd]);
     assert_eq!(g1.dims(), &[n, l, f + extra_cols]);
     assert!(max_diff(&o1, &o2) < 1e-12, "output {}", max_diff(&o1, &o2));
     assert!(
@@ -465,10 +457,44 @@ fn packed_matches_separate(
         "gradient {}",
         max_diff(&g1, &g2)
     );
-    let finite = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f64>().unwrap();
-    for (a, b) in finite(&l1).iter().zip(finite(&l2)) {
-        assert!(a == &b || (a - b).abs() < 1e-12, "lse {a} vs {b}");
+}
+
+/// `retrieve` (the output alone, the lse kept inside the op for the backward pass) and
+/// `retrieve_with_lse` agree on the output and on every input gradient; an untracked input gets
+/// no gradient.
+#[rstest]
+#[case("none", false)]
+#[case("full", true)]
+fn output_only_matches_with_lse(#[case] mask: &str, #[case] zero: bool) {
+    let c = Case {
+        n: 2,
+        l: 40,
+        s: 70,
+        h: 3,
+        hd: 8,
+        pd: 5,
+    };
+    let q = Var::from_tensor(&det((c.n, c.l, c.h, c.hd), 1, DType::F64)).unwrap();
+    let k = Var::from_tensor(&det((c.n, c.s, c.h, c.hd), 2, DType::F64)).unwrap();
+    let v = det((c.n, c.s, c.h, c.pd), 3, DType::F64);
+    let cfg = Retrieval::new(0.7)
+        .with_mask(mask_for(&c, mask, DType::F64))
+        .with_zero_association(zero);
+    let cot = det((c.n, c.l, c.h, c.pd), 4, DType::F64);
+    let o1 = retrieve(q.as_tensor(), k.as_tensor(), &v, &cfg).unwrap();
+    let (o2, _) = retrieve_with_lse(q.as_tensor(), k.as_tensor(), &v, &cfg).unwrap();
+    assert_eq!(o1.dims(), &[c.n, c.l, c.h, c.pd]);
+    assert!(max_diff(&o1, &o2) < 1e-15);
+    let g1 = (&o1 * &cot).unwrap().sum_all().unwrap().backward().unwrap();
+    let g2 = (&o2 * &cot).unwrap().sum_all().unwrap().backward().unwrap();
+    for x in [&q, &k] {
+        let (a, b) = (
+            g1.get(x.as_tensor()).unwrap(),
+            g2.get(x.as_tensor()).unwrap(),
+        );
+        assert!(max_diff(a, b) < 1e-13, "{}", max_diff(a, b));
     }
+    assert!(g1.get(&v).is_none());
 }
 
 #[test]
