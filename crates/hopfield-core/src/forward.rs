@@ -8,7 +8,9 @@ use crate::error::{expect_shape, HopfieldError};
 use crate::ops::{bool_to_additive, layer_norm, linear, masked_softmax};
 use crate::weights::{CoreWeights, Projection};
 use candle_core::{DType, Result, Tensor};
-use hopfield_cuda::retrieval::{retrieval_path, retrieve, Retrieval, RetrievalPath};
+use hopfield_cuda::retrieval::{
+    association_change, retrieval_path, retrieve, retrieve_with_lse, Retrieval, RetrievalPath,
+};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Optional masks of one association.
@@ -202,29 +204,110 @@ pub fn fused_retrieval_enabled() -> bool {
     FUSED.load(Ordering::Relaxed)
 }
 
-/// Whether this call can take the fused path: no update steps (their per-(sample, head)
-/// convergence test needs the change of the association, an `L x S` quantity per step), no
-/// dropout on the association in training (it acts on the materialised association) and a
-/// dtype/device with a fused kernel.
+/// Whether this call can take the fused path: no dropout on the association in training (it
+/// acts on the materialised association) and a dtype/device with a fused kernel.
 pub(crate) fn fused_applies(cfg: &CoreConfig, train: bool, query: &Tensor) -> Result<bool> {
     if !fused_retrieval_enabled() || (train && cfg.dropout > 0.0) {
         return Ok(false);
     }
-    let no_steps = cfg
+    Ok(retrieval_path(query.dtype(), query.device()) == RetrievalPath::Fused)
+}
+
+/// Whether any head runs update steps after the first association.
+pub(crate) fn has_update_steps(cfg: &CoreConfig) -> Result<bool> {
+    Ok(cfg
         .update_steps_max
         .per_head(cfg.num_heads)?
         .iter()
-        .all(|m| *m == Some(0));
-    Ok(no_steps && retrieval_path(query.dtype(), query.device()) == RetrievalPath::Fused)
+        .any(|m| *m != Some(0)))
+}
+
+/// hflayers' iterated updates on the fused kernels: the state `(N, L, H, hd)` is replaced by
+/// `xi(state) k` (a retrieval with the keys as values) per (sample, head) until its budget is
+/// spent or the association changed by at most eps, measured by
+/// [`association_change`] from the two states' log-sum-exps, so no association is formed.
+/// Same decisions as the explicit loop of [`hopfield_core_forward_mapped`] (which forms them),
+/// up to rounding at the eps boundary. Returns the final state.
+fn fused_update_steps(
+    q: &Tensor,
+    k: &Tensor,
+    spec: &Retrieval,
+    cfg: &CoreConfig,
+) -> Result<Tensor> {
+    let heads = cfg.num_heads;
+    let n = q.dim(0)?;
+    let max_steps = cfg.update_steps_max.per_head(heads)?;
+    let eps = cfg.update_steps_eps.per_head(heads)?;
+    let within = |h: usize, t: usize| match max_steps[h] {
+        Some(m) => t < m,
+        None => t < cfg.max_convergence_steps,
+    };
+    let mut active = vec![true; n * heads];
+    let mut unconverged = 0usize;
+    let mut state = q.clone();
+    // The previous state and its log-sum-exp, for the convergence test.
+    let mut prev: Option<(Tensor, Tensor)> = None;
+    let mut t = 0usize;
+    loop {
+        // A pair needs this iteration if it may step, or (until convergence, at the cap) if its
+        // change decides whether it counts as unconverged.
+        let needed = active.iter().enumerate().any(|(i, a)| {
+            let h = i % heads;
+            *a && (within(h, t) || max_steps[h].is_none())
+        });
+        if !needed {
+            break;
+        }
+        let (next, lse) = retrieve_with_lse(&state, k, k, spec)?;
+        let lse = lse.detach();
+        let change = match &prev {
+            Some((ps, pl)) => Some(association_change(&state, &lse, ps, pl, k, spec)?),
+            None => None,
+        };
+        let mut any = false;
+        for (i, a) in active.iter_mut().enumerate() {
+            let h = i % heads;
+            let moving = change.as_ref().is_none_or(|c| c[i] > eps[h]);
+            let inside = within(h, t);
+            if *a && moving && !inside && max_steps[h].is_none() {
+                unconverged += 1;
+            }
+            *a = *a && moving && inside;
+            any |= *a;
+        }
+        if !any {
+            break;
+        }
+        let next = if active.iter().all(|a| *a) {
+            next
+        } else {
+            // Finished pairs keep their state (hence their association).
+            let keep: Vec<u8> = active.iter().map(|a| u8::from(*a)).collect();
+            Tensor::from_vec(keep, (n, 1, heads, 1), q.device())?
+                .broadcast_as(next.shape())?
+                .where_cond(&next, &state)?
+        };
+        prev = Some((std::mem::replace(&mut state, next), lse));
+        t += 1;
+    }
+    if unconverged > 0 && cfg.on_no_convergence == OnNoConvergence::Error {
+        return Err(HopfieldError::NotConverged {
+            cap: cfg.max_convergence_steps,
+            unconverged,
+        }
+        .into());
+    }
+    Ok(state)
 }
 
 /// The output of [`hopfield_core_forward`] alone, `(N, L, O)`: what `Module::forward` needs.
 ///
-/// Where it can (see [`set_fused_retrieval`]; no update steps, no association dropout in training,
-/// CPU f32/f64 or a CUDA build), this runs the fused retrieval kernel of
-/// [`hopfield_cuda::retrieval`] on the head-split projections in place: the `(N, H, L, S)`
-/// association is never formed. Otherwise it is the explicit path. Same semantics and
-/// gradients either way.
+/// Where it can (see [`set_fused_retrieval`]; no association dropout in training, CPU f32/f64 or
+/// a CUDA build), this runs the fused retrieval kernel of [`hopfield_cuda::retrieval`] on the
+/// head-split projections in place: the `(N, H, L, S)` association is never formed. Update steps
+/// run on the same kernel (the state update is a retrieval with the keys as values) and their
+/// convergence test on [`association_change`]. Otherwise it is the explicit path. Same semantics
+/// and gradients either way.
 ///
 /// ```
 /// use candle_core::{DType, Device, Tensor};
@@ -272,6 +355,11 @@ pub fn hopfield_core_output(
         .with_head_betas(cfg.scaling.per_head(heads)?)
         .with_mask(mask)
         .with_zero_association(cfg.add_zero_association);
+    let q = if has_update_steps(cfg)? {
+        fused_update_steps(&q, &k, &spec, cfg)?
+    } else {
+        q
+    };
     let out = retrieve(&q, &k, &v, &spec)?.reshape((n, l, heads * pd))?;
     match &weights.out_proj_weight {
         Some(w) => linear(&out, w, weights.out_proj_bias.as_ref()),

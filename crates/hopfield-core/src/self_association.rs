@@ -12,7 +12,9 @@
 
 use crate::config::CoreConfig;
 use crate::error::expect_shape;
-use crate::forward::{additive_mask, check_finite, fused_applies, hopfield_core_output, Masks};
+use crate::forward::{
+    additive_mask, check_finite, fused_applies, has_update_steps, hopfield_core_output, Masks,
+};
 use crate::ops::linear;
 use crate::weights::CoreWeights;
 use candle_core::{Result, Tensor};
@@ -61,8 +63,8 @@ impl InputAffine<'_> {
 /// [`hopfield_core_output`] for self-association from one standardised input `z`, `(N, L, E)`:
 /// the query is `affines[0](z)`, the key `affines[1](z)` and the value `affines[2](z)`.
 ///
-/// Where the fused retrieval applies and all three inputs are projected (no static inputs, no
-/// `value_as_connected`, no Hopfield-space LayerNorm), this runs one GEMM for the three
+/// Where the fused retrieval applies without update steps and all three inputs are projected (no
+/// static inputs, no `value_as_connected`, no Hopfield-space LayerNorm), this runs one GEMM for the three
 /// projections and the packed retrieval (see the module docs); otherwise it applies the three
 /// affine maps and calls [`hopfield_core_output`]. Same results either way.
 ///
@@ -95,6 +97,7 @@ pub fn hopfield_core_output_shared(
     let layout = &weights.layout;
     let e = layout.embed_dim;
     let packable = fused_applies(cfg, train, z)?
+        && !has_update_steps(cfg)?
         && cfg.num_heads == layout.num_heads
         && !(cfg.query_as_static || cfg.key_as_static || cfg.value_as_static)
         && !cfg.value_as_connected

@@ -1,12 +1,13 @@
 //! The fused retrieval path (`hopfield_core_output`) against the explicit association path
 //! (`hopfield_core_forward`) on randomized shapes, heads, betas, masks and options: the same
-//! outputs and the same gradients for inputs and weights.
+//! outputs and the same gradients for inputs and weights, with and without iterated update steps
+//! (whose fused form tests convergence on the association change computed from log-sum-exps).
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use hopfield_core::{
     hopfield_core_forward, hopfield_core_output, CoreConfig, CoreLayout, CoreWeights, Masks,
-    Scaling,
+    OnNoConvergence, Scaling, StepsEps, UpdateSteps,
 };
 
 /// A small seeded generator (candle's CPU RNG cannot be seeded).
@@ -47,7 +48,7 @@ fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
 fn fused_and_explicit_paths_agree_on_random_cases() -> Result<()> {
     let dev = Device::Cpu;
     let mut rng = Lcg(7);
-    for case in 0..40 {
+    for case in 0..60 {
         let heads = [1, 2, 4][rng.pick(3)];
         let hd = [2, 4, 8][rng.pick(3)];
         let e = heads * hd;
@@ -65,10 +66,23 @@ fn fused_and_explicit_paths_agree_on_random_cases() -> Result<()> {
         } else {
             Scaling::PerHead((0..heads).map(|h| 0.5 + h as f64).collect())
         };
+        // Update steps: none, a fixed budget, per head (one until convergence), or until
+        // convergence with a cap; a coarse eps lets some pairs stop early while others go on.
+        let steps = match rng.pick(5) {
+            0 | 1 => UpdateSteps::Max(0),
+            2 => UpdateSteps::Max(1 + rng.pick(3)),
+            3 => UpdateSteps::PerHead((0..heads).map(|h| (h > 0).then_some(h)).collect()),
+            _ => UpdateSteps::UntilConvergence,
+        };
+        let eps = [1e-4, 0.05][rng.pick(2)];
         let cfg = CoreConfig::new(heads)
             .with_scaling(scaling)
             .with_add_zero_association(rng.pick(2) == 0)
-            .with_normalize_pattern(rng.pick(3) == 0);
+            .with_normalize_pattern(rng.pick(3) == 0)
+            .with_update_steps_max(steps)
+            .with_update_steps_eps(StepsEps::Scalar(eps))
+            .with_max_convergence_steps(6)
+            .with_on_no_convergence(OnNoConvergence::Stop);
         let q = Var::from_tensor(&rng.tensor(&[n, l, e]))?;
         let k = Var::from_tensor(&rng.tensor(&[n, s, e]))?;
         let v = Var::from_tensor(&rng.tensor(&[n, s, e]))?;

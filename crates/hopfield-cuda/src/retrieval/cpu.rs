@@ -34,6 +34,7 @@ pub(crate) trait Float:
     fn exp(self) -> Self;
     fn ln(self) -> Self;
     fn from_f64(x: f64) -> Self;
+    fn to_f64(self) -> f64;
     /// `a * b + c`, one rounding (a hardware FMA) when the caller is compiled with `fma`.
     fn mul_add(self, b: Self, c: Self) -> Self;
 }
@@ -66,6 +67,10 @@ impl Float for f32 {
         x as f32
     }
     #[inline(always)]
+    fn to_f64(self) -> f64 {
+        f64::from(self)
+    }
+    #[inline(always)]
     fn mul_add(self, b: Self, c: Self) -> Self {
         f32::mul_add(self, b, c)
     }
@@ -86,6 +91,10 @@ impl Float for f64 {
     #[inline(always)]
     fn from_f64(x: f64) -> Self {
         x
+    }
+    #[inline(always)]
+    fn to_f64(self) -> f64 {
+        self
     }
     #[inline(always)]
     fn mul_add(self, b: Self, c: Self) -> Self {
@@ -846,6 +855,112 @@ pub(crate) fn backward<T: Float>(
     flat
 }
 
+/// `sum_{r, j} (p_a[r][j] - p_b[r][j])^2` for one (sample, head): the squared Frobenius norm of
+/// the change between the associations of two query states `a` and `b` against the same stored
+/// patterns, each recomputed block by block from its log-sum-exp (including the zero pattern's
+/// column when `zero_association`).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn change_task<T: Float, const FMA: bool, const WIDE: bool>(
+    p: &Params,
+    x: &Inputs<T>,
+    b: &[T],
+    vb: &View,
+    lse_a: &[T],
+    lse_b: &[T],
+    n: usize,
+    h: usize,
+) -> f64 {
+    let g = &p.g;
+    let (hd, l) = (g.hd, g.l);
+    let beta = T::from_f64(p.betas[h]);
+    let mut qa = vec![T::ZERO; l * hd];
+    let mut qb = vec![T::ZERO; l * hd];
+    load_rows(x.q, &x.vq, n, h, 0, l, hd, beta, &mut qa);
+    load_rows(b, vb, n, h, 0, l, hd, beta, &mut qb);
+    // +inf for fully masked rows, so that exp(z - lse) is exactly 0 there.
+    let shift = |lse: &[T], r: usize| {
+        let v = lse[(n * g.h + h) * l + r];
+        if v == T::NEG_INF {
+            T::ZERO - T::NEG_INF
+        } else {
+            v
+        }
+    };
+    let (sa, sb): (Vec<T>, Vec<T>) = (0..l).map(|r| (shift(lse_a, r), shift(lse_b, r))).unzip();
+    let mut total = 0f64;
+    if p.zero_association {
+        for r in 0..l {
+            let d = (T::ZERO - sa[r]).exp() - (T::ZERO - sb[r]).exp();
+            total += (d * d).to_f64();
+        }
+    }
+    let mut kt = vec![T::ZERO; hd * BC];
+    let mut za = vec![T::ZERO; BR * BC];
+    let mut zb = vec![T::ZERO; BR * BC];
+    // Independent lanes: the compiler may not reorder one running float sum.
+    let mut lanes = [T::ZERO; 16];
+    let mut j0 = 0;
+    while j0 < g.s {
+        let c = BC.min(g.s - j0);
+        load_transposed(x.k, &x.vk, n, h, j0, c, hd, &mut kt);
+        let mut r0 = 0;
+        while r0 < l {
+            let rows = BR.min(l - r0);
+            logits::<T, FMA, WIDE, BC>(&qa[r0 * hd..], &kt, hd, rows, &mut za);
+            logits::<T, FMA, WIDE, BC>(&qb[r0 * hd..], &kt, hd, rows, &mut zb);
+            for r in 0..rows {
+                let ra: &mut [T; BC] = (&mut za[r * BC..(r + 1) * BC]).try_into().unwrap();
+                let rb: &[T; BC] = (&zb[r * BC..(r + 1) * BC]).try_into().unwrap();
+                let (shift_a, shift_b) = (sa[r0 + r], sb[r0 + r]);
+                if x.mask.is_some() {
+                    for j in 0..c {
+                        let m = x.mask_at(n, h, r0 + r, j0 + j);
+                        ra[j] = (ra[j] + m - shift_a).exp() - (rb[j] + m - shift_b).exp();
+                    }
+                } else {
+                    // Whole block, vectorised; the columns past c are zeroed below.
+                    for j in 0..BC {
+                        ra[j] = (ra[j] - shift_a).exp() - (rb[j] - shift_b).exp();
+                    }
+                }
+                ra[c..].fill(T::ZERO);
+                for ch in ra.chunks_exact(16) {
+                    for (a, &d) in lanes.iter_mut().zip(ch) {
+                        *a = madd::<T, FMA>(d, d, *a);
+                    }
+                }
+            }
+            r0 += rows;
+        }
+        j0 += c;
+    }
+    total + lanes.iter().map(|a| a.to_f64()).sum::<f64>()
+}
+
+/// Per (sample, head) Frobenius norm of the change between the associations of the query states
+/// `data[0]` (the "new" state, with `lse_a`) and `b` (with `lse_b`) against the keys `data[1]`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn association_change<T: Float>(
+    p: &Params,
+    data: [&[T]; 3],
+    views: [View; 3],
+    mask: Option<(&[T], View)>,
+    lse_a: &[T],
+    lse_b: &[T],
+) -> Vec<f64> {
+    let g = p.g;
+    let x = Inputs::new(data, views, mask);
+    let (b, vb) = (data[2], views[2]);
+    (0..g.n * g.h)
+        .into_par_iter()
+        .map(|nh| {
+            let (n, h) = (nh / g.h, nh % g.h);
+            change_dispatch(p, &x, b, &vb, lse_a, lse_b, n, h).sqrt()
+        })
+        .collect()
+}
+
 /// Which instruction set the kernels run with, detected once.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Isa {
@@ -944,3 +1059,7 @@ dispatch!(backward_chunk_dispatch, backward_chunk, (
     p: &Params, x: &Inputs<T>, sv: &Saved<T>, delta: &[T], n: usize, h: usize,
     s0: usize, s1: usize, flat: SharedMut<T>, out: [View; 3]
 ) -> Vec<T>);
+
+dispatch!(change_dispatch, change_task, (
+    p: &Params, x: &Inputs<T>, b: &[T], vb: &View, lse_a: &[T], lse_b: &[T], n: usize, h: usize
+) -> f64);

@@ -310,10 +310,10 @@ pub fn retrieve_composed(
     composed(q, k, v, g, &betas, mask.as_ref(), cfg.zero_association)
 }
 
-fn composed(
+/// Logits `(N, H, L, S')` (masked, with the zero pattern's column when asked) and their softmax.
+fn composed_association(
     q: &Tensor,
     k: &Tensor,
-    v: &Tensor,
     g: Geometry,
     betas: &[f64],
     mask: Option<&Tensor>,
@@ -323,7 +323,6 @@ fn composed(
     let dev = q.device();
     let qh = q.transpose(1, 2)?.contiguous()?; // (N, H, L, hd)
     let kt = k.permute((0, 2, 3, 1))?.contiguous()?; // (N, H, hd, S)
-    let vh = v.transpose(1, 2)?.contiguous()?; // (N, H, S, pd)
     let beta = Tensor::new(betas, dev)?
         .to_dtype(dtype)?
         .reshape((1, g.h, 1, 1))?;
@@ -336,6 +335,22 @@ fn composed(
         logits = Tensor::cat(&[&logits, &z], 3)?;
     }
     let p = masked_softmax(&logits)?;
+    Ok((logits, p))
+}
+
+fn composed(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    g: Geometry,
+    betas: &[f64],
+    mask: Option<&Tensor>,
+    zero_association: bool,
+) -> Result<(Tensor, Tensor)> {
+    let dtype = q.dtype();
+    let dev = q.device();
+    let vh = v.transpose(1, 2)?.contiguous()?; // (N, H, S, pd)
+    let (logits, p) = composed_association(q, k, g, betas, mask, zero_association)?;
     let p = if zero_association {
         p.narrow(3, 0, g.s)?
     } else {
@@ -353,6 +368,99 @@ fn composed(
     let ninf = Tensor::full(f64::NEG_INFINITY, lse.shape(), dev)?.to_dtype(dtype)?;
     let lse = positive.where_cond(&lse, &ninf)?.squeeze(3)?;
     Ok((out, lse))
+}
+
+/// Per (sample, head) Frobenius norm `||xi(a) - xi(b)||_F` of the change between the
+/// associations of two query states `a` and `b`, both `(N, L, H, hd)`, against the same keys
+/// `(N, S, H, hd)` under the same `cfg` (beta, mask, zero pattern). `lse_a` and `lse_b` are the
+/// states' log-sum-exps `(N, H, L)` from [`retrieve_with_lse`]; the associations are recomputed
+/// block by block from them and never formed. Returns `N * H` values, index `n * H + h`; no
+/// gradient (it is a convergence test). This is the test of hflayers' iterated updates ("stop
+/// when the association changed by at most eps").
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use hopfield_cuda::retrieval::{association_change, retrieve_with_lse, Retrieval};
+/// let dev = Device::Cpu;
+/// let k = Tensor::randn(0f64, 1., (2, 6, 3, 4), &dev)?;
+/// let a = Tensor::randn(0f64, 1., (2, 5, 3, 4), &dev)?;
+/// let cfg = Retrieval::new(0.5);
+/// let (b, lse_a) = retrieve_with_lse(&a, &k, &k, &cfg)?;   // one update step: b = xi(a) k
+/// let (_, lse_b) = retrieve_with_lse(&b, &k, &k, &cfg)?;
+/// let change = association_change(&b, &lse_b, &a, &lse_a, &k, &cfg)?;
+/// assert_eq!(change.len(), 6);
+/// assert!(association_change(&a, &lse_a, &a, &lse_a, &k, &cfg)?.iter().all(|c| *c < 1e-12));
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+pub fn association_change(
+    a: &Tensor,
+    lse_a: &Tensor,
+    b: &Tensor,
+    lse_b: &Tensor,
+    k: &Tensor,
+    cfg: &Retrieval,
+) -> Result<Vec<f64>> {
+    let (g, betas, mask) = prepare(a, k, k, cfg)?;
+    if b.dims() != a.dims() || b.dtype() != a.dtype() {
+        candle_core::bail!(
+            "association_change: states {:?} and {:?} differ in shape or dtype",
+            a.dims(),
+            b.dims()
+        );
+    }
+    for (name, lse) in [("lse_a", lse_a), ("lse_b", lse_b)] {
+        if lse.dims() != [g.n, g.h, g.l] || lse.dtype() != a.dtype() {
+            candle_core::bail!(
+                "association_change: {name} must be (N, H, L) = ({}, {}, {}) in {:?}, got {:?} {:?}",
+                g.n,
+                g.h,
+                g.l,
+                a.dtype(),
+                lse.dims(),
+                lse.dtype()
+            );
+        }
+    }
+    if op::fused_supported(a.dtype(), a.device()) && a.device().is_cpu() {
+        let p = op::Params {
+            g,
+            betas,
+            zero_association: cfg.zero_association,
+        };
+        op::association_change_cpu(&p, a, b, k, lse_a, lse_b, mask.as_ref())
+    } else {
+        let z = cfg.zero_association;
+        let (_, pa) = composed_association(a, k, g, &betas, mask.as_ref(), z)?;
+        let (_, pb) = composed_association(b, k, g, &betas, mask.as_ref(), z)?;
+        (pa - pb)?
+            .sqr()?
+            .sum((2, 3))?
+            .sqrt()?
+            .to_dtype(DType::F64)?
+            .flatten_all()?
+            .to_vec1::<f64>()
+    }
+}
+
+/// [`association_change`] from candle ops (both associations formed explicitly): the reference
+/// the fused kernel is tested against.
+pub fn association_change_composed(
+    a: &Tensor,
+    b: &Tensor,
+    k: &Tensor,
+    cfg: &Retrieval,
+) -> Result<Vec<f64>> {
+    let (g, betas, mask) = prepare(a, k, k, cfg)?;
+    let z = cfg.zero_association;
+    let (_, pa) = composed_association(a, k, g, &betas, mask.as_ref(), z)?;
+    let (_, pb) = composed_association(b, k, g, &betas, mask.as_ref(), z)?;
+    (pa - pb)?
+        .sqr()?
+        .sum((2, 3))?
+        .sqrt()?
+        .to_dtype(DType::F64)?
+        .flatten_all()?
+        .to_vec1::<f64>()
 }
 
 #[cfg(test)]

@@ -501,3 +501,53 @@ impl CustomOp1 for RetrievalPackedBwd {
         backward_cpu(&self.0, [x, x, x], views, out_views, g.n * g.l * f)
     }
 }
+
+/// [`super::association_change`] on the CPU: reads the inputs in place (no op: the result is a
+/// host vector without gradient).
+pub(crate) fn association_change_cpu(
+    p: &Params,
+    a: &Tensor,
+    b: &Tensor,
+    k: &Tensor,
+    lse_a: &Tensor,
+    lse_b: &Tensor,
+    mask: Option<&Tensor>,
+) -> Result<Vec<f64>> {
+    let (a, b, k) = (unit_last(a)?, unit_last(b)?, unit_last(k)?);
+    let (lse_a, lse_b) = (lse_a.contiguous()?, lse_b.contiguous()?);
+    let guards = [&a, &k, &b, &lse_a, &lse_b].map(|t| t.storage_and_layout());
+    let cpu = |i: usize| -> Result<&CpuStorage> {
+        match &*guards[i].0 {
+            candle_core::Storage::Cpu(c) => Ok(c),
+            _ => candle_core::bail!("association_change: inputs not on the CPU"),
+        }
+    };
+    let views = [
+        View::of(guards[0].1)?,
+        View::of(guards[1].1)?,
+        View::of(guards[2].1)?,
+    ];
+    let s = [cpu(0)?, cpu(1)?, cpu(2)?];
+    let (la, lb) = (cpu(3)?, cpu(4)?);
+    with_cpu_mask(&mask.cloned(), |m| match s[0].dtype() {
+        DType::F32 => Ok(cpu::association_change(
+            p,
+            typed_inputs::<f32>(s)?,
+            views,
+            typed_mask(m)?,
+            cpu_slice(la, guards[3].1)?,
+            cpu_slice(lb, guards[4].1)?,
+        )),
+        DType::F64 => Ok(cpu::association_change(
+            p,
+            typed_inputs::<f64>(s)?,
+            views,
+            typed_mask(m)?,
+            cpu_slice(la, guards[3].1)?,
+            cpu_slice(lb, guards[4].1)?,
+        )),
+        other => {
+            candle_core::bail!("association_change: CPU kernel supports f32 and f64, got {other:?}")
+        }
+    })
+}

@@ -510,3 +510,54 @@ fn packed_rejects_a_wrong_feature_count() {
         .to_string();
     assert!(err.contains("needs 12 features"), "{err}");
 }
+
+/// The fused association change agrees with forming both associations, for masks (a fully masked
+/// row included), the zero pattern, per-head betas and sizes off the block grid.
+#[rstest]
+#[case(2, 5, 7, 3, 4)]
+#[case(1, 70, 130, 2, 16)]
+#[case(3, 33, 64, 1, 8)]
+fn association_change_matches_composed(
+    #[case] n: usize,
+    #[case] l: usize,
+    #[case] s: usize,
+    #[case] h: usize,
+    #[case] hd: usize,
+    #[values("none", "assoc", "padding", "full")] mask: &str,
+    #[values(false, true)] zero: bool,
+) {
+    let c = Case {
+        n,
+        l,
+        s,
+        h,
+        hd,
+        pd: hd,
+    };
+    let a = det((n, l, h, hd), 1, DType::F64);
+    let k = det((n, s, h, hd), 2, DType::F64);
+    let cfg = Retrieval::new(1.0)
+        .with_head_betas((0..h).map(|i| 1.5 + i as f64).collect())
+        .with_mask(mask_for(&c, mask, DType::F64))
+        .with_zero_association(zero);
+    let (b, lse_a) = retrieve_with_lse(&a, &k, &k, &cfg).unwrap();
+    let (_, lse_b) = retrieve_with_lse(&b, &k, &k, &cfg).unwrap();
+    let fused = association_change(&a, &lse_a, &b, &lse_b, &k, &cfg).unwrap();
+    let reference = association_change_composed(&a, &b, &k, &cfg).unwrap();
+    assert_eq!(fused.len(), n * h);
+    for (x, y) in fused.iter().zip(&reference) {
+        assert!((x - y).abs() < 1e-12, "{x} vs {y}");
+    }
+    assert!(
+        fused.iter().any(|x| *x > 1e-3),
+        "the states should differ: {fused:?}"
+    );
+    // f32 through the same kernel.
+    let f = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+    let cfg32 = cfg.clone().with_mask(mask_for(&c, mask, DType::F32));
+    let fused32 =
+        association_change(&f(&a), &f(&lse_a), &f(&b), &f(&lse_b), &f(&k), &cfg32).unwrap();
+    for (x, y) in fused32.iter().zip(&reference) {
+        assert!((x - y).abs() < 1e-4, "{x} vs {y}");
+    }
+}
