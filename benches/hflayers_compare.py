@@ -9,6 +9,11 @@ protocol as `hopfield_timing`.
 
     benches/.venv/bin/python benches/hflayers_compare.py            # PyTorch, then ours, ratios
     benches/.venv/bin/python benches/hflayers_compare.py --torch-only
+    benches/.venv/bin/python benches/hflayers_compare.py --retrieval  # pure static retrieval
+
+`--retrieval` times pure static retrieval instead (hflayers' blog recipe: all inputs static, no
+LayerNorms, no output projection, scaling 8; stored patterns Y `(1, S, 64)`, queries `(1, 1024, 64)`,
+forward `((Y, Q, Y))`) against the `retrieval_timing` binary, forward only.
 """
 
 import argparse
@@ -22,6 +27,8 @@ from difflayers import Hopfield
 
 # (N, L=S, E, H, update_steps_max), the same list as hopfield_benches::SHAPES.
 SHAPES = [(32, 64, 64, 4, 0), (32, 256, 128, 8, 0), (16, 512, 256, 8, 0), (32, 128, 64, 4, 3)]
+# (S, L, d) for --retrieval, the same list as retrieval_timing's SHAPES.
+RETRIEVAL_SHAPES = [(65536, 1024, 64), (262144, 1024, 64)]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -61,20 +68,50 @@ def time_torch():
     return out
 
 
-def time_ours():
-    cmd = ["cargo", "run", "--quiet", "--release", "-p", "hopfield-benches", "--bin", "hopfield_timing"]
+def time_torch_retrieval():
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    out = {}
+    for s, l, d in RETRIEVAL_SHAPES:
+        model = Hopfield(
+            scaling=8.0,
+            state_pattern_as_static=True,
+            stored_pattern_as_static=True,
+            pattern_projection_as_static=True,
+            normalize_stored_pattern=False,
+            normalize_stored_pattern_affine=False,
+            normalize_state_pattern=False,
+            normalize_state_pattern_affine=False,
+            normalize_pattern_projection=False,
+            normalize_pattern_projection_affine=False,
+            disable_out_projection=True,
+        ).eval()
+        y, q = torch.randn(1, s, d), torch.randn(1, l, d)
+
+        def forward():
+            with torch.no_grad():
+                return model((y, q, y))
+
+        out[f"S{s}_L{l}_d{d}"] = (median_ms(forward), float("nan"))
+    return out
+
+
+def time_ours(binary="hopfield_timing"):
+    cmd = ["cargo", "run", "--quiet", "--release", "-p", "hopfield-benches", "--bin", binary]
     lines = subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True).stdout.splitlines()
     rows = [json.loads(line) for line in lines if line.startswith("{")]
-    return {r["shape"]: (r["forward_ms"], r["forward_backward_ms"]) for r in rows}
+    return {r["shape"]: (r["forward_ms"], r.get("forward_backward_ms", float("nan"))) for r in rows}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--torch-only", action="store_true", help="skip hopfield-rs")
+    parser.add_argument("--retrieval", action="store_true", help="pure static retrieval shapes")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} -> 2 threads, float32, CPU")
-    theirs = time_torch()
-    ours = {} if args.torch_only else time_ours()
+    theirs = time_torch_retrieval() if args.retrieval else time_torch()
+    binary = "retrieval_timing" if args.retrieval else "hopfield_timing"
+    ours = {} if args.torch_only else time_ours(binary)
     print(f"{'shape':<22}{'ours fwd':>10}{'torch fwd':>11}{'ratio':>7}{'ours f+b':>10}{'torch f+b':>11}{'ratio':>7}")
     for key, (tf, tb) in theirs.items():
         if key in ours:
