@@ -97,7 +97,8 @@ def time_torch_retrieval():
 
 
 def time_ours(binary="hopfield_timing"):
-    cmd = ["cargo", "run", "--quiet", "--release", "-p", "hopfield-benches", "--bin", binary]
+    # Same device as PyTorch's side: the CPU, even in a CUDA build.
+    cmd = ["cargo", "run", "--quiet", "--release", "-p", "hopfield-benches", "--bin", binary, "--", "--device", "cpu"]
     lines = subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True).stdout.splitlines()
     rows = [json.loads(line) for line in lines if line.startswith("{")]
     return {r["shape"]: (r["forward_ms"], r.get("forward_backward_ms", float("nan"))) for r in rows}

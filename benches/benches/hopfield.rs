@@ -5,14 +5,14 @@
 //! cargo bench -p hopfield-benches --bench hopfield
 //! ```
 
-use candle_core::Device;
 use criterion::{criterion_group, criterion_main, Criterion};
 use hopfield_benches::{Case, SHAPES};
 use std::hint::black_box;
 use std::time::Duration;
 
 fn hopfield(c: &mut Criterion) {
-    let dev = Device::Cpu;
+    // `--device`/`HOPFIELD_DEVICE` as for the timing binaries (default: auto).
+    let dev = hopfield_benches::device_from_args().expect("device");
     for shape in SHAPES {
         let case = Case::new(shape, &dev).expect("build case");
         let mut group = c.benchmark_group(format!("hopfield/{}", shape.id()));

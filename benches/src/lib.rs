@@ -9,6 +9,27 @@ use candle_core::{DType, Device, ModuleT, Result, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use hopfield_nn::{Hopfield, HopfieldConfig};
 
+/// The device of the timing binaries: `--device auto|cpu|cuda|cuda:N` on the command line (or
+/// `--device=...`), else the `HOPFIELD_DEVICE` environment variable (for the criterion bench),
+/// else `auto` (CUDA when built with the `cuda` feature and present, else the CPU).
+pub fn device_from_args() -> Result<Device> {
+    let args: Vec<String> = std::env::args().collect();
+    let given = args.iter().enumerate().find_map(|(i, a)| {
+        if a == "--device" {
+            Some(args.get(i + 1).cloned().unwrap_or_default())
+        } else {
+            a.strip_prefix("--device=").map(str::to_string)
+        }
+    });
+    let choice = given
+        .or_else(|| std::env::var("HOPFIELD_DEVICE").ok())
+        .unwrap_or_else(|| "auto".into());
+    choice
+        .parse::<hopfield_cuda::DeviceChoice>()
+        .map_err(|e| candle_core::Error::Msg(e.to_string()))?
+        .device()
+}
+
 /// One benchmark shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Shape {

@@ -4,7 +4,7 @@
 //!
 //! ```
 //! use hopfield_examples::{device, digits_path, load_digits};
-//! let dev = device(true)?;
+//! let dev = device("cpu".parse()?)?;
 //! let (images, labels) = load_digits(digits_path())?;
 //! assert_eq!((images.dims(), labels.len()), (&[1797usize, 64][..], 1797));
 //! # Ok::<(), candle_core::Error>(())
@@ -14,24 +14,21 @@ use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Result, Tensor, Var};
 use candle_nn::init::Init;
 use candle_nn::{Linear, VarBuilder};
+pub use hopfield_cuda::DeviceChoice;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-/// `Device::Cpu` if `cpu`, else the first CUDA device when the `cuda` feature is on and a GPU
-/// is present, else the CPU.
+/// The device of a `--device auto|cpu|cuda|cuda:N` choice (see [`DeviceChoice`]): `auto` is the
+/// first CUDA device when built with the `cuda` feature and a GPU is present, else the CPU.
 ///
 /// ```
-/// assert!(hopfield_examples::device(true)?.is_cpu());
-/// # Ok::<(), candle_core::Error>(())
+/// assert!(hopfield_examples::device("cpu".parse()?)?.is_cpu());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-pub fn device(cpu: bool) -> Result<Device> {
-    if cpu {
-        Ok(Device::Cpu)
-    } else {
-        Device::cuda_if_available(0)
-    }
+pub fn device(choice: DeviceChoice) -> Result<Device> {
+    choice.device()
 }
 
 /// Path of the bundled UCI handwritten digits (`examples/data/digits/digits.csv.gz`, CC BY 4.0,

@@ -6,7 +6,7 @@
 //! cargo run --release -p hopfield-benches --bin hopfield_timing
 //! ```
 
-use candle_core::{Device, Result};
+use candle_core::Result;
 use hopfield_benches::{Case, SHAPES};
 use std::time::Instant;
 
@@ -38,7 +38,7 @@ fn main() -> Result<()> {
     }
     // HOPFIELD_SHAPE=N32_L256_E128_H8_k0 times one shape only (for profiling).
     let only = std::env::var("HOPFIELD_SHAPE").ok();
-    let dev = Device::Cpu;
+    let dev = hopfield_benches::device_from_args()?;
     for shape in SHAPES {
         if only.as_deref().is_some_and(|id| id != shape.id()) {
             continue;
@@ -46,15 +46,21 @@ fn main() -> Result<()> {
         let case = Case::new(shape, &dev)?;
         // HOPFIELD_PASS=forward (or backward) times only that pass (for profiling).
         let pass = std::env::var("HOPFIELD_PASS").unwrap_or_default();
+        // Synchronised, so that GPU times are the work's, not the launches'.
+        let forward = || case.forward().and_then(|y| dev.synchronize().map(|_| y));
+        let forward_backward = || {
+            case.forward_backward()
+                .and_then(|n| dev.synchronize().map(|_| n))
+        };
         let fwd = if pass == "backward" {
             f64::NAN
         } else {
-            median_ms(|| case.forward())?
+            median_ms(forward)?
         };
         let bwd = if pass == "forward" {
             f64::NAN
         } else {
-            median_ms(|| case.forward_backward())?
+            median_ms(forward_backward)?
         };
         println!(
             "{{\"shape\": \"{}\", \"forward_ms\": {fwd:.4}, \"forward_backward_ms\": {bwd:.4}}}",

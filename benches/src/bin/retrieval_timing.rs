@@ -7,7 +7,7 @@
 //! cargo run --release -p hopfield-benches --bin retrieval_timing
 //! ```
 
-use candle_core::{DType, Device, Result, Tensor};
+use candle_core::{DType, Result, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use hopfield_nn::{Hopfield, HopfieldConfig, HopfieldInput, Masks};
 use std::time::Instant;
@@ -16,7 +16,7 @@ use std::time::Instant;
 const SHAPES: [(usize, usize, usize); 2] = [(65_536, 1024, 64), (262_144, 1024, 64)];
 
 fn main() -> Result<()> {
-    let dev = Device::Cpu;
+    let dev = hopfield_benches::device_from_args()?;
     for (s, l, d) in SHAPES {
         let stored = Tensor::randn(0f32, 1., (1, s, d), &dev)?;
         let queries = Tensor::randn(0f32, 1., (1, l, d), &dev)?;

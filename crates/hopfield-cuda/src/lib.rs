@@ -31,6 +31,7 @@
 //! ```
 
 mod alloc;
+mod device;
 mod finite;
 mod linear;
 mod normalize;
@@ -41,6 +42,7 @@ mod softmax;
 mod test_util;
 
 pub use alloc::tune_allocator;
+pub use device::{DeviceChoice, UnknownDevice};
 pub use finite::all_finite;
 pub use linear::{linear, linear_composed};
 pub use normalize::{normalize, normalize_composed};

@@ -15,7 +15,7 @@
 use candle_core::{DType, Device, ModuleT, Result, Tensor, D};
 use candle_nn::{VarBuilder, VarMap};
 use clap::Parser;
-use hopfield_examples::{device, digits_path, load_digits};
+use hopfield_examples::{device, digits_path, load_digits, DeviceChoice};
 use hopfield_nn::{
     Hopfield, HopfieldConfig, HopfieldInput, HopfieldPooling, HopfieldPoolingConfig, Masks,
 };
@@ -26,9 +26,9 @@ use std::path::PathBuf;
 #[derive(Parser, Debug)]
 #[command(about = "Associative retrieval of handwritten digits with a modern Hopfield network")]
 struct Args {
-    /// Run on the CPU even if a GPU is available.
-    #[arg(long)]
-    cpu: bool,
+    /// Where to run: auto (CUDA when built with it and present, else CPU), cpu, cuda, cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: DeviceChoice,
     /// The digits file (gzip CSV: 64 pixels 0..16, then the label).
     #[arg(long)]
     digits: Option<PathBuf>,
@@ -202,7 +202,7 @@ fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
     // Many large temporary tensors: keep freed memory instead of page-faulting it back in.
     hopfield_cuda::tune_allocator();
     let args = Args::parse();
-    let dev = device(args.cpu)?;
+    let dev = device(args.device)?;
     let (images, labels) = load_digits(args.digits.unwrap_or_else(digits_path))?;
     retrieval_table(&images, &labels, &dev, args.seed)?;
     pooling_demo(&images, &labels, &dev)?;

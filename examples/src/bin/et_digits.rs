@@ -24,6 +24,9 @@ const PATCH: usize = 4;
 
 #[derive(Parser, Debug)]
 struct Args {
+    /// Where to run: auto (CUDA when built with it and present, else CPU), cpu, cuda, cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: hopfield_examples::DeviceChoice,
     /// The digits file (gzip CSV: 64 pixels 0..16, then the label).
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/data/digits/digits.csv.gz"))]
     data: String,
@@ -186,7 +189,7 @@ fn main() -> anyhow_free::Res<()> {
         // Read by candle's CPU kernels on every call; set before the first tensor op.
         std::env::set_var("RAYON_NUM_THREADS", args.threads.to_string());
     }
-    let dev = Device::Cpu;
+    let dev = args.device.device()?;
     let data = load_digits(&args.data)?;
     let mut rng = StdRng::seed_from_u64(args.seed);
     let mut order: Vec<usize> = (0..data.len()).collect();

@@ -12,7 +12,7 @@
 //! cargo run --release -p hopfield-examples --bin retrieve_million -- --patterns 100000 --flip 0.2
 //! ```
 
-use candle_core::{DType, Device, Result, Tensor};
+use candle_core::{DType, Result, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use clap::Parser;
 use hopfield_nn::{Hopfield, HopfieldConfig, HopfieldInput, Masks};
@@ -21,6 +21,9 @@ use std::time::Instant;
 #[derive(Parser, Debug)]
 #[command(about = "Hopfield retrieval from a memory of a million patterns")]
 struct Args {
+    /// Where to run: auto (CUDA when built with it and present, else CPU), cpu, cuda, cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: hopfield_examples::DeviceChoice,
     /// Number of stored patterns S.
     #[arg(long, default_value_t = 1_000_000)]
     patterns: usize,
@@ -67,7 +70,7 @@ fn peak_rss_mib() -> Option<f64> {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let dev = Device::Cpu;
+    let dev = args.device.device()?;
     let (s, d, l) = (args.patterns, args.dim, args.queries);
     let mut rng = Lcg(args.seed.wrapping_add(1));
     let store: Vec<f32> = (0..s * d)

@@ -16,7 +16,7 @@ use candle_nn::{AdamW, Linear, Optimizer, ParamsAdamW, VarBuilder, VarMap};
 use clap::{Parser, Subcommand, ValueEnum};
 use hopfield_examples::{
     batches, bce_with_logits, binary_accuracy, clip_grad_norm, device, notebook_split, select,
-    torch_linear,
+    torch_linear, DeviceChoice,
 };
 use hopfield_nn::data::{BitPatternConfig, BitPatternSet, LatchSequenceConfig, LatchSequenceSet};
 use hopfield_nn::{
@@ -33,9 +33,9 @@ use std::time::Instant;
 struct Args {
     #[command(subcommand)]
     task: Task,
-    /// Run on the CPU even if a GPU is available.
-    #[arg(long, global = true)]
-    cpu: bool,
+    /// Where to run: auto (CUDA when built with it and present, else CPU), cpu, cuda, cuda:N.
+    #[arg(long, global = true, default_value = "auto")]
+    device: DeviceChoice,
     /// Seed of the batch order (the data sets use hflayers' seeds).
     #[arg(long, global = true, default_value_t = 42)]
     seed: u64,
@@ -284,7 +284,7 @@ fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
     // Many large temporary tensors: keep freed memory instead of page-faulting it back in.
     hopfield_cuda::tune_allocator();
     let args = Args::parse();
-    let dev = device(args.cpu)?;
+    let dev = device(args.device)?;
     let mut rng = StdRng::seed_from_u64(args.seed);
     let ok = match &args.task {
         Task::Latch { epochs, model } => run_latch(&dev, *epochs, model, &mut rng)?,
