@@ -3,8 +3,8 @@
 //! (the pieces of hflayers' notebook training loops that candle-nn does not ship).
 //!
 //! ```
-//! use hopfield_examples::{device, digits_path, load_digits};
-//! let dev = device("cpu".parse()?)?;
+//! use hopfield_examples::{device, digits_path, load_digits, DeviceChoice};
+//! let dev = device(DeviceChoice::Cpu)?;
 //! let (images, labels) = load_digits(digits_path())?;
 //! assert_eq!((images.dims(), labels.len()), (&[1797usize, 64][..], 1797));
 //! # Ok::<(), candle_core::Error>(())
