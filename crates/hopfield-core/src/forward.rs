@@ -3,9 +3,10 @@
 //! Everything is batch-major (`(N, L, E)` in, `(N, L, O)` out); the modules in `hopfield-nn`
 //! handle hflayers' `batch_first=False` layout around it.
 
-use crate::config::{CoreConfig, OnNoConvergence};
+use crate::config::CoreConfig;
 use crate::error::{expect_shape, HopfieldError};
 use crate::ops::{bool_to_additive, layer_norm, linear, masked_softmax};
+use crate::steps::Schedule;
 use crate::weights::{CoreWeights, Projection};
 use candle_core::{DType, Result, Tensor};
 use hopfield_cuda::retrieval::{
@@ -93,7 +94,7 @@ fn mask_to_additive(mask: &Tensor, name: &'static str, dtype: DType) -> Result<T
 }
 
 /// The additive mask, broadcastable to `(N, H, L, S')`.
-pub(crate) fn additive_mask(
+fn additive_mask(
     masks: &Masks,
     dims: (usize, usize, usize, usize),
     zero_column: bool,
@@ -234,69 +235,27 @@ fn fused_update_steps(
     spec: &Retrieval,
     cfg: &CoreConfig,
 ) -> Result<Tensor> {
-    let heads = cfg.num_heads;
-    let n = q.dim(0)?;
-    let max_steps = cfg.update_steps_max.per_head(heads)?;
-    let eps = cfg.update_steps_eps.per_head(heads)?;
-    let within = |h: usize, t: usize| match max_steps[h] {
-        Some(m) => t < m,
-        None => t < cfg.max_convergence_steps,
-    };
-    let mut active = vec![true; n * heads];
-    let mut unconverged = 0usize;
+    let (n, heads) = (q.dim(0)?, cfg.num_heads);
+    let mut schedule = Schedule::new(cfg, n)?;
     let mut state = q.clone();
     // The previous state and its log-sum-exp, for the convergence test.
     let mut prev: Option<(Tensor, Tensor)> = None;
     let mut t = 0usize;
-    loop {
-        // A pair needs this iteration if it may step, or (until convergence, at the cap) if its
-        // change decides whether it counts as unconverged.
-        let needed = active.iter().enumerate().any(|(i, a)| {
-            let h = i % heads;
-            *a && (within(h, t) || max_steps[h].is_none())
-        });
-        if !needed {
-            break;
-        }
+    while schedule.needed(t) {
         let (next, lse) = retrieve_with_lse(&state, k, k, spec)?;
         let lse = lse.detach();
         let change = match &prev {
             Some((ps, pl)) => Some(association_change(&state, &lse, ps, pl, k, spec)?),
             None => None,
         };
-        let mut any = false;
-        for (i, a) in active.iter_mut().enumerate() {
-            let h = i % heads;
-            let moving = change.as_ref().is_none_or(|c| c[i] > eps[h]);
-            let inside = within(h, t);
-            if *a && moving && !inside && max_steps[h].is_none() {
-                unconverged += 1;
-            }
-            *a = *a && moving && inside;
-            any |= *a;
-        }
-        if !any {
+        if !schedule.advance(t, change.as_deref()) {
             break;
         }
-        let next = if active.iter().all(|a| *a) {
-            next
-        } else {
-            // Finished pairs keep their state (hence their association).
-            let keep: Vec<u8> = active.iter().map(|a| u8::from(*a)).collect();
-            Tensor::from_vec(keep, (n, 1, heads, 1), q.device())?
-                .broadcast_as(next.shape())?
-                .where_cond(&next, &state)?
-        };
+        let next = schedule.select(next, &state, (n, 1, heads, 1), q.device())?;
         prev = Some((std::mem::replace(&mut state, next), lse));
         t += 1;
     }
-    if unconverged > 0 && cfg.on_no_convergence == OnNoConvergence::Error {
-        return Err(HopfieldError::NotConverged {
-            cap: cfg.max_convergence_steps,
-            unconverged,
-        }
-        .into());
-    }
+    schedule.check()?;
     Ok(state)
 }
 
@@ -350,11 +309,7 @@ pub fn hopfield_core_output(
         pd,
         ..
     } = prepare(query, key, value, weights, cfg)?;
-    let mask = additive_mask(&masks, (n, heads, l, s), false, query.dtype())?;
-    let spec = Retrieval::new(1.0)
-        .with_head_betas(cfg.scaling.per_head(heads)?)
-        .with_mask(mask)
-        .with_zero_association(cfg.add_zero_association);
+    let spec = retrieval_spec(cfg, &masks, (n, heads, l, s), query.dtype())?;
     let q = if has_update_steps(cfg)? {
         fused_update_steps(&q, &k, &spec, cfg)?
     } else {
@@ -365,6 +320,20 @@ pub fn hopfield_core_output(
         Some(w) => linear(&out, w, weights.out_proj_bias.as_ref()),
         None => Ok(out),
     }
+}
+
+/// The fused retrieval's parameters for this configuration and these masks: per-head beta, the
+/// additive mask broadcastable to `(N, H, L, S)`, the zero pattern.
+pub(crate) fn retrieval_spec(
+    cfg: &CoreConfig,
+    masks: &Masks,
+    dims: (usize, usize, usize, usize),
+    dtype: DType,
+) -> Result<Retrieval> {
+    Ok(Retrieval::new(1.0)
+        .with_head_betas(cfg.scaling.per_head(cfg.num_heads)?)
+        .with_mask(additive_mask(masks, dims, false, dtype)?)
+        .with_zero_association(cfg.add_zero_association))
 }
 
 /// A transform of the association logits `(N, H, L, S')`, applied at every step before the
@@ -408,8 +377,6 @@ pub fn hopfield_core_forward_mapped(
     let beta = Tensor::new(betas.as_slice(), dev)?
         .to_dtype(dtype)?
         .reshape((1, heads, 1, 1))?;
-    let max_steps = cfg.update_steps_max.per_head(heads)?;
-    let eps = cfg.update_steps_eps.per_head(heads)?;
 
     let associate = |state: &Tensor| -> Result<Tensor> {
         let logits = state.broadcast_mul(&beta)?.matmul(&kt)?;
@@ -423,17 +390,11 @@ pub fn hopfield_core_forward_mapped(
         }
     };
 
-    let rows = n * heads;
-    let mut active = vec![true; rows];
-    let mut steps_run = vec![0usize; rows];
-    let mut unconverged = 0usize;
+    let mut schedule = Schedule::new(cfg, n)?;
     let mut xi = associate(&q)?;
     let mut prev: Option<Tensor> = None;
     let mut t = 0usize;
-    loop {
-        // Which (sample, head) pairs run another step: those within their step budget and,
-        // after the first step, still changing by more than eps. Deciding per sample (not over
-        // the batch, hflayers quirk Q11) keeps every result independent of batch composition.
+    while schedule.needed(t) {
         let change = match &prev {
             Some(p) => Some(
                 (&xi - p)?
@@ -446,47 +407,16 @@ pub fn hopfield_core_forward_mapped(
             ),
             None => None,
         };
-        let mut any = false;
-        for (i, a) in active.iter_mut().enumerate() {
-            let h = i % heads;
-            let moving = change.as_ref().is_none_or(|c| c[i] > eps[h]);
-            let within = match max_steps[h] {
-                Some(m) => t < m,
-                None => t < cfg.max_convergence_steps,
-            };
-            if *a && moving && !within && max_steps[h].is_none() {
-                unconverged += 1;
-            }
-            *a = *a && moving && within;
-            if *a {
-                steps_run[i] += 1;
-                any = true;
-            }
-        }
-        if !any {
+        if !schedule.advance(t, change.as_deref()) {
             break;
         }
         let state = xi.matmul(&k)?;
         let next = associate(&state)?;
-        let next = if active.iter().all(|a| *a) {
-            next
-        } else {
-            // Finished pairs keep their association; the others take the new one.
-            let keep: Vec<u8> = active.iter().map(|a| u8::from(*a)).collect();
-            Tensor::from_vec(keep, (n, heads, 1, 1), dev)?
-                .broadcast_as(next.shape())?
-                .where_cond(&next, &xi)?
-        };
+        let next = schedule.select(next, &xi, (n, heads, 1, 1), dev)?;
         prev = Some(std::mem::replace(&mut xi, next));
         t += 1;
     }
-    if unconverged > 0 && cfg.on_no_convergence == OnNoConvergence::Error {
-        return Err(HopfieldError::NotConverged {
-            cap: cfg.max_convergence_steps,
-            unconverged,
-        }
-        .into());
-    }
+    schedule.check()?;
 
     let a = if train && cfg.dropout > 0.0 {
         candle_nn::ops::dropout(&xi, cfg.dropout as f32)?
@@ -502,8 +432,8 @@ pub fn hopfield_core_forward_mapped(
         output: out,
         association: xi,
         projected: v,
-        steps_run,
-        converged: unconverged == 0,
+        converged: schedule.converged(),
+        steps_run: schedule.steps_run,
     })
 }
 

@@ -34,6 +34,7 @@ pub mod error;
 pub mod forward;
 pub mod ops;
 pub mod self_association;
+mod steps;
 pub mod weights;
 
 pub use config::{CoreConfig, OnNoConvergence, Scaling, StepsEps, UpdateSteps};

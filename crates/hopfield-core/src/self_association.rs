@@ -13,12 +13,12 @@
 use crate::config::CoreConfig;
 use crate::error::expect_shape;
 use crate::forward::{
-    additive_mask, check_finite, fused_applies, has_update_steps, hopfield_core_output, Masks,
+    check_finite, fused_applies, has_update_steps, hopfield_core_output, retrieval_spec, Masks,
 };
 use crate::ops::linear;
 use crate::weights::CoreWeights;
 use candle_core::{Result, Tensor};
-use hopfield_cuda::retrieval::{retrieve_packed, PackedSizes, Retrieval};
+use hopfield_cuda::retrieval::{retrieve_packed, PackedSizes};
 
 /// The affine part of an input LayerNorm, `z * weight + bias`, over the last dimension; either
 /// part may be absent.
@@ -139,11 +139,7 @@ pub fn hopfield_core_output_shared(
         None
     };
     let qkv = linear(z, &w, b.as_ref())?;
-    let mask = additive_mask(&masks, (n, heads, l, l), false, z.dtype())?;
-    let spec = Retrieval::new(1.0)
-        .with_head_betas(cfg.scaling.per_head(heads)?)
-        .with_mask(mask)
-        .with_zero_association(cfg.add_zero_association);
+    let spec = retrieval_spec(cfg, &masks, (n, heads, l, l), z.dtype())?;
     let sizes = PackedSizes { heads, hd, pd };
     let out = retrieve_packed(&qkv, sizes, &spec)?;
     match &weights.out_proj_weight {

@@ -429,16 +429,7 @@ pub fn association_change(
         };
         op::association_change_cpu(&p, a, b, k, lse_a, lse_b, mask.as_ref())
     } else {
-        let z = cfg.zero_association;
-        let (_, pa) = composed_association(a, k, g, &betas, mask.as_ref(), z)?;
-        let (_, pb) = composed_association(b, k, g, &betas, mask.as_ref(), z)?;
-        (pa - pb)?
-            .sqr()?
-            .sum((2, 3))?
-            .sqrt()?
-            .to_dtype(DType::F64)?
-            .flatten_all()?
-            .to_vec1::<f64>()
+        association_change_composed(a, b, k, cfg)
     }
 }
 
