@@ -194,10 +194,14 @@ fn shape_error(what: &str, expected: &str, t: &Tensor) -> candle_core::Error {
 /// differentiable with respect to q, k and v on every path.
 pub fn retrieve(q: &Tensor, k: &Tensor, v: &Tensor, cfg: &Retrieval) -> Result<Tensor> {
     let (g, betas, mask) = prepare(q, k, v, cfg)?;
-    if op::fused_supported(q.dtype(), q.device()) {
-        op::fused_output(q, k, v, g, betas, mask, cfg.zero_association)
+    let z = cfg.zero_association;
+    if !op::fused_supported_for(q.dtype(), q.device(), &g) {
+        Ok(composed(q, k, v, g, &betas, mask.as_ref(), z)?.0)
+    } else if q.device().is_cpu() {
+        op::fused_output(q, k, v, g, betas, mask, z)
     } else {
-        Ok(composed(q, k, v, g, &betas, mask.as_ref(), cfg.zero_association)?.0)
+        // The GPU kernels return the flat [out | lse] form only.
+        Ok(op::fused(q, k, v, g, betas, mask, z)?.0)
     }
 }
 
@@ -222,7 +226,7 @@ pub fn retrieve_with_lse(
     cfg: &Retrieval,
 ) -> Result<(Tensor, Tensor)> {
     let (g, betas, mask) = prepare(q, k, v, cfg)?;
-    if op::fused_supported(q.dtype(), q.device()) {
+    if op::fused_supported_for(q.dtype(), q.device(), &g) {
         op::fused(q, k, v, g, betas, mask, cfg.zero_association)
     } else {
         composed(q, k, v, g, &betas, mask.as_ref(), cfg.zero_association)
@@ -287,7 +291,11 @@ pub fn retrieve_packed(qkv: &Tensor, sizes: PackedSizes, cfg: &Retrieval) -> Res
         hd,
         pd,
     };
-    if op::fused_supported(qkv.dtype(), qkv.device()) && qkv.stride().last() == Some(&1) {
+    // The packed op is CPU-only; elsewhere the three views go through `retrieve`.
+    if op::fused_supported(qkv.dtype(), qkv.device())
+        && qkv.device().is_cpu()
+        && qkv.stride().last() == Some(&1)
+    {
         let (betas, mask) = betas_and_mask(g, qkv.dtype(), cfg)?;
         op::fused_packed(qkv, g, betas, mask, cfg.zero_association)
     } else {

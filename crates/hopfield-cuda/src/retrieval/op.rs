@@ -63,6 +63,16 @@ pub(crate) fn fused_supported(dtype: DType, device: &Device) -> bool {
     }
 }
 
+/// [`fused_supported`] for these sizes (the CUDA kernels take head sizes up to 128).
+pub(crate) fn fused_supported_for(dtype: DType, device: &Device, g: &Geometry) -> bool {
+    let _ = g;
+    match device {
+        #[cfg(feature = "cuda")]
+        Device::Cuda(_) => super::cuda::supported(dtype) && super::cuda::geometry_supported(g),
+        _ => fused_supported(dtype, device),
+    }
+}
+
 /// Inputs whose last dim is not unit-stride are copied once; every other view is read in place.
 fn unit_last(t: &Tensor) -> Result<Tensor> {
     if t.stride().last() == Some(&1) || t.dim(3)? <= 1 {
@@ -134,6 +144,12 @@ impl RetrievalFwd {
             out_shape,
             lse: Mutex::new(None),
         }
+    }
+
+    /// Whether the result is the flat `[out | lse]` (the only form the CUDA kernels produce).
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub(crate) fn flat_result(&self) -> bool {
+        self.out_shape.is_none()
     }
 
     /// Shapes the kernel's flat `[out | lse]` into this op's result.
