@@ -134,6 +134,12 @@ fn prepare(
             v.dims()
         );
     }
+    if !q.dtype().is_float() {
+        candle_core::bail!(
+            "retrieval: query, key and value must be floating point, got {:?}",
+            q.dtype()
+        );
+    }
     if k.dtype() != q.dtype() || v.dtype() != q.dtype() {
         candle_core::bail!(
             "retrieval: query, key and value dtypes differ ({:?}, {:?}, {:?})",
@@ -276,6 +282,12 @@ pub fn retrieve_packed(qkv: &Tensor, sizes: PackedSizes, cfg: &Retrieval) -> Res
         .dims3()
         .map_err(|_| shape_error("packed q/k/v", "(N, L, H*hd + H*hd + H*pd)", qkv))?;
     let PackedSizes { heads: h, hd, pd } = sizes;
+    if !qkv.dtype().is_float() {
+        candle_core::bail!(
+            "retrieval: packed q/k/v must be floating point, got {:?}",
+            qkv.dtype()
+        );
+    }
     if f != sizes.features() || h == 0 {
         candle_core::bail!(
             "retrieval: packed q/k/v {:?} needs {} features for {h} heads of hd = {hd}, pd = {pd}",

@@ -374,6 +374,22 @@ fn bad_shapes_are_errors() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("does not broadcast"), "{e}");
+    // Integer inputs are an error naming the dtype, not a panic inside a kernel or candle op.
+    let qi = q.to_dtype(DType::U32).unwrap();
+    let e = retrieve(&qi, &qi, &qi, &Retrieval::new(1.0))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("floating point") && e.contains("U32"), "{e}");
+    let packed = Tensor::zeros((1, 2, 6), DType::I64, &Device::Cpu).unwrap();
+    let sizes = PackedSizes {
+        heads: 1,
+        hd: 2,
+        pd: 2,
+    };
+    let e = retrieve_packed(&packed, sizes, &Retrieval::new(1.0))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("floating point"), "{e}");
 }
 
 #[test]
