@@ -7,7 +7,7 @@
 //! partial results merged on their running max and sum.
 
 use super::op::{Params, View};
-use crate::softmax::exp_f32;
+use crate::softmax::{exp_f32, exp_f32_with};
 use rayon::prelude::*;
 
 /// Query rows per block.
@@ -32,6 +32,8 @@ pub(crate) trait Float:
     const ZERO: Self;
     const ONE: Self;
     fn exp(self) -> Self;
+    /// [`Float::exp`] with fused multiply-adds where the caller is compiled with `fma`.
+    fn exp_fma<const FMA: bool>(self) -> Self;
     fn ln(self) -> Self;
     fn from_f64(x: f64) -> Self;
     fn to_f64(self) -> f64;
@@ -59,6 +61,10 @@ impl Float for f32 {
         exp_f32(self)
     }
     #[inline(always)]
+    fn exp_fma<const FMA: bool>(self) -> Self {
+        exp_f32_with::<FMA>(self)
+    }
+    #[inline(always)]
     fn ln(self) -> Self {
         f32::ln(self)
     }
@@ -82,6 +88,10 @@ impl Float for f64 {
     const ONE: Self = 1.0;
     #[inline(always)]
     fn exp(self) -> Self {
+        f64::exp(self)
+    }
+    #[inline(always)]
+    fn exp_fma<const FMA: bool>(self) -> Self {
         f64::exp(self)
     }
     #[inline(always)]
@@ -265,9 +275,9 @@ fn row_max<T: Float>(row: &[T], c: usize) -> T {
 /// `row[j] = exp(row[j] - shift)` over the whole block (vectorised; no reduction in the loop),
 /// then the sum of the first `c` entries with independent lanes; entries past `c` become 0.
 #[inline(always)]
-fn exp_shift_sum<T: Float>(row: &mut [T], shift: T, c: usize) -> T {
+fn exp_shift_sum<T: Float, const FMA: bool>(row: &mut [T], shift: T, c: usize) -> T {
     for z in row.iter_mut() {
-        *z = (*z - shift).exp();
+        *z = (*z - shift).exp_fma::<FMA>();
     }
     for z in row.iter_mut().skip(c) {
         *z = T::ZERO;
@@ -535,7 +545,7 @@ fn forward_block<T: Float, const FMA: bool, const WIDE: bool>(
                     continue;
                 }
                 let alpha = (m[gr] - mnew).exp();
-                let sum = exp_shift_sum(row, mnew, c);
+                let sum = exp_shift_sum::<T, FMA>(row, mnew, c);
                 l[gr] = l[gr] * alpha + sum;
                 m[gr] = mnew;
                 if alpha != T::ONE {
@@ -763,7 +773,7 @@ fn backward_chunk<T: Float, const FMA: bool, const WIDE: bool>(
                     }
                 }
                 for r in 0..BR {
-                    row[r] = (row[r] - lse[r]).exp();
+                    row[r] = (row[r] - lse[r]).exp_fma::<FMA>();
                 }
                 let drow: &mut [T; BR] = (&mut dpt[j * BR..(j + 1) * BR]).try_into().unwrap();
                 for r in 0..BR {
@@ -916,12 +926,14 @@ fn change_task<T: Float, const FMA: bool, const WIDE: bool>(
                 if x.mask.is_some() {
                     for j in 0..c {
                         let m = x.mask_at(n, h, r0 + r, j0 + j);
-                        ra[j] = (ra[j] + m - shift_a).exp() - (rb[j] + m - shift_b).exp();
+                        ra[j] = (ra[j] + m - shift_a).exp_fma::<FMA>()
+                            - (rb[j] + m - shift_b).exp_fma::<FMA>();
                     }
                 } else {
                     // Whole block, vectorised; the columns past c are zeroed below.
                     for j in 0..BC {
-                        ra[j] = (ra[j] - shift_a).exp() - (rb[j] - shift_b).exp();
+                        ra[j] =
+                            (ra[j] - shift_a).exp_fma::<FMA>() - (rb[j] - shift_b).exp_fma::<FMA>();
                     }
                 }
                 ra[c..].fill(T::ZERO);
