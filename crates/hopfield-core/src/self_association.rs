@@ -21,7 +21,16 @@ use candle_core::{Result, Tensor};
 use hopfield_cuda::retrieval::{retrieve_packed, PackedSizes};
 
 /// The affine part of an input LayerNorm, `z * weight + bias`, over the last dimension; either
-/// part may be absent.
+/// part may be absent (`InputAffine::default()` is the identity).
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use hopfield_core::InputAffine;
+/// let g = Tensor::new(&[2f32, 3.], &Device::Cpu)?;
+/// let affine = InputAffine { weight: Some(&g), bias: None };
+/// assert!(affine.weight.is_some() && InputAffine::default().bias.is_none());
+/// # Ok::<(), candle_core::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, Default)]
 pub struct InputAffine<'a> {
     /// Per-feature scale (`nn.LayerNorm.weight`).

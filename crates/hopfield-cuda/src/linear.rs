@@ -63,6 +63,15 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
 }
 
 /// [`linear`] from candle ops: the reference the fused op is tested against.
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// let x = Tensor::new(&[[1f64, 2.]], &Device::Cpu)?;
+/// let w = Tensor::new(&[[3f64, 4.]], &Device::Cpu)?;
+/// let y = hopfield_cuda::linear_composed(&x, &w, None)?;
+/// assert_eq!(y.to_vec2::<f64>()?, vec![vec![11.]]);
+/// # Ok::<(), candle_core::Error>(())
+/// ```
 pub fn linear_composed(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     let dims = x.dims();
     let inp = *dims.last().unwrap_or(&0);

@@ -240,6 +240,12 @@ pub fn retrieve_with_lse(
 }
 
 /// Sizes of a packed `[q | k | v]` projection, see [`retrieve_packed`].
+///
+/// ```
+/// use hopfield_cuda::retrieval::PackedSizes;
+/// // 8 heads of 16 for queries and keys, values of 32 per head: 8 * (16 + 16 + 32) features.
+/// assert_eq!(PackedSizes { heads: 8, hd: 16, pd: 32 }.features(), 512);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PackedSizes {
     /// Heads H.
@@ -455,6 +461,17 @@ pub fn association_change(
 
 /// [`association_change`] from candle ops (both associations formed explicitly): the reference
 /// the fused kernel is tested against.
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use hopfield_cuda::retrieval::{association_change_composed, Retrieval};
+/// let k = Tensor::new(&[[[[1f64]], [[-1.]]]], &Device::Cpu)?;  // (1, 2, 1, 1)
+/// let (a, b) = (Tensor::new(&[[[[0f64]]]], &Device::Cpu)?, Tensor::new(&[[[[10f64]]]], &Device::Cpu)?);
+/// // xi(a) = (1/2, 1/2), xi(b) ~ (1, 0): the change is ~ sqrt(1/4 + 1/4).
+/// let c = association_change_composed(&a, &b, &k, &Retrieval::new(1.0))?;
+/// assert!((c[0] - 0.5f64.sqrt()).abs() < 1e-8);
+/// # Ok::<(), candle_core::Error>(())
+/// ```
 pub fn association_change_composed(
     a: &Tensor,
     b: &Tensor,
