@@ -105,7 +105,11 @@ pub fn hopfield_core_output_shared(
     cfg.validate()?;
     let layout = &weights.layout;
     let e = layout.embed_dim;
+    let projections = weights.projections()?;
+    // Every input projected (weights present); `None` where the weights lack one.
+    let in_weights: Option<Vec<&Tensor>> = projections.iter().map(|p| p.weight.as_ref()).collect();
     let packable = fused_applies(cfg, train, z)?
+        && in_weights.is_some()
         && !has_update_steps(cfg)?
         && cfg.num_heads == layout.num_heads
         && !(cfg.query_as_static || cfg.key_as_static || cfg.value_as_static)
@@ -114,14 +118,14 @@ pub fn hopfield_core_output_shared(
         && layout.kdim == e
         && layout.vdim == e
         && z.rank() == 3;
-    if !packable {
+    let (true, Some(in_weights)) = (packable, in_weights) else {
         let [q, k, v] = [
             affines[0].apply(z)?,
             affines[1].apply(z)?,
             affines[2].apply(z)?,
         ];
         return hopfield_core_output(&q, &k, &v, weights, cfg, masks, train);
-    }
+    };
     expect_shape("input", z.dims(), &[None, None, Some(e)], || {
         format!("(N, L, {e})")
     })?;
@@ -131,8 +135,7 @@ pub fn hopfield_core_output_shared(
     let (hd, pd) = (layout.head_dim, layout.pattern_dim);
     let mut ws = Vec::with_capacity(3);
     let mut bs = Vec::with_capacity(3);
-    for (p, a) in weights.projections()?.iter().zip(&affines) {
-        let w = p.weight.as_ref().expect("projected inputs have weights");
+    for ((p, w), a) in projections.iter().zip(in_weights).zip(&affines) {
         let (w, b) = a.fold(w, p.bias.as_ref())?;
         bs.push(match b {
             Some(b) => b,

@@ -64,8 +64,8 @@ pub(crate) fn fused_supported(dtype: DType, device: &Device) -> bool {
 }
 
 /// [`fused_supported`] for these sizes (the CUDA kernels take head sizes up to 128).
+#[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
 pub(crate) fn fused_supported_for(dtype: DType, device: &Device, g: &Geometry) -> bool {
-    let _ = g;
     match device {
         #[cfg(feature = "cuda")]
         Device::Cuda(_) => super::cuda::supported(dtype) && super::cuda::geometry_supported(g),
@@ -146,6 +146,12 @@ impl RetrievalFwd {
         }
     }
 
+    fn lse_slot(&self) -> Result<std::sync::MutexGuard<'_, Option<Tensor>>> {
+        self.lse.lock().map_err(|_| {
+            candle_core::Error::Msg("retrieval: the saved log-sum-exp is poisoned".into())
+        })
+    }
+
     /// Whether the result is the flat `[out | lse]` (the only form the CUDA kernels produce).
     #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     pub(crate) fn flat_result(&self) -> bool {
@@ -164,7 +170,7 @@ impl RetrievalFwd {
             Some(shape) => {
                 let lse = flat.split_off(no);
                 let lse = Tensor::from_vec(lse, (g.n, g.h, g.l), &Device::Cpu)?;
-                *self.lse.lock().expect("lse lock") = Some(lse);
+                *self.lse_slot()? = Some(lse);
                 Ok((T::to_cpu_storage_owned(flat), shape.clone()))
             }
         }
@@ -183,7 +189,7 @@ impl RetrievalFwd {
                 Some(grad.narrow(0, no, nl)?),
             ),
             Some(_) => {
-                let lse = self.lse.lock().expect("lse lock").clone();
+                let lse = self.lse_slot()?.clone();
                 let lse = lse.ok_or_else(|| {
                     candle_core::Error::Msg("retrieval backward: no forward log-sum-exp".into())
                 })?;
