@@ -25,6 +25,10 @@ pub(crate) fn par_rows<T: Copy + Default + Send + Sync>(
     f: impl Fn(&[T], &mut [T]) + Sync,
 ) -> Vec<T> {
     let mut dst = vec![T::default(); src.len()];
+    if dim == 0 || src.is_empty() {
+        // Rows of no elements: nothing to compute, and no zero-size chunks.
+        return dst;
+    }
     let chunk = rows_per_task(dim) * dim;
     dst.par_chunks_mut(chunk)
         .zip(src.par_chunks(chunk))
@@ -44,6 +48,9 @@ pub(crate) fn par_rows2<T: Copy + Default + Send + Sync>(
     f: impl Fn(&[T], &[T], &mut [T]) + Sync,
 ) -> Vec<T> {
     let mut dst = vec![T::default(); a.len()];
+    if dim == 0 || a.is_empty() {
+        return dst;
+    }
     let chunk = rows_per_task(dim) * dim;
     dst.par_chunks_mut(chunk)
         .zip(a.par_chunks(chunk).zip(b.par_chunks(chunk)))
@@ -53,4 +60,18 @@ pub(crate) fn par_rows2<T: Copy + Default + Send + Sync>(
             }
         });
     dst
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Rows of zero elements (an empty memory, a zero-width feature) give an empty result
+    /// instead of a zero-size-chunk panic.
+    #[test]
+    fn empty_rows_do_not_panic() {
+        assert!(par_rows::<f32>(&[], 0, |_, _| {}).is_empty());
+        assert!(par_rows::<f32>(&[], 4, |_, _| {}).is_empty());
+        assert!(par_rows2::<f64>(&[], &[], 0, |_, _, _| {}).is_empty());
+    }
 }

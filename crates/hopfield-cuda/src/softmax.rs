@@ -217,6 +217,10 @@ unsafe fn softmax_rows_avx2<T: Float>(src: &[T], dst: &mut [T], dim: usize) {
 
 fn map_rows<T: Float>(src: &[T], dim: usize) -> Vec<T> {
     let mut dst = vec![T::ZERO; src.len()];
+    if dim == 0 || src.is_empty() {
+        // Rows of no elements (an empty memory): nothing to compute, and no zero-size chunks.
+        return dst;
+    }
     let chunk = rows_per_task(dim) * dim;
     dst.par_chunks_mut(chunk)
         .zip(src.par_chunks(chunk))
@@ -239,6 +243,9 @@ unsafe fn grad_rows_avx2<T: Float>(p: &[T], g: &[T], dst: &mut [T], dim: usize) 
 
 fn grad_rows<T: Float>(p: &[T], g: &[T], dim: usize) -> Vec<T> {
     let mut dst = vec![T::ZERO; p.len()];
+    if dim == 0 || p.is_empty() {
+        return dst;
+    }
     let chunk = rows_per_task(dim) * dim;
     dst.par_chunks_mut(chunk)
         .zip(p.par_chunks(chunk).zip(g.par_chunks(chunk)))
@@ -408,6 +415,22 @@ mod tests {
         let b = (&composed * &u)?.sum_all()?.backward()?;
         for v in [pt, gt] {
             assert!(max_diff(a.get(v).unwrap(), b.get(v).unwrap()) < 1e-14);
+        }
+        Ok(())
+    }
+
+    /// A softmax over zero stored patterns (an empty memory) is an empty tensor, forward and
+    /// backward, not a panic; so is a standardisation over zero features.
+    #[test]
+    fn empty_rows_give_empty_results() -> Result<()> {
+        for dtype in [DType::F32, DType::F64] {
+            let x = candle_core::Var::from_tensor(&Tensor::zeros((3, 2, 0), dtype, &Device::Cpu)?)?;
+            let p = masked_softmax(x.as_tensor())?;
+            assert_eq!(p.dims(), &[3, 2, 0]);
+            let g = p.sum_all()?.backward()?;
+            assert_eq!(g.get(x.as_tensor()).unwrap().dims(), &[3, 2, 0]);
+            let z = crate::normalize(x.as_tensor(), 1e-5)?;
+            assert_eq!(z.dims(), &[3, 2, 0]);
         }
         Ok(())
     }

@@ -434,3 +434,36 @@ fn shared_standardisation_equals_separate_layer_norms(
     }
     Ok(())
 }
+
+/// An empty memory (no stored patterns, S = 0: a memory bank before its first write) is a fully
+/// masked association: every query retrieves the zero vector, so the output is the output
+/// projection's bias, on the fused path and the explicit path (`forward_full`) alike.
+#[test]
+fn empty_memory_retrieves_the_zero_vector() -> Result<()> {
+    let map = VarMap::new();
+    let h = Hopfield::new(HopfieldConfig::new(8).with_num_heads(2), vb(&map))?;
+    randomize(&map)?;
+    let state = Tensor::randn(0f64, 1., (2, 3, 8), &dev())?;
+    let empty = Tensor::zeros((2, 0, 8), DType::F64, &dev())?;
+    let input = HopfieldInput::Triple {
+        stored: &empty,
+        state: &state,
+        projection: &empty,
+    };
+    let bias = map
+        .data()
+        .lock()
+        .unwrap()
+        .get("association_core.out_proj.bias")
+        .unwrap()
+        .as_tensor()
+        .clone();
+    let expected = bias.broadcast_as((2, 3, 8))?;
+    let fused = h.forward_with(input, Masks::default(), false)?;
+    assert!(max_diff(&fused, &expected)? < 1e-12);
+    // forward_full takes the explicit path (it forms the association).
+    let full = h.forward_full(input, Masks::default(), false)?;
+    assert!(max_diff(&full.output, &expected)? < 1e-12);
+    assert_eq!(full.association.dims(), &[2, 2, 3, 0]);
+    Ok(())
+}
