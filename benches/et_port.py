@@ -7,7 +7,7 @@ The energy is the port's (einsum + logsumexp); its gradient at the normalised to
 with torch.autograd.grad (create_graph=True when training), or with torch.func.jacrev as the port
 itself does (`--grad jacrev`). Prints milliseconds per step (median of repeats).
 
-    benches/.venv/bin/python benches/et_port.py [--grad autograd|jacrev] [--threads N]
+    benches/.venv/bin/python benches/et_port.py [--grad autograd|jacrev] [--threads N] [--batch B]
 """
 
 import argparse
@@ -75,13 +75,14 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--grad", choices=["autograd", "jacrev"], default="autograd")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--batch", type=int, default=1, help="sequences per batch (ET_BATCH for ours)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     m = EnergyTransformerStep(DIM, MEMORIES, HEADS)
-    x = torch.randn(1, TOKENS, DIM)
-    cot = torch.randn(1, TOKENS, DIM)
+    x = torch.randn(args.batch, TOKENS, DIM)
+    cot = torch.randn(args.batch, TOKENS, DIM)
 
     def forward():
         with torch.no_grad() if args.grad == "jacrev" else torch.enable_grad():
@@ -92,7 +93,7 @@ def main():
         y = m(xv, mode=args.grad, create_graph=True)
         (y * cot).sum().backward()
 
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, grad {args.grad}")
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, grad {args.grad}, batch {args.batch}")
     print(f"et_step/forward          {timeit(forward):8.3f} ms")
     print(f"et_step/forward_backward {timeit(forward_backward, number=20):8.3f} ms")
 

@@ -2,7 +2,8 @@
 //! f32 CPU): forward, and forward + backward (second order, through the closed-form gradient).
 //! Compare with `benches/et_port.py` (the port's algorithm in PyTorch) at the same shapes.
 //!
-//! `cargo bench -p hopfield-nn --bench et_step`
+//! `cargo bench -p hopfield-nn --bench et_step` (`ET_BATCH=8` for a batch of 8 sequences; the
+//! matching `benches/et_port.py --batch 8`).
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
@@ -24,9 +25,13 @@ fn et_step(c: &mut Criterion) {
         .with_n_iters(1)
         .with_init_scale(1.0 / (DIM as f64).sqrt());
     let et = EnergyTransformer::new(&cfg, vb).expect("model");
-    let x = Tensor::randn(0f32, 1., (1, TOKENS, DIM), &dev).expect("x");
-    let cot = Tensor::randn(0f32, 1., (1, TOKENS, DIM), &dev).expect("cotangent");
-    let mut group = c.benchmark_group("et_step");
+    let batch: usize = std::env::var("ET_BATCH")
+        .ok()
+        .and_then(|b| b.parse().ok())
+        .unwrap_or(1);
+    let x = Tensor::randn(0f32, 1., (batch, TOKENS, DIM), &dev).expect("x");
+    let cot = Tensor::randn(0f32, 1., (batch, TOKENS, DIM), &dev).expect("cotangent");
+    let mut group = c.benchmark_group(format!("et_step/batch{batch}"));
     group.bench_function("forward", |b| {
         b.iter(|| black_box(et.forward_detailed(&x, None).expect("forward").y))
     });
