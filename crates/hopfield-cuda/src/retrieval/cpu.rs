@@ -530,7 +530,10 @@ fn forward_block<T: Float, const FMA: bool, const WIDE: bool>(
         while rb < rows {
             let rr = BR.min(rows - rb);
             logits::<T, FMA, WIDE, BC>(&qb[rb * hd..], &kt, hd, rr, &mut zb);
-            for r in 0..rr {
+            // New running maxima and the rescaling factors of all rows first, so that the
+            // factors' exp runs as one vector pass instead of a scalar exp per row.
+            let mut mnew = [T::NEG_INF; BR];
+            for (r, mn) in mnew.iter_mut().enumerate().take(rr) {
                 let gr = rb + r;
                 let row = &mut zb[r * BC..(r + 1) * BC];
                 if x.mask.is_some() {
@@ -538,13 +541,22 @@ fn forward_block<T: Float, const FMA: bool, const WIDE: bool>(
                         *z += x.mask_at(n, h, r0 + gr, j0 + j);
                     }
                 }
-                let mnew = max(m[gr], row_max(row, c));
+                *mn = max(m[rb + r], row_max(row, c));
+            }
+            let mut alphas = [T::ONE; BR];
+            for (r, a) in alphas.iter_mut().enumerate().take(rr) {
+                // (-inf) - (-inf) is NaN for rows still fully masked; they are skipped below.
+                *a = (m[rb + r] - mnew[r]).exp_fma::<FMA>();
+            }
+            for r in 0..rr {
+                let gr = rb + r;
+                let row = &mut zb[r * BC..(r + 1) * BC];
+                let (mnew, alpha) = (mnew[r], alphas[r]);
                 if mnew == T::NEG_INF {
                     // Everything so far is masked: nothing to add.
                     row.fill(T::ZERO);
                     continue;
                 }
-                let alpha = (m[gr] - mnew).exp();
                 let sum = exp_shift_sum::<T, FMA>(row, mnew, c);
                 l[gr] = l[gr] * alpha + sum;
                 m[gr] = mnew;
