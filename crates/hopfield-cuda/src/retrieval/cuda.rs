@@ -86,9 +86,11 @@ pub(crate) fn supported(dtype: DType) -> bool {
     matches!(dtype, DType::F32 | DType::F16 | DType::BF16)
 }
 
-/// Whether the kernels take these sizes (head sizes up to `MAX_D`, grid limits).
+/// Whether the kernels take these sizes: head sizes up to `MAX_D`, grid limits, and no empty
+/// dimension (an empty grid is an invalid launch; the composed path handles empty inputs).
 pub(crate) fn geometry_supported(g: &super::Geometry) -> bool {
-    g.hd <= MAX_D
+    [g.n, g.l, g.s, g.h, g.hd, g.pd].iter().all(|d| *d > 0)
+        && g.hd <= MAX_D
         && g.pd <= MAX_D
         && g.l.max(g.s).div_ceil(THREADS as usize) <= 65_535
         && g.n * g.h <= i32::MAX as usize
