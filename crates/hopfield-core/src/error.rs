@@ -52,6 +52,24 @@ pub enum HopfieldError {
         /// What is accepted.
         expected: &'static str,
     },
+    /// An input tensor is not floating point (patterns are real vectors).
+    #[error("{arg}: expected a floating-point tensor (f16, bf16, f32 or f64), got {dtype}")]
+    InputDtype {
+        /// The argument's name.
+        arg: &'static str,
+        /// The dtype that was passed.
+        dtype: String,
+    },
+    /// An input's dtype differs from the model's weights.
+    #[error("{arg}: dtype {dtype} differs from the model's {model}; convert the input (to_dtype) or load the model in {dtype}")]
+    DtypeMismatch {
+        /// The argument's name.
+        arg: &'static str,
+        /// The input's dtype.
+        dtype: String,
+        /// The weights' dtype.
+        model: String,
+    },
     /// The number of heads does not divide a size that is split across heads.
     #[error("{what} = {size} is not divisible by num_heads = {heads}")]
     HeadsDoNotDivide {
@@ -109,6 +127,26 @@ impl HopfieldError {
 impl From<HopfieldError> for candle_core::Error {
     fn from(e: HopfieldError) -> Self {
         e.into_candle()
+    }
+}
+
+/// `Err(HopfieldError::InputDtype{..})` unless `x` is floating point.
+///
+/// ```
+/// use candle_core::{DType, Device, Tensor};
+/// let ids = Tensor::zeros((2, 3), DType::U32, &Device::Cpu)?;
+/// let err = hopfield_core::error::expect_float("state pattern (query)", &ids).unwrap_err();
+/// assert!(err.to_string().contains("U32"));
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+pub fn expect_float(arg: &'static str, x: &candle_core::Tensor) -> Result<(), HopfieldError> {
+    if x.dtype().is_float() {
+        Ok(())
+    } else {
+        Err(HopfieldError::InputDtype {
+            arg,
+            dtype: format!("{:?}", x.dtype()),
+        })
     }
 }
 

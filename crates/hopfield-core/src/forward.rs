@@ -4,7 +4,7 @@
 //! handle hflayers' `batch_first=False` layout around it.
 
 use crate::config::CoreConfig;
-use crate::error::{expect_shape, HopfieldError};
+use crate::error::{expect_float, expect_shape, HopfieldError};
 use crate::ops::{bool_to_additive, layer_norm, linear, masked_softmax};
 use crate::steps::Schedule;
 use crate::weights::{CoreWeights, Projection};
@@ -484,6 +484,9 @@ fn prepare(
     } else {
         layout.pattern_dim
     };
+    expect_float("state pattern (query)", query)?;
+    expect_float("stored pattern (key)", key)?;
+    expect_float("pattern projection (value)", value)?;
     let q_in = if qs { hd } else { layout.embed_dim };
     let k_in = if ks { hd } else { layout.kdim };
     let v_in = if vs { pd } else { layout.vdim };

@@ -11,7 +11,7 @@
 //! the projection weights and the LayerNorm parameters through the (small) folded weights.
 
 use crate::config::CoreConfig;
-use crate::error::expect_shape;
+use crate::error::{expect_float, expect_shape};
 use crate::forward::{
     check_finite, fused_applies, has_update_steps, hopfield_core_output, retrieval_spec, Masks,
 };
@@ -129,6 +129,7 @@ pub fn hopfield_core_output_shared(
     expect_shape("input", z.dims(), &[None, None, Some(e)], || {
         format!("(N, L, {e})")
     })?;
+    expect_float("input", z)?;
     check_finite("input", z)?;
     let (n, l, _) = z.dims3()?;
     let heads = cfg.num_heads;

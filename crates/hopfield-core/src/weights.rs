@@ -302,6 +302,17 @@ impl CoreWeights {
         }
     }
 
+    /// The dtype of the weights (`None` for a parameter-free core).
+    pub fn dtype(&self) -> Option<candle_core::DType> {
+        let from_proj = match &self.in_proj {
+            InProjection::Packed(w) => w.as_ref().map(|w| w.dtype()),
+            InProjection::Separate { q, k, v } => {
+                q.as_ref().or(k.as_ref()).or(v.as_ref()).map(|w| w.dtype())
+            }
+        };
+        from_proj.or_else(|| self.out_proj_weight.as_ref().map(|w| w.dtype()))
+    }
+
     /// The (weight, bias) of the query, key and value projections, sliced as hflayers does.
     pub(crate) fn projections(&self) -> Result<[Projection; 3]> {
         let l = &self.layout;

@@ -135,6 +135,13 @@ impl CustomOp2 for NormalizeGrad {
 /// # Ok::<(), candle_core::Error>(())
 /// ```
 pub fn normalize(x: &Tensor, eps: f64) -> Result<Tensor> {
+    if !x.dtype().is_float() {
+        // Candle's elementwise ops panic on integer dtypes; say what is wrong instead.
+        candle_core::bail!(
+            "normalize: expected a floating-point tensor, got {:?}",
+            x.dtype()
+        );
+    }
     if x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64) {
         x.contiguous()?.apply_op1(Normalize { eps })
     } else {

@@ -5,8 +5,8 @@ use crate::core::HopfieldCore;
 use crate::norm::LayerNorm;
 use candle_core::{ModuleT, Result, Tensor};
 use candle_nn::VarBuilder;
-use hopfield_core::error::expect_shape;
-use hopfield_core::{CoreLayout, CoreOutput, InputAffine, Masks};
+use hopfield_core::error::{expect_float, expect_shape};
+use hopfield_core::{CoreLayout, CoreOutput, HopfieldError, InputAffine, Masks};
 
 /// What a Hopfield module associates: one tensor (stored pattern, state pattern and pattern
 /// projection at once) or the triple `(stored, state, projection)` = (keys, queries, values).
@@ -305,6 +305,17 @@ impl Hopfield {
                 None => format!("({a}, {b}, features)"),
             };
             expect_shape(arg, x.dims(), &[None, None, size], words)?;
+            expect_float(arg, x)?;
+            if let Some(model) = self.association_core.weights().dtype() {
+                if x.dtype() != model {
+                    return Err(HopfieldError::DtypeMismatch {
+                        arg,
+                        dtype: format!("{:?}", x.dtype()),
+                        model: format!("{model:?}"),
+                    }
+                    .into());
+                }
+            }
         }
         Ok(())
     }

@@ -467,3 +467,35 @@ fn empty_memory_retrieves_the_zero_vector() -> Result<()> {
     assert_eq!(full.association.dims(), &[2, 2, 3, 0]);
     Ok(())
 }
+
+/// Integer inputs and inputs in another dtype than the model are typed errors naming the argument
+/// and both dtypes, not a panic inside candle ("no unary function for u32") or a bare "dtype
+/// mismatch in mul".
+#[test]
+fn wrong_dtypes_are_typed_errors() -> Result<()> {
+    let map = VarMap::new();
+    let h = Hopfield::new(HopfieldConfig::new(8).with_num_heads(2), vb(&map))?;
+    for dtype in [DType::U32, DType::I64, DType::U8] {
+        let x = Tensor::zeros((2, 3, 8), dtype, &dev())?;
+        let e = h.forward_t(&x, false).unwrap_err().to_string();
+        assert!(e.contains("floating-point") && e.contains(&format!("{dtype:?}")), "{e}");
+    }
+    let x = Tensor::zeros((2, 3, 8), DType::F32, &dev())?; // the model is f64
+    let e = h.forward_t(&x, false).unwrap_err().to_string();
+    assert!(e.contains("F32") && e.contains("F64") && e.contains("pattern"), "{e}");
+    // The core alone checks too (its own boundary).
+    let xi = Tensor::zeros((2, 3, 8), DType::U32, &dev())?;
+    let e = hopfield_core::hopfield_core_output(
+        &xi,
+        &xi,
+        &xi,
+        h.association_core().weights(),
+        &hopfield_core::CoreConfig::new(2),
+        Masks::default(),
+        false,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("floating-point"), "{e}");
+    Ok(())
+}
