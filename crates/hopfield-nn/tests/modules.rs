@@ -478,11 +478,17 @@ fn wrong_dtypes_are_typed_errors() -> Result<()> {
     for dtype in [DType::U32, DType::I64, DType::U8] {
         let x = Tensor::zeros((2, 3, 8), dtype, &dev())?;
         let e = h.forward_t(&x, false).unwrap_err().to_string();
-        assert!(e.contains("floating-point") && e.contains(&format!("{dtype:?}")), "{e}");
+        assert!(
+            e.contains("floating-point") && e.contains(&format!("{dtype:?}")),
+            "{e}"
+        );
     }
     let x = Tensor::zeros((2, 3, 8), DType::F32, &dev())?; // the model is f64
     let e = h.forward_t(&x, false).unwrap_err().to_string();
-    assert!(e.contains("F32") && e.contains("F64") && e.contains("pattern"), "{e}");
+    assert!(
+        e.contains("F32") && e.contains("F64") && e.contains("pattern"),
+        "{e}"
+    );
     // The core alone checks too (its own boundary).
     let xi = Tensor::zeros((2, 3, 8), DType::U32, &dev())?;
     let e = hopfield_core::hopfield_core_output(
