@@ -6,7 +6,7 @@
 use super::op::{RetrievalBwd, RetrievalFwd, View as HostView};
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{
-    CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
+    CudaSlice, CudaView, DeviceRepr, LaunchArgs, LaunchConfig, PushKernelArg,
 };
 use candle_core::cuda_backend::{CudaDType, WrapErr};
 use candle_core::{CudaDevice, CudaStorage, DType, Layout, Result, Shape, Storage, Tensor};
@@ -131,6 +131,60 @@ fn betas(dev: &CudaDevice, betas: &[f64]) -> Result<CudaSlice<f32>> {
     dev.clone_htod(&b)
 }
 
+/// The three inputs and the mask as kernel arguments: data and view of each, in the order every
+/// kernel of retrieval.cu takes them first.
+struct Args<'a, T> {
+    q: &'a CudaSlice<T>,
+    k: &'a CudaSlice<T>,
+    v: &'a CudaSlice<T>,
+    mask: &'a CudaSlice<T>,
+    views: [View; 4],
+    has_mask: bool,
+}
+
+impl<'a, T: CudaDType + DeviceRepr> Args<'a, T> {
+    /// `mask` is the op's mask storage, kept borrowed by the caller.
+    fn new(
+        q: (&'a CudaStorage, &Layout),
+        k: (&'a CudaStorage, &Layout),
+        v: (&'a CudaStorage, &Layout),
+        mask: Option<(&'a Storage, &Layout)>,
+    ) -> Result<Self> {
+        let qs = q.0.as_cuda_slice::<T>()?;
+        let (ms, vm) = match mask {
+            Some((s, l)) => {
+                let Storage::Cuda(c) = s else {
+                    candle_core::bail!("retrieval: the mask is not on the GPU")
+                };
+                (c.as_cuda_slice::<T>()?, View::from(HostView::of(l)?))
+            }
+            // Never read (has_mask = 0); any buffer of the right type will do.
+            None => (qs, View::default()),
+        };
+        Ok(Self {
+            q: qs,
+            k: k.0.as_cuda_slice::<T>()?,
+            v: v.0.as_cuda_slice::<T>()?,
+            mask: ms,
+            views: [
+                HostView::of(q.1)?.into(),
+                HostView::of(k.1)?.into(),
+                HostView::of(v.1)?.into(),
+                vm,
+            ],
+            has_mask: mask.is_some(),
+        })
+    }
+
+    /// Pushes `q, vq, k, vk, v, vv, mask, vm`.
+    fn push<'b>(&'b self, b: &mut LaunchArgs<'b>) {
+        b.arg(self.q).arg(&self.views[0]);
+        b.arg(self.k).arg(&self.views[1]);
+        b.arg(self.v).arg(&self.views[2]);
+        b.arg(self.mask).arg(&self.views[3]);
+    }
+}
+
 pub(crate) fn forward(
     op: &RetrievalFwd,
     q: (&CudaStorage, &Layout),
@@ -158,28 +212,9 @@ fn forward_typed<T: CudaDType + DeviceRepr>(
     }
     let g = op.p.g;
     let dev = q.0.device().clone();
-    let (qs, ks, vs) = (
-        q.0.as_cuda_slice::<T>()?,
-        k.0.as_cuda_slice::<T>()?,
-        v.0.as_cuda_slice::<T>()?,
-    );
-    let (vq, vk, vv): (View, View, View) = (
-        HostView::of(q.1)?.into(),
-        HostView::of(k.1)?.into(),
-        HostView::of(v.1)?.into(),
-    );
     let mask = op.mask.as_ref().map(Tensor::storage_and_layout);
-    let (ms, vm) = match &mask {
-        Some((s, l)) => {
-            let Storage::Cuda(c) = &**s else {
-                candle_core::bail!("retrieval: the mask is not on the GPU")
-            };
-            (c.as_cuda_slice::<T>()?, View::from(HostView::of(l)?))
-        }
-        // Never read (has_mask = 0); any buffer of the right type will do.
-        None => (qs, View::default()),
-    };
-    let geo = Geometry::new(&g, op.p.zero_association, mask.is_some(), false);
+    let x = Args::<T>::new(q, k, v, mask.as_ref().map(|(s, l)| (&**s, *l)))?;
+    let geo = Geometry::new(&g, op.p.zero_association, x.has_mask, false);
     let betas = betas(&dev, &op.p.betas)?;
     let len = g.n * g.l * g.h * g.pd + g.n * g.h * g.l;
     // SAFETY: the kernel writes every element (outputs of all rows and all lse entries).
@@ -187,14 +222,7 @@ fn forward_typed<T: CudaDType + DeviceRepr>(
     let name = format!("retrieval_fwd_{}", suffix(q.0.dtype())?);
     let func = dev.get_or_load_custom_func(&name, MODULE, ptx::RETRIEVAL)?;
     let mut b = func.builder();
-    b.arg(qs)
-        .arg(&vq)
-        .arg(ks)
-        .arg(&vk)
-        .arg(vs)
-        .arg(&vv)
-        .arg(ms)
-        .arg(&vm);
+    x.push(&mut b);
     b.arg(&betas).arg(&geo).arg(&res);
     // SAFETY: argument types and order match retrieval_fwd_* in retrieval.cu.
     unsafe { b.launch(config(g.n * g.h, g.l)) }.w()?;
@@ -226,16 +254,8 @@ fn backward_typed<T: CudaDType + DeviceRepr>(
     let g = op.p.g;
     let dev = q.0.device().clone();
     let sfx = suffix(q.0.dtype())?;
-    let (qs, ks, vs) = (
-        q.0.as_cuda_slice::<T>()?,
-        k.0.as_cuda_slice::<T>()?,
-        v.0.as_cuda_slice::<T>()?,
-    );
-    let (vq, vk, vv): (View, View, View) = (
-        HostView::of(q.1)?.into(),
-        HostView::of(k.1)?.into(),
-        HostView::of(v.1)?.into(),
-    );
+    let mask = op.mask.as_ref().map(Tensor::storage_and_layout);
+    let x = Args::<T>::new(q, k, v, mask.as_ref().map(|(s, l)| (&**s, *l)))?;
     let (out_g, lse_g, dout_g) = (
         op.out.storage_and_layout(),
         op.lse.storage_and_layout(),
@@ -250,17 +270,7 @@ fn backward_typed<T: CudaDType + DeviceRepr>(
         // Never read (has_d_lse = 0).
         None => saved::<T>(&lse_g.0, lse_g.1)?,
     };
-    let mask = op.mask.as_ref().map(Tensor::storage_and_layout);
-    let (ms, vm) = match &mask {
-        Some((s, l)) => {
-            let Storage::Cuda(c) = &**s else {
-                candle_core::bail!("retrieval: the mask is not on the GPU")
-            };
-            (c.as_cuda_slice::<T>()?, View::from(HostView::of(l)?))
-        }
-        None => (qs, View::default()),
-    };
-    let geo = Geometry::new(&g, op.p.zero_association, mask.is_some(), dlse_g.is_some());
+    let geo = Geometry::new(&g, op.p.zero_association, x.has_mask, dlse_g.is_some());
     let betas = betas(&dev, &op.p.betas)?;
 
     // D = dO . O per query row.
@@ -292,41 +302,17 @@ fn backward_typed<T: CudaDType + DeviceRepr>(
         let func =
             dev.get_or_load_custom_func(&format!("retrieval_dq_{sfx}"), MODULE, ptx::RETRIEVAL)?;
         let mut b = func.builder();
-        b.arg(qs)
-            .arg(&vq)
-            .arg(ks)
-            .arg(&vk)
-            .arg(vs)
-            .arg(&vv)
-            .arg(ms)
-            .arg(&vm);
-        b.arg(&betas)
-            .arg(&geo)
-            .arg(&lse)
-            .arg(&d_out)
-            .arg(&d_lse)
-            .arg(&delta);
-        b.arg(&mut dq);
+        x.push(&mut b);
+        b.arg(&betas).arg(&geo).arg(&lse).arg(&d_out).arg(&d_lse);
+        b.arg(&delta).arg(&mut dq);
         // SAFETY: argument types and order match retrieval_dq_* in retrieval.cu.
         unsafe { b.launch(config(g.n * g.h, g.l)) }.w()?;
         let func =
             dev.get_or_load_custom_func(&format!("retrieval_dkv_{sfx}"), MODULE, ptx::RETRIEVAL)?;
         let mut b = func.builder();
-        b.arg(qs)
-            .arg(&vq)
-            .arg(ks)
-            .arg(&vk)
-            .arg(vs)
-            .arg(&vv)
-            .arg(ms)
-            .arg(&vm);
-        b.arg(&betas)
-            .arg(&geo)
-            .arg(&lse)
-            .arg(&d_out)
-            .arg(&d_lse)
-            .arg(&delta);
-        b.arg(&mut dk).arg(&mut dv);
+        x.push(&mut b);
+        b.arg(&betas).arg(&geo).arg(&lse).arg(&d_out).arg(&d_lse);
+        b.arg(&delta).arg(&mut dk).arg(&mut dv);
         // SAFETY: argument types and order match retrieval_dkv_* in retrieval.cu.
         unsafe { b.launch(config(g.n * g.h, g.s)) }.w()?;
     }
