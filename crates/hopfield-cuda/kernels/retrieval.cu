@@ -48,6 +48,17 @@ __device__ __forceinline__ int64_t at(const View &v, int a, int b, int c) {
     return v.off + a * v.s0 + b * v.s1 + c * v.s2;
 }
 
+// Rows j0..j0+c of head h of sample n of a strided (N, T, H, d) view, times `scale`, into a
+// shared-memory tile; the block's threads share the copy.
+template <typename T>
+__device__ __forceinline__ void load_tile(float (*dst)[MAX_D], const T *src, const View &v, int n,
+                                          int h, int j0, int c, int d, float scale) {
+    for (int i = threadIdx.x; i < c * d; i += blockDim.x) {
+        const int j = i / d, e = i % d;
+        dst[j][e] = scale * to_f(src[at(v, n, j0 + j, h) + e]);
+    }
+}
+
 template <typename T>
 __device__ __forceinline__ float mask_at(const T *mask, const View &vm, const Geometry &g, int n,
                                          int h, int r, int j) {
@@ -78,14 +89,8 @@ __device__ void forward_impl(const T *q, View vq, const T *k, View vk, const T *
     for (int j0 = 0; j0 < g.s; j0 += TILE) {
         const int c = min(TILE, g.s - j0);
         __syncthreads();
-        for (int i = threadIdx.x; i < c * g.hd; i += blockDim.x) {
-            const int j = i / g.hd, d = i % g.hd;
-            ks[j][d] = to_f(k[at(vk, n, j0 + j, h) + d]);
-        }
-        for (int i = threadIdx.x; i < c * g.pd; i += blockDim.x) {
-            const int j = i / g.pd, e = i % g.pd;
-            vs[j][e] = to_f(v[at(vv, n, j0 + j, h) + e]);
-        }
+        load_tile(ks, k, vk, n, h, j0, c, g.hd, 1.f);
+        load_tile(vs, v, vv, n, h, j0, c, g.pd, 1.f);
         __syncthreads();
         if (!row) continue;
         float z[TILE];
@@ -168,14 +173,8 @@ __device__ void dq_impl(const T *q, View vq, const T *k, View vk, const T *v, Vi
     for (int j0 = 0; j0 < g.s; j0 += TILE) {
         const int c = min(TILE, g.s - j0);
         __syncthreads();
-        for (int i = threadIdx.x; i < c * g.hd; i += blockDim.x) {
-            const int j = i / g.hd, d = i % g.hd;
-            ks[j][d] = to_f(k[at(vk, n, j0 + j, h) + d]);
-        }
-        for (int i = threadIdx.x; i < c * g.pd; i += blockDim.x) {
-            const int j = i / g.pd, e = i % g.pd;
-            vs[j][e] = to_f(v[at(vv, n, j0 + j, h) + e]);
-        }
+        load_tile(ks, k, vk, n, h, j0, c, g.hd, 1.f);
+        load_tile(vs, v, vv, n, h, j0, c, g.pd, 1.f);
         __syncthreads();
         if (!row) continue;
         for (int j = 0; j < c; ++j) {
@@ -206,6 +205,8 @@ __device__ void dkv_impl(const T *q, View vq, const T *k, View vk, const T *v, V
     const int j = blockIdx.y * blockDim.x + threadIdx.x;
     const bool col = j < g.s;
     const float beta = betas[h];
+    // The output gradient is contiguous (N, L, H, pd).
+    const View vo = {0, (int64_t)g.l * g.h * g.pd, (int64_t)g.h * g.pd, g.pd, 1};
     float kj[MAX_D], vj[MAX_D], dkj[MAX_D], dvj[MAX_D];
     if (col) {
         const int64_t bk = at(vk, n, j, h);
@@ -218,14 +219,8 @@ __device__ void dkv_impl(const T *q, View vq, const T *k, View vk, const T *v, V
     for (int r0 = 0; r0 < g.l; r0 += TILE) {
         const int c = min(TILE, g.l - r0);
         __syncthreads();
-        for (int i = threadIdx.x; i < c * g.hd; i += blockDim.x) {
-            const int r = i / g.hd, d = i % g.hd;
-            qs[r][d] = beta * to_f(q[at(vq, n, r0 + r, h) + d]);
-        }
-        for (int i = threadIdx.x; i < c * g.pd; i += blockDim.x) {
-            const int r = i / g.pd, e = i % g.pd;
-            dos[r][e] = to_f(d_out[((int64_t)(n * g.l + r0 + r) * g.h + h) * g.pd + e]);
-        }
+        load_tile(qs, q, vq, n, h, r0, c, g.hd, beta);
+        load_tile(dos, d_out, vo, n, h, r0, c, g.pd, 1.f);
         for (int r = threadIdx.x; r < c; r += blockDim.x) {
             const int64_t li = (int64_t)(n * g.h + h) * g.l + r0 + r;
             shifts[r] = lse_shift(to_f(lse[li]));
