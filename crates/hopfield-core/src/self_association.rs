@@ -40,7 +40,8 @@ pub struct InputAffine<'a> {
 }
 
 impl InputAffine<'_> {
-    fn apply(&self, z: &Tensor) -> Result<Tensor> {
+    /// `z * weight + bias` (the parts present).
+    pub fn apply(&self, z: &Tensor) -> Result<Tensor> {
         let mut y = z.clone();
         if let Some(w) = self.weight {
             y = y.broadcast_mul(w)?;

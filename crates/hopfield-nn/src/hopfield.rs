@@ -6,7 +6,7 @@ use crate::norm::LayerNorm;
 use candle_core::{ModuleT, Result, Tensor};
 use candle_nn::VarBuilder;
 use hopfield_core::error::{expect_float, expect_shape};
-use hopfield_core::{CoreLayout, CoreOutput, HopfieldError, InputAffine, Masks};
+use hopfield_core::{CoreLayout, CoreOutput, HopfieldError, Masks};
 
 /// What a Hopfield module associates: one tensor (stored pattern, state pattern and pattern
 /// projection at once) or the triple `(stored, state, projection)` = (keys, queries, values).
@@ -160,6 +160,16 @@ impl Hopfield {
         self.finish(out)
     }
 
+    /// An input in the module's layout as `(N, T, features)` (a free transpose for
+    /// `batch_first = false`).
+    fn batch_major(&self, x: &Tensor) -> Result<Tensor> {
+        if self.config.batch_first {
+            Ok(x.clone())
+        } else {
+            x.transpose(0, 1)
+        }
+    }
+
     /// Self-association whose three input LayerNorms are all present with one eps, or all absent:
     /// one standardisation, and the core runs the three projections as one GEMM
     /// ([`HopfieldCore::forward_output_shared`]). `None` where that does not apply.
@@ -186,19 +196,12 @@ impl Hopfield {
             _ => return Ok(None),
         };
         self.check_inputs(x, x, x)?;
-        let x = if self.config.batch_first {
-            x.clone()
-        } else {
-            x.transpose(0, 1)?
-        };
+        let x = self.batch_major(x)?;
         let z = match eps {
             Some(eps) => hopfield_cuda::normalize(&x, eps)?,
             None => x,
         };
-        let affines = norms.map(|n| InputAffine {
-            weight: n.and_then(LayerNorm::weight),
-            bias: n.and_then(LayerNorm::bias),
-        });
+        let affines = norms.map(|n| n.map(LayerNorm::input_affine).unwrap_or_default());
         self.association_core
             .forward_output_shared(&z, affines, masks, train)
             .map(Some)
@@ -209,13 +212,7 @@ impl Hopfield {
     pub fn normalized_inputs(&self, input: HopfieldInput) -> Result<(Tensor, Tensor, Tensor)> {
         let (stored, state, projection) = input.parts();
         self.check_inputs(stored, state, projection)?;
-        let batch_major = |x: &Tensor| -> Result<Tensor> {
-            if self.config.batch_first {
-                Ok(x.clone())
-            } else {
-                x.transpose(0, 1)
-            }
-        };
+        let batch_major = |x: &Tensor| self.batch_major(x);
         // Self-association: the stored, state and projection LayerNorms see the same tensor, so
         // one standardisation (and one in the backward pass) serves all three; only the affine
         // parts differ. Same operations as three separate LayerNorms, so the same values.

@@ -2,6 +2,7 @@
 
 use candle_core::{Result, Tensor};
 use candle_nn::{init::Init, VarBuilder};
+use hopfield_core::InputAffine;
 
 /// LayerNorm over the last dimension with optional affine parameters (`weight`, `bias`), loading
 /// PyTorch `nn.LayerNorm` state_dict entries. Unlike `candle_nn::LayerNorm` it has a backward pass.
@@ -52,16 +53,6 @@ impl LayerNorm {
         hopfield_core::ops::layer_norm(x, self.weight.as_ref(), self.bias.as_ref(), self.eps)
     }
 
-    /// The per-feature scale, if affine.
-    pub fn weight(&self) -> Option<&Tensor> {
-        self.weight.as_ref()
-    }
-
-    /// The per-feature shift, if affine.
-    pub fn bias(&self) -> Option<&Tensor> {
-        self.bias.as_ref()
-    }
-
     /// The epsilon added to the variance.
     pub fn eps(&self) -> f64 {
         self.eps
@@ -71,14 +62,15 @@ impl LayerNorm {
     /// `forward(x)` equals `affine(normalize(x, eps))` exactly. Lets several LayerNorms of the
     /// same input share one standardisation.
     pub fn affine(&self, z: &Tensor) -> Result<Tensor> {
-        let mut y = z.clone();
-        if let Some(w) = &self.weight {
-            y = y.broadcast_mul(w)?;
+        self.input_affine().apply(z)
+    }
+
+    /// The affine part as the core's [`InputAffine`] (what a folded projection takes).
+    pub fn input_affine(&self) -> InputAffine<'_> {
+        InputAffine {
+            weight: self.weight.as_ref(),
+            bias: self.bias.as_ref(),
         }
-        if let Some(b) = &self.bias {
-            y = y.broadcast_add(b)?;
-        }
-        Ok(y)
     }
 }
 
