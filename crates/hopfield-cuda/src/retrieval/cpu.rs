@@ -619,6 +619,8 @@ pub(crate) fn forward<T: Float>(
                 })
             })
             .collect();
+        // One merge buffer per task (not one allocation per query row).
+        let mut acc = vec![T::ZERO; g.pd];
         for r in 0..rows {
             let mut m = T::NEG_INF;
             for pt in &parts {
@@ -636,7 +638,7 @@ pub(crate) fn forward<T: Float>(
                     continue;
                 }
                 let mut l = T::ZERO;
-                let mut acc = vec![T::ZERO; g.pd];
+                acc.fill(T::ZERO);
                 for pt in &parts {
                     if pt.m[r] == T::NEG_INF {
                         continue;
