@@ -139,19 +139,24 @@ pub fn hopfield_core_output_shared(
     let mut bs = Vec::with_capacity(3);
     for ((p, w), a) in projections.iter().zip(in_weights).zip(&affines) {
         let (w, b) = a.fold(w, p.bias.as_ref())?;
-        bs.push(match b {
-            Some(b) => b,
-            None => Tensor::zeros(w.dim(0)?, w.dtype(), w.device())?,
-        });
         ws.push(w);
+        bs.push(b);
     }
-    let any_bias = weights.in_proj_bias.is_some() || affines.iter().any(|a| a.bias.is_some());
-    let w = Tensor::cat(&ws, 0)?;
-    let b = if any_bias {
-        Some(Tensor::cat(&bs, 0)?)
+    // Where any part has a bias, the parts without one get zeros.
+    let b = if bs.iter().any(Option::is_some) {
+        let parts = bs
+            .into_iter()
+            .zip(&ws)
+            .map(|(b, w)| match b {
+                Some(b) => Ok(b),
+                None => Tensor::zeros(w.dim(0)?, w.dtype(), w.device()),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Some(Tensor::cat(&parts, 0)?)
     } else {
         None
     };
+    let w = Tensor::cat(&ws, 0)?;
     let qkv = linear(z, &w, b.as_ref())?;
     let spec = retrieval_spec(cfg, &masks, (n, heads, l, l), z.dtype())?;
     let sizes = PackedSizes { heads, hd, pd };
