@@ -7,8 +7,11 @@
 //! `(z * g + b) W^T + c = z (W diag(g))^T + (W b + c)`. So the three projections become one GEMM
 //! of `z` against stacked, folded weights, and the fused retrieval reads queries, keys and values
 //! from that one product in place ([`hopfield_cuda::retrieval::retrieve_packed`]), handing back
-//! one gradient for it. Same values as the three separate paths up to rounding; gradients reach
-//! the projection weights and the LayerNorm parameters through the (small) folded weights.
+//! one gradient for it. With an output projection, the packed GEMM, the retrieval and the output
+//! projection are one graph node ([`hopfield_cuda::retrieval::retrieve_projected`]), so the two
+//! largest intermediates never become tensors that candle's backward pass would zero-fill and
+//! add into. Same values as the three separate paths up to rounding; gradients reach the
+//! projection weights and the LayerNorm parameters through the (small) folded weights.
 
 use crate::config::CoreConfig;
 use crate::error::{expect_float, expect_shape};
@@ -18,7 +21,7 @@ use crate::forward::{
 use crate::ops::linear;
 use crate::weights::CoreWeights;
 use candle_core::{Result, Tensor};
-use hopfield_cuda::retrieval::{retrieve_packed, PackedSizes};
+use hopfield_cuda::retrieval::{retrieve_packed, retrieve_projected, PackedSizes, Projections};
 
 /// The affine part of an input LayerNorm, `z * weight + bias`, over the last dimension; either
 /// part may be absent (`InputAffine::default()` is the identity).
@@ -76,7 +79,9 @@ impl InputAffine<'_> {
 /// Where the fused retrieval applies without update steps and all three inputs are projected (no
 /// static inputs, no `value_as_connected`, no Hopfield-space LayerNorm), this runs one GEMM for the three
 /// projections and the packed retrieval (see the module docs); otherwise it applies the three
-/// affine maps and calls [`hopfield_core_output`]. Same results either way.
+/// affine maps and calls [`hopfield_core_output`]. With an output projection the three steps
+/// (packed projection, retrieval, output projection) are one graph node
+/// ([`hopfield_cuda::retrieval::retrieve_projected`]). Same results either way.
 ///
 /// ```
 /// use candle_core::{DType, Device, Tensor};
@@ -157,12 +162,18 @@ pub fn hopfield_core_output_shared(
         None
     };
     let w = Tensor::cat(&ws, 0)?;
-    let qkv = linear(z, &w, b.as_ref())?;
     let spec = retrieval_spec(cfg, &masks, (n, heads, l, l), z.dtype())?;
     let sizes = PackedSizes { heads, hd, pd };
-    let out = retrieve_packed(&qkv, sizes, &spec)?;
     match &weights.out_proj_weight {
-        Some(w) => linear(&out, w, weights.out_proj_bias.as_ref()),
-        None => Ok(out),
+        Some(w_out) => {
+            let proj = Projections {
+                w_in: &w,
+                b_in: b.as_ref(),
+                w_out,
+                b_out: weights.out_proj_bias.as_ref(),
+            };
+            retrieve_projected(z, proj, sizes, &spec)
+        }
+        None => retrieve_packed(&linear(z, &w, b.as_ref())?, sizes, &spec),
     }
 }

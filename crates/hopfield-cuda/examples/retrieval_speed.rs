@@ -4,6 +4,8 @@
 //!
 //! ```text
 //! cargo run --release -p hopfield-cuda --example retrieval_speed
+//! cargo run --release -p hopfield-cuda --example retrieval_speed -- 32,64,64,4,16  # one shape
+//! cargo run --release -p hopfield-cuda --example retrieval_speed -- 32,64,64,4,16 fused  # only ours
 //! ```
 
 use candle_core::{Device, Result, Tensor, Var};
@@ -25,18 +27,36 @@ fn median_ms(mut f: impl FnMut() -> Result<()>) -> Result<f64> {
 
 fn main() -> Result<()> {
     let dev = Device::Cpu;
-    for (n, l, s, h, d) in [
+    let mut shapes = vec![
         (32, 64, 64, 4, 16),
         (32, 256, 256, 8, 16),
         (16, 512, 512, 8, 32),
         (1, 1024, 65536, 1, 64),
-    ] {
+    ];
+    if let Some(arg) = std::env::args().nth(1) {
+        let v: Vec<usize> = arg
+            .split(',')
+            .filter_map(|x| x.trim().parse().ok())
+            .collect();
+        if let [n, l, s, h, d] = v[..] {
+            shapes = vec![(n, l, s, h, d)];
+        } else {
+            return Err(candle_core::Error::Msg(format!(
+                "expected N,L,S,H,d, got {arg}"
+            )));
+        }
+    }
+    let only_fused = std::env::args().nth(2).as_deref() == Some("fused");
+    for (n, l, s, h, d) in shapes {
         let q = Var::from_tensor(&Tensor::randn(0f32, 1., (n, l, h, d), &dev)?)?;
         let k = Var::from_tensor(&Tensor::randn(0f32, 1., (n, s, h, d), &dev)?)?;
         let v = Var::from_tensor(&Tensor::randn(0f32, 1., (n, s, h, d), &dev)?)?;
         let cfg = Retrieval::new(0.25);
         let flops = 4.0 * (n * h * l * s * d) as f64;
         for (name, fused) in [("fused", true), ("composed", false)] {
+            if only_fused && !fused {
+                continue;
+            }
             let run = || {
                 if fused {
                     retrieve_with_lse(q.as_tensor(), k.as_tensor(), v.as_tensor(), &cfg)
@@ -54,6 +74,9 @@ fn main() -> Result<()> {
                 "N{n} L{l} S{s} H{h} d{d} {name:>10}: forward {fwd:8.2} ms ({:5.1} GFLOP/s), forward+backward {bwd:8.2} ms",
                 flops / fwd / 1e6
             );
+        }
+        if only_fused {
+            continue;
         }
         let (qt, kt, vt) = (
             q.as_tensor().detach(),

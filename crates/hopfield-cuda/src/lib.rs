@@ -34,9 +34,11 @@ mod alloc;
 mod device;
 mod finite;
 mod linear;
+mod matmul;
 mod normalize;
 pub mod retrieval;
 mod rows;
+mod scratch;
 mod softmax;
 #[cfg(test)]
 mod test_util;
@@ -46,5 +48,6 @@ pub use device::{DeviceChoice, UnknownDevice};
 pub use finite::all_finite;
 pub use linear::{linear, linear_composed};
 pub use normalize::{normalize, normalize_composed};
+pub use scratch::release_scratch;
 
 pub use softmax::{masked_softmax, masked_softmax_composed};

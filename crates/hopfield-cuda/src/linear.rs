@@ -7,12 +7,11 @@
 //! pass is one GEMM accumulating onto the broadcast bias, and the bias gradient is a column sum
 //! rather than candle's strided reduction.
 
+use crate::matmul::{column_sums, gemm_into, Mat};
 use candle_core::{
     backend::BackendStorage, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape,
     Tensor, WithDType,
 };
-use gemm::{gemm, Parallelism};
-use rayon::prelude::*;
 
 /// `x W^T + b` over the last dimension of `x`: `x` is `(..., in)`, `w` `(out, in)` and `b`
 /// `(out)`; the result is `(..., out)`. Differentiable in all three. Fused on the CPU (f32, f64),
@@ -100,7 +99,6 @@ fn forward_typed<T: WithDType>(
 ) -> Vec<T> {
     let (out, inp) = (lw.dims()[0], lw.dims()[1]);
     let st = lw.stride();
-    let w = &w[lw.start_offset()..];
     let mut dst = match b {
         Some(b) => {
             let mut d = Vec::with_capacity(rows * out);
@@ -111,41 +109,21 @@ fn forward_typed<T: WithDType>(
         }
         None => vec![T::zero(); rows * out],
     };
-    // SAFETY: the pointers and strides describe the three buffers above, sized for these dims.
-    unsafe {
-        gemm(
-            rows,
-            out,
-            inp,
-            dst.as_mut_ptr(),
-            1,
-            out as isize,
-            b.is_some(),
-            x.as_ptr(),
-            1,
-            inp as isize,
-            w.as_ptr(),
-            st[0] as isize,
-            st[1] as isize,
-            T::one(),
-            T::one(),
-            false,
-            false,
-            false,
-            parallelism(rows * out * inp),
-        );
-    }
+    let wt = Mat {
+        data: &w[lw.start_offset()..],
+        rows: inp,
+        cols: out,
+        rs: st[1],
+        cs: st[0],
+    };
+    gemm_into(
+        &mut dst,
+        out,
+        Mat::row_major(x, rows, inp, inp),
+        wt,
+        b.is_some(),
+    );
     dst
-}
-
-/// Tiny sizes are not worth waking the thread pool.
-fn parallelism(work: usize) -> Parallelism {
-    let threads = rayon::current_num_threads();
-    if threads > 1 && work >= 1 << 15 {
-        Parallelism::Rayon(threads)
-    } else {
-        Parallelism::None
-    }
 }
 
 fn contiguous_slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
@@ -185,7 +163,7 @@ fn cpu_forward(
 }
 
 /// Column sums of the `(rows, out)` gradient: the bias gradient.
-fn column_sums(g: &Tensor) -> Result<Tensor> {
+fn bias_grad(g: &Tensor) -> Result<Tensor> {
     let out = g.dims().last().copied().unwrap_or(1).max(1);
     let g = g.contiguous()?;
     let (s, l) = g.storage_and_layout();
@@ -193,38 +171,15 @@ fn column_sums(g: &Tensor) -> Result<Tensor> {
         candle_core::Storage::Cpu(c) => c,
         _ => candle_core::bail!("linear: gradient not on the CPU"),
     };
-    fn sums<T: WithDType>(g: &[T], rows: usize, out: usize) -> Vec<T> {
-        // Blocks of rows summed in parallel, then the block sums added in order.
-        let block = rows.div_ceil(4 * rayon::current_num_threads()).max(64);
-        let parts: Vec<Vec<T>> = g
-            .par_chunks(block * out)
-            .map(|c| {
-                let mut acc = vec![T::zero(); out];
-                for row in c.chunks_exact(out) {
-                    for (a, &v) in acc.iter_mut().zip(row) {
-                        *a += v;
-                    }
-                }
-                acc
-            })
-            .collect();
-        let mut acc = vec![T::zero(); out];
-        for p in parts {
-            for (a, v) in acc.iter_mut().zip(p) {
-                *a += v;
-            }
-        }
-        acc
-    }
     let cpu_dev = &candle_core::Device::Cpu;
     let v = match cpu.dtype() {
         DType::F32 => {
             let g = contiguous_slice::<f32>(cpu, l)?;
-            Tensor::new(sums(g, g.len() / out, out), cpu_dev)?
+            Tensor::new(column_sums(g, out), cpu_dev)?
         }
         DType::F64 => {
             let g = contiguous_slice::<f64>(cpu, l)?;
-            Tensor::new(sums(g, g.len() / out, out), cpu_dev)?
+            Tensor::new(column_sums(g, out), cpu_dev)?
         }
         other => candle_core::bail!("linear: CPU op supports f32 and f64, got {other:?}"),
     };
@@ -309,7 +264,7 @@ impl CustomOp3 for Linear {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (dx, dw) = input_and_weight_grads(x, w, grad)?;
         let db = if b.track_op() {
-            Some(column_sums(grad)?)
+            Some(bias_grad(grad)?)
         } else {
             None
         };

@@ -585,12 +585,28 @@ fn rows_per_task(heads: usize, l: usize) -> usize {
     bq
 }
 
+/// The forward pass: `[out (N, L, H, pd) | lse (N, H, L)]` flat.
 pub(crate) fn forward<T: Float>(
     p: &Params,
     data: [&[T]; 3],
     views: [View; 3],
     mask: Option<(&[T], View)>,
 ) -> Vec<T> {
+    let g = p.g;
+    let mut flat = vec![T::ZERO; g.n * g.l * g.h * g.pd + g.n * g.h * g.l];
+    forward_into(p, data, views, mask, &mut flat);
+    flat
+}
+
+/// [`forward`] into `flat` (its length exactly `N*L*H*pd + N*H*L`), every element of which it
+/// writes, so `flat` may hold anything before (a reused scratch buffer).
+pub(crate) fn forward_into<T: Float>(
+    p: &Params,
+    data: [&[T]; 3],
+    views: [View; 3],
+    mask: Option<(&[T], View)>,
+    flat: &mut [T],
+) {
     let g = p.g;
     let x = Inputs::new(data, views, mask);
     let bq = rows_per_task(g.n * g.h, g.l);
@@ -599,7 +615,7 @@ pub(crate) fn forward<T: Float>(
     let chunks = chunks_for(tasks, g.s);
     let per_chunk = g.s.div_ceil(chunks).div_ceil(BC) * BC;
     let no = g.n * g.l * g.h * g.pd;
-    let mut flat = vec![T::ZERO; no + g.n * g.h * g.l];
+    assert_eq!(flat.len(), no + g.n * g.h * g.l, "retrieval forward buffer");
     let ptr = SharedMut(flat.as_mut_ptr());
     (0..tasks).into_par_iter().for_each(|t| {
         let (nh, qb) = (t / qblocks, t % qblocks);
@@ -657,7 +673,6 @@ pub(crate) fn forward<T: Float>(
             }
         }
     });
-    flat
 }
 
 /// What the backward pass reads besides the inputs: the forward's output `(N, L, H, pd)` and
@@ -822,7 +837,8 @@ fn backward_chunk<T: Float, const FMA: bool, const WIDE: bool>(
     dq
 }
 
-/// Writes dq, dk and dv through `out` (their views in a flat buffer of `len` elements).
+/// Writes dq, dk and dv through `out` (their views in a flat buffer of `len` elements, zero
+/// elsewhere).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn backward<T: Float>(
     p: &Params,
@@ -833,6 +849,23 @@ pub(crate) fn backward<T: Float>(
     out: [View; 3],
     len: usize,
 ) -> Vec<T> {
+    let mut flat = vec![T::ZERO; len];
+    backward_into(p, data, views, mask, sv, out, &mut flat);
+    flat
+}
+
+/// [`backward`] into `flat`: writes every element of the three gradient views (and nothing
+/// else), so their elements may hold anything before.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn backward_into<T: Float>(
+    p: &Params,
+    data: [&[T]; 3],
+    views: [View; 3],
+    mask: Option<(&[T], View)>,
+    sv: &Saved<T>,
+    out: [View; 3],
+    flat: &mut [T],
+) {
     let g = p.g;
     let x = Inputs::new(data, views, mask);
     // D_i = dO_i . O_i, per (n, h, l), laid out like the lse.
@@ -847,7 +880,6 @@ pub(crate) fn backward<T: Float>(
         }
         *d = s;
     });
-    let mut flat = vec![T::ZERO; len];
     let chunks = chunks_for(g.n * g.h, g.s);
     let per_chunk = g.s.div_ceil(chunks).div_ceil(BC) * BC;
     let ptr = SharedMut(flat.as_mut_ptr());
@@ -865,18 +897,31 @@ pub(crate) fn backward<T: Float>(
             Some((nh, dq))
         })
         .collect();
-    // The dq parts of one (n, h) from different chunks add up; after the parallel part, so
-    // plain indexing.
+    // The dq parts of one (n, h) from different chunks add up (the first one is stored, so the
+    // buffer's old contents never leak in); after the parallel part, so plain indexing. Parts
+    // arrive in task order, the chunks of one (n, h) together.
+    let mut written = vec![false; g.n * g.h];
     for (nh, dq) in parts {
         let (n, h) = (nh / g.h, nh % g.h);
+        let first = !std::mem::replace(&mut written[nh], true);
         for r in 0..g.l {
             let b = out[0].at(n, r, h);
-            for d in 0..g.hd {
-                flat[b + d] += dq[r * g.hd + d];
+            let (dst, src) = (&mut flat[b..b + g.hd], &dq[r * g.hd..(r + 1) * g.hd]);
+            if first {
+                dst.copy_from_slice(src);
+            } else {
+                dst.iter_mut().zip(src).for_each(|(a, &x)| *a += x);
             }
         }
     }
-    flat
+    // No stored patterns: no chunk ran, and dq is zero.
+    for (nh, _) in written.iter().enumerate().filter(|(_, w)| !**w) {
+        let (n, h) = (nh / g.h, nh % g.h);
+        for r in 0..g.l {
+            let b = out[0].at(n, r, h);
+            flat[b..b + g.hd].fill(T::ZERO);
+        }
+    }
 }
 
 /// `sum_{r, j} (p_a[r][j] - p_b[r][j])^2` for one (sample, head): the squared Frobenius norm of

@@ -36,6 +36,9 @@ mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
 mod op;
+mod projected;
+
+pub use projected::{retrieve_projected, Projections};
 
 use crate::softmax::masked_softmax;
 use candle_core::{DType, Result, Tensor, D};

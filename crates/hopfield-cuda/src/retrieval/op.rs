@@ -208,7 +208,7 @@ impl RetrievalFwd {
 }
 
 /// Runs `f` with the mask's CPU data and view, if any.
-fn with_cpu_mask<R>(
+pub(crate) fn with_cpu_mask<R>(
     mask: &Option<Tensor>,
     f: impl FnOnce(Option<(&CpuStorage, View)>) -> Result<R>,
 ) -> Result<R> {
@@ -234,7 +234,7 @@ fn typed_inputs<T: candle_core::WithDType>(s: [&CpuStorage; 3]) -> Result<[&[T];
 }
 
 /// The mask's data as `T` (the inputs' dtype, which `prepare` converted it to).
-fn typed_mask<T: candle_core::WithDType>(
+pub(crate) fn typed_mask<T: candle_core::WithDType>(
     mask: Option<(&CpuStorage, View)>,
 ) -> Result<Option<(&[T], View)>> {
     match mask {
@@ -454,16 +454,20 @@ fn packed_views(l: &Layout, g: &Geometry) -> Result<[View; 3]> {
             l.dims()
         );
     }
-    let o = l.start_offset();
+    Ok(packed_views_at(l.start_offset(), [st[0], st[1]], g))
+}
+
+/// [`packed_views`] of a packed projection at element `offset` with sample and row strides `st`.
+pub(crate) fn packed_views_at(offset: usize, st: [usize; 2], g: &Geometry) -> [View; 3] {
     let view = |col: usize, d: usize| View {
-        offset: o + col,
+        offset: offset + col,
         strides: [st[0], st[1], d, 1],
     };
-    Ok([
+    [
         view(0, g.hd),
         view(g.h * g.hd, g.hd),
         view(2 * g.h * g.hd, g.pd),
-    ])
+    ]
 }
 
 /// The output alone, `(N, L, H*pd)`, the layout the output projection reads.
@@ -511,15 +515,7 @@ impl CustomOp1 for RetrievalPackedBwd {
         let g = self.0.p.g;
         let views = packed_views(l, &g)?;
         let f = 2 * g.h * g.hd + g.h * g.pd;
-        let out = |col: usize, d: usize| View {
-            offset: col,
-            strides: [g.l * f, f, d, 1],
-        };
-        let out_views = [
-            out(0, g.hd),
-            out(g.h * g.hd, g.hd),
-            out(2 * g.h * g.hd, g.pd),
-        ];
+        let out_views = packed_views_at(0, [g.l * f, f], &g);
         backward_cpu(&self.0, [x, x, x], views, out_views, g.n * g.l * f)
     }
 }
