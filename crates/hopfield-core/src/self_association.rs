@@ -58,7 +58,8 @@ impl InputAffine<'_> {
     /// `(W diag(weight), W bias + c)`: the projection `(w, c)` applied after this affine map.
     fn fold(&self, w: &Tensor, c: Option<&Tensor>) -> Result<(Tensor, Option<Tensor>)> {
         let shifted = match self.bias {
-            Some(b) => Some(w.matmul(&b.unsqueeze(1)?)?.squeeze(1)?),
+            // `W b` as the fused linear (candle's matmul re-reads the thread count per call).
+            Some(b) => Some(linear(&b.unsqueeze(0)?, w, None)?.squeeze(0)?),
             None => None,
         };
         let c = match (c, shifted) {

@@ -186,29 +186,104 @@ fn bias_grad(g: &Tensor) -> Result<Tensor> {
     Ok(v)
 }
 
-/// `dx = g W` and `dW = g^T x` (through candle's GEMM on the untracked inputs), each only
-/// where its input takes part in autograd: candle asks a custom op for every input's gradient
-/// and then adds it to a fresh zero tensor, so an untracked input (the data a first layer
-/// reads) would cost a GEMM and two full-size passes for nothing.
+/// `dx = g W` and `dW = g^T x`, each only where its input takes part in autograd: candle asks a
+/// custom op for every input's gradient and then adds it to a fresh zero tensor, so an untracked
+/// input (the data a first layer reads) would cost a GEMM and two full-size passes for nothing.
+/// The products run on the host slices (candle's matmul looks up the thread count on every call,
+/// which on Linux without `RAYON_NUM_THREADS` set parses `/proc/cpuinfo`).
 fn input_and_weight_grads(
     x: &Tensor,
     w: &Tensor,
     g: &Tensor,
 ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-    let (out, inp) = w.dims2()?;
-    let rows = g.elem_count() / out.max(1);
-    let g2 = g.reshape((rows, out))?;
-    let dx = if x.track_op() {
-        Some(g2.matmul(w)?.reshape(x.shape())?)
-    } else {
-        None
+    let (want_x, want_w) = (x.track_op(), w.track_op());
+    if !want_x && !want_w {
+        return Ok((None, None));
+    }
+    let g = g.contiguous()?;
+    let guards = [x, w, &g].map(|t| t.storage_and_layout());
+    let cpu = |i: usize| -> Result<&CpuStorage> {
+        match &*guards[i].0 {
+            candle_core::Storage::Cpu(c) => Ok(c),
+            _ => candle_core::bail!("linear: backward expects CPU tensors"),
+        }
     };
-    let dw = if w.track_op() {
-        Some(g2.t()?.matmul(&x.reshape((rows, inp))?)?)
-    } else {
-        None
-    };
-    Ok((dx, dw))
+    fn grads<T: WithDType>(
+        x: &[T],
+        w: &[T],
+        lw: &Layout,
+        g: &[T],
+        want: (bool, bool),
+    ) -> (Option<Vec<T>>, Option<Vec<T>>) {
+        let (out, inp) = (lw.dims()[0], lw.dims()[1]);
+        let rows = g.len() / out.max(1);
+        let st = lw.stride();
+        let wm = Mat {
+            data: &w[lw.start_offset()..],
+            rows: out,
+            cols: inp,
+            rs: st[0],
+            cs: st[1],
+        };
+        let gm = Mat::row_major(g, rows, out, out);
+        let dx = want.0.then(|| {
+            let mut d = vec![T::zero(); rows * inp];
+            gemm_into(&mut d, inp, gm, wm, false);
+            d
+        });
+        let dw = want.1.then(|| {
+            let mut d = vec![T::zero(); out * inp];
+            gemm_into(
+                &mut d,
+                inp,
+                gm.t(),
+                Mat::row_major(x, rows, inp, inp),
+                false,
+            );
+            d
+        });
+        (dx, dw)
+    }
+    let (lx, lw, lg) = (guards[0].1, guards[1].1, guards[2].1);
+    let want = (want_x, want_w);
+    fn to_tensors<T: WithDType>(
+        d: (Option<Vec<T>>, Option<Vec<T>>),
+        x: &Tensor,
+        w: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let dev = &candle_core::Device::Cpu;
+        Ok((
+            d.0.map(|v| Tensor::from_vec(v, x.shape(), dev))
+                .transpose()?,
+            d.1.map(|v| Tensor::from_vec(v, w.shape(), dev))
+                .transpose()?,
+        ))
+    }
+    match x.dtype() {
+        DType::F32 => to_tensors(
+            grads::<f32>(
+                contiguous_slice(cpu(0)?, lx)?,
+                cpu(1)?.as_slice()?,
+                lw,
+                contiguous_slice(cpu(2)?, lg)?,
+                want,
+            ),
+            x,
+            w,
+        ),
+        DType::F64 => to_tensors(
+            grads::<f64>(
+                contiguous_slice(cpu(0)?, lx)?,
+                cpu(1)?.as_slice()?,
+                lw,
+                contiguous_slice(cpu(2)?, lg)?,
+                want,
+            ),
+            x,
+            w,
+        ),
+        other => candle_core::bail!("linear: CPU op supports f32 and f64, got {other:?}"),
+    }
 }
 
 impl CustomOp2 for Linear {
