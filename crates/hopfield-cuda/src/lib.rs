@@ -5,7 +5,9 @@
 //!
 //! - [`retrieval`]: the fused softmax retrieval `softmax(beta q k^T + mask) v` per (sample, head),
 //!   FlashAttention-style (online softmax over blocks of stored patterns, log-sum-exp output,
-//!   FlashAttention-2 backward), reading the projections' `(N, T, H, d)` views in place.
+//!   FlashAttention-2 backward), reading the projections' `(N, T, H, d)` views in place;
+//!   [`retrieval::retrieve_projected`] adds the packed q/k/v and output projections around it as
+//!   one graph node whose intermediates live in reused scratch buffers ([`release_scratch`]).
 //! - [`masked_softmax`]: softmax over the last dimension that maps fully masked rows (all `-inf`)
 //!   to zeros instead of NaN, fused per row on the CPU (rayon over rows; a vectorisable `exp` and
 //!   lane-wise reductions, compiled for AVX2+FMA as well and picked at run time), with a fused
