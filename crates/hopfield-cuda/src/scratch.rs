@@ -12,10 +12,10 @@
 use std::sync::Mutex;
 
 /// Buffers kept per element type; further returns are freed.
-pub const MAX_BUFFERS: usize = 8;
+pub(crate) const MAX_BUFFERS: usize = 8;
 
 /// Bytes kept per element type; a return that would exceed it is freed.
-pub const MAX_BYTES: usize = 1 << 30;
+pub(crate) const MAX_BYTES: usize = 1 << 30;
 
 /// Element types with a pool.
 pub(crate) trait Pooled: Copy + Default + Send + 'static {
@@ -73,8 +73,7 @@ pub(crate) fn give<T: Pooled>(buf: Vec<T>) {
 }
 
 /// Frees every pooled scratch buffer (they are otherwise kept for the next call of a fused op,
-/// up to [`MAX_BUFFERS`] buffers and [`MAX_BYTES`] bytes per element type). Returns the bytes
-/// freed.
+/// up to 8 buffers and 1 GiB per element type). Returns the bytes freed.
 ///
 /// ```
 /// let freed = hopfield_cuda::release_scratch();
