@@ -106,6 +106,27 @@ pub enum HopfieldError {
         /// How many (sample, head) pairs were still changing.
         unconverged: usize,
     },
+    /// A float (additive) mask holds values it cannot take.
+    #[error("{mask}: the additive mask with shape {shape:?} contains {what}; a float mask takes 0 (keep), finite biases or -inf (masked)")]
+    MaskValues {
+        /// Which mask.
+        mask: &'static str,
+        /// Its shape.
+        shape: Vec<usize>,
+        /// What was found (`NaN` or `+inf`).
+        what: &'static str,
+    },
+    /// A tensor the configuration asks for cannot be allocated (its size overflows, or the
+    /// allocator refuses it): reported before anything is allocated, instead of an abort.
+    #[error("{what}: a tensor of shape {dims:?} ({bytes}) cannot be allocated; check the configured sizes")]
+    TooLarge {
+        /// The tensor (its state_dict name or role).
+        what: String,
+        /// Its shape.
+        dims: Vec<usize>,
+        /// Its size in bytes, in words (or "more than usize::MAX").
+        bytes: String,
+    },
     /// An input contains NaN or infinite values.
     #[error("{arg} contains non-finite values (NaN or inf)")]
     NonFinite {
@@ -171,4 +192,48 @@ pub fn expect_shape(
             got: dims.to_vec(),
         })
     }
+}
+
+/// Largest single tensor a configuration may ask for (16 TiB): beyond any machine this runs on,
+/// and below what Linux's overcommit would hand out as untouched virtual memory.
+const MAX_TENSOR_BYTES: usize = 1 << 44;
+
+/// `Err(HopfieldError::TooLarge{..})` unless a tensor of `dims` in `dtype` can be allocated: its
+/// element count and byte size must not overflow, stay below 16 TiB, and the allocator must
+/// agree to reserve it (tried with `try_reserve` and released at once, so no page is touched).
+/// Every constructor calls this for each tensor a configuration sizes, so a hidden size of
+/// 10^12 from a kwargs JSON is a typed error instead of an abort.
+///
+/// ```
+/// use candle_core::DType;
+/// use hopfield_core::error::check_alloc;
+/// assert!(check_alloc("w", &[16, 16], DType::F32).is_ok());
+/// let err = check_alloc("in_proj_weight", &[1 << 40, 1 << 40], DType::F32).unwrap_err();
+/// assert!(err.to_string().contains("in_proj_weight"));
+/// ```
+pub fn check_alloc(
+    what: &str,
+    dims: &[usize],
+    dtype: candle_core::DType,
+) -> Result<(), HopfieldError> {
+    let too_large = |bytes: String| HopfieldError::TooLarge {
+        what: what.to_string(),
+        dims: dims.to_vec(),
+        bytes,
+    };
+    let elems = dims
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| too_large("more than usize::MAX elements".into()))?;
+    let bytes = elems
+        .checked_mul(dtype.size_in_bytes())
+        .ok_or_else(|| too_large("more than usize::MAX bytes".into()))?;
+    if bytes > MAX_TENSOR_BYTES {
+        return Err(too_large(format!("{bytes} bytes, above the 16 TiB limit")));
+    }
+    let mut probe: Vec<u8> = Vec::new();
+    probe
+        .try_reserve_exact(bytes)
+        .map_err(|_| too_large(format!("{bytes} bytes, refused by the allocator")))?;
+    Ok(())
 }

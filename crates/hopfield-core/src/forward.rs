@@ -82,6 +82,7 @@ fn mask_to_additive(mask: &Tensor, name: &'static str, dtype: DType) -> Result<T
     if d.is_int() {
         bool_to_additive(mask, dtype)
     } else if d.is_float() {
+        check_additive_values(mask, name)?;
         mask.to_dtype(dtype)
     } else {
         Err(HopfieldError::MaskDtype {
@@ -91,6 +92,29 @@ fn mask_to_additive(mask: &Tensor, name: &'static str, dtype: DType) -> Result<T
         }
         .into())
     }
+}
+
+/// A float (additive) mask takes 0, finite biases and `-inf`; NaN, or `+inf` (which makes the
+/// rest of its row NaN), is an error naming the mask. One scan; masks without `-inf` finish
+/// after the first.
+fn check_additive_values(mask: &Tensor, name: &'static str) -> Result<()> {
+    if hopfield_cuda::all_finite(mask)? {
+        return Ok(());
+    }
+    let flat = mask.flatten_all()?;
+    let what = if flat.ne(&flat)?.max(0)?.to_scalar::<u8>()? != 0 {
+        "NaN"
+    } else if flat.eq(f64::INFINITY)?.max(0)?.to_scalar::<u8>()? != 0 {
+        "+inf"
+    } else {
+        return Ok(());
+    };
+    Err(HopfieldError::MaskValues {
+        mask: name,
+        shape: mask.dims().to_vec(),
+        what,
+    }
+    .into())
 }
 
 /// The additive mask, broadcastable to `(N, H, L, S')`.

@@ -44,4 +44,4 @@ pub use forward::{
     hopfield_core_output, set_fused_retrieval, CoreOutput, LogitMap, Masks,
 };
 pub use self_association::{hopfield_core_output_shared, InputAffine};
-pub use weights::{CoreLayout, CoreWeights, InProjection};
+pub use weights::{checked_param, CoreLayout, CoreWeights, InProjection};

@@ -37,11 +37,16 @@ impl Schedule {
         })
     }
 
+    /// Every loop is bounded by `max_convergence_steps`, an explicit step count included: a
+    /// count of `usize::MAX` with a tiny eps would otherwise never stop in f32.
     fn within(&self, h: usize, t: usize) -> bool {
-        match self.max_steps[h] {
-            Some(m) => t < m,
-            None => t < self.cap,
-        }
+        t < self.max_steps[h].map_or(self.cap, |m| m.min(self.cap))
+    }
+
+    /// Whether stopping at the step bound while still changing means "did not converge": for
+    /// "until convergence", and for explicit step counts the cap cut short.
+    fn capped(&self, h: usize) -> bool {
+        self.max_steps[h].is_none_or(|m| m > self.cap)
     }
 
     /// Whether iteration `t` decides anything: some active pair may step, or (until convergence,
@@ -50,7 +55,7 @@ impl Schedule {
     pub fn needed(&self, t: usize) -> bool {
         self.active.iter().enumerate().any(|(i, a)| {
             let h = i % self.heads;
-            *a && (self.within(h, t) || self.max_steps[h].is_none())
+            *a && (self.within(h, t) || self.capped(h))
         })
     }
 
@@ -63,7 +68,7 @@ impl Schedule {
             let moving = change.is_none_or(|c| c[i] > self.eps[h]);
             let within = self.within(h, t);
             let a = self.active[i];
-            if a && moving && !within && self.max_steps[h].is_none() {
+            if a && moving && !within && self.capped(h) {
                 self.unconverged += 1;
             }
             self.active[i] = a && moving && within;
@@ -94,7 +99,7 @@ impl Schedule {
             .where_cond(&next, current)
     }
 
-    /// False only if "until convergence" stopped at the cap.
+    /// False only if some pair stopped at the cap still changing.
     pub fn converged(&self) -> bool {
         self.unconverged == 0
     }

@@ -1,8 +1,8 @@
 //! The association's weights: q/k/v projections (packed or separate), their biases, the output
 //! projection and the Hopfield-space LayerNorm, under hflayers' `HopfieldCore` state_dict names.
 
-use crate::error::HopfieldError;
-use candle_core::{Result, Tensor};
+use crate::error::{check_alloc, HopfieldError};
+use candle_core::{Result, Shape, Tensor};
 use candle_nn::{init::Init, VarBuilder};
 
 const PROJ_INIT: Init = Init::Randn {
@@ -116,6 +116,23 @@ impl CoreLayout {
         if self.head_dim == 0 || self.pattern_dim == 0 {
             return Err(cfg("hidden_size/pattern_size", "must be >= 1"));
         }
+        // H*hd, H*pd and the packed row count 2*H*hd + H*pd must exist as numbers before any
+        // weight is sized from them.
+        let rows = self
+            .num_heads
+            .checked_mul(self.head_dim)
+            .and_then(|vh| vh.checked_mul(2))
+            .zip(self.num_heads.checked_mul(self.pattern_dim))
+            .and_then(|(a, b)| a.checked_add(b));
+        if rows.is_none() {
+            return Err(HopfieldError::Config {
+                field: "num_heads/hidden_size/pattern_size",
+                reason: format!(
+                    "{} heads of {} (values {}) overflow the projection sizes",
+                    self.num_heads, self.head_dim, self.pattern_dim
+                ),
+            });
+        }
         if self.value_as_connected {
             if self.value_as_static {
                 return Err(cfg(
@@ -135,6 +152,35 @@ impl CoreLayout {
         }
         Ok(())
     }
+}
+
+/// `vb.get_with_hints(shape, name, init)` after [`check_alloc`]: a tensor whose configured size
+/// cannot be allocated is a typed error naming it, not an abort of the process. Every weight of
+/// this crate's and hopfield-nn's modules comes through here.
+///
+/// ```
+/// use candle_core::DType;
+/// use candle_nn::{Init, VarBuilder, VarMap};
+/// let map = VarMap::new();
+/// let vb = VarBuilder::from_varmap(&map, DType::F32, &candle_core::Device::Cpu);
+/// let w = hopfield_core::checked_param(&vb, (2, 3), "w", Init::Const(1.0))?;
+/// assert_eq!(w.dims(), &[2, 3]);
+/// assert!(hopfield_core::checked_param(&vb, (1usize << 40, 1usize << 40), "huge", Init::Const(0.0)).is_err());
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+pub fn checked_param<S: Into<Shape>>(
+    vb: &VarBuilder,
+    shape: S,
+    name: &str,
+    init: Init,
+) -> Result<Tensor> {
+    let shape = shape.into();
+    let full = match vb.prefix() {
+        p if p.is_empty() => name.to_string(),
+        p => format!("{p}.{name}"),
+    };
+    check_alloc(&full, shape.dims(), vb.dtype())?;
+    vb.get_with_hints(shape, name, init)
 }
 
 /// The q/k/v projection weights.
@@ -206,7 +252,7 @@ impl CoreWeights {
         let (e, vh, vp) = (layout.embed_dim, layout.vh(), layout.vp());
         let p_norm = |name: &str, init| -> Result<Option<Tensor>> {
             if layout.normalize_pattern_affine {
-                vb.get_with_hints(layout.head_dim, name, init).map(Some)
+                checked_param(&vb, layout.head_dim, name, init).map(Some)
             } else {
                 Ok(None)
             }
@@ -217,7 +263,7 @@ impl CoreWeights {
         let in_proj = if layout.packed() {
             let rows = usize::from(!qs) * vh + usize::from(!ks) * vh + usize::from(!vs) * vp;
             InProjection::Packed(if any_projected {
-                Some(vb.get_with_hints((rows, e), "in_proj_weight", PROJ_INIT)?)
+                Some(checked_param(&vb, (rows, e), "in_proj_weight", PROJ_INIT)?)
             } else {
                 None
             })
@@ -229,29 +275,29 @@ impl CoreWeights {
             };
             InProjection::Separate {
                 q: (!qs)
-                    .then(|| vb.get_with_hints((vh, e), "q_proj_weight", PROJ_INIT))
+                    .then(|| checked_param(&vb, (vh, e), "q_proj_weight", PROJ_INIT))
                     .transpose()?,
                 k: (!ks)
-                    .then(|| vb.get_with_hints((vh, layout.kdim), "k_proj_weight", PROJ_INIT))
+                    .then(|| checked_param(&vb, (vh, layout.kdim), "k_proj_weight", PROJ_INIT))
                     .transpose()?,
                 v: (!vs)
-                    .then(|| vb.get_with_hints((vp, v_in), "v_proj_weight", PROJ_INIT))
+                    .then(|| checked_param(&vb, (vp, v_in), "v_proj_weight", PROJ_INIT))
                     .transpose()?,
             }
         };
         let in_proj_bias = if layout.bias && any_projected {
             let len = usize::from(!qs) * vh + usize::from(!ks) * vh + vp;
-            Some(vb.get_with_hints(len, "in_proj_bias", Init::Const(0.0))?)
+            Some(checked_param(&vb, len, "in_proj_bias", Init::Const(0.0))?)
         } else {
             None
         };
         let (bias_k, bias_v) = if layout.add_bias_kv {
             (
                 (!ks)
-                    .then(|| vb.get_with_hints((1, 1, vh), "bias_k", PROJ_INIT))
+                    .then(|| checked_param(&vb, (1, 1, vh), "bias_k", PROJ_INIT))
                     .transpose()?,
                 (!vs)
-                    .then(|| vb.get_with_hints((1, 1, vh), "bias_v", PROJ_INIT))
+                    .then(|| checked_param(&vb, (1, 1, vh), "bias_v", PROJ_INIT))
                     .transpose()?,
             )
         } else {

@@ -34,6 +34,7 @@
 
 mod alloc;
 mod device;
+mod error;
 mod finite;
 mod linear;
 mod matmul;
@@ -47,6 +48,7 @@ mod test_util;
 
 pub use alloc::tune_allocator;
 pub use device::{DeviceChoice, UnknownDevice};
+pub use error::{expect_float, KernelError};
 pub use finite::all_finite;
 pub use linear::{linear, linear_composed};
 pub use normalize::{normalize, normalize_composed};

@@ -7,6 +7,7 @@
 //! pass is one GEMM accumulating onto the broadcast bias, and the bias gradient is a column sum
 //! rather than candle's strided reduction.
 
+use crate::error::{expect_float, expect_same_dtype};
 use crate::matmul::{column_sums, gemm_into, Mat};
 use candle_core::{
     backend::BackendStorage, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape,
@@ -28,7 +29,18 @@ use candle_core::{
 /// # Ok::<(), candle_core::Error>(())
 /// ```
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
-    let (out, inp) = w.dims2()?;
+    expect_float("linear", "x", x)?;
+    expect_float("linear", "weight", w)?;
+    expect_same_dtype("linear", ("weight", w), ("x", x))?;
+    if let Some(b) = b {
+        expect_same_dtype("linear", ("bias", b), ("x", x))?;
+    }
+    let (out, inp) = w.dims2().map_err(|_| {
+        candle_core::Error::Msg(format!(
+            "linear: weight must be (out, in), got {:?}",
+            w.dims()
+        ))
+    })?;
     let dims = x.dims();
     if dims.last() != Some(&inp) {
         candle_core::bail!(

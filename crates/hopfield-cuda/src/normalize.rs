@@ -1,6 +1,7 @@
 //! Row standardisation `(x - mean) / sqrt(var + eps)` (the core of LayerNorm) as a custom op with a
 //! fused backward pass.
 
+use crate::error::{expect_float, expect_param};
 use crate::rows::{contiguous, par_rows, par_rows2};
 use candle_core::{
     backend::BackendStorage, CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape,
@@ -26,7 +27,9 @@ fn moments<T: Real>(x: &[T], eps: f64) -> (f64, f64) {
     let n = x.len() as f64;
     let mean = x.iter().map(|&v| v.into()).sum::<f64>() / n;
     let var = x.iter().map(|&v| (v.into() - mean).powi(2)).sum::<f64>() / n;
-    (mean, 1.0 / (var + eps).sqrt())
+    // A constant row with eps = 0 is 0 / 0: defined as 0 (output and gradient), not NaN.
+    let d = var + eps;
+    (mean, if d > 0.0 { 1.0 / d.sqrt() } else { 0.0 })
 }
 
 fn normalize_row<T: Real>(x: &[T], y: &mut [T], eps: f64) {
@@ -135,13 +138,7 @@ impl CustomOp2 for NormalizeGrad {
 /// # Ok::<(), candle_core::Error>(())
 /// ```
 pub fn normalize(x: &Tensor, eps: f64) -> Result<Tensor> {
-    if !x.dtype().is_float() {
-        // Candle's elementwise ops panic on integer dtypes; say what is wrong instead.
-        candle_core::bail!(
-            "normalize: expected a floating-point tensor, got {:?}",
-            x.dtype()
-        );
-    }
+    check_args(x, eps)?;
     if x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64) {
         x.contiguous()?.apply_op1(Normalize { eps })
     } else {
@@ -149,12 +146,25 @@ pub fn normalize(x: &Tensor, eps: f64) -> Result<Tensor> {
     }
 }
 
+/// Candle's elementwise ops panic on integer dtypes, and a NaN or negative `eps` makes every
+/// row NaN: both are reported by name instead.
+fn check_args(x: &Tensor, eps: f64) -> Result<()> {
+    expect_float("normalize", "x", x)?;
+    expect_param("normalize", "eps", eps, 0.0, DType::F64, "finite and >= 0")?;
+    Ok(())
+}
+
 /// The same from composed candle ops (any dtype and device; differentiable to any order).
 pub fn normalize_composed(x: &Tensor, eps: f64) -> Result<Tensor> {
+    check_args(x, eps)?;
     let mean = x.mean_keepdim(D::Minus1)?;
     let xc = x.broadcast_sub(&mean)?;
     let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
-    xc.broadcast_div(&(var + eps)?.sqrt()?)
+    let d = (var + eps)?;
+    // As the fused op: a zero variance with eps = 0 gives 0, not 0 / 0.
+    let positive = d.gt(0.0)?;
+    let d = positive.where_cond(&d, &d.ones_like()?)?;
+    xc.broadcast_div(&d.sqrt()?)
 }
 
 #[cfg(test)]
@@ -179,6 +189,29 @@ mod tests {
         };
         assert!(d(&y1, &y2)? < 1e-14);
         assert!(d(&g1, &g2)? < 1e-13);
+        Ok(())
+    }
+
+    /// A NaN or negative eps is a typed error; a constant row with eps = 0 gives zeros (fused and
+    /// composed), not 0 / 0; integer input is an error.
+    #[test]
+    fn bad_eps_and_constant_rows() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Tensor::new(&[[3f64, 3., 3.], [1., 2., 3.]], &dev)?;
+        for eps in [f64::NAN, -1.0, f64::INFINITY] {
+            let e = normalize(&x, eps).unwrap_err().to_string();
+            assert!(e.contains("`eps`"), "{e}");
+        }
+        for y in [normalize(&x, 0.0)?, normalize_composed(&x, 0.0)?] {
+            let y = y.to_vec2::<f64>()?;
+            assert_eq!(y[0], vec![0., 0., 0.]);
+            assert!((y[1][2] - 1.224744871391589).abs() < 1e-12);
+        }
+        let ids = Tensor::new(&[[1u32, 2]], &dev)?;
+        assert!(normalize(&ids, 1e-5)
+            .unwrap_err()
+            .to_string()
+            .contains("U32"));
         Ok(())
     }
 }

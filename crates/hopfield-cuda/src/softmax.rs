@@ -1,5 +1,6 @@
 //! Masked softmax over the last dimension as a custom op with a backward pass.
 
+use crate::error::{expect_float, KernelError};
 use crate::rows::{contiguous, rows_per_task};
 use candle_core::{
     backend::BackendStorage, CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape,
@@ -16,6 +17,8 @@ trait Float:
     fn exp(self) -> Self;
     fn add(self, o: Self) -> Self;
     fn div(self, o: Self) -> Self;
+    fn from_usize(n: usize) -> Self;
+    fn is_nan(self) -> bool;
 }
 
 /// `exp` for f32 in a form the compiler vectorises (libm's `expf` is a scalar call and dominated
@@ -95,6 +98,12 @@ macro_rules! float {
             fn div(self, o: Self) -> Self {
                 self / o
             }
+            fn from_usize(n: usize) -> Self {
+                n as $t
+            }
+            fn is_nan(self) -> bool {
+                <$t>::is_nan(self)
+            }
         }
     };
 }
@@ -164,19 +173,33 @@ fn row_sum<T: Float>(a: &[T]) -> T {
     sum
 }
 
+/// One row; `false` when it holds a NaN (the row's output is then unspecified).
 #[inline(always)]
-fn softmax_row<T: Float>(src: &[T], dst: &mut [T]) {
+fn softmax_row<T: Float>(src: &[T], dst: &mut [T]) -> bool {
     let max = row_max(src);
     if max == T::NEG_INF {
-        // Fully masked: no pattern may be retrieved.
+        // Fully masked: no pattern may be retrieved. (A NaN is not a mask: `row_max` skips
+        // NaNs, so a row of NaNs and -infs lands here and is reported.)
         dst.iter_mut().for_each(|d| *d = T::ZERO);
-        return;
+        return src.iter().all(|&s| s == T::NEG_INF);
+    }
+    if max == T::ZERO - T::NEG_INF {
+        // +inf logits: the limit of the softmax shares the mass equally among them.
+        let count = src.iter().filter(|&&s| s == max).count();
+        let share = T::ONE.div(T::from_usize(count));
+        for (d, &s) in dst.iter_mut().zip(src) {
+            *d = if s == max { share } else { T::ZERO };
+        }
+        return !src.iter().any(|s| s.is_nan());
     }
     for (d, &s) in dst.iter_mut().zip(src) {
         *d = (s - max).exp();
     }
-    let inv = T::ONE.div(row_sum(dst));
+    let sum = row_sum(dst);
+    let inv = T::ONE.div(sum);
     dst.iter_mut().for_each(|d| *d = *d * inv);
+    // exp(NaN - max) is NaN, so a NaN anywhere in the row makes the sum NaN.
+    !sum.is_nan()
 }
 
 /// `p * (g - sum(p * g))` per row.
@@ -190,42 +213,46 @@ fn softmax_grad_row<T: Float>(p: &[T], g: &[T], dst: &mut [T]) {
 
 /// The rows of one task. On x86-64 an AVX2+FMA build of the same code is picked at run time:
 /// the default target only allows 4-wide SSE2, and the row loops are compute-bound on `exp`.
-fn softmax_rows<T: Float>(src: &[T], dst: &mut [T], dim: usize) {
+fn softmax_rows<T: Float>(src: &[T], dst: &mut [T], dim: usize) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
             // SAFETY: the features were just detected on this CPU.
-            unsafe { softmax_rows_avx2(src, dst, dim) };
-            return;
+            return unsafe { softmax_rows_avx2(src, dst, dim) };
         }
     }
-    softmax_rows_generic(src, dst, dim);
+    softmax_rows_generic(src, dst, dim)
 }
 
 #[inline(always)]
-fn softmax_rows_generic<T: Float>(src: &[T], dst: &mut [T], dim: usize) {
+fn softmax_rows_generic<T: Float>(src: &[T], dst: &mut [T], dim: usize) -> bool {
+    let mut ok = true;
     for (dr, sr) in dst.chunks_mut(dim).zip(src.chunks(dim)) {
-        softmax_row(sr, dr);
+        ok &= softmax_row(sr, dr);
     }
+    ok
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn softmax_rows_avx2<T: Float>(src: &[T], dst: &mut [T], dim: usize) {
-    softmax_rows_generic(src, dst, dim);
+unsafe fn softmax_rows_avx2<T: Float>(src: &[T], dst: &mut [T], dim: usize) -> bool {
+    softmax_rows_generic(src, dst, dim)
 }
 
-fn map_rows<T: Float>(src: &[T], dim: usize) -> Vec<T> {
+/// The softmax of every row, or `None` when some row holds a NaN.
+fn map_rows<T: Float>(src: &[T], dim: usize) -> Option<Vec<T>> {
     let mut dst = vec![T::ZERO; src.len()];
     if dim == 0 || src.is_empty() {
         // Rows of no elements (an empty memory): nothing to compute, and no zero-size chunks.
-        return dst;
+        return Some(dst);
     }
     let chunk = rows_per_task(dim) * dim;
-    dst.par_chunks_mut(chunk)
+    let ok = dst
+        .par_chunks_mut(chunk)
         .zip(src.par_chunks(chunk))
-        .for_each(|(d, s)| softmax_rows(s, d, dim));
-    dst
+        .map(|(d, s)| softmax_rows(s, d, dim))
+        .reduce(|| true, |a, b| a && b);
+    ok.then_some(dst)
 }
 
 #[inline(always)]
@@ -272,9 +299,19 @@ impl CustomOp1 for MaskedSoftmax {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let dim = l.dims().last().copied().unwrap_or(1);
+        let nan = || KernelError::Values {
+            op: "masked_softmax",
+            arg: "logits",
+            shape: l.dims().to_vec(),
+            what: "NaN",
+        };
         let out = match s {
-            CpuStorage::F32(v) => CpuStorage::F32(map_rows(contiguous(v, l)?, dim)),
-            CpuStorage::F64(v) => CpuStorage::F64(map_rows(contiguous(v, l)?, dim)),
+            CpuStorage::F32(v) => {
+                CpuStorage::F32(map_rows(contiguous(v, l)?, dim).ok_or_else(nan)?)
+            }
+            CpuStorage::F64(v) => {
+                CpuStorage::F64(map_rows(contiguous(v, l)?, dim).ok_or_else(nan)?)
+            }
             other => candle_core::bail!("masked_softmax: unsupported dtype {:?}", other.dtype()),
         };
         Ok((out, l.shape().clone()))
@@ -347,6 +384,7 @@ impl CustomOp2 for SoftmaxGrad {
 /// # Ok::<(), candle_core::Error>(())
 /// ```
 pub fn masked_softmax(x: &Tensor) -> Result<Tensor> {
+    expect_float("masked_softmax", "logits", x)?;
     let fused = x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64);
     if fused {
         x.contiguous()?.apply_op1(MaskedSoftmax)
@@ -355,13 +393,37 @@ pub fn masked_softmax(x: &Tensor) -> Result<Tensor> {
     }
 }
 
-/// The same function from composed candle ops (any dtype and device).
+/// The same function from composed candle ops (any float dtype and device), with the same
+/// semantics: NaN is an error, rows of `-inf` give zeros, and `+inf` entries share their row's
+/// mass equally.
 pub fn masked_softmax_composed(logits: &Tensor) -> Result<Tensor> {
+    expect_float("masked_softmax", "logits", logits)?;
+    if logits
+        .ne(logits)?
+        .flatten_all()?
+        .max(0)?
+        .to_scalar::<u8>()?
+        != 0
+    {
+        return Err(KernelError::Values {
+            op: "masked_softmax",
+            arg: "logits",
+            shape: logits.dims().to_vec(),
+            what: "NaN",
+        }
+        .into());
+    }
     // The max is a constant shift (softmax is invariant to it), so it carries no gradient.
     let m = logits.max_keepdim(D::Minus1)?.detach();
-    let finite = m.ne(f64::NEG_INFINITY)?;
+    let finite = m.ne(f64::NEG_INFINITY)?.mul(&m.ne(f64::INFINITY)?)?;
     let m = finite.where_cond(&m, &m.zeros_like()?)?;
     let e = logits.broadcast_sub(&m)?.exp()?;
+    // Rows with +inf entries: the limit puts equal mass on those entries (and none elsewhere).
+    let is_inf = logits.eq(f64::INFINITY)?;
+    let inf_rows = is_inf
+        .max_keepdim(D::Minus1)?
+        .broadcast_as(logits.shape())?;
+    let e = inf_rows.where_cond(&is_inf.to_dtype(logits.dtype())?, &e)?;
     let s = e.sum_keepdim(D::Minus1)?;
     let positive = s.gt(0.0)?;
     let s = positive.where_cond(&s, &s.ones_like()?)?;
@@ -469,6 +531,31 @@ mod tests {
         let a = masked_softmax(&x)?;
         let b = candle_nn::ops::softmax_last_dim(&x)?;
         assert!(max_diff(&a, &b) < 1e-6);
+        Ok(())
+    }
+
+    /// +inf logits share their row's mass equally (fused and composed agree), NaN is a typed
+    /// error (a row of NaNs is not "fully masked"), and integer logits are an error, not a panic.
+    #[test]
+    fn infinities_nans_and_integers() -> Result<()> {
+        let dev = Device::Cpu;
+        let (inf, ninf) = (f64::INFINITY, f64::NEG_INFINITY);
+        let x = Tensor::new(&[[inf, 0., inf], [1., ninf, inf], [ninf, ninf, ninf]], &dev)?;
+        let want = vec![vec![0.5, 0., 0.5], vec![0., 0., 1.], vec![0., 0., 0.]];
+        assert_eq!(masked_softmax(&x)?.to_vec2::<f64>()?, want);
+        assert_eq!(masked_softmax_composed(&x)?.to_vec2::<f64>()?, want);
+        for row in [[f64::NAN, 0.], [f64::NAN, ninf]] {
+            let x = Tensor::new(&[row], &dev)?;
+            for r in [masked_softmax(&x), masked_softmax_composed(&x)] {
+                let e = r.unwrap_err().to_string();
+                assert!(e.contains("contains NaN"), "{e}");
+            }
+        }
+        let ids = Tensor::new(&[[1u32, 0]], &dev)?;
+        assert!(masked_softmax(&ids)
+            .unwrap_err()
+            .to_string()
+            .contains("U32"));
         Ok(())
     }
 }

@@ -585,28 +585,31 @@ fn rows_per_task(heads: usize, l: usize) -> usize {
     bq
 }
 
-/// The forward pass: `[out (N, L, H, pd) | lse (N, H, L)]` flat.
+/// The forward pass: `[out (N, L, H, pd) | lse (N, H, L)]` flat, and the number of rows that
+/// overflowed (see [`forward_into`]).
 pub(crate) fn forward<T: Float>(
     p: &Params,
     data: [&[T]; 3],
     views: [View; 3],
     mask: Option<(&[T], View)>,
-) -> Vec<T> {
+) -> (Vec<T>, usize) {
     let g = p.g;
     let mut flat = vec![T::ZERO; g.n * g.l * g.h * g.pd + g.n * g.h * g.l];
-    forward_into(p, data, views, mask, &mut flat);
-    flat
+    let overflowed = forward_into(p, data, views, mask, &mut flat);
+    (flat, overflowed)
 }
 
 /// [`forward`] into `flat` (its length exactly `N*L*H*pd + N*H*L`), every element of which it
-/// writes, so `flat` may hold anything before (a reused scratch buffer).
+/// writes, so `flat` may hold anything before (a reused scratch buffer). Returns how many query
+/// rows overflowed: a logit `beta q k` that is NaN or `+inf` (inputs too large for the dtype)
+/// makes its row's log-sum-exp NaN, which costs one comparison per row to detect.
 pub(crate) fn forward_into<T: Float>(
     p: &Params,
     data: [&[T]; 3],
     views: [View; 3],
     mask: Option<(&[T], View)>,
     flat: &mut [T],
-) {
+) -> usize {
     let g = p.g;
     let x = Inputs::new(data, views, mask);
     let bq = rows_per_task(g.n * g.h, g.l);
@@ -617,62 +620,72 @@ pub(crate) fn forward_into<T: Float>(
     let no = g.n * g.l * g.h * g.pd;
     assert_eq!(flat.len(), no + g.n * g.h * g.l, "retrieval forward buffer");
     let ptr = SharedMut(flat.as_mut_ptr());
-    (0..tasks).into_par_iter().for_each(|t| {
-        let (nh, qb) = (t / qblocks, t % qblocks);
-        let (n, h) = (nh / g.h, nh % g.h);
-        let r0 = qb * bq;
-        let rows = bq.min(g.l - r0);
-        // One chunk unless the tasks alone cannot keep the threads busy; the zero pattern
-        // belongs to the first chunk only.
-        let parts: Vec<Partial<T>> = (0..chunks)
-            .into_par_iter()
-            .filter_map(|c| {
-                let s0 = c * per_chunk;
-                (s0 < g.s || c == 0).then(|| {
-                    let s1 = (s0 + per_chunk).min(g.s);
-                    let zero = c == 0 && p.zero_association;
-                    forward_block_dispatch(p, &x, n, h, r0, rows, s0, s1, zero)
+    (0..tasks)
+        .into_par_iter()
+        .map(|t| {
+            let (nh, qb) = (t / qblocks, t % qblocks);
+            let (n, h) = (nh / g.h, nh % g.h);
+            let r0 = qb * bq;
+            let rows = bq.min(g.l - r0);
+            // One chunk unless the tasks alone cannot keep the threads busy; the zero pattern
+            // belongs to the first chunk only.
+            let parts: Vec<Partial<T>> = (0..chunks)
+                .into_par_iter()
+                .filter_map(|c| {
+                    let s0 = c * per_chunk;
+                    (s0 < g.s || c == 0).then(|| {
+                        let s1 = (s0 + per_chunk).min(g.s);
+                        let zero = c == 0 && p.zero_association;
+                        forward_block_dispatch(p, &x, n, h, r0, rows, s0, s1, zero)
+                    })
                 })
-            })
-            .collect();
-        // One merge buffer per task (not one allocation per query row).
-        let mut acc = vec![T::ZERO; g.pd];
-        for r in 0..rows {
-            let mut m = T::NEG_INF;
-            for pt in &parts {
-                m = max(m, pt.m[r]);
-            }
-            let out_base = ((n * g.l + r0 + r) * g.h + h) * g.pd;
-            let lse_at = no + (n * g.h + h) * g.l + r0 + r;
-            // SAFETY: (n, h, r0 + r) is written by this task only.
-            unsafe {
-                if m == T::NEG_INF {
-                    for e in 0..g.pd {
-                        *ptr.at(out_base + e) = T::ZERO;
-                    }
-                    *ptr.at(lse_at) = T::NEG_INF;
-                    continue;
-                }
-                let mut l = T::ZERO;
-                acc.fill(T::ZERO);
+                .collect();
+            // One merge buffer per task (not one allocation per query row).
+            let mut acc = vec![T::ZERO; g.pd];
+            let mut overflowed = 0;
+            for r in 0..rows {
+                let mut m = T::NEG_INF;
                 for pt in &parts {
-                    if pt.m[r] == T::NEG_INF {
+                    m = max(m, pt.m[r]);
+                }
+                let out_base = ((n * g.l + r0 + r) * g.h + h) * g.pd;
+                let lse_at = no + (n * g.h + h) * g.l + r0 + r;
+                // SAFETY: (n, h, r0 + r) is written by this task only.
+                unsafe {
+                    if m == T::NEG_INF {
+                        for e in 0..g.pd {
+                            *ptr.at(out_base + e) = T::ZERO;
+                        }
+                        *ptr.at(lse_at) = T::NEG_INF;
                         continue;
                     }
-                    let a = (pt.m[r] - m).exp();
-                    l += pt.l[r] * a;
-                    for (e, &x) in acc.iter_mut().zip(&pt.o[r * g.pd..(r + 1) * g.pd]) {
-                        *e += x * a;
+                    let mut l = T::ZERO;
+                    acc.fill(T::ZERO);
+                    for pt in &parts {
+                        if pt.m[r] == T::NEG_INF {
+                            continue;
+                        }
+                        let a = (pt.m[r] - m).exp();
+                        l += pt.l[r] * a;
+                        for (e, &x) in acc.iter_mut().zip(&pt.o[r * g.pd..(r + 1) * g.pd]) {
+                            *e += x * a;
+                        }
                     }
+                    let inv = T::ONE / l;
+                    for (e, x) in acc.iter().enumerate() {
+                        *ptr.at(out_base + e) = *x * inv;
+                    }
+                    let lse = m + l.ln();
+                    // NaN, or +inf: the only ways a row's log-sum-exp is neither finite nor -inf.
+                    if lse.to_f64().is_nan() || lse == T::ZERO - T::NEG_INF {
+                        overflowed += 1;
+                    }
+                    *ptr.at(lse_at) = lse;
                 }
-                let inv = T::ONE / l;
-                for (e, x) in acc.iter().enumerate() {
-                    *ptr.at(out_base + e) = *x * inv;
-                }
-                *ptr.at(lse_at) = m + l.ln();
             }
-        }
-    });
+            overflowed
+        })
+        .sum()
 }
 
 /// What the backward pass reads besides the inputs: the forward's output `(N, L, H, pd)` and

@@ -40,8 +40,11 @@ mod projected;
 
 pub use projected::{retrieve_projected, Projections};
 
+use crate::error::{
+    expect_additive_mask, expect_float, expect_param, expect_same_dtype, KernelError,
+};
 use crate::softmax::masked_softmax;
-use candle_core::{DType, Result, Tensor, D};
+use candle_core::{DType, Device, Result, Tensor, D};
 
 /// Parameters of one retrieval besides its three inputs.
 #[derive(Debug, Clone)]
@@ -105,7 +108,7 @@ pub enum RetrievalPath {
 
 /// The path [`retrieve`] takes for tensors of this dtype on this device.
 pub fn retrieval_path(dtype: DType, device: &candle_core::Device) -> RetrievalPath {
-    if op::fused_supported(dtype, device) {
+    if op::fused_supported(dtype, device) || is_half_on_cpu(dtype, Some(device)) {
         RetrievalPath::Fused
     } else {
         RetrievalPath::Composed
@@ -137,20 +140,9 @@ fn prepare(
             v.dims()
         );
     }
-    if !q.dtype().is_float() {
-        candle_core::bail!(
-            "retrieval: query, key and value must be floating point, got {:?}",
-            q.dtype()
-        );
-    }
-    if k.dtype() != q.dtype() || v.dtype() != q.dtype() {
-        candle_core::bail!(
-            "retrieval: query, key and value dtypes differ ({:?}, {:?}, {:?})",
-            q.dtype(),
-            k.dtype(),
-            v.dtype()
-        );
-    }
+    expect_float("retrieval", "query", q)?;
+    expect_same_dtype("retrieval", ("key", k), ("query", q))?;
+    expect_same_dtype("retrieval", ("value", v), ("query", q))?;
     let (betas, mask) = betas_and_mask(Geometry { n, l, s, h, hd, pd }, q.dtype(), cfg)?;
     Ok((Geometry { n, l, s, h, hd, pd }, betas, mask))
 }
@@ -167,17 +159,25 @@ fn betas_and_mask(
         x if x == h => cfg.beta.clone(),
         x => candle_core::bail!("retrieval: {x} betas given for {h} heads (give 1 or {h})"),
     };
-    if let Some(b) = betas.iter().find(|b| !b.is_finite()) {
-        candle_core::bail!("retrieval: beta must be finite, got {b}");
+    for &b in &betas {
+        // Representable in the dtype the logits are computed in (f32 for f16/bf16 on the CPU).
+        let compute = if is_half_on_cpu(dtype, cfg.mask.as_ref().map(|m| m.device())) {
+            DType::F32
+        } else {
+            dtype
+        };
+        expect_param(
+            "retrieval",
+            "beta",
+            b,
+            f64::NEG_INFINITY,
+            compute,
+            "finite and representable in the inputs' dtype",
+        )?;
     }
     let mask = match &cfg.mask {
         Some(m) => {
-            if !m.dtype().is_float() {
-                candle_core::bail!(
-                    "retrieval: the mask must be additive float (0 / -inf), got {:?}",
-                    m.dtype()
-                );
-            }
+            expect_additive_mask("retrieval", "mask", m)?;
             let m = m.detach().to_dtype(dtype)?;
             Some(m.broadcast_as((n, h, l, s)).map_err(|_| {
                 candle_core::Error::Msg(format!(
@@ -191,6 +191,23 @@ fn betas_and_mask(
     Ok((betas, mask))
 }
 
+/// f16 and bf16 on the CPU: the kernel computes in f32 (the logits of an f16 model overflow
+/// f16's 65504 at realistic sizes, and f32 is also what the CPU computes fastest).
+fn is_half_on_cpu(dtype: DType, device: Option<&Device>) -> bool {
+    matches!(dtype, DType::F16 | DType::BF16) && device.is_none_or(Device::is_cpu)
+}
+
+/// The tensors in f32 (differentiable: gradients flow back in the original dtype).
+fn upcast<const K: usize>(ts: [&Tensor; K]) -> Result<[Tensor; K]> {
+    let mut out = Vec::with_capacity(K);
+    for t in ts {
+        expect_float("retrieval", "input", t)?;
+        out.push(t.to_dtype(DType::F32)?);
+    }
+    out.try_into()
+        .map_err(|_| candle_core::Error::Msg("retrieval: upcast arity".into()))
+}
+
 fn shape_error(what: &str, expected: &str, t: &Tensor) -> candle_core::Error {
     candle_core::Error::Msg(format!(
         "retrieval: {what} must be {expected}, got {:?}",
@@ -202,6 +219,10 @@ fn shape_error(what: &str, expected: &str, t: &Tensor) -> candle_core::Error {
 /// `(N, S, H, pd)` -> `(N, L, H, pd)`. Fused where [`retrieval_path`] says so, composed elsewhere;
 /// differentiable with respect to q, k and v on every path.
 pub fn retrieve(q: &Tensor, k: &Tensor, v: &Tensor, cfg: &Retrieval) -> Result<Tensor> {
+    if is_half_on_cpu(q.dtype(), Some(q.device())) {
+        let [q32, k32, v32] = upcast([q, k, v])?;
+        return retrieve(&q32, &k32, &v32, cfg)?.to_dtype(q.dtype());
+    }
     let (g, betas, mask) = prepare(q, k, v, cfg)?;
     let z = cfg.zero_association;
     if !op::fused_supported_for(q.dtype(), q.device(), &g) {
@@ -234,6 +255,11 @@ pub fn retrieve_with_lse(
     v: &Tensor,
     cfg: &Retrieval,
 ) -> Result<(Tensor, Tensor)> {
+    if is_half_on_cpu(q.dtype(), Some(q.device())) {
+        let [q32, k32, v32] = upcast([q, k, v])?;
+        let (out, lse) = retrieve_with_lse(&q32, &k32, &v32, cfg)?;
+        return Ok((out.to_dtype(q.dtype())?, lse.to_dtype(q.dtype())?));
+    }
     let (g, betas, mask) = prepare(q, k, v, cfg)?;
     if op::fused_supported_for(q.dtype(), q.device(), &g) {
         op::fused(q, k, v, g, betas, mask, cfg.zero_association)
@@ -291,11 +317,10 @@ pub fn retrieve_packed(qkv: &Tensor, sizes: PackedSizes, cfg: &Retrieval) -> Res
         .dims3()
         .map_err(|_| shape_error("packed q/k/v", "(N, L, H*hd + H*hd + H*pd)", qkv))?;
     let PackedSizes { heads: h, hd, pd } = sizes;
-    if !qkv.dtype().is_float() {
-        candle_core::bail!(
-            "retrieval: packed q/k/v must be floating point, got {:?}",
-            qkv.dtype()
-        );
+    expect_float("retrieval", "packed q/k/v", qkv)?;
+    if is_half_on_cpu(qkv.dtype(), Some(qkv.device())) {
+        let [x] = upcast([qkv])?;
+        return retrieve_packed(&x, sizes, cfg)?.to_dtype(qkv.dtype());
     }
     if f != sizes.features() || h == 0 {
         candle_core::bail!(
@@ -356,6 +381,24 @@ fn composed_association(
         .to_dtype(dtype)?
         .reshape((1, g.h, 1, 1))?;
     let mut logits = qh.matmul(&kt)?.broadcast_mul(&beta)?;
+    // The fused kernel reports NaN or +inf logits (overflow); so does this path.
+    if !crate::all_finite(&logits)? {
+        let bad = logits
+            .ne(&logits)?
+            .to_dtype(DType::F32)?
+            .add(&logits.eq(f64::INFINITY)?.to_dtype(DType::F32)?)?;
+        let rows = bad.max_keepdim(D::Minus1)?.sum_all()?.to_scalar::<f32>()? as usize;
+        if rows > 0 {
+            return Err(KernelError::Overflow {
+                op: "retrieval",
+                what: "the logits beta q k^T",
+                dtype,
+                rows,
+                shape: q.dims().to_vec(),
+            }
+            .into());
+        }
+    }
     if let Some(m) = mask {
         logits = logits.broadcast_add(m)?;
     }

@@ -6,6 +6,7 @@
 //! the gradients of both. The backward op likewise returns `dq | dk | dv` flat.
 
 use super::{cpu, Geometry};
+use crate::error::KernelError;
 use candle_core::backend::BackendStorage;
 use candle_core::{
     CpuStorage, CustomOp1, CustomOp3, DType, Device, Layout, Result, Shape, Tensor, WithDType,
@@ -159,8 +160,12 @@ impl RetrievalFwd {
     }
 
     /// Shapes the kernel's flat `[out | lse]` into this op's result.
-    fn finish<T: WithDType>(&self, mut flat: Vec<T>) -> Result<(CpuStorage, Shape)> {
+    fn finish<T: WithDType>(
+        &self,
+        (mut flat, overflowed): (Vec<T>, usize),
+    ) -> Result<(CpuStorage, Shape)> {
         let g = self.p.g;
+        overflow_check(&self.p, overflowed, T::DTYPE)?;
         let no = g.n * g.l * g.h * g.pd;
         match &self.out_shape {
             None => {
@@ -205,6 +210,22 @@ impl RetrievalFwd {
             d_lse,
         })
     }
+}
+
+/// `Err(KernelError::Overflow)` when `overflowed` query rows had a NaN or `+inf` logit.
+pub(crate) fn overflow_check(p: &Params, overflowed: usize, dtype: DType) -> Result<()> {
+    if overflowed == 0 {
+        return Ok(());
+    }
+    let g = p.g;
+    Err(KernelError::Overflow {
+        op: "retrieval",
+        what: "the logits beta q k^T",
+        dtype,
+        rows: overflowed,
+        shape: vec![g.n, g.l, g.h, g.hd],
+    }
+    .into())
 }
 
 /// Runs `f` with the mask's CPU data and view, if any.

@@ -10,7 +10,7 @@
 //! intermediates and their gradients live in reused scratch buffers ([`crate::scratch`]).
 
 use super::cpu::{self, Float, Saved};
-use super::op::{packed_views_at, with_cpu_mask, Params};
+use super::op::{overflow_check, packed_views_at, with_cpu_mask, Params};
 use super::{betas_and_mask, retrieve_packed, Geometry, PackedSizes, Retrieval};
 use crate::linear::linear;
 use crate::matmul::{column_sums, gemm_into, Mat};
@@ -247,11 +247,21 @@ impl Projected {
         let no = m * pw;
         let mut flat = scratch::take::<T>(no + g.n * g.h * g.l);
         let views = self.views();
-        with_cpu_mask(&self.mask, |mask| {
+        let overflowed = with_cpu_mask(&self.mask, |mask| {
             let mask = super::op::typed_mask::<T>(mask)?;
-            cpu::forward_into(&self.p, [&qkv, &qkv, &qkv], views, mask, &mut flat);
-            Ok(())
+            Ok(cpu::forward_into(
+                &self.p,
+                [&qkv, &qkv, &qkv],
+                views,
+                mask,
+                &mut flat,
+            ))
         })?;
+        if let Err(e) = overflow_check(&self.p, overflowed, T::DTYPE) {
+            scratch::give(qkv);
+            scratch::give(flat);
+            return Err(e);
+        }
         let mut y = vec![T::zero(); m * o];
         fill_rows(&mut y, &column(wb_out, o, pw + 1, pw));
         let w_out = Mat::row_major(wb_out, o, pw, pw + 1);

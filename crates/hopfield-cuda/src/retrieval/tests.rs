@@ -798,3 +798,65 @@ fn projected_rejects_mismatched_weights() {
         .to_string();
     assert!(err.contains("input projection must be [12, 5]"), "{err}");
 }
+
+/// Hostile input to the retrieval (issue 12): NaN and +inf masks, overflowing logits and a beta
+/// the dtype cannot hold are typed errors; f16 inputs compute in f32 and stay finite.
+#[test]
+fn hostile_inputs_are_typed_errors_or_finite() -> Result<()> {
+    let dev = Device::Cpu;
+    let q = det((2, 3, 1, 4), 1, DType::F32);
+    let err = |r: Result<Tensor>| r.unwrap_err().to_string();
+    for (v, what) in [(f32::NAN, "NaN"), (f32::INFINITY, "+inf")] {
+        let cfg = Retrieval::new(1.0).with_mask(Some(Tensor::full(v, (3, 3), &dev)?));
+        let e = err(retrieve(&q, &q, &q, &cfg));
+        assert!(e.contains("`mask`") && e.contains(what), "{e}");
+    }
+    let big = (&q * 1e20)?;
+    let e = err(retrieve(&big, &big, &big, &Retrieval::new(1.0)));
+    assert!(
+        e.contains("overflowed F32") && e.contains("6 row(s)"),
+        "{e}"
+    );
+    let e = err(retrieve_composed(&big, &big, &big, &Retrieval::new(1.0)).map(|r| r.0));
+    assert!(e.contains("overflowed F32"), "{e}");
+    let e = err(retrieve(&q, &q, &q, &Retrieval::new(1e39)));
+    assert!(e.contains("`beta`"), "{e}");
+    // f16: beta 1e6 does not fit f16 but does f32, where the kernel computes.
+    let h = (&q * 300.)?.to_dtype(DType::F16)?;
+    let out = retrieve(&h, &h, &h, &Retrieval::new(1e3))?;
+    assert_eq!(out.dtype(), DType::F16);
+    assert!(crate::all_finite(&out)?);
+    assert_eq!(retrieval_path(DType::F16, &dev), RetrievalPath::Fused);
+    let ids = Tensor::zeros((2, 3, 1, 4), DType::U32, &dev)?;
+    let e = err(retrieve(&ids, &ids, &ids, &Retrieval::new(1.0)));
+    assert!(e.contains("`query` must be floating point"), "{e}");
+    Ok(())
+}
+
+/// The packed and projected entry points report overflow too, and hand their scratch buffers
+/// back (a later call with sane inputs still works).
+#[test]
+fn projected_overflow_is_an_error_and_recovers() -> Result<()> {
+    let sizes = PackedSizes {
+        heads: 1,
+        hd: 4,
+        pd: 4,
+    };
+    let z = (det((1, 5, 4, 1), 1, DType::F32).squeeze(3)? * 1e20)?;
+    let w_in = det((sizes.features(), 4, 1, 1), 2, DType::F32).reshape((sizes.features(), 4))?;
+    let w_out = det((4, 4, 1, 1), 3, DType::F32).reshape((4, 4))?;
+    let proj = Projections {
+        w_in: &w_in,
+        b_in: None,
+        w_out: &w_out,
+        b_out: None,
+    };
+    let e = retrieve_projected(&z, proj, sizes, &Retrieval::new(1.0))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("overflowed"), "{e}");
+    let z = (z * 1e-20)?;
+    let y = retrieve_projected(&z, proj, sizes, &Retrieval::new(1.0))?;
+    assert!(crate::all_finite(&y)?);
+    Ok(())
+}

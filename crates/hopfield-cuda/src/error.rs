@@ -1,0 +1,185 @@
+//! The kernels' typed errors and the boundary checks that produce them: every public op checks
+//! its arguments through these helpers before it touches data, so a bad argument is reported by
+//! name (and shape) instead of panicking inside candle or returning NaN.
+//!
+//! Checks that read data back (`NaN` in a mask, a logit that overflowed) cost one pass over data
+//! the op reads anyway, or over its `O(rows)` log-sum-exp, never a pass over the `L x S`
+//! association.
+
+use candle_core::{DType, Tensor};
+
+/// A bad argument to one of this crate's ops.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum KernelError {
+    /// A tensor of an integer dtype where a float one is needed.
+    #[error("{op}: `{arg}` must be floating point (f16, bf16, f32 or f64), got {dtype:?} with shape {shape:?}")]
+    NotFloat {
+        /// The op.
+        op: &'static str,
+        /// The argument.
+        arg: &'static str,
+        /// Its dtype.
+        dtype: DType,
+        /// Its shape.
+        shape: Vec<usize>,
+    },
+    /// Two arguments that must share a dtype do not.
+    #[error("{op}: `{arg}` is {got:?} but `{other}` is {expected:?}")]
+    DtypeMismatch {
+        /// The op.
+        op: &'static str,
+        /// The argument with the odd dtype.
+        arg: &'static str,
+        /// Its dtype.
+        got: DType,
+        /// The argument it must match.
+        other: &'static str,
+        /// That argument's dtype.
+        expected: DType,
+    },
+    /// A scalar parameter out of its domain (NaN, infinite, negative, too large for the dtype).
+    #[error("{op}: `{name}` must be {expected}, got {value}")]
+    Param {
+        /// The op.
+        op: &'static str,
+        /// The parameter.
+        name: &'static str,
+        /// Its domain, in words.
+        expected: &'static str,
+        /// The value given.
+        value: f64,
+    },
+    /// A tensor holds values its op cannot take (NaN anywhere, `+inf` in an additive mask).
+    #[error("{op}: `{arg}` with shape {shape:?} contains {what}")]
+    Values {
+        /// The op.
+        op: &'static str,
+        /// The argument.
+        arg: &'static str,
+        /// Its shape.
+        shape: Vec<usize>,
+        /// What was found, in words.
+        what: &'static str,
+    },
+    /// A result overflowed the dtype: the inputs are too large to compute in it.
+    #[error("{op}: {what} overflowed {dtype:?} in {rows} row(s) (inputs of shape {shape:?}); scale the inputs down (e.g. normalise them) or lower beta")]
+    Overflow {
+        /// The op.
+        op: &'static str,
+        /// What overflowed, in words.
+        what: &'static str,
+        /// The dtype it was computed in.
+        dtype: DType,
+        /// Rows affected.
+        rows: usize,
+        /// The shape of the input that produced it.
+        shape: Vec<usize>,
+    },
+}
+
+impl From<KernelError> for candle_core::Error {
+    fn from(e: KernelError) -> Self {
+        candle_core::Error::wrap(e)
+    }
+}
+
+/// `Err(KernelError::NotFloat)` unless `x` is floating point.
+///
+/// ```
+/// use candle_core::{DType, Device, Tensor};
+/// let ids = Tensor::zeros((2, 3), DType::U32, &Device::Cpu)?;
+/// let err = hopfield_cuda::expect_float("my_op", "ids", &ids).unwrap_err();
+/// assert!(err.to_string().contains("`ids` must be floating point"));
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+pub fn expect_float(op: &'static str, arg: &'static str, x: &Tensor) -> Result<(), KernelError> {
+    if x.dtype().is_float() {
+        Ok(())
+    } else {
+        Err(KernelError::NotFloat {
+            op,
+            arg,
+            dtype: x.dtype(),
+            shape: x.dims().to_vec(),
+        })
+    }
+}
+
+/// `Err(KernelError::DtypeMismatch)` unless `x` has `reference`'s dtype.
+pub(crate) fn expect_same_dtype(
+    op: &'static str,
+    (arg, x): (&'static str, &Tensor),
+    (other, reference): (&'static str, &Tensor),
+) -> Result<(), KernelError> {
+    if x.dtype() == reference.dtype() {
+        Ok(())
+    } else {
+        Err(KernelError::DtypeMismatch {
+            op,
+            arg,
+            got: x.dtype(),
+            other,
+            expected: reference.dtype(),
+        })
+    }
+}
+
+/// The largest finite value of a float dtype (as f64).
+pub(crate) fn dtype_max(dtype: DType) -> f64 {
+    match dtype {
+        DType::F16 => half::f16::MAX.to_f64(),
+        DType::BF16 => half::bf16::MAX.to_f64(),
+        DType::F32 => f32::MAX as f64,
+        _ => f64::MAX,
+    }
+}
+
+/// `Err(KernelError::Param)` unless `value` is finite, at least `min`, and representable in
+/// `dtype` (a beta of 1e39 is finite in f64 but infinite in an f32 model).
+pub(crate) fn expect_param(
+    op: &'static str,
+    name: &'static str,
+    value: f64,
+    min: f64,
+    dtype: DType,
+    expected: &'static str,
+) -> Result<(), KernelError> {
+    if value.is_finite() && value >= min && value.abs() <= dtype_max(dtype) {
+        Ok(())
+    } else {
+        Err(KernelError::Param {
+            op,
+            name,
+            expected,
+            value,
+        })
+    }
+}
+
+/// `Err(KernelError::Values)` if an additive mask holds NaN or `+inf` (`0` keeps, `-inf` masks,
+/// finite values bias; `+inf` would make every other entry of its row NaN). One pass over the
+/// mask as given (before any broadcast).
+pub(crate) fn expect_additive_mask(
+    op: &'static str,
+    arg: &'static str,
+    m: &Tensor,
+) -> candle_core::Result<()> {
+    expect_float(op, arg, m)?;
+    if m.elem_count() == 0 {
+        return Ok(());
+    }
+    let flat = m.flatten_all()?;
+    let bad = |what| KernelError::Values {
+        op,
+        arg,
+        shape: m.dims().to_vec(),
+        what,
+    };
+    if flat.ne(&flat)?.max(0)?.to_scalar::<u8>()? != 0 {
+        return Err(bad("NaN").into());
+    }
+    if flat.eq(f64::INFINITY)?.max(0)?.to_scalar::<u8>()? != 0 {
+        return Err(bad("+inf (an additive mask takes 0, finite biases or -inf)").into());
+    }
+    Ok(())
+}
