@@ -1,7 +1,7 @@
 //! Typed, validated configuration of the [`EnergyTransformer`](super::EnergyTransformer): a plain
 //! struct with builder methods and `Default` (the port's defaults where they are not bugs).
 
-use super::EtError;
+use super::{validate, EtError};
 use std::str::FromStr;
 
 /// Which Hopfield energy the block uses.
@@ -227,7 +227,37 @@ impl EnergyTransformerConfig {
         self.dim / self.n_heads.max(1)
     }
 
-    /// Checks every field.
+    /// The parameters' state-dict names (with the config fields their sizes come from) and shapes.
+    pub(crate) fn param_shapes(&self) -> Vec<(&'static str, Vec<usize>)> {
+        let (d, h) = (self.dim, self.n_heads);
+        let z = self.head_dim();
+        let mut v = vec![
+            ("mha.Wq (from dim, n_heads)", vec![h, z, d]),
+            ("mha.Wk (from dim, n_heads)", vec![h, z, d]),
+            ("mha.beta (from n_heads)", vec![h]),
+            (
+                "hopfield.W (from dim, hidden_dim)",
+                vec![d, self.hidden_dim],
+            ),
+            ("norm (from dim)", vec![d]),
+        ];
+        if self.has_pos_embedding() {
+            v.push((
+                "pos_embedding (from context, dim)",
+                vec![1, self.context, d],
+            ));
+        }
+        v
+    }
+
+    /// Checks every field, including that every parameter's size is computable and allocatable
+    /// in principle (overflow-checked) and that `n_iters` is within [`MAX_N_ITERS`](super::MAX_N_ITERS).
+    ///
+    /// ```
+    /// use hopfield_nn::energy::EnergyTransformerConfig;
+    /// let huge = EnergyTransformerConfig::new(1 << 40, 16, 1);
+    /// assert!(huge.validate().unwrap_err().to_string().contains("mha.Wq"));
+    /// ```
     pub fn validate(&self) -> Result<(), EtError> {
         let bad = |field, value: String, reason| {
             Err(EtError::Config {
@@ -249,8 +279,18 @@ impl EnergyTransformerConfig {
                 "must be > 0 and divide dim",
             );
         }
-        if self.n_iters == 0 {
-            return Err(EtError::ZeroSteps);
+        validate::steps(self.n_iters)?;
+        for (what, dims) in self.param_shapes() {
+            // Dtype-agnostic here (8 bytes, the widest): the builder's dtype is checked, and a
+            // large allocation probed, when the parameters are made.
+            let n = validate::elem_count(what, &dims)?;
+            if n > isize::MAX as usize / 8 {
+                return Err(EtError::TooLarge {
+                    what: what.into(),
+                    shape: dims,
+                    reason: format!("{n} elements exceed the largest possible allocation"),
+                });
+            }
         }
         if !(self.alpha.is_finite() && self.alpha > 0.0) {
             return bad("alpha", self.alpha.to_string(), "must be finite and > 0");
@@ -306,7 +346,7 @@ impl EnergyTransformerConfig {
         };
         let usize_of = |k: &str, v: &serde_json::Value| {
             v.as_u64()
-                .map(|u| u as usize)
+                .and_then(|u| usize::try_from(u).ok())
                 .ok_or_else(|| unsupported(k, v))
         };
         let get = |k: &str| {

@@ -1,7 +1,7 @@
 //! Typed errors of the Energy Transformer modules, converted to `candle_core::Error` at the module
 //! boundary (`candle_core::Error::wrap`), so callers keep using `candle_core::Result`.
 
-use candle_core::Tensor;
+use candle_core::DType;
 
 /// What went wrong, naming the argument and the shapes involved.
 ///
@@ -35,11 +35,13 @@ pub enum EtError {
         /// Its value.
         value: String,
     },
-    /// Tokens must have rank >= 2: `(..., L, D)`.
-    #[error("{arg}: expected tokens (..., L, D) of rank >= 2, got shape {shape:?}")]
+    /// Tokens must have rank >= 2, `(..., L, D)` (rank >= 1 for the per-token energies and norms).
+    #[error("{arg}: expected tokens (..., D) of rank >= {min}, got shape {shape:?}")]
     Rank {
         /// The argument name.
         arg: &'static str,
+        /// The least rank accepted.
+        min: usize,
         /// Its shape.
         shape: Vec<usize>,
     },
@@ -92,6 +94,70 @@ pub enum EtError {
     /// A run of zero steps.
     #[error("n_iters: must be >= 1, got 0")]
     ZeroSteps,
+    /// A run of more than [`MAX_N_ITERS`](super::MAX_N_ITERS) steps (a bound no config removes).
+    #[error("n_iters: {got} steps exceed the limit of {max}")]
+    TooManySteps {
+        /// The steps asked for.
+        got: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Tokens of a dtype the parameters cannot meet (an integer tensor, or another float type).
+    #[error("{arg}: dtype {got:?} is not supported here, expected {expected:?} (the parameters' dtype), shape {shape:?}")]
+    DType {
+        /// The argument name.
+        arg: &'static str,
+        /// Its dtype.
+        got: DType,
+        /// The parameters' dtype.
+        expected: DType,
+        /// Its shape.
+        shape: Vec<usize>,
+    },
+    /// Tokens on another device than the parameters.
+    #[error("{arg}: on device {got} but the parameters are on {expected}, shape {shape:?}")]
+    Device {
+        /// The argument name.
+        arg: &'static str,
+        /// Its device.
+        got: String,
+        /// The parameters' device.
+        expected: String,
+        /// Its shape.
+        shape: Vec<usize>,
+    },
+    /// A parameter or intermediate that cannot be allocated, found before allocating it.
+    #[error("{what}: shape {shape:?} is too large: {reason}")]
+    TooLarge {
+        /// The parameter or intermediate, and where its size comes from.
+        what: String,
+        /// Its shape.
+        shape: Vec<usize>,
+        /// Why it cannot be allocated.
+        reason: String,
+    },
+    /// A parameter holding values no energy can be computed from.
+    #[error("parameter {name} (shape {shape:?}) {reason}")]
+    Parameter {
+        /// Its state-dict name.
+        name: String,
+        /// Its shape.
+        shape: Vec<usize>,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// A result that overflowed its dtype although inputs and parameters are finite.
+    #[error("{what} of {arg} (shape {shape:?}, {dtype:?}) is not finite: it overflows; scale the input or the parameters (beta, weights, alpha) down, or use a wider dtype")]
+    NonFiniteResult {
+        /// The result: an energy, a gradient, the tokens after the steps.
+        what: &'static str,
+        /// The argument it was computed from.
+        arg: &'static str,
+        /// The argument's shape.
+        shape: Vec<usize>,
+        /// The argument's dtype.
+        dtype: DType,
+    },
     /// `energy_report = Paper` without the paper's `EnergyLayerNorm`.
     #[error("the paper's energy needs NormKind::EnergyLayerNorm (the per-feature LayerNorm has no Lagrangian)")]
     PaperEnergyNeedsEnergyNorm,
@@ -100,35 +166,5 @@ pub enum EtError {
 impl From<EtError> for candle_core::Error {
     fn from(e: EtError) -> Self {
         candle_core::Error::wrap(e)
-    }
-}
-
-/// Checks `x` is `(..., L, dim)` with finite values.
-pub(crate) fn check_tokens(arg: &'static str, x: &Tensor, dim: usize) -> candle_core::Result<()> {
-    let shape = x.dims().to_vec();
-    if shape.len() < 2 {
-        return Err(EtError::Rank { arg, shape }.into());
-    }
-    if shape[shape.len() - 1] != dim {
-        return Err(EtError::TokenDim {
-            arg,
-            expected: dim,
-            shape,
-        }
-        .into());
-    }
-    check_finite(arg, x)
-}
-
-/// Errors if `x` holds NaN or infinities (see [`hopfield_cuda::all_finite`]).
-pub(crate) fn check_finite(arg: &'static str, x: &Tensor) -> candle_core::Result<()> {
-    if hopfield_cuda::all_finite(x)? {
-        Ok(())
-    } else {
-        Err(EtError::NonFinite {
-            arg,
-            shape: x.dims().to_vec(),
-        }
-        .into())
     }
 }

@@ -2,7 +2,8 @@
 //! [`BaseModernHopfield`] (ReLU, `-1/2 sum relu(beta h)^2`) and [`SoftmaxModernHopfield`]
 //! (`-1/beta sum_A logsumexp(beta h_A)`), plus [`HopfieldEnergy`], the block's choice of the two.
 
-use super::{error::check_tokens, flatten_rows, lse_softmax, softmax, Energy, HopfieldType};
+use super::validate::{self, compute_dtype, param_name, upcast};
+use super::{flatten_rows, lse_softmax, softmax, Energy, HopfieldType};
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
@@ -25,6 +26,8 @@ use candle_nn::{Init, VarBuilder};
 pub struct BaseModernHopfield {
     w: Tensor,
     beta: Tensor,
+    /// State-dict names of `W` and `beta`, for errors.
+    names: [String; 2],
 }
 
 impl BaseModernHopfield {
@@ -41,6 +44,7 @@ impl BaseModernHopfield {
         init_scale: f64,
         vb: VarBuilder,
     ) -> Result<Self> {
+        let names = check_options(in_dim, hidden_dim, beta, init_scale, &vb)?;
         let w = vb.get_with_hints(
             (in_dim, hidden_dim),
             "W",
@@ -50,7 +54,9 @@ impl BaseModernHopfield {
             },
         )?;
         let beta = vb.get_with_hints(1, "beta", Init::Const(beta.unwrap_or(1.0)))?;
-        Ok(Self { w, beta })
+        let hop = Self { w, beta, names };
+        hop.check_params(false)?;
+        Ok(hop)
     }
 
     /// The memories `W`, `(D, M)`.
@@ -62,12 +68,19 @@ impl BaseModernHopfield {
         &self.beta
     }
 
-    /// `h = x W` over rows, `relu(beta h)` and the flattened shape.
+    /// `h = x W` over rows, `relu(beta h)` and the flattened shape, in the compute dtype.
     fn hidden(&self, x: &Tensor) -> Result<(Tensor, Tensor, Vec<usize>)> {
-        let (xf, dims) = flatten_rows(x)?;
-        let h = xf.matmul(&self.w)?;
-        let r = h.broadcast_mul(&self.beta.reshape((1, 1))?)?.relu()?;
+        let (xf, dims) = flatten_rows(&upcast(x)?)?;
+        let h = xf.matmul(&upcast(&self.w)?)?;
+        let r = h
+            .broadcast_mul(&upcast(&self.beta)?.reshape((1, 1))?)?
+            .relu()?;
         Ok((h, r, dims))
+    }
+
+    /// Errors naming a non-finite parameter (or with `betas`, a zero beta).
+    pub(crate) fn check_params(&self, betas: bool) -> Result<()> {
+        check_params(&self.names, &self.w, &self.beta, betas)
     }
 
     /// Closed-form `dE/dW` and `dE/dbeta` (first order).
@@ -83,44 +96,68 @@ impl BaseModernHopfield {
     /// # Ok::<(), candle_core::Error>(())
     /// ```
     pub fn param_grads(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
-        check_tokens_1d("x", x, self.w.dim(0)?)?;
+        check_input(x, &self.w)?;
+        let g = self.raw_param_grads(x).map(|(w, b)| vec![w, b]);
+        let g = validate::results("Hopfield parameter gradients", "x", x, g, || {
+            self.check_params(true)
+        })?;
+        Ok((g[0].clone(), g[1].clone()))
+    }
+
+    fn raw_param_grads(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+        if x.elem_count() == 0 {
+            return Ok((self.w.zeros_like()?, self.beta.zeros_like()?));
+        }
         let (h, r, _) = self.hidden(x)?;
-        let (xf, _) = flatten_rows(x)?;
+        let (xf, _) = flatten_rows(&upcast(x)?)?;
         let gw = xf
             .t()?
             .matmul(&r)?
-            .broadcast_mul(&self.beta.reshape((1, 1))?)?
+            .broadcast_mul(&upcast(&self.beta)?.reshape((1, 1))?)?
             .neg()?;
         let gb = (r * h)?.sum_all()?.neg()?.reshape(1)?;
-        Ok((gw, gb))
+        let dt = self.w.dtype();
+        Ok((gw.to_dtype(dt)?, gb.to_dtype(dt)?))
     }
 }
 
 impl BaseModernHopfield {
     /// The energy without input validation.
     pub(crate) fn raw_energy(&self, x: &Tensor) -> Result<Tensor> {
+        if x.elem_count() == 0 {
+            return Tensor::zeros((), compute_dtype(x.dtype()), x.device());
+        }
         let (_, r, _) = self.hidden(x)?;
         r.sqr()?.sum_all()?.affine(-0.5, 0.0)
     }
 
     /// The gradient without input validation.
     pub(crate) fn raw_grad(&self, x: &Tensor) -> Result<Tensor> {
+        if x.elem_count() == 0 {
+            return x.zeros_like();
+        }
         let (_, r, dims) = self.hidden(x)?;
         // The sign goes on the scalar beta, not on the (N, D) result.
-        r.matmul(&self.w.t()?)?
-            .broadcast_mul(&self.beta.reshape((1, 1))?.neg()?)?
-            .reshape(dims)
+        r.matmul(&upcast(&self.w)?.t()?)?
+            .broadcast_mul(&upcast(&self.beta)?.reshape((1, 1))?.neg()?)?
+            .reshape(dims)?
+            .to_dtype(x.dtype())
     }
 }
 
 impl Energy for BaseModernHopfield {
+    /// The energy; in f32 for an f16/bf16 model.
     fn energy(&self, x: &Tensor) -> Result<Tensor> {
-        check_tokens_1d("x", x, self.w.dim(0)?)?;
-        self.raw_energy(x)
+        check_input(x, &self.w)?;
+        let e = self.raw_energy(x);
+        validate::result("Hopfield energy", "x", x, e, || self.check_params(true))
     }
     fn grad(&self, x: &Tensor) -> Result<Tensor> {
-        check_tokens_1d("x", x, self.w.dim(0)?)?;
-        self.raw_grad(x)
+        check_input(x, &self.w)?;
+        let g = self.raw_grad(x);
+        validate::result("Hopfield energy gradient", "x", x, g, || {
+            self.check_params(true)
+        })
     }
 }
 
@@ -150,6 +187,8 @@ impl Module for BaseModernHopfield {
 pub struct SoftmaxModernHopfield {
     w: Tensor,
     beta: Tensor,
+    /// State-dict names of `W` and `beta`, for errors.
+    names: [String; 2],
 }
 
 impl SoftmaxModernHopfield {
@@ -166,6 +205,7 @@ impl SoftmaxModernHopfield {
         init_scale: f64,
         vb: VarBuilder,
     ) -> Result<Self> {
+        let names = check_options(in_dim, hidden_dim, beta, init_scale, &vb)?;
         let w = vb.get_with_hints(
             (in_dim, hidden_dim),
             "W",
@@ -176,7 +216,9 @@ impl SoftmaxModernHopfield {
         )?;
         // Init::Const carries the requested beta when a VarMap creates it; a checkpoint keeps its own.
         let beta = vb.get_with_hints((), "beta", Init::Const(beta.unwrap_or(0.01)))?;
-        Ok(Self { w, beta })
+        let hop = Self { w, beta, names };
+        hop.check_params(false)?;
+        Ok(hop)
     }
 
     /// The memories `W`, `(D, M)`.
@@ -188,12 +230,18 @@ impl SoftmaxModernHopfield {
         &self.beta
     }
 
-    /// `h = x W` over rows, `lse(beta h)` `(N, 1)`, `softmax(beta h)` and the original dims.
+    /// `h = x W` over rows, `lse(beta h)` `(N, 1)`, `softmax(beta h)` and the original dims, in
+    /// the compute dtype.
     fn hidden(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor, Vec<usize>)> {
-        let (xf, dims) = flatten_rows(x)?;
-        let h = xf.matmul(&self.w)?;
-        let (lse, p) = lse_softmax(&h.broadcast_mul(&self.beta.reshape((1, 1))?)?)?;
+        let (xf, dims) = flatten_rows(&upcast(x)?)?;
+        let h = xf.matmul(&upcast(&self.w)?)?;
+        let (lse, p) = lse_softmax(&h.broadcast_mul(&upcast(&self.beta)?.reshape((1, 1))?)?)?;
         Ok((h, lse, p, dims))
+    }
+
+    /// Errors naming a non-finite parameter (or with `betas`, a zero beta).
+    pub(crate) fn check_params(&self, betas: bool) -> Result<()> {
+        check_params(&self.names, &self.w, &self.beta, betas)
     }
 
     /// Closed-form `dE/dW` and `dE/dbeta` (first order).
@@ -209,42 +257,66 @@ impl SoftmaxModernHopfield {
     /// # Ok::<(), candle_core::Error>(())
     /// ```
     pub fn param_grads(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
-        check_tokens_1d("x", x, self.w.dim(0)?)?;
+        check_input(x, &self.w)?;
+        let g = self.raw_param_grads(x).map(|(w, b)| vec![w, b]);
+        let g = validate::results("Hopfield parameter gradients", "x", x, g, || {
+            self.check_params(true)
+        })?;
+        Ok((g[0].clone(), g[1].clone()))
+    }
+
+    fn raw_param_grads(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+        if x.elem_count() == 0 {
+            return Ok((self.w.zeros_like()?, self.beta.zeros_like()?));
+        }
         let (h, lse, p, _) = self.hidden(x)?;
-        let (xf, _) = flatten_rows(x)?;
+        let (xf, _) = flatten_rows(&upcast(x)?)?;
         let gw = xf.t()?.matmul(&p)?.neg()?;
-        let inv = self.beta.recip()?;
+        let inv = upcast(&self.beta)?.recip()?;
         let gb = ((lse.sum_all()? * inv.sqr()?)? - ((p * h)?.sum_all()? * inv)?)?;
-        Ok((gw, gb))
+        let dt = self.w.dtype();
+        Ok((gw.to_dtype(dt)?, gb.to_dtype(dt)?))
     }
 }
 
 impl SoftmaxModernHopfield {
     /// The energy without input validation.
     pub(crate) fn raw_energy(&self, x: &Tensor) -> Result<Tensor> {
+        if x.elem_count() == 0 {
+            return Tensor::zeros((), compute_dtype(x.dtype()), x.device());
+        }
         let (_, lse, _, _) = self.hidden(x)?;
-        lse.sum_all()?.div(&self.beta)?.neg()
+        lse.sum_all()?.div(&upcast(&self.beta)?)?.neg()
     }
 
     /// The gradient without input validation.
     pub(crate) fn raw_grad(&self, x: &Tensor) -> Result<Tensor> {
-        let (xf, dims) = flatten_rows(x)?;
+        if x.elem_count() == 0 {
+            return x.zeros_like();
+        }
+        let (xf, dims) = flatten_rows(&upcast(x)?)?;
+        let w = upcast(&self.w)?;
         let p = softmax(
-            &xf.matmul(&self.w)?
-                .broadcast_mul(&self.beta.reshape((1, 1))?)?,
+            &xf.matmul(&w)?
+                .broadcast_mul(&upcast(&self.beta)?.reshape((1, 1))?)?,
         )?;
-        p.matmul(&self.w.t()?)?.neg()?.reshape(dims)
+        p.matmul(&w.t()?)?.neg()?.reshape(dims)?.to_dtype(x.dtype())
     }
 }
 
 impl Energy for SoftmaxModernHopfield {
+    /// The energy; in f32 for an f16/bf16 model.
     fn energy(&self, x: &Tensor) -> Result<Tensor> {
-        check_tokens_1d("x", x, self.w.dim(0)?)?;
-        self.raw_energy(x)
+        check_input(x, &self.w)?;
+        let e = self.raw_energy(x);
+        validate::result("Hopfield energy", "x", x, e, || self.check_params(true))
     }
     fn grad(&self, x: &Tensor) -> Result<Tensor> {
-        check_tokens_1d("x", x, self.w.dim(0)?)?;
-        self.raw_grad(x)
+        check_input(x, &self.w)?;
+        let g = self.raw_grad(x);
+        validate::result("Hopfield energy gradient", "x", x, g, || {
+            self.check_params(true)
+        })
     }
 }
 
@@ -332,10 +404,66 @@ impl HopfieldEnergy {
     }
 }
 
-/// The Hopfield energies act per token, so `(D,)`-shaped rows are fine too: rank >= 1.
-fn check_tokens_1d(arg: &'static str, x: &Tensor, dim: usize) -> Result<()> {
-    if x.rank() == 1 {
-        return check_tokens(arg, &x.unsqueeze(0)?, dim);
+impl HopfieldEnergy {
+    /// Errors naming a non-finite parameter (or with `betas`, a zero beta).
+    pub(crate) fn check_params(&self, betas: bool) -> Result<()> {
+        match self {
+            Self::Relu(h) => h.check_params(betas),
+            Self::Softmax(h) => h.check_params(betas),
+        }
     }
-    check_tokens(arg, x, dim)
+
+    /// Validates tokens `x` and that the hidden activations `(N, M)` can be allocated.
+    pub(crate) fn check_input(&self, x: &Tensor) -> Result<()> {
+        check_input(x, self.w())
+    }
+}
+
+/// The Hopfield energies act per token, so `(D,)`-shaped rows are fine too: rank >= 1. Also
+/// checks that the hidden activations `(N, M)` can be allocated.
+fn check_input(x: &Tensor, w: &Tensor) -> Result<()> {
+    let (d, m) = w.dims2()?;
+    validate::tokens("x", x, w, d, 1)?;
+    let n = x.elem_count() / d;
+    let dtype = compute_dtype(x.dtype());
+    validate::alloc(
+        "Hopfield activations (tokens, M)",
+        &[n, m],
+        dtype,
+        x.device(),
+    )?;
+    Ok(())
+}
+
+/// The constructors' argument checks, before anything is allocated; returns the parameters'
+/// state-dict names.
+fn check_options(
+    in_dim: usize,
+    hidden_dim: usize,
+    beta: Option<f64>,
+    init_scale: f64,
+    vb: &VarBuilder,
+) -> Result<[String; 2]> {
+    validate::positive("in_dim", in_dim)?;
+    // No memories is a configuration mistake, rejected as the block's config rejects it.
+    validate::positive("hidden_dim", hidden_dim)?;
+    validate::model_dtype(vb.dtype())?;
+    if let Some(b) = beta {
+        validate::scalar("beta", b, false)?;
+        validate::representable("beta", b, vb.dtype())?;
+    }
+    validate::scalar("init_scale", init_scale, true)?;
+    validate::representable("init_scale", init_scale, vb.dtype())?;
+    let names = ["W", "beta"].map(|n| param_name(vb, n));
+    validate::alloc(&names[0], &[in_dim, hidden_dim], vb.dtype(), vb.device())?;
+    Ok(names)
+}
+
+fn check_params(names: &[String; 2], w: &Tensor, beta: &Tensor, betas: bool) -> Result<()> {
+    validate::param(&names[0], w)?;
+    validate::param(&names[1], beta)?;
+    if betas {
+        validate::nonzero_beta(&names[1], beta)?;
+    }
+    Ok(())
 }

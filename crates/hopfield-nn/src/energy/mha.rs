@@ -5,8 +5,9 @@
 //! `E = -sum_h 1/beta_h sum_A logsumexp_B(beta_h A_AB)` and
 //! `dE/dx_C = -sum_h [Wq^h^T sum_B P_CB k_B + Wk^h^T sum_A P_AC q_A]` (the `1/beta` cancels).
 
-use super::{as_batched, error::check_tokens, lse_softmax, softmax, Energy, EtError};
-use candle_core::{Module, Result, Tensor};
+use super::validate::{self, compute_dtype, param_name, upcast};
+use super::{as_batched, lse_softmax, softmax, Energy, EtError};
+use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
 /// The attention energy. State-dict names (under its prefix): `Wq`, `Wk` `(H, D/H, D)`, `beta` `(H,)`.
@@ -34,6 +35,8 @@ pub struct EnergyMHA {
     head_dim: usize,
     dim: usize,
     exclude_self: bool,
+    /// State-dict names of `Wq`, `Wk`, `beta`, for errors.
+    names: [String; 3],
 }
 
 impl EnergyMHA {
@@ -62,7 +65,41 @@ impl EnergyMHA {
             }
             .into());
         }
+        validate::scalar("init_scale", init_scale, true)?;
+        validate::model_dtype(vb.dtype())?;
+        validate::representable("init_scale", init_scale, vb.dtype())?;
+        if let Some(b) = beta {
+            if b.len() != n_heads {
+                return Err(EtError::Config {
+                    field: "beta",
+                    value: format!("{b:?}"),
+                    reason: "needs one beta per head",
+                }
+                .into());
+            }
+            if b.iter().any(|v| !(v.is_finite() && *v > 0.0)) {
+                return Err(EtError::Config {
+                    field: "beta",
+                    value: format!("{b:?}"),
+                    reason: "must be finite and > 0",
+                }
+                .into());
+            }
+            for &v in b {
+                validate::representable("beta", v, vb.dtype())?;
+            }
+        }
         let head_dim = embed_dim / n_heads;
+        let names = ["Wq", "Wk", "beta"].map(|n| param_name(&vb, n));
+        for name in &names[..2] {
+            validate::alloc(
+                name,
+                &[n_heads, head_dim, embed_dim],
+                vb.dtype(),
+                vb.device(),
+            )?;
+        }
+        validate::alloc(&names[2], &[n_heads], vb.dtype(), vb.device())?;
         let w_init = Init::Randn {
             mean: 0.0,
             stdev: init_scale,
@@ -71,14 +108,6 @@ impl EnergyMHA {
         let wk = vb.get_with_hints((n_heads, head_dim, embed_dim), "Wk", w_init)?;
         let beta = match beta {
             Some(b) => {
-                if b.len() != n_heads {
-                    return Err(EtError::Config {
-                        field: "beta",
-                        value: format!("{b:?}"),
-                        reason: "needs one beta per head",
-                    }
-                    .into());
-                }
                 let existed = vb.contains_tensor("beta");
                 let t = vb.get_with_hints(n_heads, "beta", Init::Const(1.0))?;
                 if !existed {
@@ -90,7 +119,7 @@ impl EnergyMHA {
                 vb.get_with_hints(n_heads, "beta", Init::Const(1.0 / (head_dim as f64).sqrt()))?
             }
         };
-        Ok(Self {
+        let mha = Self {
             wq,
             wk,
             beta,
@@ -98,7 +127,44 @@ impl EnergyMHA {
             head_dim,
             dim: embed_dim,
             exclude_self,
-        })
+            names,
+        };
+        mha.check_params(false)?;
+        Ok(mha)
+    }
+
+    /// Errors naming the first parameter holding NaN or infinities (in the model's dtype, so an
+    /// init scale or beta the dtype cannot hold is caught), or with `betas` a zero beta.
+    pub(crate) fn check_params(&self, betas: bool) -> Result<()> {
+        validate::param(&self.names[0], &self.wq)?;
+        validate::param(&self.names[1], &self.wk)?;
+        validate::param(&self.names[2], &self.beta)?;
+        if betas {
+            validate::nonzero_beta(&self.names[2], &self.beta)?;
+        }
+        Ok(())
+    }
+
+    /// Validates tokens `x` `(..., L, D)` and that the attention scores `(B, H, L, L)` they need
+    /// can be allocated.
+    pub(crate) fn check_input(&self, arg: &'static str, x: &Tensor) -> Result<()> {
+        validate::tokens(arg, x, &self.wq, self.dim, 2)?;
+        let dims = x.dims();
+        let r = dims.len();
+        let b = validate::elem_count(arg, &dims[..r - 2])?;
+        let l = dims[r - 2];
+        let scores = [b, self.n_heads, l, l];
+        let dtype = compute_dtype(x.dtype());
+        validate::alloc("attention scores (B, H, L, L)", &scores, dtype, x.device())?;
+        if self.exclude_self {
+            validate::alloc(
+                "self-attention mask (L, L)",
+                &[l, l],
+                DType::F64,
+                x.device(),
+            )?;
+        }
+        Ok(())
     }
 
     /// `Wq`, `(H, D/H, D)`.
@@ -123,14 +189,16 @@ impl EnergyMHA {
     fn scores(&self, x3: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
         let (b, l, d) = x3.dims3()?;
         let (h, z) = (self.n_heads, self.head_dim);
+        let beta = upcast(&self.beta)?;
         // One matmul for q and k: rows of [Wq; Wk] are the (head, z) projections.
-        let w = Tensor::cat(&[&self.wq, &self.wk], 0)?.reshape((2 * h * z, d))?;
+        let w =
+            Tensor::cat(&[&upcast(&self.wq)?, &upcast(&self.wk)?], 0)?.reshape((2 * h * z, d))?;
         let qk = x3.reshape((b * l, d))?.matmul(&w.t()?)?;
         let qk = qk.reshape((b, l, 2 * h, z))?.transpose(1, 2)?;
         let q = qk.narrow(1, 0, h)?.contiguous()?;
         let k = qk.narrow(1, h, h)?.contiguous()?;
         // beta_h scales q (B, H, L, Z) rather than the larger scores (B, H, L, L).
-        let qb = q.broadcast_mul(&self.beta.reshape((1, h, 1, 1))?)?;
+        let qb = q.broadcast_mul(&beta.reshape((1, h, 1, 1))?)?;
         let mut s = qb.matmul(&k.t()?)?;
         if self.exclude_self {
             let mask: Vec<f64> = (0..l * l)
@@ -148,9 +216,10 @@ impl EnergyMHA {
         Ok((q, k, s))
     }
 
-    /// Whether the energy is identically zero (a single token with self-attention excluded).
+    /// Whether the energy is identically zero: no tokens (an empty sum), or a single token with
+    /// self-attention excluded.
     fn degenerate(&self, x3: &Tensor) -> Result<bool> {
-        Ok(self.exclude_self && x3.dim(1)? < 2)
+        Ok(x3.elem_count() == 0 || (self.exclude_self && x3.dim(1)? < 2))
     }
 
     /// Closed-form `dE/dWq`, `dE/dWk`, `dE/dbeta` (first order), e.g. for checks or custom optimisers.
@@ -167,7 +236,15 @@ impl EnergyMHA {
     /// # Ok::<(), candle_core::Error>(())
     /// ```
     pub fn param_grads(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
-        check_tokens("x", x, self.dim)?;
+        self.check_input("x", x)?;
+        let g = self.raw_param_grads(x).map(|(q, k, b)| vec![q, k, b]);
+        let g = validate::results("attention parameter gradients", "x", x, g, || {
+            self.check_params(true)
+        })?;
+        Ok((g[0].clone(), g[1].clone(), g[2].clone()))
+    }
+
+    fn raw_param_grads(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
         let (x3, _) = as_batched(x)?;
         if self.degenerate(&x3)? {
             return Ok((
@@ -176,6 +253,7 @@ impl EnergyMHA {
                 self.beta.zeros_like()?,
             ));
         }
+        let x3 = upcast(&x3)?;
         let (q, k, s) = self.scores(&x3)?;
         let (lse, p) = lse_softmax(&s)?;
         let a = q.matmul(&k.t()?)?;
@@ -188,9 +266,10 @@ impl EnergyMHA {
         // dE/dbeta_h = 1/beta^2 sum lse - 1/beta sum P A (masked entries have P = 0).
         let lse_h = lse.sum((0, 2, 3))?;
         let pa = p.mul(&a)?.sum((0, 2, 3))?;
-        let inv = self.beta.recip()?;
+        let inv = upcast(&self.beta)?.recip()?;
         let gb = ((lse_h * inv.sqr()?)? - (pa * inv)?)?;
-        Ok((gq, gk, gb))
+        let dt = self.wq.dtype();
+        Ok((gq.to_dtype(dt)?, gk.to_dtype(dt)?, gb.to_dtype(dt)?))
     }
 }
 
@@ -206,36 +285,46 @@ pub(crate) fn init_values(t: &Tensor, values: &[f64]) -> Result<()> {
 }
 
 impl Energy for EnergyMHA {
+    /// The energy; in f32 for an f16/bf16 model (see the module docs on hostile input).
     fn energy(&self, x: &Tensor) -> Result<Tensor> {
-        check_tokens("x", x, self.dim)?;
-        self.raw_energy(x)
+        self.check_input("x", x)?;
+        let e = self.raw_energy(x);
+        validate::result("attention energy", "x", x, e, || self.check_params(true))
     }
 
     fn grad(&self, x: &Tensor) -> Result<Tensor> {
-        check_tokens("x", x, self.dim)?;
-        self.raw_grad(x)
+        self.check_input("x", x)?;
+        let g = self.raw_grad(x);
+        validate::result("attention energy gradient", "x", x, g, || {
+            self.check_params(true)
+        })
     }
 }
 
 impl EnergyMHA {
-    /// The energy without input validation (the block validates once per call).
+    /// The energy without input validation (the block validates once per call), in the compute
+    /// dtype.
     pub(crate) fn raw_energy(&self, x: &Tensor) -> Result<Tensor> {
         let (x3, _) = as_batched(x)?;
         if self.degenerate(&x3)? {
-            return x3.zeros_like()?.sum_all();
+            return Tensor::zeros((), compute_dtype(x.dtype()), x.device());
         }
-        let (_, _, s) = self.scores(&x3)?;
+        let (_, _, s) = self.scores(&upcast(&x3)?)?;
         let (lse, _) = lse_softmax(&s)?;
         // -sum_h (1/beta_h) sum_{b, A} lse
-        lse.sum((0, 2, 3))?.div(&self.beta)?.sum_all()?.neg()
+        lse.sum((0, 2, 3))?
+            .div(&upcast(&self.beta)?)?
+            .sum_all()?
+            .neg()
     }
 
-    /// The gradient without input validation.
+    /// The gradient without input validation, in `x`'s dtype.
     pub(crate) fn raw_grad(&self, x: &Tensor) -> Result<Tensor> {
         let (x3, dims) = as_batched(x)?;
         if self.degenerate(&x3)? {
             return x.zeros_like();
         }
+        let x3 = upcast(&x3)?;
         let (b, l, d) = x3.dims3()?;
         let (h, z) = (self.n_heads, self.head_dim);
         let (q, k, s) = self.scores(&x3)?;
@@ -246,8 +335,9 @@ impl EnergyMHA {
         let u = Tensor::cat(&[&pk, &ptq], 3)?
             .transpose(1, 2)?
             .reshape((b * l, h * 2 * z))?;
-        let w = Tensor::cat(&[&self.wq, &self.wk], 1)?.reshape((h * 2 * z, d))?;
-        u.matmul(&w)?.neg()?.reshape(dims)
+        let w =
+            Tensor::cat(&[&upcast(&self.wq)?, &upcast(&self.wk)?], 1)?.reshape((h * 2 * z, d))?;
+        u.matmul(&w)?.neg()?.reshape(dims)?.to_dtype(x.dtype())
     }
 }
 

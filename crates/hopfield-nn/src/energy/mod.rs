@@ -44,6 +44,7 @@ mod hopfield;
 mod mha;
 mod norm;
 mod transformer;
+mod validate;
 
 pub use config::{EnergyReport, EnergyTransformerConfig, HopfieldType, NormKind};
 pub use error::EtError;
@@ -51,6 +52,7 @@ pub use hopfield::{BaseModernHopfield, HopfieldEnergy, SoftmaxModernHopfield};
 pub use mha::EnergyMHA;
 pub use norm::{EnergyLayerNorm, LayerNorm, Norm};
 pub use transformer::{EnergyTransformer, EtOutput};
+pub use validate::MAX_N_ITERS;
 
 use candle_core::{Result, Tensor, D};
 

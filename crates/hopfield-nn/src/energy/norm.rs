@@ -5,7 +5,8 @@
 //! * [`EnergyLayerNorm`]: the paper's, scalar `gamma` and vector `delta`, the gradient of the
 //!   Lagrangian `L(x) = D gamma sqrt(var(x) + eps) + delta . x` (its [`Energy`]).
 
-use super::{error::check_tokens, Energy, NormKind};
+use super::validate::{self, compute_dtype, param_name, upcast};
+use super::{Energy, NormKind};
 use candle_core::{Module, Result, Tensor, D};
 use candle_nn::{Init, VarBuilder};
 
@@ -35,14 +36,31 @@ pub struct LayerNorm {
     weight: Tensor,
     bias: Tensor,
     eps: f64,
+    /// State-dict names of `weight` and `bias`, for errors.
+    names: [String; 2],
 }
 
 impl LayerNorm {
     /// Loads or creates `weight` (ones) and `bias` (zeros).
     pub fn new(dim: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        check_options(dim, eps, &vb)?;
+        let names = ["weight", "bias"].map(|n| param_name(&vb, n));
         let weight = vb.get_with_hints(dim, "weight", Init::Const(1.0))?;
         let bias = vb.get_with_hints(dim, "bias", Init::Const(0.0))?;
-        Ok(Self { weight, bias, eps })
+        let ln = Self {
+            weight,
+            bias,
+            eps,
+            names,
+        };
+        ln.check_params()?;
+        Ok(ln)
+    }
+
+    /// Errors naming a non-finite parameter.
+    pub(crate) fn check_params(&self) -> Result<()> {
+        validate::param(&self.names[0], &self.weight)?;
+        validate::param(&self.names[1], &self.bias)
     }
     /// Per-feature weight `(D,)`.
     pub fn weight(&self) -> &Tensor {
@@ -56,16 +74,22 @@ impl LayerNorm {
 
 impl Module for LayerNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        check_tokens_any("x", x, self.weight.dim(0)?)?;
-        self.raw_forward(x)
+        validate::tokens("x", x, &self.weight, self.weight.dim(0)?, 1)?;
+        let y = self.raw_forward(x);
+        validate::result("LayerNorm output", "x", x, y, || self.check_params())
     }
 }
 
 impl LayerNorm {
+    /// In `x`'s dtype, computed in f32 for f16/bf16 (whose variance overflows for inputs ~ 256).
     pub(crate) fn raw_forward(&self, x: &Tensor) -> Result<Tensor> {
-        hopfield_cuda::normalize(x, self.eps)?
-            .broadcast_mul(&self.weight)?
-            .broadcast_add(&self.bias)
+        if x.elem_count() == 0 {
+            return x.zeros_like();
+        }
+        hopfield_cuda::normalize(&upcast(x)?, self.eps)?
+            .broadcast_mul(&upcast(&self.weight)?)?
+            .broadcast_add(&upcast(&self.bias)?)?
+            .to_dtype(x.dtype())
     }
 }
 
@@ -90,19 +114,32 @@ pub struct EnergyLayerNorm {
     delta: Tensor,
     eps: f64,
     dim: usize,
+    /// State-dict names of `gamma` and `delta`, for errors.
+    names: [String; 2],
 }
 
 impl EnergyLayerNorm {
     /// Loads or creates `gamma` (1) and `delta` (zeros).
     pub fn new(dim: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        check_options(dim, eps, &vb)?;
+        let names = ["gamma", "delta"].map(|n| param_name(&vb, n));
         let gamma = vb.get_with_hints((), "gamma", Init::Const(1.0))?;
         let delta = vb.get_with_hints(dim, "delta", Init::Const(0.0))?;
-        Ok(Self {
+        let ln = Self {
             gamma,
             delta,
             eps,
             dim,
-        })
+            names,
+        };
+        ln.check_params()?;
+        Ok(ln)
+    }
+
+    /// Errors naming a non-finite parameter.
+    pub(crate) fn check_params(&self) -> Result<()> {
+        validate::param(&self.names[0], &self.gamma)?;
+        validate::param(&self.names[1], &self.delta)
     }
     /// Scalar `gamma`, 0-d.
     pub fn gamma(&self) -> &Tensor {
@@ -113,10 +150,21 @@ impl EnergyLayerNorm {
         &self.delta
     }
 
-    /// The Legendre term `sum_A (g_A . x_A - L(x_A))` of the paper's energy (0-d).
+    /// The Legendre term `sum_A (g_A . x_A - L(x_A))` of the paper's energy (0-d; f32 for an
+    /// f16/bf16 model).
     pub fn legendre(&self, x: &Tensor) -> Result<Tensor> {
-        let g = self.forward(x)?;
-        (g * x)?.sum_all()? - self.energy(x)?
+        validate::tokens("x", x, &self.delta, self.dim, 1)?;
+        let e = self.raw_legendre(x);
+        validate::result("Legendre term", "x", x, e, || self.check_params())
+    }
+
+    pub(crate) fn raw_legendre(&self, x: &Tensor) -> Result<Tensor> {
+        if x.elem_count() == 0 {
+            return Tensor::zeros((), compute_dtype(x.dtype()), x.device());
+        }
+        let x = upcast(x)?;
+        let g = self.raw_forward(&x)?;
+        (g * &x)?.sum_all()? - self.raw_energy(&x)?
     }
 }
 
@@ -128,26 +176,46 @@ impl Module for EnergyLayerNorm {
 
 impl Energy for EnergyLayerNorm {
     /// The Lagrangian `sum_A D gamma sqrt(var(x_A) + eps) + delta . x_A`.
+    /// In f32 for an f16/bf16 model.
     fn energy(&self, x: &Tensor) -> Result<Tensor> {
-        check_tokens_any("x", x, self.dim)?;
-        let (_, s) = standardize(x, self.eps)?;
-        let l = s
-            .sum_all()?
-            .affine(self.dim as f64, 0.0)?
-            .mul(&self.gamma)?;
-        l + x.broadcast_mul(&self.delta)?.sum_all()?
+        validate::tokens("x", x, &self.delta, self.dim, 1)?;
+        let e = self.raw_energy(x);
+        validate::result("EnergyLayerNorm Lagrangian", "x", x, e, || {
+            self.check_params()
+        })
     }
 
     fn grad(&self, x: &Tensor) -> Result<Tensor> {
-        check_tokens_any("x", x, self.dim)?;
-        self.raw_forward(x)
+        validate::tokens("x", x, &self.delta, self.dim, 1)?;
+        let g = self.raw_forward(x);
+        validate::result("EnergyLayerNorm output", "x", x, g, || self.check_params())
     }
 }
 
 impl EnergyLayerNorm {
+    /// The Lagrangian without input validation, in the compute dtype.
+    pub(crate) fn raw_energy(&self, x: &Tensor) -> Result<Tensor> {
+        if x.elem_count() == 0 {
+            return Tensor::zeros((), compute_dtype(x.dtype()), x.device());
+        }
+        let x = upcast(x)?;
+        let (_, s) = standardize(&x, self.eps)?;
+        let l = s
+            .sum_all()?
+            .affine(self.dim as f64, 0.0)?
+            .mul(&upcast(&self.gamma)?)?;
+        l + x.broadcast_mul(&upcast(&self.delta)?)?.sum_all()?
+    }
+
+    /// In `x`'s dtype, computed in f32 for f16/bf16.
     pub(crate) fn raw_forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (xn, _) = standardize(x, self.eps)?;
-        xn.broadcast_mul(&self.gamma)?.broadcast_add(&self.delta)
+        if x.elem_count() == 0 {
+            return x.zeros_like();
+        }
+        let (xn, _) = standardize(&upcast(x)?, self.eps)?;
+        xn.broadcast_mul(&upcast(&self.gamma)?)?
+            .broadcast_add(&upcast(&self.delta)?)?
+            .to_dtype(x.dtype())
     }
 }
 
@@ -186,6 +254,14 @@ impl Norm {
             Self::Energy(n) => n.raw_forward(x),
         }
     }
+
+    /// Errors naming a non-finite parameter.
+    pub(crate) fn check_params(&self) -> Result<()> {
+        match self {
+            Self::Port(n) => n.check_params(),
+            Self::Energy(n) => n.check_params(),
+        }
+    }
 }
 
 impl Module for Norm {
@@ -197,10 +273,17 @@ impl Module for Norm {
     }
 }
 
-/// Norms act per row: rank >= 1 with the model dimension last.
-fn check_tokens_any(arg: &'static str, x: &Tensor, dim: usize) -> Result<()> {
-    if x.rank() == 1 {
-        return check_tokens(arg, &x.unsqueeze(0)?, dim);
-    }
-    check_tokens(arg, x, dim)
+/// The constructors' argument checks, before anything is allocated.
+fn check_options(dim: usize, eps: f64, vb: &VarBuilder) -> Result<()> {
+    validate::positive("dim", dim)?;
+    // eps = 0 makes a constant row 0 / 0.
+    validate::scalar("eps", eps, false)?;
+    validate::model_dtype(vb.dtype())?;
+    validate::alloc(
+        &param_name(vb, "norm parameters"),
+        &[dim],
+        vb.dtype(),
+        vb.device(),
+    )?;
+    Ok(())
 }

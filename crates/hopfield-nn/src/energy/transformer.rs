@@ -1,7 +1,7 @@
 //! The Energy Transformer block: tokens (+ positional embedding) descend the summed attention and
 //! Hopfield energy, `x_{t+1} = x_t - alpha dE/dg(g_t)` with `g_t = norm(x_t)`, for `n_iters` steps.
 
-use super::error::{check_finite, check_tokens};
+use super::validate::{self, compute_dtype};
 use super::{
     EnergyMHA, EnergyReport, EnergyTransformerConfig, EtError, HopfieldEnergy, Norm, NormKind,
 };
@@ -53,6 +53,24 @@ impl EnergyTransformer {
     /// Validates `cfg` and loads or creates the parameters from `vb`.
     pub fn new(cfg: &EnergyTransformerConfig, vb: VarBuilder) -> Result<Self> {
         cfg.validate()?;
+        validate::model_dtype(vb.dtype())?;
+        // Each parameter, then all together, before any is made: a size that only fails in sum
+        // would otherwise abort half-way through.
+        for (what, dims) in cfg.param_shapes() {
+            validate::alloc(what, &dims, vb.dtype(), vb.device())?;
+        }
+        let total = cfg
+            .param_shapes()
+            .iter()
+            .try_fold(0usize, |n, (what, dims)| {
+                n.checked_add(validate::elem_count(what, dims)?)
+                    .ok_or_else(|| EtError::TooLarge {
+                        what: "parameters (from dim, hidden_dim, n_heads, context)".into(),
+                        shape: vec![],
+                        reason: "their element count overflows usize".into(),
+                    })
+            })?;
+        validate::alloc("all parameters", &[total], vb.dtype(), vb.device())?;
         let mha = EnergyMHA::with_options(
             cfg.dim,
             cfg.n_heads,
@@ -71,14 +89,16 @@ impl EnergyTransformer {
         )?;
         let norm = Norm::new(cfg.norm, cfg.dim, cfg.eps, vb.pp("norm"))?;
         let pos_embedding = if cfg.has_pos_embedding() {
-            Some(vb.get_with_hints(
+            let pos = vb.get_with_hints(
                 (1, cfg.context, cfg.dim),
                 "pos_embedding",
                 Init::Randn {
                     mean: 0.0,
                     stdev: 1.0,
                 },
-            )?)
+            )?;
+            validate::param(&validate::param_name(&vb, "pos_embedding"), &pos)?;
+            Some(pos)
         } else {
             None
         };
@@ -112,23 +132,47 @@ impl EnergyTransformer {
         self.pos_embedding.as_ref()
     }
 
-    /// The block energy at normalised tokens `g`: attention + Hopfield (the port's `energy`).
+    /// The block energy at normalised tokens `g`: attention + Hopfield (the port's `energy`); in
+    /// f32 for an f16/bf16 model, 0 for no tokens.
     pub fn energy(&self, g: &Tensor) -> Result<Tensor> {
-        check_tokens("g", g, self.cfg.dim)?;
-        self.raw_energy(g)
+        self.check_input("g", g)?;
+        let e = self.raw_energy(g);
+        validate::result("block energy", "g", g, e, || self.check_params())
     }
 
     /// `dE/dg`, the port's `forward_step`.
     pub fn grad(&self, g: &Tensor) -> Result<Tensor> {
-        check_tokens("g", g, self.cfg.dim)?;
-        self.raw_grad(g)
+        self.check_input("g", g)?;
+        let d = self.raw_grad(g);
+        validate::result("block energy gradient", "g", g, d, || self.check_params())
     }
 
     /// The paper's full energy at un-normalised tokens `x`:
     /// `sum_A (g_A . x_A - L(x_A)) + E_att(g) + E_hop(g)`, `g = EnergyLayerNorm(x)`.
     pub fn paper_energy(&self, x: &Tensor) -> Result<Tensor> {
-        check_tokens("x", x, self.cfg.dim)?;
-        self.raw_paper_energy(x)
+        if let Norm::Port(_) = self.norm {
+            return Err(EtError::PaperEnergyNeedsEnergyNorm.into());
+        }
+        self.check_input("x", x)?;
+        let e = self.raw_paper_energy(x);
+        validate::result("paper energy", "x", x, e, || self.check_params())
+    }
+
+    /// Shape, dtype, device, finiteness and working-memory checks of tokens `arg`.
+    fn check_input(&self, arg: &'static str, x: &Tensor) -> Result<()> {
+        self.mha.check_input(arg, x)?;
+        self.hopfield.check_input(x)
+    }
+
+    /// Errors naming the first unusable parameter: explains a failed or non-finite result.
+    fn check_params(&self) -> Result<()> {
+        self.mha.check_params(true)?;
+        self.hopfield.check_params(true)?;
+        self.norm.check_params()?;
+        if let Some(pos) = &self.pos_embedding {
+            validate::param("pos_embedding", pos)?;
+        }
+        Ok(())
     }
 
     fn raw_energy(&self, g: &Tensor) -> Result<Tensor> {
@@ -141,15 +185,31 @@ impl EnergyTransformer {
 
     fn raw_paper_energy(&self, x: &Tensor) -> Result<Tensor> {
         match &self.norm {
-            Norm::Energy(n) => n.legendre(x)? + self.raw_energy(&n.raw_forward(x)?)?,
+            Norm::Energy(n) => n.raw_legendre(x)? + self.raw_energy(&n.raw_forward(x)?)?,
             Norm::Port(_) => Err(EtError::PaperEnergyNeedsEnergyNorm.into()),
         }
     }
 
-    /// Runs `n_iters` steps (the argument, else the config's) from `x + pos_embedding`; features and
-    /// energies per step come back when `return_energy` is set.
+    /// Runs `n_iters` steps (the argument, else the config's; at most
+    /// [`MAX_N_ITERS`](super::MAX_N_ITERS)) from `x + pos_embedding`; features and energies per
+    /// step come back when `return_energy` is set. No tokens: `x` comes back unchanged (zero
+    /// energies). Tokens that overflow during the descent are an error, never NaN.
+    ///
+    /// ```
+    /// use candle_core::{DType, Device, Tensor};
+    /// use candle_nn::{VarBuilder, VarMap};
+    /// use hopfield_nn::energy::{EnergyTransformer, EnergyTransformerConfig, MAX_N_ITERS};
+    /// let vb = VarBuilder::from_varmap(&VarMap::new(), DType::F32, &Device::Cpu);
+    /// let et = EnergyTransformer::new(&EnergyTransformerConfig::new(8, 16, 2), vb)?;
+    /// let x = Tensor::zeros((2, 3, 8), DType::F32, &Device::Cpu)?;
+    /// assert!(et.forward_detailed(&x, Some(MAX_N_ITERS + 1)).is_err());
+    /// let none = Tensor::zeros((2, 0, 8), DType::F32, &Device::Cpu)?;
+    /// assert_eq!(et.forward_detailed(&none, None)?.y.dims(), &[2, 0, 8]);
+    /// assert!(et.forward_detailed(&x.to_dtype(DType::U32)?, None).is_err());
+    /// # Ok::<(), candle_core::Error>(())
+    /// ```
     pub fn forward_detailed(&self, x: &Tensor, n_iters: Option<usize>) -> Result<EtOutput> {
-        check_tokens("x", x, self.cfg.dim)?;
+        self.check_input("x", x)?;
         let x0 = match &self.pos_embedding {
             None => x.clone(),
             Some(pos) => {
@@ -166,7 +226,7 @@ impl EnergyTransformer {
                 add_pos(x, pos)?
             }
         };
-        self.run(x0, n_iters)
+        self.run(x, x0, n_iters)
     }
 
     /// As [`forward_detailed`](Self::forward_detailed), adding `pos_embedding[:, indices]` (token
@@ -191,7 +251,7 @@ impl EnergyTransformer {
         indices: &Tensor,
         n_iters: Option<usize>,
     ) -> Result<EtOutput> {
-        check_tokens("x", x, self.cfg.dim)?;
+        self.check_input("x", x)?;
         let x0 = match &self.pos_embedding {
             None => x.clone(),
             Some(pos) => {
@@ -200,7 +260,7 @@ impl EnergyTransformer {
                 add_pos(x, &pos.index_select(indices, 1)?)?
             }
         };
-        self.run(x0, n_iters)
+        self.run(x, x0, n_iters)
     }
 
     fn check_indices(&self, indices: &Tensor, tokens: usize) -> Result<()> {
@@ -219,6 +279,9 @@ impl EnergyTransformer {
                 indices.dtype()
             )));
         }
+        if !indices.device().same_device(self.mha.wq().device()) {
+            return Err(err("not on the parameters' device".into()));
+        }
         if indices.rank() != 1 || indices.dim(0)? != tokens {
             return Err(err("expected one index per token".into()));
         }
@@ -232,14 +295,65 @@ impl EnergyTransformer {
         Ok(())
     }
 
-    /// The descent loop from `x0` (positional embedding already added).
-    fn run(&self, x0: Tensor, n_iters: Option<usize>) -> Result<EtOutput> {
-        let n = n_iters.unwrap_or(self.cfg.n_iters);
-        if n == 0 {
-            return Err(EtError::ZeroSteps.into());
-        }
-        check_finite("x", &x0)?;
+    /// The descent loop from `x0` (positional embedding already added to the validated `x`).
+    fn run(&self, x: &Tensor, x0: Tensor, n_iters: Option<usize>) -> Result<EtOutput> {
+        let n = validate::steps(n_iters.unwrap_or(self.cfg.n_iters))?;
         let track = self.cfg.return_energy;
+        if track {
+            let dims: Vec<usize> = std::iter::once(n)
+                .chain(x0.dims().iter().copied())
+                .collect();
+            validate::alloc(
+                "features (n_iters, *x.shape)",
+                &dims,
+                x0.dtype(),
+                x0.device(),
+            )?;
+        }
+        // The positional embedding is finite (checked at construction) but the sum may not be.
+        validate::finite("x + pos_embedding", &x0)?;
+        if x0.elem_count() == 0 {
+            // No tokens: nothing moves and every energy is an empty sum.
+            let dims: Vec<usize> = std::iter::once(n)
+                .chain(x0.dims().iter().copied())
+                .collect();
+            let (features, energies) = if track {
+                let e_dtype = compute_dtype(x0.dtype());
+                (
+                    Some(Tensor::zeros(dims, x0.dtype(), x0.device())?),
+                    Some(Tensor::zeros(n, e_dtype, x0.device())?),
+                )
+            } else {
+                (None, None)
+            };
+            return Ok(EtOutput {
+                y: x0,
+                features,
+                energies,
+            });
+        }
+        let out = self.raw_run(x0, n, track);
+        // One pass over the result (and the tracked steps): a descent that overflowed is an
+        // error naming the input, not NaN tokens.
+        let out = out.map(|o| {
+            let mut v = vec![o.y];
+            v.extend(o.features);
+            v.extend(o.energies);
+            v
+        });
+        let mut v = validate::results("tokens after the descent", "x", x, out, || {
+            self.check_params()
+        })?
+        .into_iter();
+        let y = v.next().expect("y is always returned");
+        Ok(EtOutput {
+            y,
+            features: v.next(),
+            energies: v.next(),
+        })
+    }
+
+    fn raw_run(&self, x0: Tensor, n: usize, track: bool) -> Result<EtOutput> {
         let (mut features, mut energies) = (Vec::new(), Vec::new());
         let mut x = x0;
         for _ in 0..n {
