@@ -2,8 +2,8 @@
 //! [`apply_diffusion`].
 
 use crate::{
-    DiffusionMode, DiffusionOperator, FactoredDiffusion, IterativeDiffusion, SimpleDiffusion,
-    SpectralDiffusion,
+    validate, DiffusionMode, DiffusionOperator, FactoredDiffusion, IterativeDiffusion,
+    SimpleDiffusion, SpectralDiffusion,
 };
 use candle_core::{Result, Tensor};
 use dahn_graph::GraphMatrix;
@@ -26,7 +26,7 @@ pub fn create_operator(
 }
 
 /// difflayers' `apply_diffusion(X, L, eta, mode, steps)`: `eta == 0` returns X, otherwise the
-/// mode's operator on L applied once.
+/// mode's operator on L applied once. X and L are validated either way (shapes, dtypes, NaN/inf).
 ///
 /// ```
 /// use candle_core::{Device, Tensor};
@@ -45,6 +45,8 @@ pub fn apply_diffusion(
     steps: usize,
 ) -> Result<Tensor> {
     if eta == 0.0 {
+        l.validate()?;
+        validate::input(x, l.n(), "apply_diffusion: X")?;
         return Ok(x.clone());
     }
     create_operator(mode, l, eta, steps)?.apply(x)

@@ -1,6 +1,6 @@
 //! [`AttentionOperator`]: dense `softmax(beta Q K^T) V` or kNN-graph-constrained attention.
 
-use crate::{AttentionMode, DiffusionError};
+use crate::{validate, AttentionMode, DiffusionError};
 use candle_core::{Result, Tensor, D};
 use hopfield_cuda::masked_softmax as softmax;
 
@@ -50,7 +50,10 @@ impl AttentionOperator {
 
     /// Applies attention; `adj` (rows of Q, k) integer neighbour table is required in graph mode
     /// and ignored in dense mode. Errors (typed): ranks/shapes that disagree, a missing or
-    /// out-of-range neighbour table.
+    /// out-of-range neighbour table, a non-finite `beta`, integer or mixed dtypes, no keys (or a
+    /// neighbour table with no columns: a softmax over nothing), NaN/inf in Q, K or V, and logits
+    /// `beta Q K^T` that overflow ([`DiffusionError::Overflow`]). No queries (or d = 0) is a
+    /// defined result: an empty output (respectively the mean of the selected V rows).
     pub fn forward(
         &self,
         q: &Tensor,
@@ -70,18 +73,50 @@ impl AttentionOperator {
             || (rank == 3 && (qd[1] != kd[1] || kd[1] != vd[1]))
         {
             return Err(mismatch(format!(
-                "attention: Q {qd:?}, K {kd:?}, V {vd:?} disagree"
+                "attention: Q {qd:?}, K {kd:?}, V {vd:?} disagree (Q and K share d, K and V share rows{})",
+                if rank == 3 { ", all share B" } else { "" }
             )));
         }
-        match self.mode {
-            AttentionMode::Dense => self.dense(q, k, v),
+        validate::param("attention", "beta", self.beta, false)?;
+        for (t, what) in [
+            (q, "attention: Q"),
+            (k, "attention: K"),
+            (v, "attention: V"),
+        ] {
+            validate::float(t, what)?;
+        }
+        if k.dtype() != q.dtype() || v.dtype() != q.dtype() {
+            return Err(mismatch(format!(
+                "attention: Q, K, V dtypes {:?}, {:?}, {:?} differ",
+                q.dtype(),
+                k.dtype(),
+                v.dtype()
+            )));
+        }
+        if kd[0] == 0 {
+            return Err(DiffusionError::Empty {
+                what: "attention: K (no keys to attend to)",
+                shape: kd.to_vec(),
+            }
+            .into());
+        }
+        let out = match self.mode {
+            AttentionMode::Dense => self.dense(q, k, v)?,
             AttentionMode::Graph => {
                 let adj = adj.ok_or(DiffusionError::Missing(
                     "graph attention needs a neighbour table",
                 ))?;
-                self.graph(q, k, v, adj)
+                self.graph(q, k, v, adj)?
             }
+        };
+        // One reduction on the result; the inputs are only read when it is not finite.
+        if !hopfield_cuda::all_finite(&out)? {
+            validate::finite(q, "attention: Q")?;
+            validate::finite(k, "attention: K")?;
+            validate::finite(v, "attention: V")?;
+            validate::no_overflow(&out, "attention: beta Q K^T and the weighted sum of V")?;
         }
+        Ok(out)
     }
 
     fn dense(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
@@ -104,6 +139,13 @@ impl AttentionOperator {
         let (rows, kk) = adj
             .dims2()
             .map_err(|_| mismatch(format!("neighbour table must be 2-D, got {:?}", adj.dims())))?;
+        if kk == 0 && rows > 0 {
+            return Err(DiffusionError::Empty {
+                what: "attention: neighbour table (no neighbours to attend to)",
+                shape: adj.dims().to_vec(),
+            }
+            .into());
+        }
         if rows != n || adj.dtype().is_float() {
             return Err(mismatch(format!(
                 "neighbour table {:?} ({:?}) must be an integer (rows of Q = {n}, k) table",
@@ -111,22 +153,27 @@ impl AttentionOperator {
                 adj.dtype()
             )));
         }
+        // The gathered (n, k, B, d) neighbour keys and values are the big buffers here.
+        let cols: usize =
+            k.dims()[1..].iter().product::<usize>() + v.dims()[1..].iter().product::<usize>();
+        validate::can_allocate(
+            &[n, kk, cols],
+            k.dtype().size_in_bytes(),
+            "attention: gathered neighbours",
+        )?;
         // index_select needs contiguous operands.
         let (k, v) = (&k.contiguous()?, &v.contiguous()?);
         let flat = adj.flatten_all()?.contiguous()?;
-        let max = flat
-            .to_dtype(candle_core::DType::F64)?
-            .max_all()?
-            .to_scalar::<f64>()?;
-        let min = flat
-            .to_dtype(candle_core::DType::F64)?
-            .min_all()?
-            .to_scalar::<f64>()?;
-        if kk > 0 && (min < 0.0 || max >= k.dim(0)? as f64) {
-            return Err(mismatch(format!(
-                "neighbour table entries must lie in 0..{}",
-                k.dim(0)?
-            )));
+        if flat.elem_count() > 0 {
+            let wide = flat.to_dtype(candle_core::DType::F64)?;
+            let max = wide.max_all()?.to_scalar::<f64>()?;
+            let min = wide.min_all()?.to_scalar::<f64>()?;
+            if min < 0.0 || max >= k.dim(0)? as f64 {
+                return Err(mismatch(format!(
+                    "neighbour table entries must lie in 0..{} (rows of K), found {min}..={max}",
+                    k.dim(0)?
+                )));
+            }
         }
         if q.rank() == 2 {
             let d = k.dim(1)?;

@@ -155,7 +155,7 @@ impl GraphCache {
                     )?),
                 ),
                 mode => {
-                    let l: GraphMatrix = graph.laplacian(cfg.use_normalized_laplacian).into();
+                    let l: GraphMatrix = graph.try_laplacian(cfg.use_normalized_laplacian)?.into();
                     let op = create_operator(mode, &l, cfg.eta, cfg.steps)?;
                     (Some(l), op)
                 }

@@ -179,7 +179,7 @@ impl DiffusionConfig {
     ///   eigenvalue is at least 1 on any graph with an edge) `eta <= 2`, beyond which
     ///   `(I - eta L)` provably amplifies. Factored mode's bound depends on the degrees and is
     ///   checked when the operator is built (`FactoredDiffusion`); spectral is stable for any eta;
-    /// - `k_neighbors >= 1`, `steps >= 1`;
+    /// - `k_neighbors >= 1`, `1 <= steps <= MAX_STEPS` ([`crate::MAX_STEPS`]);
     /// - `beta`, `adaptive_temperature`, `adaptive_threshold` finite; `energy_stop_tol >= 0`;
     /// - `use_logit_diffusion` is rejected (it crashes in difflayers, D2, and is not implemented).
     pub fn validate(&self) -> Result<()> {
@@ -206,6 +206,7 @@ impl DiffusionConfig {
         if self.steps == 0 {
             return bad("steps must be >= 1".into());
         }
+        crate::validate::steps(self.steps, "DiffusionConfig")?;
         for (name, v) in [
             ("beta", self.beta),
             ("adaptive_temperature", self.adaptive_temperature),

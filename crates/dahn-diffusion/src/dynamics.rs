@@ -1,6 +1,6 @@
 //! [`DynamicsEngine`]: the diffuse -> attend loop, and [`compute_adaptive_eta`].
 
-use crate::{AttentionOperator, DiffusionError, DiffusionOperator, EnergyTracker};
+use crate::{validate, AttentionOperator, DiffusionError, DiffusionOperator, EnergyTracker};
 use candle_core::{DType, Result, Tensor, D};
 use dahn_graph::GraphMatrix;
 use std::sync::Arc;
@@ -116,6 +116,8 @@ impl DynamicsEngine {
     /// `Q = attention(Q, K, V, adj)`; then, with a tracker, the energy of (Q, K) with the
     /// Laplacian if given, else with (W, deg) if given, stopping after a step that signals
     /// `|dE| < tol` (that step is kept). The tracker is reset first. Differentiable w.r.t. Q, K, V.
+    /// Errors: `steps > MAX_STEPS` ([`crate::MAX_STEPS`]), and whatever the operators, the
+    /// attention and the tracker report (all typed).
     pub fn run_dynamics(
         &mut self,
         q: &Tensor,
@@ -126,6 +128,7 @@ impl DynamicsEngine {
         let attention = self.attention.ok_or(DiffusionError::Missing(
             "run_dynamics needs an AttentionOperator",
         ))?;
+        validate::steps(self.steps, "DynamicsEngine::run_dynamics")?;
         if let Some(t) = self.tracker.as_mut() {
             t.reset();
         }
@@ -165,12 +168,14 @@ impl DynamicsEngine {
     /// `step(q_ref, X, L)` after each and the same stop rule when a tracker, `l` and `q_ref` are
     /// given. Unlike difflayers, which applies the operator only once when tracking is off (B14/D22),
     /// this always runs `steps` applications, so turning tracking on never changes the result.
+    /// Errors: `steps > MAX_STEPS`, and the operator's and tracker's typed errors.
     pub fn run_diffusion(
         &mut self,
         x: &Tensor,
         l: Option<&GraphMatrix>,
         q_ref: Option<&Tensor>,
     ) -> Result<Tensor> {
+        validate::steps(self.steps, "DynamicsEngine::run_diffusion")?;
         if let Some(t) = self.tracker.as_mut() {
             t.reset();
         }
@@ -199,7 +204,9 @@ impl DynamicsEngine {
 
 /// Entropy-gated eta: `base_eta * sigmoid(temperature * (H - threshold))` with `H` the mean over
 /// all rows of `-sum p log(p + 1e-9)`, `p = softmax(logits, -1)` (difflayers'
-/// `compute_adaptive_eta`; a host f64, no gradient). Errors on NaN logits.
+/// `compute_adaptive_eta`; a host f64, no gradient). Errors (typed): logits that are not float,
+/// rank 0, without rows or columns, or hold NaN/inf; `base_eta` not finite and >= 0;
+/// `temperature` or `threshold` not finite.
 ///
 /// ```
 /// use candle_core::{Device, Tensor};
@@ -214,7 +221,20 @@ pub fn compute_adaptive_eta(
     temperature: f64,
     threshold: f64,
 ) -> Result<f64> {
-    crate::error::check_finite(logits, "adaptive eta logits")?;
+    let what = "compute_adaptive_eta";
+    validate::param(what, "base_eta", base_eta, true)?;
+    validate::param(what, "temperature", temperature, false)?;
+    validate::param(what, "threshold", threshold, false)?;
+    validate::float(logits, "adaptive eta logits")?;
+    if logits.rank() == 0 || logits.elem_count() == 0 {
+        // The mean entropy of no rows (or a softmax over no entries) is undefined.
+        return Err(DiffusionError::Empty {
+            what: "adaptive eta logits",
+            shape: logits.dims().to_vec(),
+        }
+        .into());
+    }
+    validate::finite(logits, "adaptive eta logits")?;
     let p = candle_nn::ops::softmax(&logits.detach().to_dtype(DType::F64)?, D::Minus1)?;
     let h = (p.clone() * (p + 1e-9)?.log()?)?
         .sum(D::Minus1)?

@@ -1,6 +1,6 @@
 //! [`EnergyTracker`]: per-step energy of the diffuse-attend dynamics and the early-stop rule.
 
-use crate::DiffusionError;
+use crate::{validate, DiffusionError};
 use candle_core::{DType, Result, Tensor, D};
 use dahn_graph::GraphMatrix;
 
@@ -11,6 +11,10 @@ use dahn_graph::GraphMatrix;
 /// uses `L = diag(deg) - W`. Each step appends E to the history; the stop signal is
 /// `tol > 0 && |E_t - E_(t-1)| < tol`. Values are host f64 (no gradient), as difflayers;
 /// [`energy`](Self::energy) gives the differentiable tensor.
+///
+/// Errors (typed, at each call since the fields are public): `beta`, `eta` not finite, `tol`
+/// not finite and >= 0; Q or K not float, empty, with NaN/inf, or of widths that disagree; a
+/// Laplacian or degrees that do not match K's rows; an energy that overflows the dtype.
 ///
 /// ```
 /// use candle_core::{Device, Tensor};
@@ -35,16 +39,38 @@ pub struct EnergyTracker {
     history: Vec<f64>,
 }
 
-fn batch_mean(x: &Tensor) -> Result<Tensor> {
-    match x.rank() {
-        2 => Ok(x.clone()),
-        3 => x.mean(1),
-        _ => Err(DiffusionError::ShapeMismatch(format!(
-            "energy: expected 2-D or 3-D, got {:?}",
-            x.dims()
-        ))
-        .into()),
+fn batch_mean(x: &Tensor, what: &'static str) -> Result<Tensor> {
+    let m = match x.rank() {
+        2 => x.clone(),
+        3 => {
+            if x.dim(1)? == 0 {
+                return Err(DiffusionError::Empty {
+                    what,
+                    shape: x.dims().to_vec(),
+                }
+                .into());
+            }
+            x.mean(1)?
+        }
+        _ => {
+            return Err(DiffusionError::ShapeMismatch(format!(
+                "{what}: expected 2-D or 3-D, got {:?}",
+                x.dims()
+            ))
+            .into())
+        }
+    };
+    validate::float(x, what)?;
+    if m.dim(0)? == 0 {
+        // Both terms are means over rows: undefined without rows.
+        return Err(DiffusionError::Empty {
+            what,
+            shape: x.dims().to_vec(),
+        }
+        .into());
     }
+    validate::finite(x, what)?;
+    Ok(m)
 }
 
 impl EnergyTracker {
@@ -74,6 +100,12 @@ impl EnergyTracker {
         self.tol > 0.0 && h.len() >= 2 && (h[h.len() - 1] - h[h.len() - 2]).abs() < self.tol
     }
 
+    fn check_params(&self) -> Result<()> {
+        validate::param("EnergyTracker", "beta", self.beta, false)?;
+        validate::param("EnergyTracker", "eta", self.eta, false)?;
+        validate::param("EnergyTracker", "tol", self.tol, true)
+    }
+
     fn affinity(&self, qb: &Tensor, kb: &Tensor) -> Result<Tensor> {
         if qb.dim(1)? != kb.dim(1)? {
             return Err(DiffusionError::ShapeMismatch(format!(
@@ -88,10 +120,13 @@ impl EnergyTracker {
 
     /// The energy with Laplacian `l` as a differentiable 0-d tensor.
     pub fn energy(&self, q: &Tensor, k: &Tensor, l: &GraphMatrix) -> Result<Tensor> {
-        let (qb, kb) = (batch_mean(q)?, batch_mean(k)?);
+        self.check_params()?;
+        let (qb, kb) = (batch_mean(q, "energy: Q")?, batch_mean(k, "energy: K")?);
         let n = kb.dim(0)? as f64;
         let smooth = (kb.clone() * l.matmul(&kb)?)?.sum_all()?;
-        self.affinity(&qb, &kb)? + (smooth * (self.eta / n))?
+        let e = (self.affinity(&qb, &kb)? + (smooth * (self.eta / n))?)?;
+        validate::no_overflow(&e, "energy")?;
+        Ok(e)
     }
 
     /// The energy with `L = diag(deg) - W` as a differentiable 0-d tensor.
@@ -102,12 +137,24 @@ impl EnergyTracker {
         w: &GraphMatrix,
         deg: &Tensor,
     ) -> Result<Tensor> {
-        let (qb, kb) = (batch_mean(q)?, batch_mean(k)?);
-        let n = kb.dim(0)? as f64;
+        self.check_params()?;
+        let (qb, kb) = (batch_mean(q, "energy: Q")?, batch_mean(k, "energy: K")?);
+        let n = kb.dim(0)?;
+        if deg.dims() != [n] {
+            return Err(DiffusionError::ShapeMismatch(format!(
+                "energy: K has {n} rows but the degrees have shape {:?} (expected [{n}])",
+                deg.dims()
+            ))
+            .into());
+        }
+        validate::float(deg, "energy: degrees")?;
+        validate::finite(deg, "energy: degrees")?;
         let deg = deg.to_dtype(kb.dtype())?;
         let deg_term = (kb.sqr()?.sum(D::Minus1)? * deg)?.sum_all()?;
         let wk = (w.matmul(&kb)? * &kb)?.sum_all()?;
-        self.affinity(&qb, &kb)? + ((deg_term - wk)? * (self.eta / n))?
+        let e = (self.affinity(&qb, &kb)? + ((deg_term - wk)? * (self.eta / n as f64))?)?;
+        validate::no_overflow(&e, "energy")?;
+        Ok(e)
     }
 
     fn record(&mut self, e: Tensor) -> Result<(f64, bool)> {

@@ -44,6 +44,56 @@ pub enum DiffusionError {
     /// A required input was not given.
     #[error("missing input: {0}")]
     Missing(&'static str),
+    /// A tensor has a dtype the operation cannot take (integer inputs, integer degrees).
+    #[error("{what}: unsupported dtype {dtype} (expected a float dtype)")]
+    DType {
+        /// Which argument.
+        what: &'static str,
+        /// The dtype, in words.
+        dtype: String,
+    },
+    /// An input that must have at least one row or column has none.
+    #[error("{what}: empty (shape {shape:?})")]
+    Empty {
+        /// Which argument.
+        what: &'static str,
+        /// The shape that was passed.
+        shape: Vec<usize>,
+    },
+    /// A matrix the operator needs symmetric is not, beyond rounding.
+    #[error("{what}: the matrix is not symmetric: M[{row}][{col}] = {value} but M[{col}][{row}] = {transposed} (largest |M - M^T| = {defect:e}, tolerance {tolerance:e})")]
+    NotSymmetric {
+        /// Which operator.
+        what: &'static str,
+        /// Row of the worst pair.
+        row: usize,
+        /// Column of the worst pair.
+        col: usize,
+        /// `M[row][col]`.
+        value: f64,
+        /// `M[col][row]`.
+        transposed: f64,
+        /// `|value - transposed|`.
+        defect: f64,
+        /// The rounding tolerance it exceeds.
+        tolerance: f64,
+    },
+    /// A result overflows its dtype although every input is finite.
+    #[error("{what}: the result overflows {dtype} although the inputs are finite; rescale them or use F64")]
+    Overflow {
+        /// Which result.
+        what: &'static str,
+        /// The result's dtype, in words.
+        dtype: String,
+    },
+    /// A requested size overflows `usize` or cannot be allocated (reported instead of aborting).
+    #[error("{what}: a buffer of shape {dims:?} is too large to allocate")]
+    TooLarge {
+        /// Which buffer.
+        what: &'static str,
+        /// Its shape.
+        dims: Vec<usize>,
+    },
 }
 
 impl std::fmt::Debug for DiffusionError {
@@ -79,14 +129,5 @@ impl From<DiffusionError> for candle_core::Error {
             context: "dahn-diffusion".into(),
         }
         .bt()
-    }
-}
-
-/// Errors if the tensor holds NaN or infinities (see [`hopfield_cuda::all_finite`]).
-pub(crate) fn check_finite(x: &candle_core::Tensor, what: &'static str) -> candle_core::Result<()> {
-    if hopfield_cuda::all_finite(x)? {
-        Ok(())
-    } else {
-        Err(DiffusionError::NonFinite { what }.into())
     }
 }

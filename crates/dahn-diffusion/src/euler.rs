@@ -1,8 +1,8 @@
 //! Explicit Euler diffusion: [`SimpleDiffusion`] `(I - eta L) X` and [`IterativeDiffusion`]
 //! `(I - eta L)^T X` with difflayers' early-stop guard. One step implementation serves both.
 
-use crate::operator::{check_eta, check_euler_stability, check_input};
-use crate::{DiffusionError, DiffusionMode, DiffusionOperator};
+use crate::validate;
+use crate::{DiffusionMode, DiffusionOperator};
 use candle_core::{Result, Tensor};
 use dahn_graph::GraphMatrix;
 use std::sync::Arc;
@@ -18,25 +18,13 @@ struct EulerStep {
 
 impl EulerStep {
     fn new(laplacian: GraphMatrix, eta: f64, what: &'static str) -> Result<Self> {
-        check_eta(eta, what)?;
+        validate::eta(eta, what)?;
         laplacian.validate()?;
         let diag = laplacian.diagonal()?;
-        let symmetric = match &laplacian {
-            GraphMatrix::Sparse(c) => c.is_symmetric(),
-            GraphMatrix::Dense(t) => {
-                let d = (t - t.t()?)?
-                    .abs()?
-                    .max_all()?
-                    .to_dtype(candle_core::DType::F64)?;
-                d.to_scalar::<f64>()? == 0.0
-            }
-        };
-        check_euler_stability(
-            eta,
-            diag.iter().copied().fold(0.0, f64::max),
-            symmetric,
-            what,
-        )?;
+        // Symmetric up to rounding: a normalised sparse Laplacian is not bit-symmetric, and an
+        // exact test skipped the bound for every one of them.
+        let symmetric = validate::symmetry(&laplacian, what)?.is_ok();
+        validate::euler_stability(eta, &diag, symmetric, what)?;
         let propagator = match &laplacian {
             GraphMatrix::Dense(l) => {
                 let n = l.dim(0)?;
@@ -64,6 +52,7 @@ impl EulerStep {
 }
 
 /// One explicit Euler step `X' = (I - eta L) X` (difflayers' `SimpleDiffusion`; `steps` is 1).
+/// A result that is not finite (finite input, huge eta or entries) is [`DiffusionError::Diverged`](crate::DiffusionError::Diverged).
 ///
 /// ```
 /// use candle_core::{Device, Tensor};
@@ -81,7 +70,8 @@ pub struct SimpleDiffusion {
 
 impl SimpleDiffusion {
     /// Precomputes the operator on the Laplacian `l` (dense or sparse). Errors: eta < 0 or not
-    /// finite, L not square/finite, `eta * max_i L_ii > 2` for symmetric L (provably unstable).
+    /// finite, L not square/float/finite, provably unstable: `eta * max_i L_ii > 2` for L
+    /// symmetric up to rounding, `eta * mean_i L_ii > 2` for any L ([`DiffusionError::Unstable`](crate::DiffusionError::Unstable)).
     pub fn new(l: GraphMatrix, eta: f64) -> Result<Self> {
         Ok(Self {
             step: EulerStep::new(l, eta, "SimpleDiffusion")?,
@@ -91,11 +81,13 @@ impl SimpleDiffusion {
 
 impl DiffusionOperator for SimpleDiffusion {
     fn apply(&self, x: &Tensor) -> Result<Tensor> {
-        check_input(x, self.step.n(), "SimpleDiffusion input")?;
+        validate::input(x, self.step.n(), "SimpleDiffusion input")?;
         if self.step.eta == 0.0 {
             return Ok(x.clone());
         }
-        self.step.step(x)
+        let y = self.step.step(x)?;
+        validate::diverged(&y, 1)?;
+        Ok(y)
     }
     fn eta(&self) -> f64 {
         self.step.eta
@@ -117,7 +109,7 @@ impl DiffusionOperator for SimpleDiffusion {
 /// `steps` Euler steps with difflayers' guard: stop at the first step whose change
 /// `||X_new - X||_F` (over the whole tensor, all batch columns) is below `early_stop_tol`, and
 /// return the X *before* that step (the sub-tolerance update is discarded, as difflayers). A step
-/// producing NaN/inf is a typed error ([`DiffusionError::Diverged`]) instead of a silent NaN.
+/// producing NaN/inf is a typed error ([`DiffusionError::Diverged`](crate::DiffusionError::Diverged)) instead of a silent NaN.
 ///
 /// ```
 /// use candle_core::{Device, Tensor};
@@ -139,8 +131,10 @@ impl IterativeDiffusion {
     /// difflayers' default guard tolerance.
     pub const DEFAULT_TOL: f64 = 1e-6;
 
-    /// `steps` steps with the default tolerance 1e-6. Errors as [`SimpleDiffusion::new`].
+    /// `steps` steps with the default tolerance 1e-6. Errors as [`SimpleDiffusion::new`], and
+    /// `steps > MAX_STEPS` ([`crate::MAX_STEPS`]).
     pub fn new(l: GraphMatrix, eta: f64, steps: usize) -> Result<Self> {
+        validate::steps(steps, "IterativeDiffusion")?;
         Ok(Self {
             step: EulerStep::new(l, eta, "IterativeDiffusion")?,
             steps,
@@ -148,7 +142,8 @@ impl IterativeDiffusion {
         })
     }
 
-    /// Sets the early-stop tolerance (0 disables the guard).
+    /// Sets the early-stop tolerance (0 disables the guard; NaN or a negative value is a typed
+    /// error when the operator is applied).
     pub fn early_stop_tol(mut self, tol: f64) -> Self {
         self.early_stop_tol = tol;
         self
@@ -156,7 +151,13 @@ impl IterativeDiffusion {
 
     /// Applies the operator and also returns the number of steps whose update was kept.
     pub fn apply_counted(&self, x: &Tensor) -> Result<(Tensor, usize)> {
-        check_input(x, self.step.n(), "IterativeDiffusion input")?;
+        validate::input(x, self.step.n(), "IterativeDiffusion input")?;
+        validate::param(
+            "IterativeDiffusion",
+            "early_stop_tol",
+            self.early_stop_tol,
+            true,
+        )?;
         if self.step.eta == 0.0 || self.steps == 0 {
             return Ok((x.clone(), 0));
         }
@@ -170,9 +171,13 @@ impl IterativeDiffusion {
                 .to_dtype(candle_core::DType::F64)?
                 .to_scalar::<f64>()?
                 .sqrt();
-            if !change.is_finite() {
-                return Err(DiffusionError::Diverged { steps: t + 1 }.into());
-            }
+            let change = if change.is_finite() {
+                change
+            } else {
+                // The squares can overflow the dtype (f16 near 256) while X itself is fine.
+                validate::diverged(&next, t + 1)?;
+                stable_norm(&(&next - &x)?.detach())?
+            };
             if change < self.early_stop_tol {
                 return Ok((x, t));
             }
@@ -180,6 +185,16 @@ impl IterativeDiffusion {
         }
         Ok((x, self.steps))
     }
+}
+
+/// `||d||_F` in f64 without overflow: `m ||d / m||` with `m = max |d|`.
+fn stable_norm(d: &Tensor) -> Result<f64> {
+    let d = d.to_dtype(candle_core::DType::F64)?;
+    let m = d.abs()?.max_all()?.to_scalar::<f64>()?;
+    if m == 0.0 || !m.is_finite() {
+        return Ok(m);
+    }
+    Ok(m * (d / m)?.sqr()?.sum_all()?.to_scalar::<f64>()?.sqrt())
 }
 
 impl DiffusionOperator for IterativeDiffusion {
@@ -208,6 +223,7 @@ impl DiffusionOperator for IterativeDiffusion {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::DiffusionError;
     use candle_core::{Device, Var};
     use dahn_graph::{Csr, GraphBuilder};
 

@@ -1,6 +1,6 @@
 //! [`FactoredDiffusion`]: `X' = (1 - eta deg) X + eta W X`, Laplacian-free, O(nnz d) per step.
 
-use crate::operator::{check_eta, check_euler_stability, check_input};
+use crate::validate;
 use crate::{DiffusionError, DiffusionMode, DiffusionOperator};
 use candle_core::{DType, Result, Tensor};
 use dahn_graph::{Csr, GraphMatrix, Merge};
@@ -11,8 +11,10 @@ use std::sync::Arc;
 /// unnormalised Laplacian of (W, deg), as difflayers, D5). With a sparse W each step costs
 /// O(nnz d) time and memory; `deg` is used as given (it need not equal W's row sums).
 ///
-/// Stability (documented check, B10/D12): with symmetric W, `lambda_max(diag(deg) - W) >=
-/// max_i (deg_i - W_ii)`, so `eta * max_i (deg_i - W_ii) > 2` is rejected as provably unstable.
+/// Stability (documented check, B10/D12): with W symmetric (up to rounding),
+/// `lambda_max(diag(deg) - W) >= max_i (deg_i - W_ii)`, so `eta * max_i (deg_i - W_ii) > 2` is
+/// rejected as provably unstable; for any W, `eta * mean_i (deg_i - W_ii) > 2` is (the trace
+/// bound). A result that is not finite is [`DiffusionError::Diverged`].
 ///
 /// ```
 /// use candle_core::{Device, Tensor};
@@ -35,9 +37,11 @@ pub struct FactoredDiffusion {
 
 impl FactoredDiffusion {
     /// From adjacency `w` (dense or sparse) and degrees `deg` (N,) (difflayers'
-    /// `precompute_from_graph`). Errors: shapes, non-finite values, eta, provable instability.
+    /// `precompute_from_graph`). Errors: shapes, integer dtypes, non-finite values, eta, `steps >
+    /// MAX_STEPS`, provable instability.
     pub fn from_graph(w: GraphMatrix, deg: &Tensor, eta: f64, steps: usize) -> Result<Self> {
-        check_eta(eta, "FactoredDiffusion")?;
+        validate::eta(eta, "FactoredDiffusion")?;
+        validate::steps(steps, "FactoredDiffusion")?;
         w.validate()?;
         let n = w.n();
         if deg.dims() != [n] {
@@ -47,22 +51,14 @@ impl FactoredDiffusion {
             ))
             .into());
         }
-        crate::error::check_finite(deg, "FactoredDiffusion degrees")?;
+        validate::float(deg, "FactoredDiffusion degrees")?;
+        validate::finite(deg, "FactoredDiffusion degrees")?;
         let d = deg.to_dtype(DType::F64)?.to_vec1::<f64>()?;
         let wd = w.diagonal()?;
-        let symmetric = match &w {
-            GraphMatrix::Sparse(c) => c.is_symmetric(),
-            GraphMatrix::Dense(t) => {
-                (t - t.t()?)?
-                    .abs()?
-                    .max_all()?
-                    .to_dtype(DType::F64)?
-                    .to_scalar::<f64>()?
-                    == 0.0
-            }
-        };
-        let lmax = d.iter().zip(&wd).map(|(a, b)| a - b).fold(0.0, f64::max);
-        check_euler_stability(eta, lmax, symmetric, "FactoredDiffusion")?;
+        // diag(deg) - W is symmetric iff W is (up to rounding).
+        let symmetric = validate::symmetry(&w, "FactoredDiffusion")?.is_ok();
+        let ldiag: Vec<f64> = d.iter().zip(&wd).map(|(a, b)| a - b).collect();
+        validate::euler_stability(eta, &ldiag, symmetric, "FactoredDiffusion")?;
         Ok(Self {
             eta,
             steps,
@@ -108,7 +104,7 @@ impl FactoredDiffusion {
                             .map(|(&j, &v)| (i as u32, j, -v)),
                     );
                 }
-                let w = Csr::from_triplets(c.n(), t, Merge::Sum);
+                let w = Csr::from_triplets(c.n(), t, Merge::Sum)?;
                 let deg = Tensor::from_vec(diag, c.n(), &candle_core::Device::Cpu)?;
                 (GraphMatrix::from(w), deg)
             }
@@ -127,10 +123,20 @@ impl FactoredDiffusion {
     }
 }
 
+/// `W X` overflowing inside the loop is the iteration diverging (X was checked finite).
+fn diverged_at(e: candle_core::Error, steps: usize) -> candle_core::Error {
+    match dahn_graph::GraphError::find(&e) {
+        Some(
+            dahn_graph::GraphError::Overflow { .. } | dahn_graph::GraphError::NonFinite { .. },
+        ) => DiffusionError::Diverged { steps }.into(),
+        _ => e,
+    }
+}
+
 impl DiffusionOperator for FactoredDiffusion {
     fn apply(&self, x: &Tensor) -> Result<Tensor> {
         let n = self.weights.n();
-        check_input(x, n, "FactoredDiffusion input")?;
+        validate::input(x, n, "FactoredDiffusion input")?;
         if self.eta == 0.0 || self.steps == 0 {
             return Ok(x.clone());
         }
@@ -139,9 +145,11 @@ impl DiffusionOperator for FactoredDiffusion {
         let keep = (1.0 - (self.degrees.to_dtype(x.dtype())?.to_device(x.device())? * self.eta)?)?
             .reshape(shape)?;
         let mut x = x.clone();
-        for _ in 0..self.steps {
-            x = (x.broadcast_mul(&keep)? + (self.weights.matmul(&x)? * self.eta)?)?;
+        for t in 0..self.steps {
+            let wx = self.weights.matmul(&x).map_err(|e| diverged_at(e, t + 1))?;
+            x = (x.broadcast_mul(&keep)? + (wx * self.eta)?)?;
         }
+        validate::diverged(&x, self.steps)?;
         Ok(x)
     }
     fn eta(&self) -> f64 {

@@ -13,7 +13,10 @@
 //! Inputs X are (N, d) or (N, B, d); everything is differentiable w.r.t. X (and Q, K, V) through
 //! candle autograd, graphs and stopping decisions are constants. Bad input gives a typed
 //! [`DiffusionError`] (or `dahn_graph::GraphError`) inside `candle_core::Error`, never a panic or a
-//! silent NaN.
+//! silent NaN: integer dtypes, NaN/inf in tensors or parameters, empty inputs, matrices that
+//! must be symmetric and are not, provably unstable steps, results that overflow, step counts
+//! above [`MAX_STEPS`] and sizes that cannot be allocated are all typed errors naming the
+//! argument (the checks live in one module, `validate`).
 //!
 //! Deliberate differences from difflayers (ids from the design notes): float64 end to end (B1/D1);
 //! `FactoredDiffusion::from_laplacian` checks zero row sums instead of `max diag > 1.5` (B9/D11);
@@ -47,6 +50,7 @@ mod euler;
 mod factored;
 mod operator;
 mod spectral;
+mod validate;
 
 pub use apply::{apply_diffusion, create_operator};
 pub use attention::AttentionOperator;
@@ -60,3 +64,4 @@ pub use euler::{IterativeDiffusion, SimpleDiffusion};
 pub use factored::FactoredDiffusion;
 pub use operator::DiffusionOperator;
 pub use spectral::SpectralDiffusion;
+pub use validate::MAX_STEPS;

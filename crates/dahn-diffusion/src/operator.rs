@@ -1,6 +1,7 @@
-//! The [`DiffusionOperator`] trait shared by the four operators, and input checks.
+//! The [`DiffusionOperator`] trait shared by the four operators (their input checks are in
+//! `validate`).
 
-use crate::{DiffusionError, DiffusionMode};
+use crate::DiffusionMode;
 use candle_core::{Result, Tensor};
 use std::sync::Arc;
 
@@ -22,49 +23,4 @@ pub trait DiffusionOperator: Send + Sync + std::fmt::Debug {
     /// `steps = 1`, and the rebuild with the adaptive eta). Reuses the precomputation (the
     /// spectral eigendecomposition is not redone).
     fn with_params(&self, eta: f64, steps: usize) -> Result<Arc<dyn DiffusionOperator>>;
-}
-
-/// `x` must be (n, d) or (n, B, d) and finite.
-pub(crate) fn check_input(x: &Tensor, n: usize, what: &'static str) -> Result<()> {
-    let dims = x.dims();
-    if !(dims.len() == 2 || dims.len() == 3) || dims[0] != n {
-        return Err(DiffusionError::ShapeMismatch(format!(
-            "{what}: graph has {n} nodes, input has shape {dims:?} (expected ({n}, d) or ({n}, B, d))"
-        ))
-        .into());
-    }
-    crate::error::check_finite(x, what)
-}
-
-/// `eta` must be finite and >= 0.
-pub(crate) fn check_eta(eta: f64, what: &'static str) -> Result<()> {
-    if eta.is_finite() && eta >= 0.0 {
-        Ok(())
-    } else {
-        Err(DiffusionError::InvalidConfig(format!(
-            "{what}: eta must be finite and >= 0, got {eta}"
-        ))
-        .into())
-    }
-}
-
-/// Rejects a provably unstable explicit step: for a symmetric operator matrix `M` (here `L`),
-/// `lambda_max(M) >= max_i M_ii` (Rayleigh quotient of a unit vector), and `|1 - eta lambda| > 1`
-/// once `eta lambda > 2`. Never rejects a stable configuration; non-symmetric matrices are not
-/// checked (the bound does not hold for them).
-pub(crate) fn check_euler_stability(
-    eta: f64,
-    diag_max: f64,
-    symmetric: bool,
-    what: &'static str,
-) -> Result<()> {
-    if symmetric && eta * diag_max > 2.0 {
-        return Err(DiffusionError::Unstable {
-            eta,
-            lambda_lower_bound: diag_max,
-            what,
-        }
-        .into());
-    }
-    Ok(())
 }

@@ -1,8 +1,8 @@
 //! [`SpectralDiffusion`]: the heat kernel `H = U exp(-eta Lambda) U^T`, `X' = H X`.
 
 use crate::eigen::symmetric_eigen;
-use crate::operator::{check_eta, check_input};
-use crate::{DiffusionMode, DiffusionOperator};
+use crate::validate;
+use crate::{DiffusionError, DiffusionMode, DiffusionOperator};
 use candle_core::{DType, Device, Result, Tensor};
 use dahn_graph::GraphMatrix;
 use std::sync::Arc;
@@ -12,6 +12,13 @@ use std::sync::Arc;
 /// symmetric) is computed once in f64 on the host (difflayers does it in float32, D1) and kept,
 /// so [`with_params`](DiffusionOperator::with_params) only rebuilds H. O(N^3) setup, O(N^2 d) per
 /// call: for small graphs.
+///
+/// Hostile input: L must be symmetric up to rounding ([`DiffusionError::NotSymmetric`] names the
+/// worst pair; the lower triangle alone would silently describe another matrix). Eigenvalues
+/// that are negative by rounding only are taken as 0 when `exp(-eta lambda)` would overflow
+/// (huge eta); a genuinely negative one (L not positive semi-definite) whose kernel overflows is
+/// [`DiffusionError::Overflow`]. N x N buffers that cannot be allocated are
+/// [`DiffusionError::TooLarge`].
 ///
 /// ```
 /// use candle_core::{Device, Tensor};
@@ -36,9 +43,13 @@ pub struct SpectralDiffusion {
 impl SpectralDiffusion {
     /// Eigendecomposes `l` (dense or sparse; densified) and builds the kernel for `eta`.
     pub fn new(l: &GraphMatrix, eta: f64) -> Result<Self> {
-        check_eta(eta, "SpectralDiffusion")?;
+        let what = "SpectralDiffusion";
+        validate::eta(eta, what)?;
         l.validate()?;
+        validate::require_symmetric(l, what)?;
         let n = l.n();
+        // The densified L, U and the kernel: three N x N f64 buffers at once.
+        validate::can_allocate(&[n, n, 3], 8, what)?;
         let device = match l {
             GraphMatrix::Dense(t) => t.device().clone(),
             GraphMatrix::Sparse(_) => Device::Cpu,
@@ -47,7 +58,7 @@ impl SpectralDiffusion {
             .to_dense(DType::F64, &Device::Cpu)?
             .flatten_all()?
             .to_vec1::<f64>()?;
-        let (lam, u) = symmetric_eigen(&host, n);
+        let (lam, u) = symmetric_eigen(&host, n)?;
         Self::from_eigen(Arc::new(lam), Arc::new(u), n, eta, device)
     }
 
@@ -58,14 +69,24 @@ impl SpectralDiffusion {
         eta: f64,
         device: Device,
     ) -> Result<Self> {
-        let w: Vec<f64> = eigenvalues.iter().map(|l| (-eta * l).exp()).collect();
-        let u = &eigenvectors;
-        let mut h = vec![0f64; n * n];
-        for i in 0..n {
-            for j in 0..=i {
-                let s: f64 = (0..n).map(|k| u[i * n + k] * w[k] * u[j * n + k]).sum();
-                h[i * n + j] = s;
-                h[j * n + i] = s;
+        let mut h = heat_kernel(&eigenvalues, &eigenvectors, n, eta, 0.0);
+        if h.iter().any(|v| !v.is_finite()) {
+            // A Laplacian is PSD; eigenvalues of size rounding below 0 blow up exp(-eta lambda)
+            // for huge eta: read them as 0.
+            let max = eigenvalues.iter().fold(0f64, |m, l| m.max(l.abs()));
+            h = heat_kernel(
+                &eigenvalues,
+                &eigenvectors,
+                n,
+                eta,
+                64.0 * f64::EPSILON * n.max(1) as f64 * max,
+            );
+            if h.iter().any(|v| !v.is_finite()) {
+                return Err(DiffusionError::Overflow {
+                    what: "SpectralDiffusion: exp(-eta L) (L has a negative eigenvalue)",
+                    dtype: "F64".into(),
+                }
+                .into());
             }
         }
         let kernel = Tensor::from_vec(h, (n, n), &Device::Cpu)?.to_device(&device)?;
@@ -90,9 +111,27 @@ impl SpectralDiffusion {
     }
 }
 
+/// `U exp(-eta Lambda) U^T`, with eigenvalues in `(-clamp, 0)` taken as 0.
+fn heat_kernel(lam: &[f64], u: &[f64], n: usize, eta: f64, clamp: f64) -> Vec<f64> {
+    let w: Vec<f64> = lam
+        .iter()
+        .map(|&l| if l < 0.0 && -l <= clamp { 0.0 } else { l })
+        .map(|l| (-eta * l).exp())
+        .collect();
+    let mut h = vec![0f64; n * n];
+    for i in 0..n {
+        for j in 0..=i {
+            let s: f64 = (0..n).map(|k| u[i * n + k] * w[k] * u[j * n + k]).sum();
+            h[i * n + j] = s;
+            h[j * n + i] = s;
+        }
+    }
+    h
+}
+
 impl DiffusionOperator for SpectralDiffusion {
     fn apply(&self, x: &Tensor) -> Result<Tensor> {
-        check_input(x, self.n, "SpectralDiffusion input")?;
+        validate::input(x, self.n, "SpectralDiffusion input")?;
         if self.eta == 0.0 {
             return Ok(x.clone());
         }
@@ -111,7 +150,7 @@ impl DiffusionOperator for SpectralDiffusion {
         self.n
     }
     fn with_params(&self, eta: f64, _steps: usize) -> Result<Arc<dyn DiffusionOperator>> {
-        check_eta(eta, "SpectralDiffusion")?;
+        validate::eta(eta, "SpectralDiffusion")?;
         Ok(Arc::new(Self::from_eigen(
             self.eigenvalues.clone(),
             self.eigenvectors.clone(),

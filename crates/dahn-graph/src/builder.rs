@@ -1,7 +1,8 @@
 //! Fluent builders: [`GraphBuilder`] (patterns -> kNN [`Graph`]) and [`LaplacianBuilder`].
 
 use crate::{
-    check, effective_k, knn_from_patterns, laplacian, normalized_laplacian, Csr, GraphMatrix,
+    check, effective_k, knn_from_patterns, laplacian, normalized_laplacian, Csr, GraphError,
+    GraphMatrix,
 };
 use candle_core::{DType, Device, Result, Tensor};
 use std::sync::Arc;
@@ -82,14 +83,34 @@ pub struct Graph {
 }
 
 impl Graph {
-    /// Wraps an adjacency matrix (e.g. a user-supplied one); `k` is the neighbour-table width.
-    pub fn from_csr(adjacency: Csr, k: usize, dtype: DType, device: &Device) -> Self {
-        Self {
+    /// Wraps an adjacency matrix (e.g. a user-supplied one); `k` is the neighbour-table width
+    /// (rows with fewer entries are padded, see [`Csr::neighbour_table`]). Errors: an integer
+    /// `dtype` ([`GraphError::DType`]), an (N, k) table too large to allocate.
+    ///
+    /// ```
+    /// use candle_core::{DType, Device};
+    /// use dahn_graph::{Csr, Graph, Merge};
+    /// let a = Csr::from_triplets(2, vec![(0, 1, 1.0), (1, 0, 1.0)], Merge::Sum)?;
+    /// let g = Graph::from_csr(a.clone(), 1, DType::F32, &Device::Cpu)?;
+    /// assert_eq!(g.neighbours()?.to_vec2::<u32>()?, vec![vec![1], vec![0]]);
+    /// assert!(Graph::from_csr(a, 1, DType::U32, &Device::Cpu).is_err());
+    /// # Ok::<(), candle_core::Error>(())
+    /// ```
+    pub fn from_csr(adjacency: Csr, k: usize, dtype: DType, device: &Device) -> Result<Self> {
+        if !dtype.is_float() {
+            return Err(GraphError::DType {
+                what: "Graph::from_csr: dtype",
+                dtype: format!("{dtype:?}"),
+            }
+            .into());
+        }
+        check::checked_elems(&[adjacency.n(), k], 4, "Graph::from_csr: neighbour table")?;
+        Ok(Self {
             adjacency: Arc::new(adjacency),
             k,
             dtype,
             device: device.clone(),
-        }
+        })
     }
 
     /// Number of nodes.
@@ -138,9 +159,16 @@ impl Graph {
         self.adjacency.neighbour_table(self.k, &self.device)
     }
 
-    /// The sparse Laplacian of `W` (normalised or not).
+    /// The sparse Laplacian of `W` (normalised or not); see [`Csr::laplacian`] for degrees that
+    /// overflow f64.
     pub fn laplacian(&self, normalized: bool) -> Csr {
         self.adjacency.laplacian(normalized)
+    }
+
+    /// The sparse Laplacian of `W`, with overflowing degrees as a typed error
+    /// ([`Csr::try_laplacian`]).
+    pub fn try_laplacian(&self, normalized: bool) -> Result<Csr> {
+        self.adjacency.try_laplacian(normalized)
     }
 }
 
@@ -187,9 +215,10 @@ impl LaplacianBuilder {
         }
     }
 
-    /// Sparse Laplacian of a sparse adjacency.
-    pub fn build_sparse(&self, w: &Csr) -> Csr {
-        w.laplacian(self.normalized)
+    /// Sparse Laplacian of a sparse adjacency ([`Csr::try_laplacian`]: overflowing degrees are
+    /// a typed error).
+    pub fn build_sparse(&self, w: &Csr) -> Result<Csr> {
+        w.try_laplacian(self.normalized)
     }
 }
 

@@ -73,15 +73,61 @@ impl Csr {
 
     /// Builds an N x N matrix from `(row, col, value)` triplets, merging duplicates with `merge`.
     ///
+    /// Errors (typed, [`GraphError`]): a row or column `>= n` ([`GraphError::IndexOutOfRange`],
+    /// naming the triplet), a NaN/infinite value ([`GraphError::NonFinite`]), duplicates whose
+    /// [`Merge::Sum`] overflows ([`GraphError::Overflow`]), `n > u32::MAX` or memory that cannot
+    /// be had ([`GraphError::TooLarge`]).
+    ///
     /// ```
-    /// use dahn_graph::{Csr, Merge};
-    /// let a = Csr::from_triplets(3, vec![(0, 1, 0.5), (1, 0, 0.5), (0, 1, 0.7)], Merge::Max);
+    /// use dahn_graph::{Csr, GraphError, Merge};
+    /// let a = Csr::from_triplets(3, vec![(0, 1, 0.5), (1, 0, 0.5), (0, 1, 0.7)], Merge::Max)?;
     /// assert_eq!(a.nnz(), 2);
     /// assert_eq!(a.get(0, 1), 0.7);
+    /// let e = Csr::from_triplets(3, vec![(0, 3, 1.0)], Merge::Sum).unwrap_err();
+    /// assert!(matches!(GraphError::find(&e), Some(GraphError::IndexOutOfRange { index: 3, bound: 3, .. })));
+    /// # Ok::<(), candle_core::Error>(())
     /// ```
-    pub fn from_triplets(n: usize, mut t: Vec<(u32, u32, f64)>, merge: Merge) -> Self {
+    pub fn from_triplets(n: usize, t: Vec<(u32, u32, f64)>, merge: Merge) -> Result<Self> {
+        check::node_count(n, "Csr::from_triplets: n")?;
+        for (p, &(r, c, v)) in t.iter().enumerate() {
+            for (name, idx) in [("row", r), ("col", c)] {
+                if idx as usize >= n {
+                    return Err(GraphError::IndexOutOfRange {
+                        what: format!("Csr::from_triplets: triplets[{p}].{name}"),
+                        index: idx.into(),
+                        bound: n as u64,
+                    }
+                    .into());
+                }
+            }
+            if !v.is_finite() {
+                return Err(GraphError::NonFinite {
+                    what: "Csr::from_triplets: triplet values",
+                }
+                .into());
+            }
+        }
+        let a = Self::assemble(n, t, merge)?;
+        if let Some(p) = a.values.iter().position(|v| !v.is_finite()) {
+            let row = a.row_ptr.partition_point(|&q| q <= p) - 1;
+            return Err(GraphError::Overflow {
+                what: "Csr::from_triplets",
+                detail: format!(
+                    "merged duplicates of entry ({row}, {}) sum to {}",
+                    a.col_idx[p], a.values[p]
+                ),
+            }
+            .into());
+        }
+        Ok(a)
+    }
+
+    /// [`Self::from_triplets`] for triplets known to be in range (built inside the crate); only
+    /// allocation can fail.
+    fn assemble(n: usize, mut t: Vec<(u32, u32, f64)>, merge: Merge) -> Result<Self> {
+        debug_assert!(t.iter().all(|e| (e.0 as usize) < n && (e.1 as usize) < n));
         // Counting sort by row, then a per-row sort by column: O(nnz log(row length)).
-        let mut row_ptr = vec![0usize; n + 1];
+        let mut row_ptr = check::try_vec(n + 1, 0usize, "Csr: row pointers")?;
         for &(r, _, _) in &t {
             row_ptr[r as usize + 1] += 1;
         }
@@ -89,7 +135,7 @@ impl Csr {
             row_ptr[i + 1] += row_ptr[i];
         }
         let mut next = row_ptr.clone();
-        let mut sorted = vec![(0u32, 0f64); t.len()];
+        let mut sorted = check::try_vec(t.len(), (0u32, 0f64), "Csr: entries")?;
         for (r, c, v) in t.drain(..) {
             let p = &mut next[r as usize];
             sorted[*p] = (c, v);
@@ -115,11 +161,11 @@ impl Csr {
                 out
             })
             .collect();
-        let mut row_ptr = Vec::with_capacity(n + 1);
+        let mut row_ptr = check::try_with_capacity(n + 1, "Csr: row pointers")?;
         row_ptr.push(0);
         let nnz: usize = rows.iter().map(Vec::len).sum();
-        let mut col_idx = Vec::with_capacity(nnz);
-        let mut values = Vec::with_capacity(nnz);
+        let mut col_idx = check::try_with_capacity(nnz, "Csr: column indices")?;
+        let mut values = check::try_with_capacity(nnz, "Csr: values")?;
         for row in rows {
             for (c, v) in row {
                 col_idx.push(c);
@@ -127,7 +173,7 @@ impl Csr {
             }
             row_ptr.push(col_idx.len());
         }
-        Self::from_parts(n, row_ptr, col_idx, values)
+        Ok(Self::from_parts(n, row_ptr, col_idx, values))
     }
 
     /// The non-zero entries of a dense square matrix (e.g. a difflayers `sparse_coo` adjacency
@@ -153,7 +199,7 @@ impl Csr {
                 }
             }
         }
-        Ok(Self::from_triplets(n, t, Merge::Sum))
+        Self::assemble(n, t, Merge::Sum)
     }
 
     /// Number of rows (= columns).
@@ -171,16 +217,21 @@ impl Csr {
         &self.values
     }
 
-    /// Columns and values of row `i`.
+    /// Columns and values of row `i`; a row `i >= n` (outside the matrix) is empty.
     pub fn row(&self, i: usize) -> (&[u32], &[f64]) {
+        if i >= self.n {
+            return (&[], &[]);
+        }
         let r = self.row_ptr[i]..self.row_ptr[i + 1];
         (&self.col_idx[r.clone()], &self.values[r])
     }
 
-    /// Entry (i, j), 0 if absent.
+    /// Entry (i, j), 0 if absent or outside the matrix.
     pub fn get(&self, i: usize, j: usize) -> f64 {
+        // Out-of-range j must not be truncated to u32 and alias a column inside the matrix.
+        let Ok(j) = u32::try_from(j) else { return 0.0 };
         let (c, v) = self.row(i);
-        c.binary_search(&(j as u32)).map(|p| v[p]).unwrap_or(0.0)
+        c.binary_search(&j).map(|p| v[p]).unwrap_or(0.0)
     }
 
     /// Row sums (the degrees `A 1`).
@@ -193,14 +244,14 @@ impl Csr {
         (0..self.n).map(|i| self.get(i, i)).collect()
     }
 
-    /// The transpose.
-    pub fn transpose(&self) -> Self {
+    /// The transpose (errors only when its memory cannot be had).
+    pub fn transpose(&self) -> Result<Self> {
         let mut t = Vec::with_capacity(self.nnz());
         for i in 0..self.n {
             let (c, v) = self.row(i);
             t.extend(c.iter().zip(v).map(|(&j, &x)| (j, i as u32, x)));
         }
-        Self::from_triplets(self.n, t, Merge::Sum)
+        Self::assemble(self.n, t, Merge::Sum)
     }
 
     /// Whether the matrix equals its transpose exactly.
@@ -211,9 +262,36 @@ impl Csr {
         })
     }
 
-    /// The dense (N, N) matrix in `dtype` on `device` (O(N^2) memory: small graphs only).
+    /// The pair (i, j) whose entries differ most from their transposes, as
+    /// `(i, j, A_ij, A_ji)`; `None` when the matrix is exactly symmetric. Diffusion operators
+    /// compare the difference with a rounding tolerance (a Laplacian normalised in floating point
+    /// is symmetric only up to rounding).
+    pub fn asymmetry(&self) -> Option<(usize, usize, f64, f64)> {
+        let mut worst: Option<(usize, usize, f64, f64)> = None;
+        for i in 0..self.n {
+            let (c, v) = self.row(i);
+            for (&j, &x) in c.iter().zip(v) {
+                let y = self.get(j as usize, i);
+                if x != y && worst.is_none_or(|w| (x - y).abs() > (w.2 - w.3).abs()) {
+                    worst = Some((i, j as usize, x, y));
+                }
+            }
+        }
+        worst
+    }
+
+    /// The largest absolute stored value (0 for an empty matrix).
+    pub fn max_abs(&self) -> f64 {
+        self.values.iter().fold(0.0, |m, v| m.max(v.abs()))
+    }
+
+    /// The dense (N, N) matrix in `dtype` on `device` (O(N^2) memory: small graphs only). Errors
+    /// with [`GraphError::TooLarge`] when N x N cannot be allocated, instead of aborting.
     pub fn to_dense(&self, dtype: DType, device: &Device) -> Result<Tensor> {
-        let mut d = vec![0f64; self.n * self.n];
+        let what = "Csr::to_dense";
+        let elems = check::checked_elems(&[self.n, self.n], 8, what)?;
+        check::can_allocate(&[self.n, self.n], dtype, what)?;
+        let mut d = check::try_vec(elems, 0f64, what)?;
         for i in 0..self.n {
             let (c, v) = self.row(i);
             for (&j, &x) in c.iter().zip(v) {
@@ -235,8 +313,67 @@ impl Csr {
     /// `L = diag(A 1) - A` (`normalized == false`) or `D^-1/2 (D - A) D^-1/2` with `D^-1/2 = 0`
     /// for zero-degree nodes (their row and column are all zero), as a sparse matrix. Same values
     /// as [`crate::laplacian`] / [`crate::normalized_laplacian`] on the dense matrix.
+    ///
+    /// The normalised Laplacian is scale-invariant and is computed on rescaled weights when a
+    /// degree would overflow f64, so it is always finite. An unnormalised degree beyond f64 is not
+    /// representable: it is stored as an infinity (the diffusion operators reject such a matrix),
+    /// and [`Self::try_laplacian`] reports it as [`GraphError::Overflow`]. Memory: at most
+    /// nnz + N entries; like a `Vec`, this aborts if they cannot be allocated (`try_laplacian`
+    /// returns [`GraphError::TooLarge`] instead).
     pub fn laplacian(&self, normalized: bool) -> Self {
-        let d = self.row_sums();
+        match self.laplacian_inner(normalized) {
+            Ok(l) => l,
+            // Only allocation can fail: the same outcome as an infallible `Vec` allocation.
+            Err(e) => {
+                eprintln!("{e}");
+                std::process::abort()
+            }
+        }
+    }
+
+    /// [`Self::laplacian`], with degrees that overflow f64 as a typed [`GraphError::Overflow`]
+    /// naming the row.
+    ///
+    /// ```
+    /// use dahn_graph::{Csr, GraphError, Merge};
+    /// let a = Csr::from_triplets(2, vec![(0, 1, f64::MAX), (0, 0, f64::MAX)], Merge::Sum)?;
+    /// let e = a.try_laplacian(false).unwrap_err();
+    /// assert!(matches!(GraphError::find(&e), Some(GraphError::Overflow { .. })));
+    /// assert!(a.try_laplacian(true)?.values().iter().all(|v| v.is_finite()));
+    /// # Ok::<(), candle_core::Error>(())
+    /// ```
+    pub fn try_laplacian(&self, normalized: bool) -> Result<Self> {
+        let l = self.laplacian_inner(normalized)?;
+        if let Some(i) = (0..l.n).find(|&i| !l.get(i, i).is_finite()) {
+            return Err(GraphError::Overflow {
+                what: "Csr::laplacian: degrees",
+                detail: format!(
+                    "the degree of node {i} (row sum of the adjacency) is {} in f64",
+                    l.get(i, i)
+                ),
+            }
+            .into());
+        }
+        Ok(l)
+    }
+
+    fn laplacian_inner(&self, normalized: bool) -> Result<Self> {
+        let mut d = self.row_sums();
+        // D^-1/2 A D^-1/2 is invariant under A -> s A: with a power of two s that keeps every row
+        // sum finite the entries are the same (up to underflow of weights ~2^-1000 below the max).
+        let mut scale = (1.0, 1.0);
+        if normalized && d.iter().any(|x| !x.is_finite()) {
+            let longest = (0..self.n)
+                .map(|i| self.row_ptr[i + 1] - self.row_ptr[i])
+                .max()
+                .unwrap_or(1)
+                .max(1);
+            let (s1, s2) = check::pow2_halves(self.max_abs().log2() + (longest as f64).log2());
+            scale = (s1, s2);
+            d = (0..self.n)
+                .map(|i| self.row(i).1.iter().map(|v| v * s1 * s2).sum())
+                .collect();
+        }
         let r: Vec<f64> = d
             .iter()
             .map(|&x| {
@@ -249,7 +386,7 @@ impl Csr {
                 }
             })
             .collect();
-        let mut t = Vec::with_capacity(self.nnz() + self.n);
+        let mut t = check::try_with_capacity(self.nnz() + self.n, "Csr::laplacian")?;
         for i in 0..self.n {
             let diag = d[i] * r[i] * r[i];
             if diag != 0.0 {
@@ -257,29 +394,35 @@ impl Csr {
             }
             let (c, v) = self.row(i);
             for (&j, &x) in c.iter().zip(v) {
+                let x = x * scale.0 * scale.1;
                 t.push((i as u32, j, -r[i] * x * r[j as usize]));
             }
         }
-        Self::from_triplets(self.n, t, Merge::Sum)
+        Self::assemble(self.n, t, Merge::Sum)
     }
 
     /// Per row, the `k` columns of largest weight in descending order (ties: lower column first),
     /// as an (N, k) `U32` tensor: difflayers' `adj_indices = topk(W, k)`. A row with fewer than `k`
     /// stored entries is padded with its own index (the node attends to itself), where difflayers
-    /// picks arbitrary zero-weight nodes (bug B12/D19).
+    /// picks arbitrary zero-weight nodes (bug B12/D19). `k = 0` gives an (N, 0) table; a `k`
+    /// whose (N, k) table cannot be allocated is [`GraphError::TooLarge`] (not an abort).
     pub fn neighbour_table(&self, k: usize, device: &Device) -> Result<Tensor> {
-        let rows: Vec<Vec<u32>> = (0..self.n)
-            .into_par_iter()
-            .map(|i| {
+        let what = "Csr::neighbour_table";
+        let elems = check::checked_elems(&[self.n, k], 4, what)?;
+        let mut table = check::try_vec(elems, 0u32, what)?;
+        if k > 0 {
+            table.par_chunks_mut(k).enumerate().for_each(|(i, out)| {
                 let (c, v) = self.row(i);
-                let mut sel = Vec::with_capacity(k);
+                // At most the row's length is selected, whatever k is.
+                let mut sel = Vec::with_capacity(k.min(v.len()));
                 top_k_into(v, k, None, &mut sel);
-                let mut out: Vec<u32> = sel.iter().map(|&(p, _)| c[p]).collect();
-                out.resize(k, i as u32);
-                out
-            })
-            .collect();
-        Tensor::from_vec(rows.concat(), (self.n, k), &Device::Cpu)?.to_device(device)
+                for (o, &(p, _)) in out.iter_mut().zip(&sel) {
+                    *o = c[p];
+                }
+                out[sel.len()..].fill(i as u32);
+            });
+        }
+        Tensor::from_vec(table, (self.n, k), &Device::Cpu)?.to_device(device)
     }
 
     fn spmm_tensors(&self, dtype: DType, device: &Device) -> Result<SpmmTensors> {
@@ -316,11 +459,15 @@ impl Csr {
     /// ```
     /// use candle_core::{Device, Tensor};
     /// use dahn_graph::{Csr, Merge};
-    /// let a = Csr::from_triplets(2, vec![(0, 1, 2.0), (1, 1, 1.0)], Merge::Sum);
+    /// let a = Csr::from_triplets(2, vec![(0, 1, 2.0), (1, 1, 1.0)], Merge::Sum)?;
     /// let x = Tensor::new(&[[1f64, 0.], [3., 4.]], &Device::Cpu)?;
     /// assert_eq!(a.matmul(&x)?.to_vec2::<f64>()?, vec![vec![6., 8.], vec![3., 4.]]);
     /// # Ok::<(), candle_core::Error>(())
     /// ```
+    ///
+    /// Errors (typed): `x` of the wrong shape or an integer dtype, and a product that is not
+    /// finite (NaN/inf in `x`: [`GraphError::NonFinite`]; finite `x` whose product overflows the
+    /// dtype: [`GraphError::Overflow`]). One finiteness reduction over the result per call.
     pub fn matmul(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims().to_vec();
         if !(dims.len() == 2 || dims.len() == 3) || dims[0] != self.n {
@@ -330,6 +477,7 @@ impl Csr {
             ))
             .into());
         }
+        check::float_dtype(x, "sparse matmul: operand")?;
         let m: usize = dims[1..].iter().product();
         let x2 = x.reshape((self.n, m))?.contiguous()?;
         let out = if self.nnz() == 0 || m == 0 {
@@ -343,6 +491,7 @@ impl Csr {
             let gathered = x2.index_select(&t.cols, 0)?.broadcast_mul(&t.vals)?;
             x2.zeros_like()?.index_add(&t.rows, &gathered, 0)?
         };
+        check::finite_product(&out, x, "sparse matmul: operand")?;
         out.reshape(dims)
     }
 }
@@ -405,7 +554,7 @@ impl CustomOp1 for SpmmOp {
             (*self.col_idx).clone(),
             (*self.values).clone(),
         )
-        .transpose();
+        .transpose()?;
         Ok(Some(grad_res.contiguous()?.apply_op1(SpmmOp::new(&t))?))
     }
 }
@@ -428,6 +577,7 @@ mod tests {
             ],
             Merge::Sum,
         )
+        .unwrap()
     }
 
     #[test]
@@ -479,12 +629,12 @@ mod tests {
     fn transpose_symmetry_and_merge() {
         let a = sample();
         assert!(!a.is_symmetric());
-        let t = a.transpose();
+        let t = a.transpose().unwrap();
         assert_eq!(t.get(2, 0), 1.0);
-        assert_eq!(t.transpose(), a);
-        let m = Csr::from_triplets(2, vec![(0, 1, 1.0), (0, 1, 3.0)], Merge::Max);
+        assert_eq!(t.transpose().unwrap(), a);
+        let m = Csr::from_triplets(2, vec![(0, 1, 1.0), (0, 1, 3.0)], Merge::Max).unwrap();
         assert_eq!(m.get(0, 1), 3.0);
-        let s = Csr::from_triplets(2, vec![(0, 1, 1.0), (0, 1, 3.0)], Merge::Sum);
+        let s = Csr::from_triplets(2, vec![(0, 1, 1.0), (0, 1, 3.0)], Merge::Sum).unwrap();
         assert_eq!(s.get(0, 1), 4.0);
     }
 

@@ -52,6 +52,37 @@ pub enum GraphError {
         /// The dtype, in words.
         dtype: String,
     },
+    /// An index (a triplet's row or column, a node) is not below its bound.
+    #[error("{what}: index {index} is out of range 0..{bound}")]
+    IndexOutOfRange {
+        /// Which argument (and which element of it).
+        what: String,
+        /// The index that was passed.
+        index: u64,
+        /// The exclusive upper bound.
+        bound: u64,
+    },
+    /// A result is not representable in its dtype although every input is finite (e.g. a
+    /// Laplacian degree, a row sum of huge weights, beyond the dtype's largest value).
+    #[error("{what}: {detail}")]
+    Overflow {
+        /// Which result.
+        what: &'static str,
+        /// Where and by how much, in words.
+        detail: String,
+    },
+    /// A requested size overflows `usize` or cannot be allocated (e.g. a dense N x N view of a
+    /// huge sparse graph, or `k` from a config far beyond the data). Reported before anything is
+    /// written, instead of aborting the process.
+    #[error("{what}: a buffer of shape {dims:?} ({elems}) is too large to allocate")]
+    TooLarge {
+        /// Which buffer.
+        what: &'static str,
+        /// Its shape.
+        dims: Vec<usize>,
+        /// Its element count, or "overflows usize".
+        elems: String,
+    },
 }
 
 impl GraphError {

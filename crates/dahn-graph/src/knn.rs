@@ -39,7 +39,7 @@ pub fn knn_graph(s: &Tensor, k: usize) -> Result<Tensor> {
     let n = check::square(s, "knn_graph: similarity")?;
     let k = effective_k(k, n)?;
     let host = check::host_f64(s)?;
-    let mut mask = vec![0f64; n * n];
+    let mut mask = check::try_vec(n * n, 0f64, "knn_graph: mask")?;
     mask.par_chunks_mut(n.max(1))
         .enumerate()
         .for_each(|(i, m)| {
@@ -85,7 +85,12 @@ pub fn knn_from_patterns(x: &Tensor, k: usize, block_rows: Option<usize>) -> Res
     let xn = normalize_rows(&x)?;
     let xt = xn.t()?.contiguous()?;
     let block = block_rows.unwrap_or_else(|| default_block_rows(n)).max(1);
-    let mut triplets: Vec<(u32, u32, f64)> = Vec::with_capacity(2 * n * k);
+    let what = "knn_from_patterns: edges";
+    // 2 N k' is an upper bound (only positive similarities are kept): reserve it when it can be
+    // had, else grow as edges come, each growth checked (a failed allocation is a typed error).
+    let bound = 2usize.saturating_mul(n).saturating_mul(k);
+    let mut triplets: Vec<(u32, u32, f64)> =
+        check::try_with_capacity(bound, what).unwrap_or_default();
     let mut r0 = 0;
     while r0 < n && k > 0 {
         let b = block.min(n - r0);
@@ -94,13 +99,20 @@ pub fn knn_from_patterns(x: &Tensor, k: usize, block_rows: Option<usize>) -> Res
             DType::F64 => select_block::<f64>(&sim, r0, n, k)?,
             _ => select_block::<f32>(&sim, r0, n, k)?,
         };
+        triplets
+            .try_reserve(2 * directed.len())
+            .map_err(|_| GraphError::TooLarge {
+                what,
+                dims: vec![n, k],
+                elems: format!("more than {} edges", triplets.len()),
+            })?;
         for (i, j, v) in directed {
             triplets.push((i, j, v));
             triplets.push((j, i, v));
         }
         r0 += b;
     }
-    Ok(Csr::from_triplets(n, triplets, Merge::Max))
+    Csr::from_triplets(n, triplets, Merge::Max)
 }
 
 /// Top-k of each row of one (b, N) similarity block, skipping the diagonal, keeping positive values.

@@ -6,15 +6,17 @@
 //! difflayers' autograd gradient is NaN for such a graph (bug D18), ours is finite: the inverse
 //! square root is only ever evaluated at positive degrees.
 
-use crate::check;
-use candle_core::{Result, Tensor, D};
+use crate::{check, GraphError};
+use candle_core::{DType, Result, Tensor, D};
 
 fn diag(v: &Tensor) -> Result<Tensor> {
     let n = v.dim(0)?;
     Tensor::eye(n, v.dtype(), v.device())?.broadcast_mul(&v.unsqueeze(1)?)
 }
 
-/// `L = diag(A 1) - A`. Errors if `a` is not square or holds NaN/inf.
+/// `L = diag(A 1) - A`. Errors if `a` is not square, not float or holds NaN/inf, and
+/// [`GraphError::Overflow`] (naming the row) when a degree overflows `a`'s dtype (the diagonal
+/// is then not representable; `diag(inf)` would also put NaN off the diagonal).
 ///
 /// ```
 /// use candle_core::{Device, Tensor};
@@ -24,11 +26,46 @@ fn diag(v: &Tensor) -> Result<Tensor> {
 /// # Ok::<(), candle_core::Error>(())
 /// ```
 pub fn laplacian(a: &Tensor) -> Result<Tensor> {
-    check::square(a, "laplacian: adjacency")?;
-    diag(&a.sum(D::Minus1)?)? - a
+    let what = "laplacian: adjacency";
+    check::square(a, what)?;
+    let d = a.sum(D::Minus1)?;
+    if !hopfield_cuda::all_finite(&d)? {
+        let host = check::host_f64(&d)?;
+        let row = host.iter().position(|v| !v.is_finite()).unwrap_or(0);
+        return Err(GraphError::Overflow {
+            what,
+            detail: format!(
+                "the degree of node {row} (row sum) overflows {:?} ({}); use normalized_laplacian (scale-invariant) or a wider dtype",
+                a.dtype(),
+                host[row]
+            ),
+        }
+        .into());
+    }
+    // Degrees are finite, but `diag(d) - a` can still overflow with weights of mixed sign.
+    no_overflow(diag(&d)? - a, what)
 }
 
-/// `L = D^-1/2 (D - A) D^-1/2`, `D = diag(A 1)`, with `D^-1/2 = 0` at zero degree.
+/// A Laplacian computed from a finite adjacency must be finite (weights of mixed sign can make
+/// `D^-1/2` or `D - A` overflow), else [`GraphError::Overflow`].
+fn no_overflow(l: Result<Tensor>, what: &'static str) -> Result<Tensor> {
+    let l = l?;
+    if hopfield_cuda::all_finite(&l)? {
+        return Ok(l);
+    }
+    Err(GraphError::Overflow {
+        what,
+        detail: format!(
+            "the Laplacian overflows {:?} (weights of mixed sign or near the dtype's limit)",
+            l.dtype()
+        ),
+    }
+    .into())
+}
+
+/// `L = D^-1/2 (D - A) D^-1/2`, `D = diag(A 1)`, with `D^-1/2 = 0` at zero degree. Always finite
+/// for finite `a`: when a degree overflows `a`'s dtype the (scale-invariant) result is computed
+/// in f64 on rescaled weights and cast back (entries lie in [-1, 1]).
 ///
 /// ```
 /// use candle_core::{Device, Tensor};
@@ -39,8 +76,29 @@ pub fn laplacian(a: &Tensor) -> Result<Tensor> {
 /// # Ok::<(), candle_core::Error>(())
 /// ```
 pub fn normalized_laplacian(a: &Tensor) -> Result<Tensor> {
-    check::square(a, "normalized_laplacian: adjacency")?;
+    let what = "normalized_laplacian: adjacency";
+    check::square(a, what)?;
     let d = a.sum(D::Minus1)?;
+    if hopfield_cuda::all_finite(&d)? {
+        return no_overflow(normalized_core(a, d), what);
+    }
+    // Overflowing degrees only: f64 holds any f16/f32 row sum, and f64 input is scaled by a power
+    // of two (exact), which leaves D^-1/2 A D^-1/2 unchanged. The scale is a constant, so the
+    // gradient is the same function's gradient.
+    let wide = a.to_dtype(DType::F64)?;
+    let wide = if a.dtype() == DType::F64 {
+        let n = a.dim(0)?.max(1) as f64;
+        let max = a.abs()?.max_all()?.to_scalar::<f64>()?;
+        let (s1, s2) = check::pow2_halves(max.log2() + n.log2());
+        ((wide * s1)? * s2)?
+    } else {
+        wide
+    };
+    let d = wide.sum(D::Minus1)?;
+    no_overflow(normalized_core(&wide, d)?.to_dtype(a.dtype()), what)
+}
+
+fn normalized_core(a: &Tensor, d: Tensor) -> Result<Tensor> {
     let pos = d.gt(0.0)?;
     // Evaluate d^-1/2 on a safe copy (1 where d = 0) so that neither the value nor its derivative
     // is infinite, then select 0 for isolated nodes.
@@ -50,7 +108,12 @@ pub fn normalized_laplacian(a: &Tensor) -> Result<Tensor> {
     let off = a
         .broadcast_mul(&r.unsqueeze(1)?)?
         .broadcast_mul(&r.unsqueeze(0)?)?;
-    diag(&(d * r2)?)? - off
+    let mut dr2 = (&d * r2)?;
+    if !hopfield_cuda::all_finite(&dr2)? {
+        // A degree below the dtype's smallest normal number: r^2 overflows, but d r^2 = 1.
+        dr2 = pos.to_dtype(d.dtype())?;
+    }
+    diag(&dr2)? - off
 }
 
 #[cfg(test)]

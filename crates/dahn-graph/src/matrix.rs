@@ -33,7 +33,7 @@ impl From<Arc<Csr>> for GraphMatrix {
 }
 
 impl GraphMatrix {
-    /// Checks that a dense matrix is square and finite.
+    /// Checks that the matrix is square, float and finite (one reduction for a dense matrix).
     pub fn validate(&self) -> Result<()> {
         match self {
             GraphMatrix::Dense(t) => check::square(t, "graph matrix").map(|_| ()),
@@ -58,7 +58,9 @@ impl GraphMatrix {
         }
     }
 
-    /// `M x` for `x` (N, m) or (N, B, d); the result has `x`'s shape and dtype.
+    /// `M x` for `x` (N, m) or (N, B, d); the result has `x`'s shape and dtype. Errors (typed):
+    /// a non-square or integer matrix or operand, shapes that disagree, a non-finite product
+    /// (see [`Csr::matmul`]).
     ///
     /// ```
     /// use candle_core::{Device, Tensor};
@@ -72,7 +74,9 @@ impl GraphMatrix {
         match self {
             GraphMatrix::Sparse(c) => c.matmul(x),
             GraphMatrix::Dense(m) => {
-                let n = self.n();
+                let n = check::square_dims(m, "graph matrix")?;
+                check::float_dtype(m, "graph matrix")?;
+                check::float_dtype(x, "graph matrix product: operand")?;
                 let dims = x.dims().to_vec();
                 if !(dims.len() == 2 || dims.len() == 3) || dims[0] != n {
                     return Err(GraphError::ShapeMismatch(format!(
@@ -82,12 +86,15 @@ impl GraphMatrix {
                 }
                 let m = m.to_dtype(x.dtype())?;
                 let cols: usize = dims[1..].iter().product();
-                m.matmul(&x.reshape((n, cols))?)?.reshape(dims)
+                let out = m.matmul(&x.reshape((n, cols))?)?;
+                check::finite_product(&out, x, "graph matrix product: operand")?;
+                out.reshape(dims)
             }
         }
     }
 
-    /// The dense matrix (converting a sparse one: O(N^2) memory).
+    /// The dense matrix (converting a sparse one: O(N^2) memory, [`GraphError::TooLarge`] when it
+    /// cannot be had).
     pub fn to_dense(&self, dtype: DType, device: &Device) -> Result<Tensor> {
         match self {
             GraphMatrix::Dense(t) => t.to_dtype(dtype)?.to_device(device),
@@ -95,11 +102,43 @@ impl GraphMatrix {
         }
     }
 
+    /// The largest `|M_ij - M_ji|` as `(i, j, M_ij, M_ji)`, `None` when exactly symmetric;
+    /// with [`Self::max_abs`], what a caller needs to test symmetry up to rounding.
+    pub fn asymmetry(&self) -> Result<Option<(usize, usize, f64, f64)>> {
+        match self {
+            GraphMatrix::Dense(t) => {
+                let n = check::square_dims(t, "graph matrix")?;
+                let host = check::host_f64(t)?;
+                let mut worst: Option<(usize, usize, f64, f64)> = None;
+                for i in 0..n {
+                    for j in 0..i {
+                        let (x, y) = (host[i * n + j], host[j * n + i]);
+                        if x != y && worst.is_none_or(|w| (x - y).abs() > (w.2 - w.3).abs()) {
+                            worst = Some((i, j, x, y));
+                        }
+                    }
+                }
+                Ok(worst)
+            }
+            GraphMatrix::Sparse(c) => Ok(c.asymmetry()),
+        }
+    }
+
+    /// The largest absolute entry, on the host.
+    pub fn max_abs(&self) -> Result<f64> {
+        match self {
+            GraphMatrix::Dense(t) => {
+                Ok(check::host_f64(t)?.iter().fold(0.0, |m, v| m.max(v.abs())))
+            }
+            GraphMatrix::Sparse(c) => Ok(c.max_abs()),
+        }
+    }
+
     /// The diagonal, on the host.
     pub fn diagonal(&self) -> Result<Vec<f64>> {
         match self {
             GraphMatrix::Dense(t) => {
-                let n = self.n();
+                let n = check::square_dims(t, "graph matrix")?;
                 let host = check::host_f64(t)?;
                 Ok((0..n).map(|i| host[i * n + i]).collect())
             }
@@ -111,7 +150,7 @@ impl GraphMatrix {
     pub fn row_sums(&self) -> Result<Vec<f64>> {
         match self {
             GraphMatrix::Dense(t) => {
-                let n = self.n();
+                let n = check::square_dims(t, "graph matrix")?;
                 let host = check::host_f64(t)?;
                 Ok((0..n)
                     .map(|i| host[i * n..(i + 1) * n].iter().sum())
@@ -124,6 +163,9 @@ impl GraphMatrix {
     /// The largest absolute row sum of the off-diagonal part plus the diagonal entry
     /// (a Gershgorin bound on the spectral radius), on the host.
     pub fn gershgorin_bound(&self) -> Result<f64> {
+        if let GraphMatrix::Dense(t) = self {
+            check::square_dims(t, "graph matrix")?;
+        }
         let n = self.n();
         let rows: Vec<f64> = match self {
             GraphMatrix::Dense(t) => {

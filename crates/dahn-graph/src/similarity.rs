@@ -4,15 +4,21 @@
 //! self-loops). A zero pattern normalises to the zero vector, so its row and column are all 0 (as in
 //! difflayers). Unlike difflayers (bug B1/D1) the result keeps the input's dtype.
 
-use crate::check;
-use candle_core::{Result, Tensor, D};
+use crate::{check, GraphError};
+use candle_core::{DType, Result, Tensor, D};
 
 /// The `F.normalize` floor on a row norm.
 pub const NORM_EPS: f64 = 1e-12;
 
 /// Rows scaled to unit length, `x / max(||x||, 1e-12)`. Differentiable, and finite-gradient even
 /// for a zero row: the floor is applied to the squared norm before the square root, so the
-/// derivative of `sqrt` is never taken at 0.
+/// derivative of `sqrt` is never taken at 0. Rows along the last dimension of any rank >= 1.
+///
+/// A squared norm that overflows the dtype (f16 rows of magnitude ~256, f32 ~1e19, f64 ~1e154)
+/// would turn the row into zeros; such inputs are normalised in f64 after dividing each row by
+/// its largest magnitude (the result is scale-invariant), then cast back. f16 rows are normalised
+/// in f32 (f16 cannot represent the floor). Errors (typed): rank 0,
+/// integer dtype, NaN/inf entries.
 ///
 /// ```
 /// use candle_core::{Device, Tensor};
@@ -22,9 +28,41 @@ pub const NORM_EPS: f64 = 1e-12;
 /// # Ok::<(), candle_core::Error>(())
 /// ```
 pub fn normalize_rows(x: &Tensor) -> Result<Tensor> {
+    let what = "normalize_rows: x";
+    if x.rank() == 0 {
+        return Err(GraphError::Rank {
+            what,
+            expected: "at least 1-D (rows along the last dimension)",
+            got: vec![],
+        }
+        .into());
+    }
+    check::float_dtype(x, what)?;
+    if x.dtype() == DType::F16 {
+        // f16 cannot hold the 1e-24 floor (zero rows became 0 / 0 = NaN) nor squares above 65504.
+        return normalize_rows(&x.to_dtype(DType::F32)?)?.to_dtype(DType::F16);
+    }
     let sq = x.sqr()?.sum_keepdim(D::Minus1)?;
-    let norm = sq.maximum(NORM_EPS * NORM_EPS)?.sqrt()?;
-    x.broadcast_div(&norm)
+    if hopfield_cuda::all_finite(&sq)? {
+        let norm = sq.maximum(NORM_EPS * NORM_EPS)?.sqrt()?;
+        return x.broadcast_div(&norm);
+    }
+    check::finite(x, what)?;
+    // x / max(||x||, eps) = (x / m) / max(||x / m||, eps / m) for m > 0; m = the row's largest
+    // magnitude (a constant: the function, hence its gradient, is unchanged).
+    let wide = x.to_dtype(DType::F64)?;
+    let m = wide.detach().abs()?.max_keepdim(D::Minus1)?;
+    let pos = m.gt(0.0)?;
+    let m = pos.where_cond(&m, &m.ones_like()?)?;
+    let scaled = wide.broadcast_div(&m)?;
+    // Floor the square before the root, as above (finite gradient at zero rows).
+    let floor = (m.recip()? * NORM_EPS)?.sqr()?;
+    let norm = scaled
+        .sqr()?
+        .sum_keepdim(D::Minus1)?
+        .maximum(&floor)?
+        .sqrt()?;
+    scaled.broadcast_div(&norm)?.to_dtype(x.dtype())
 }
 
 /// Dense cosine-similarity matrix (N, N) of the patterns `x` (N, d): negatives clamped to 0,
@@ -41,7 +79,9 @@ pub fn normalize_rows(x: &Tensor) -> Result<Tensor> {
 /// # Ok::<(), candle_core::Error>(())
 /// ```
 pub fn cosine_similarity(x: &Tensor) -> Result<Tensor> {
-    let (n, _) = check::patterns_2d(x, "cosine_similarity: patterns")?;
+    let what = "cosine_similarity: patterns";
+    let (n, _) = check::patterns_2d(x, what)?;
+    check::can_allocate(&[n, n], x.dtype(), what)?;
     let xn = normalize_rows(x)?;
     let s = xn.matmul(&xn.t()?)?.relu()?;
     let off_diag =
