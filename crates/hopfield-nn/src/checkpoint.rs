@@ -31,7 +31,18 @@ impl Tracking {
 impl SimpleBackend for Tracking {
     fn get(&self, s: Shape, name: &str, _: Init, dtype: DType, dev: &Device) -> Result<Tensor> {
         match self.lookup(name) {
-            Some(t) if t.shape() == &s => t.to_dtype(dtype)?.to_device(dev),
+            Some(t) if t.shape() == &s => {
+                let t = t.to_dtype(dtype)?.to_device(dev)?;
+                // NaN or inf in a checkpoint (or a value the model's dtype cannot hold) would
+                // poison every output: reported with the key, like a missing one.
+                if t.dtype().is_float() && !hopfield_cuda::all_finite(&t)? {
+                    self.problems
+                        .lock()
+                        .expect("lock")
+                        .push(format!("key {name:?} contains NaN or inf (as {dtype:?})"));
+                }
+                Ok(t)
+            }
             Some(t) => {
                 self.problems.lock().expect("lock").push(format!(
                     "key {name:?} has shape {:?}, the module expects {:?}",

@@ -135,14 +135,20 @@ impl HopfieldLayer {
                 (config.quantity, 1, p)
             }
         };
-        let lookup_weights = vb.get_with_hints(shape(lw), "lookup_weights", PATTERN_INIT)?;
+        let lookup_weights =
+            hopfield_core::checked_param(&vb, shape(lw), "lookup_weights", PATTERN_INIT)?;
         let target_weights = if config.lookup_weights_as_separated {
             let t = if h.pattern_projection_as_static {
                 h.pattern_size.unwrap_or(h.head_dim()?)
             } else {
                 h.pattern_projection_size.unwrap_or(lw)
             };
-            Some(vb.get_with_hints(shape(t), "target_weights", PATTERN_INIT)?)
+            Some(hopfield_core::checked_param(
+                &vb,
+                shape(t),
+                "target_weights",
+                PATTERN_INIT,
+            )?)
         } else {
             None
         };

@@ -29,8 +29,18 @@ impl LayerNorm {
     pub fn new(size: usize, affine: bool, eps: f64, vb: VarBuilder) -> Result<Self> {
         let (weight, bias) = if affine {
             (
-                Some(vb.get_with_hints(size, "weight", Init::Const(1.0))?),
-                Some(vb.get_with_hints(size, "bias", Init::Const(0.0))?),
+                Some(hopfield_core::checked_param(
+                    &vb,
+                    size,
+                    "weight",
+                    Init::Const(1.0),
+                )?),
+                Some(hopfield_core::checked_param(
+                    &vb,
+                    size,
+                    "bias",
+                    Init::Const(0.0),
+                )?),
             )
         } else {
             (None, None)

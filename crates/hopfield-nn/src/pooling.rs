@@ -142,7 +142,8 @@ impl HopfieldPooling {
         } else {
             (config.quantity, 1, p)
         };
-        let pooling_weights = vb.get_with_hints(shape, "pooling_weights", PATTERN_INIT)?;
+        let pooling_weights =
+            hopfield_core::checked_param(&vb, shape, "pooling_weights", PATTERN_INIT)?;
         let hopfield = Hopfield::new(h.clone(), vb.pp("hopfield"))?;
         Ok(Self {
             config,

@@ -6,8 +6,10 @@ use crate::config::{float, reject_unknown, req_usize, HopfieldConfig};
 use crate::hopfield::{Hopfield, HopfieldInput};
 use crate::norm::LayerNorm;
 use crate::pooling::parse_object;
-use candle_core::{Module, ModuleT, Result, Tensor};
-use candle_nn::{linear, Dropout, Linear, VarBuilder};
+use candle_core::{ModuleT, Result, Tensor};
+use candle_nn::init::{Init, DEFAULT_KAIMING_NORMAL};
+use candle_nn::{Dropout, VarBuilder};
+use hopfield_core::checked_param;
 use hopfield_core::{HopfieldError, Masks};
 use serde_json::Value;
 
@@ -100,6 +102,19 @@ impl TransformerLayerConfig {
         Ok(cfg)
     }
 
+    /// Checks what the builders do not: the dropout probability (sizes are checked where the
+    /// weights are allocated).
+    fn validate(&self) -> Result<()> {
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(HopfieldError::Config {
+                field: "dropout",
+                reason: format!("must be in [0, 1), got {}", self.dropout),
+            }
+            .into());
+        }
+        Ok(())
+    }
+
     fn model_dim(&self) -> Result<usize> {
         self.hopfield.input_size.ok_or_else(|| {
             HopfieldError::Config {
@@ -111,11 +126,42 @@ impl TransformerLayerConfig {
     }
 }
 
+/// `nn.Linear` with PyTorch's names and candle-nn's initialisation, through the fused
+/// [`hopfield_core::ops::linear`] (which also takes zero-token batches) and with its size
+/// checked before allocation.
+#[derive(Debug, Clone)]
+struct Dense {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl Dense {
+    fn new(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Self> {
+        let bound = 1. / (in_dim.max(1) as f64).sqrt();
+        Ok(Self {
+            weight: checked_param(&vb, (out_dim, in_dim), "weight", DEFAULT_KAIMING_NORMAL)?,
+            bias: checked_param(
+                &vb,
+                out_dim,
+                "bias",
+                Init::Uniform {
+                    lo: -bound,
+                    up: bound,
+                },
+            )?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        hopfield_core::ops::linear(x, &self.weight, Some(&self.bias))
+    }
+}
+
 /// The post-norm feed-forward block shared by both layers.
 #[derive(Debug, Clone)]
 struct FeedForward {
-    linear_residual: Linear,
-    linear_output: Linear,
+    linear_residual: Dense,
+    linear_output: Dense,
     dropout_residual: Dropout,
     dropout_output: Dropout,
     norm_output: LayerNorm,
@@ -125,8 +171,8 @@ struct FeedForward {
 impl FeedForward {
     fn new(cfg: &TransformerLayerConfig, d: usize, vb: &VarBuilder) -> Result<Self> {
         Ok(Self {
-            linear_residual: linear(d, cfg.dim_feedforward, vb.pp("linear_residual"))?,
-            linear_output: linear(cfg.dim_feedforward, d, vb.pp("linear_output"))?,
+            linear_residual: Dense::new(d, cfg.dim_feedforward, vb.pp("linear_residual"))?,
+            linear_output: Dense::new(cfg.dim_feedforward, d, vb.pp("linear_output"))?,
             dropout_residual: Dropout::new(cfg.dropout as f32),
             dropout_output: Dropout::new(cfg.dropout as f32),
             norm_output: LayerNorm::new(d, true, 1e-5, vb.pp("norm_output"))?,
@@ -184,6 +230,7 @@ pub struct HopfieldEncoderLayer {
 impl HopfieldEncoderLayer {
     /// Builds or loads the layer under `vb`.
     pub fn new(cfg: TransformerLayerConfig, vb: VarBuilder) -> Result<Self> {
+        cfg.validate()?;
         let d = cfg.model_dim()?;
         let hopfield_association =
             Hopfield::new(cfg.hopfield.clone(), vb.pp("hopfield_association"))?;
@@ -278,6 +325,7 @@ pub struct HopfieldDecoderLayer {
 impl HopfieldDecoderLayer {
     /// Builds or loads the layer under `vb` (`cfg.hopfield_cross` defaults to `cfg.hopfield`).
     pub fn new(cfg: TransformerLayerConfig, vb: VarBuilder) -> Result<Self> {
+        cfg.validate()?;
         let d = cfg.model_dim()?;
         let cross_cfg = cfg
             .hopfield_cross
