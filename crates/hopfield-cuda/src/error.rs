@@ -62,7 +62,7 @@ pub enum KernelError {
         what: &'static str,
     },
     /// A result overflowed the dtype: the inputs are too large to compute in it.
-    #[error("{op}: {what} overflowed {dtype:?} in {rows} row(s) (inputs of shape {shape:?}); scale the inputs down (e.g. normalise them) or lower beta")]
+    #[error("{op}: {what} overflowed {dtype:?} in {rows} row(s) (inputs of shape {shape:?}): inputs with NaN/inf, or too large for the dtype; scale them down (e.g. normalise them) or lower beta")]
     Overflow {
         /// The op.
         op: &'static str,

@@ -1,12 +1,13 @@
 //! Row standardisation `(x - mean) / sqrt(var + eps)` (the core of LayerNorm) as a custom op with a
 //! fused backward pass.
 
-use crate::error::{expect_float, expect_param};
+use crate::error::{expect_float, expect_param, KernelError};
 use crate::rows::{contiguous, par_rows, par_rows2};
 use candle_core::{
     backend::BackendStorage, CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape,
     Tensor, D,
 };
+use std::sync::atomic::{AtomicBool, Ordering};
 
 trait Real: Copy + Send + Sync + Into<f64> {
     fn from_f64(v: f64) -> Self;
@@ -32,11 +33,13 @@ fn moments<T: Real>(x: &[T], eps: f64) -> (f64, f64) {
     (mean, if d > 0.0 { 1.0 / d.sqrt() } else { 0.0 })
 }
 
-fn normalize_row<T: Real>(x: &[T], y: &mut [T], eps: f64) {
+/// One row; `false` when it holds NaN or inf (its statistics are then not finite).
+fn normalize_row<T: Real>(x: &[T], y: &mut [T], eps: f64) -> bool {
     let (mean, rstd) = moments(x, eps);
     for (o, &v) in y.iter_mut().zip(x) {
         *o = T::from_f64((v.into() - mean) * rstd);
     }
+    mean.is_finite() && rstd.is_finite()
 }
 
 /// `dx = rstd (g - mean(g) - xhat mean(g xhat))`.
@@ -68,15 +71,31 @@ impl CustomOp1 for Normalize {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let dim = l.dims().last().copied().unwrap_or(1);
         let eps = self.eps;
+        // Rows with NaN or inf would come out NaN: found for free from their statistics.
+        let bad = AtomicBool::new(false);
+        let row = |ok: bool| {
+            if !ok {
+                bad.store(true, Ordering::Relaxed);
+            }
+        };
         let out = match s {
             CpuStorage::F32(v) => CpuStorage::F32(par_rows(contiguous(v, l)?, dim, |a, b| {
-                normalize_row(a, b, eps)
+                row(normalize_row(a, b, eps))
             })),
             CpuStorage::F64(v) => CpuStorage::F64(par_rows(contiguous(v, l)?, dim, |a, b| {
-                normalize_row(a, b, eps)
+                row(normalize_row(a, b, eps))
             })),
             other => candle_core::bail!("normalize: unsupported dtype {:?}", other.dtype()),
         };
+        if bad.into_inner() {
+            return Err(KernelError::Values {
+                op: "normalize",
+                arg: "x",
+                shape: l.dims().to_vec(),
+                what: "NaN or inf",
+            }
+            .into());
+        }
         Ok((out, l.shape().clone()))
     }
 
@@ -139,6 +158,10 @@ impl CustomOp2 for NormalizeGrad {
 /// ```
 pub fn normalize(x: &Tensor, eps: f64) -> Result<Tensor> {
     check_args(x, eps)?;
+    if x.device().is_cpu() && matches!(x.dtype(), DType::F16 | DType::BF16) {
+        // Half precision on the CPU: the f32 op (finite checks included), result cast back.
+        return normalize(&x.to_dtype(DType::F32)?, eps)?.to_dtype(x.dtype());
+    }
     if x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64) {
         x.contiguous()?.apply_op1(Normalize { eps })
     } else {

@@ -398,6 +398,9 @@ pub fn masked_softmax(x: &Tensor) -> Result<Tensor> {
 /// mass equally.
 pub fn masked_softmax_composed(logits: &Tensor) -> Result<Tensor> {
     expect_float("masked_softmax", "logits", logits)?;
+    if logits.elem_count() == 0 {
+        return Ok(logits.clone());
+    }
     if logits
         .ne(logits)?
         .flatten_all()?

@@ -601,8 +601,9 @@ pub(crate) fn forward<T: Float>(
 
 /// [`forward`] into `flat` (its length exactly `N*L*H*pd + N*H*L`), every element of which it
 /// writes, so `flat` may hold anything before (a reused scratch buffer). Returns how many query
-/// rows overflowed: a logit `beta q k` that is NaN or `+inf` (inputs too large for the dtype)
-/// makes its row's log-sum-exp NaN, which costs one comparison per row to detect.
+/// rows are not finite: a logit `beta q k` that is NaN or `+inf` (inputs too large for the
+/// dtype, or not finite) makes its row's log-sum-exp NaN, and NaN or inf among the values makes
+/// its output so; both cost a comparison per row or output element, no extra pass.
 pub(crate) fn forward_into<T: Float>(
     p: &Params,
     data: [&[T]; 3],
@@ -672,12 +673,17 @@ pub(crate) fn forward_into<T: Float>(
                         }
                     }
                     let inv = T::ONE / l;
+                    // Non-finite values (0 * inf, inf - inf) show up here; the check rides on
+                    // the write, one comparison per element.
+                    let mut finite = true;
                     for (e, x) in acc.iter().enumerate() {
-                        *ptr.at(out_base + e) = *x * inv;
+                        let y = *x * inv;
+                        finite &= y.to_f64().is_finite();
+                        *ptr.at(out_base + e) = y;
                     }
                     let lse = m + l.ln();
                     // NaN, or +inf: the only ways a row's log-sum-exp is neither finite nor -inf.
-                    if lse.to_f64().is_nan() || lse == T::ZERO - T::NEG_INF {
+                    if !finite || lse.to_f64().is_nan() || lse == T::ZERO - T::NEG_INF {
                         overflowed += 1;
                     }
                     *ptr.at(lse_at) = lse;

@@ -429,6 +429,17 @@ fn composed(
         p
     };
     let out = p.matmul(&vh)?.transpose(1, 2)?.contiguous()?;
+    // As the fused kernel: NaN or inf among the values (0 * inf) is reported, not returned.
+    if !crate::all_finite(&out)? {
+        return Err(KernelError::Overflow {
+            op: "retrieval",
+            what: "the logits beta q k^T or the retrieved values",
+            dtype,
+            rows: out.dim(0)? * out.dim(1)?,
+            shape: q.dims().to_vec(),
+        }
+        .into());
+    }
     // lse = m + log(sum exp(x - m)); a fully masked row (sum 0) gets -inf with zero gradient.
     let m = logits.max_keepdim(D::Minus1)?.detach();
     let finite = m.ne(f64::NEG_INFINITY)?;

@@ -220,7 +220,7 @@ pub(crate) fn overflow_check(p: &Params, overflowed: usize, dtype: DType) -> Res
     let g = p.g;
     Err(KernelError::Overflow {
         op: "retrieval",
-        what: "the logits beta q k^T",
+        what: "the logits beta q k^T or the retrieved values",
         dtype,
         rows: overflowed,
         shape: vec![g.n, g.l, g.h, g.hd],
