@@ -393,6 +393,12 @@ fn overflowing_logits_are_errors() {
     let p = tensor(&[1, 5, 8], DType::F32, 1e20, 5).unwrap();
     let e = err_of(h.forward_with(HopfieldInput::from((&p, &p, &p)), Masks::default(), false));
     assert!(e.contains("overflowed"), "{e}");
+    // The explicit path (which forms the association) says the same, not a softmax of inf.
+    let e = h
+        .forward_full(HopfieldInput::from((&p, &p, &p)), Masks::default(), false)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("overflowed"), "{e}");
 }
 
 /// NaN and +inf in a float association mask are reported with the mask's name.
