@@ -413,17 +413,21 @@ impl HopfieldEnergy {
         }
     }
 
-    /// Validates tokens `x` and that the hidden activations `(N, M)` can be allocated.
-    pub(crate) fn check_input(&self, x: &Tensor) -> Result<()> {
-        check_input(x, self.w())
+    /// That the hidden activations `(N, M)` for (already validated) tokens `x` can be allocated.
+    pub(crate) fn check_work(&self, x: &Tensor) -> Result<()> {
+        check_work(x, self.w())
     }
 }
 
 /// The Hopfield energies act per token, so `(D,)`-shaped rows are fine too: rank >= 1. Also
 /// checks that the hidden activations `(N, M)` can be allocated.
 fn check_input(x: &Tensor, w: &Tensor) -> Result<()> {
+    validate::tokens("x", x, w, w.dim(0)?, 1)?;
+    check_work(x, w)
+}
+
+fn check_work(x: &Tensor, w: &Tensor) -> Result<()> {
     let (d, m) = w.dims2()?;
-    validate::tokens("x", x, w, d, 1)?;
     let n = x.elem_count() / d;
     let dtype = compute_dtype(x.dtype());
     validate::alloc(

@@ -149,6 +149,11 @@ impl EnergyMHA {
     /// can be allocated.
     pub(crate) fn check_input(&self, arg: &'static str, x: &Tensor) -> Result<()> {
         validate::tokens(arg, x, &self.wq, self.dim, 2)?;
+        self.check_work(arg, x)
+    }
+
+    /// That the intermediates for (already validated) tokens `x` can be allocated.
+    pub(crate) fn check_work(&self, arg: &'static str, x: &Tensor) -> Result<()> {
         let dims = x.dims();
         let r = dims.len();
         let b = validate::elem_count(arg, &dims[..r - 2])?;

@@ -37,6 +37,29 @@
 //! and separate for attention and Hopfield, the Hopfield type is an enum (unknown names are an
 //! error), `filtered_forward` works without a positional embedding and can return energies, bad
 //! inputs give an [`EtError`], and the default attention beta `1/sqrt(head_dim)` is exact in f64.
+//!
+//! Hostile input (one mechanism, `validate.rs`, at every public entry point): tokens of the wrong
+//! rank, last axis, dtype (integers, or another float type than the parameters') or device, and
+//! NaN/inf values, are an [`EtError`] naming the argument and its shape; sizes from a config or
+//! constructor are overflow-checked, and allocations beyond the machine's memory refused, before
+//! anything is allocated; runs take at most [`MAX_N_ITERS`] steps; a result that overflows is an
+//! error naming the parameter to blame (NaN weights, a zero beta) or the result and argument,
+//! never NaN. Zero tokens are defined: energy 0, empty gradients, tokens returned unchanged.
+//! f16/bf16 models compute in f32 and return their energies in f32.
+//!
+//! ```
+//! use candle_core::{DType, Device, Tensor};
+//! use candle_nn::{Module, VarBuilder, VarMap};
+//! use hopfield_nn::energy::{EnergyTransformer, EnergyTransformerConfig};
+//! let vb = VarBuilder::from_varmap(&VarMap::new(), DType::F32, &Device::Cpu);
+//! let et = EnergyTransformer::new(&EnergyTransformerConfig::new(8, 16, 2), vb)?;
+//! let ints = Tensor::zeros((2, 5, 8), DType::U32, &Device::Cpu)?;
+//! let e = et.forward(&ints).unwrap_err().to_string();
+//! assert!(e.contains("x: dtype U32") && e.contains("[2, 5, 8]"));
+//! let none = Tensor::zeros((2, 0, 8), DType::F32, &Device::Cpu)?;
+//! assert_eq!(et.energy(&none)?.to_scalar::<f32>()?, 0.0);
+//! # Ok::<(), candle_core::Error>(())
+//! ```
 
 mod config;
 mod error;

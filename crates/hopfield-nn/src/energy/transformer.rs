@@ -160,8 +160,10 @@ impl EnergyTransformer {
 
     /// Shape, dtype, device, finiteness and working-memory checks of tokens `arg`.
     fn check_input(&self, arg: &'static str, x: &Tensor) -> Result<()> {
-        self.mha.check_input(arg, x)?;
-        self.hopfield.check_input(x)
+        // One read of the data (finiteness); the rest is arithmetic on shapes.
+        validate::tokens(arg, x, self.mha.wq(), self.cfg.dim, 2)?;
+        self.mha.check_work(arg, x)?;
+        self.hopfield.check_work(x)
     }
 
     /// Errors naming the first unusable parameter: explains a failed or non-finite result.
@@ -310,8 +312,10 @@ impl EnergyTransformer {
                 x0.device(),
             )?;
         }
-        // The positional embedding is finite (checked at construction) but the sum may not be.
-        validate::finite("x + pos_embedding", &x0)?;
+        if self.pos_embedding.is_some() {
+            // Both terms are finite (checked) but their sum may overflow.
+            validate::finite("x + pos_embedding", &x0)?;
+        }
         if x0.elem_count() == 0 {
             // No tokens: nothing moves and every energy is an empty sum.
             let dims: Vec<usize> = std::iter::once(n)
