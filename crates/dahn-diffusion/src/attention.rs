@@ -100,6 +100,14 @@ impl AttentionOperator {
             }
             .into());
         }
+        validate::finite(v, "attention: V")?;
+        // No queries, no batch columns or no value features: a defined empty result (reductions
+        // over empty tensors are errors inside candle).
+        let mut out_dims = qd[..rank - 1].to_vec();
+        out_dims.push(vd[rank - 1]);
+        if out_dims.contains(&0) {
+            return Tensor::zeros(out_dims, q.dtype(), q.device());
+        }
         let out = match self.mode {
             AttentionMode::Dense => self.dense(q, k, v)?,
             AttentionMode::Graph => {
@@ -109,28 +117,35 @@ impl AttentionOperator {
                 self.graph(q, k, v, adj)?
             }
         };
-        // One reduction on the result; the inputs are only read when it is not finite.
-        if !hopfield_cuda::all_finite(&out)? {
+        // A convex combination of finite V rows; only rounding at the dtype's limit can overflow.
+        validate::no_overflow(&out, "attention: weighted sum of V")?;
+        Ok(out)
+    }
+
+    /// The softmax of logits that must be finite: one reduction over them; Q and K are only read
+    /// when they are not (which input, or an overflow of `beta Q K^T`).
+    fn softmax(&self, logits: &Tensor, q: &Tensor, k: &Tensor) -> Result<Tensor> {
+        if !hopfield_cuda::all_finite(logits)? {
             validate::finite(q, "attention: Q")?;
             validate::finite(k, "attention: K")?;
-            validate::finite(v, "attention: V")?;
-            validate::no_overflow(&out, "attention: beta Q K^T and the weighted sum of V")?;
+            validate::no_overflow(logits, "attention: logits beta Q K^T")?;
         }
-        Ok(out)
+        softmax(logits)
     }
 
     fn dense(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
         // beta is folded into Q (L x d multiplies instead of L x S), and the softmax is the fused
         // one (one pass per row, with a backward pass): the logits are the big tensor here.
+        let (q0, k0) = (q, k);
         let q = (q * self.beta)?;
         if q.rank() == 2 {
-            let p = softmax(&q.matmul(&k.t()?)?)?;
+            let p = self.softmax(&q.matmul(&k.t()?)?, q0, k0)?;
             return p.matmul(v);
         }
         let qb = q.transpose(0, 1)?.contiguous()?;
         let kb = k.transpose(0, 1)?.contiguous()?;
         let vb = v.transpose(0, 1)?.contiguous()?;
-        let p = softmax(&qb.matmul(&kb.transpose(1, 2)?)?)?;
+        let p = self.softmax(&qb.matmul(&kb.transpose(1, 2)?)?, q0, k0)?;
         p.matmul(&vb)?.transpose(0, 1)
     }
 
@@ -180,14 +195,16 @@ impl AttentionOperator {
             let kn = k.index_select(&flat, 0)?.reshape((n, kk, d))?;
             let vn = v.index_select(&flat, 0)?.reshape((n, kk, v.dim(1)?))?;
             let logits = (q.unsqueeze(1)?.broadcast_mul(&kn)?.sum(D::Minus1)? * self.beta)?;
-            let p = softmax(&logits)?;
+            let p = self.softmax(&logits, q, k)?;
             return p.unsqueeze(2)?.broadcast_mul(&vn)?.sum(1);
         }
         let (b, d, dv) = (k.dim(1)?, k.dim(2)?, v.dim(2)?);
         let kn = k.index_select(&flat, 0)?.reshape((n, kk, b, d))?;
         let vn = v.index_select(&flat, 0)?.reshape((n, kk, b, dv))?;
         let logits = (q.unsqueeze(1)?.broadcast_mul(&kn)?.sum(D::Minus1)? * self.beta)?; // (n, kk, b)
-        let p = softmax(&logits.transpose(1, 2)?)?.transpose(1, 2)?; // over kk
+        let p = self
+            .softmax(&logits.transpose(1, 2)?, q, k)?
+            .transpose(1, 2)?; // over kk
         p.unsqueeze(3)?.broadcast_mul(&vn)?.sum(1)
     }
 }

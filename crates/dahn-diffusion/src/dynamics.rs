@@ -129,6 +129,15 @@ impl DynamicsEngine {
             "run_dynamics needs an AttentionOperator",
         ))?;
         validate::steps(self.steps, "DynamicsEngine::run_dynamics")?;
+        // Validated once here (not only inside the loop): with steps = 0 they are returned as is.
+        for (t, what) in [
+            (q, "run_dynamics: Q"),
+            (k, "run_dynamics: K"),
+            (v, "run_dynamics: V"),
+        ] {
+            validate::float(t, what)?;
+            validate::finite(t, what)?;
+        }
         if let Some(t) = self.tracker.as_mut() {
             t.reset();
         }
@@ -176,6 +185,7 @@ impl DynamicsEngine {
         q_ref: Option<&Tensor>,
     ) -> Result<Tensor> {
         validate::steps(self.steps, "DynamicsEngine::run_diffusion")?;
+        validate::input(x, self.op.n(), "run_diffusion: X")?;
         if let Some(t) = self.tracker.as_mut() {
             t.reset();
         }

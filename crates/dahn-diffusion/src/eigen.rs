@@ -10,7 +10,8 @@ use candle_core::Result;
 /// of eigenvector j) of the symmetric matrix `a` (row-major N x N, only the lower triangle is
 /// read, like `torch.linalg.eigh`). `A = U diag(lambda) U^T`, `U^T U = I`. At most 100 sweeps of
 /// O(N^3) each. Errors (typed): `a.len() != n * n`, NaN/inf entries, N x N buffers that cannot be
-/// allocated. Entries beyond ~1e154 are handled by an exact power-of-two rescaling.
+/// allocated, eigenvalues beyond f64 ([`DiffusionError::Overflow`]). Entries beyond ~1e154 are
+/// handled by an exact power-of-two rescaling.
 ///
 /// ```
 /// let (lam, _) = dahn_diffusion::symmetric_eigen(&[2.0, 1.0, 1.0, 2.0], 2)?;
@@ -104,8 +105,18 @@ pub fn symmetric_eigen(a: &[f64], n: usize) -> Result<(Vec<f64>, Vec<f64>)> {
             }
         }
     }
-    let lam = (0..n).map(|i| m[i * n + i] / unscale.0 / unscale.1);
-    Ok((lam.collect(), v))
+    let lam: Vec<f64> = (0..n)
+        .map(|i| m[i * n + i] / unscale.0 / unscale.1)
+        .collect();
+    if lam.iter().any(|l| !l.is_finite()) {
+        // Entries near f64::MAX can have eigenvalues beyond it (e.g. [[M, M], [M, M]]: 2M).
+        return Err(DiffusionError::Overflow {
+            what: "symmetric_eigen: eigenvalues",
+            dtype: "F64".into(),
+        }
+        .into());
+    }
+    Ok((lam, v))
 }
 
 #[cfg(test)]

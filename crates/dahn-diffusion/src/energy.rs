@@ -107,6 +107,14 @@ impl EnergyTracker {
     }
 
     fn affinity(&self, qb: &Tensor, kb: &Tensor) -> Result<Tensor> {
+        if qb.dtype() != kb.dtype() {
+            return Err(DiffusionError::ShapeMismatch(format!(
+                "energy: Q ({:?}) and K ({:?}) have different dtypes",
+                qb.dtype(),
+                kb.dtype()
+            ))
+            .into());
+        }
         if qb.dim(1)? != kb.dim(1)? {
             return Err(DiffusionError::ShapeMismatch(format!(
                 "energy: Q {:?} and K {:?} differ in width",
