@@ -306,9 +306,9 @@ impl CoreWeights {
         let (out_proj_weight, out_proj_bias) = match layout.out_dim {
             Some(o) => {
                 let op = vb.pp("out_proj");
-                let w = op.get_with_hints((o, vp), "weight", PROJ_INIT)?;
+                let w = checked_param(&op, (o, vp), "weight", PROJ_INIT)?;
                 let b = if layout.bias {
-                    Some(op.get_with_hints(o, "bias", Init::Const(0.0))?)
+                    Some(checked_param(&op, o, "bias", Init::Const(0.0))?)
                 } else {
                     None
                 };

@@ -12,37 +12,10 @@ use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use hopfield_core::*;
 use proptest::prelude::*;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 
-fn outcome(f: impl FnOnce() -> Result<Tensor>) -> std::result::Result<(), String> {
-    match catch_unwind(AssertUnwindSafe(f)) {
-        Err(p) => Err(format!(
-            "panic: {:?}",
-            p.downcast_ref::<String>()
-                .cloned()
-                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-        )),
-        Ok(Err(_)) => Ok(()),
-        Ok(Ok(t)) if !t.dtype().is_float() || hopfield_cuda::all_finite(&t).unwrap_or(false) => {
-            Ok(())
-        }
-        Ok(Ok(t)) => Err(format!("non-finite result of shape {:?}", t.dims())),
-    }
-}
-
-fn tensor(dims: &[usize], dtype: DType, scale: f64, seed: u64) -> Result<Tensor> {
-    let len: usize = dims.iter().product();
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let v: Vec<f64> = (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            ((x >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) * scale
-        })
-        .collect();
-    Tensor::from_vec(v, dims, &Device::Cpu)?.to_dtype(dtype)
-}
+#[path = "../../hopfield-cuda/tests/support/hostile.rs"]
+mod support;
+use support::{outcome, tensor};
 
 #[derive(Debug, Clone)]
 struct Case {

@@ -14,50 +14,18 @@ use candle_core::{DType, Device, ModuleT, Result, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use hopfield_nn::*;
 use proptest::prelude::*;
-use std::panic::{catch_unwind, AssertUnwindSafe};
+
+#[path = "../../hopfield-cuda/tests/support/hostile.rs"]
+mod support;
+use support::{outcome, tensor};
 
 fn dev() -> Device {
     Device::Cpu
 }
 
-/// `Ok` results must be finite; errors are fine; a panic fails the property with its message.
-fn outcome(f: impl FnOnce() -> Result<Tensor>) -> std::result::Result<(), String> {
-    match catch_unwind(AssertUnwindSafe(f)) {
-        Err(p) => Err(format!(
-            "panic: {:?}",
-            p.downcast_ref::<String>()
-                .cloned()
-                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-        )),
-        Ok(Err(_)) => Ok(()),
-        Ok(Ok(t)) => {
-            if !t.dtype().is_float() || hopfield_cuda::all_finite(&t).unwrap_or(false) {
-                Ok(())
-            } else {
-                Err(format!("non-finite result of shape {:?}", t.dims()))
-            }
-        }
-    }
-}
-
 fn hopfield(cfg: HopfieldConfig, dtype: DType) -> Result<Hopfield> {
     let map = VarMap::new();
     Hopfield::new(cfg, VarBuilder::from_varmap(&map, dtype, &dev()))
-}
-
-/// A tensor of `dims` in `dtype` with values around `scale` (NaN and inf included as scales).
-fn tensor(dims: &[usize], dtype: DType, scale: f64, seed: u64) -> Result<Tensor> {
-    let len: usize = dims.iter().product();
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let v: Vec<f64> = (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            ((x >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) * scale
-        })
-        .collect();
-    Tensor::from_vec(v, dims, &dev())?.to_dtype(dtype)
 }
 
 fn dtype_strategy() -> impl Strategy<Value = DType> {
@@ -321,6 +289,10 @@ fn absurd_sizes_are_errors_not_aborts() {
         e.contains("overflow") || e.contains("cannot be allocated"),
         "{e}"
     );
+    let mut cfg = HopfieldConfig::new(8);
+    cfg.output_size = Some(1_000_000_000_000);
+    let e = err_of(hopfield(cfg, DType::F32).map(|_| Tensor::new(0f32, &dev()).unwrap()));
+    assert!(e.contains("association_core.out_proj.weight"), "{e}");
     let map = VarMap::new();
     let vb = VarBuilder::from_varmap(&map, DType::F32, &dev());
     let pooling = HopfieldPooling::new(
