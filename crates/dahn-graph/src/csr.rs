@@ -315,9 +315,10 @@ impl Csr {
     /// as [`crate::laplacian`] / [`crate::normalized_laplacian`] on the dense matrix.
     ///
     /// The normalised Laplacian is scale-invariant and is computed on rescaled weights when a
-    /// degree would overflow f64, so it is always finite. An unnormalised degree beyond f64 is not
-    /// representable: it is stored as an infinity (the diffusion operators reject such a matrix),
-    /// and [`Self::try_laplacian`] reports it as [`GraphError::Overflow`]. Memory: at most
+    /// degree would overflow f64, so it is finite for non-negative weights. An unnormalised
+    /// degree beyond f64 is not representable (nor is `D^-1/2` of a tiny positive degree left by
+    /// weights of mixed sign): it is stored as an infinity (the diffusion operators reject such a
+    /// matrix), and [`Self::try_laplacian`] reports it as [`GraphError::Overflow`]. Memory: at most
     /// nnz + N entries; like a `Vec`, this aborts if they cannot be allocated (`try_laplacian`
     /// returns [`GraphError::TooLarge`] instead).
     pub fn laplacian(&self, normalized: bool) -> Self {
@@ -331,7 +332,7 @@ impl Csr {
         }
     }
 
-    /// [`Self::laplacian`], with degrees that overflow f64 as a typed [`GraphError::Overflow`]
+    /// [`Self::laplacian`], with entries that overflow f64 as a typed [`GraphError::Overflow`]
     /// naming the row.
     ///
     /// ```
@@ -344,12 +345,13 @@ impl Csr {
     /// ```
     pub fn try_laplacian(&self, normalized: bool) -> Result<Self> {
         let l = self.laplacian_inner(normalized)?;
-        if let Some(i) = (0..l.n).find(|&i| !l.get(i, i).is_finite()) {
+        if let Some(p) = l.values.iter().position(|v| !v.is_finite()) {
+            let i = l.row_ptr.partition_point(|&q| q <= p) - 1;
             return Err(GraphError::Overflow {
-                what: "Csr::laplacian: degrees",
+                what: "Csr::laplacian",
                 detail: format!(
-                    "the degree of node {i} (row sum of the adjacency) is {} in f64",
-                    l.get(i, i)
+                    "row {i} overflows f64 (degree {}, the row sum of the adjacency; weights of mixed sign can leave a tiny positive degree whose D^-1/2 overflows)",
+                    self.row_sums()[i]
                 ),
             }
             .into());
