@@ -18,7 +18,7 @@
 //! above [`MAX_STEPS`] and sizes that cannot be allocated are all typed errors naming the
 //! argument (the checks live in one module, `validate`).
 //!
-//! Deliberate differences from difflayers (ids from the design notes): float64 end to end (B1/D1);
+//! Deliberate differences from difflayers (ids from `docs/design/difflayers-semantics.md`): float64 end to end (B1/D1);
 //! `FactoredDiffusion::from_laplacian` checks zero row sums instead of `max diag > 1.5` (B9/D11);
 //! provably unstable Euler steps are rejected (B10/D12); the cache key hashes the pattern values
 //! (B8/D10); `run_diffusion` always applies `steps` times (B14/D22); sparse graphs equal dense

@@ -14,7 +14,7 @@
 //! weights as the dense one (B4/D4, tested); the normalised Laplacian's gradient is finite for
 //! isolated nodes (D18); nodes with fewer than k neighbours pad their neighbour table with
 //! themselves instead of arbitrary nodes (B12/D19); nothing here builds an N x N matrix unless
-//! asked for a dense view (B13/D13). `k >= N` is clamped to `N - 1` as in difflayers.
+//! asked for a dense view (D13). `k >= N` is clamped to `N - 1` as in difflayers.
 //!
 //! ```
 //! use candle_core::{Device, Tensor};

@@ -10,7 +10,8 @@
 //! [`HopfieldError`] instead of panicking or returning NaN. The modules built on it
 //! (`Hopfield`, `HopfieldPooling`, `HopfieldLayer`, ...) live in `hopfield-nn`.
 //!
-//! Deliberate differences from hflayers (each documented where it applies): static inputs never
+//! Deliberate differences from hflayers (each documented where it applies; the quirk ids are those
+//! of `docs/design/hflayers-quirks.md`): static inputs never
 //! mix samples (Q3/Q4), per-head scaling is per head (Q2), convergence is decided per sample and
 //! head (Q11), "until convergence" has a hard cap ([`CoreConfig::max_convergence_steps`]), and a
 //! fully masked row yields an all-zero association rather than NaN.

@@ -9,7 +9,8 @@
 //! optional energy early stop); finally the unchanged Hopfield core (projections, heads, masks,
 //! update steps, output projection). Parameters and state_dict names are exactly `Hopfield`'s.
 //!
-//! Deliberate differences from difflayers, each tested:
+//! Deliberate differences from difflayers, each tested (ids from
+//! `docs/design/difflayers-semantics.md`):
 //! - **Graphs per sample** by default ([`GraphScope::PerSample`]): difflayers builds one graph
 //!   from the batch mean, so a sample's output depends on the other samples (D9/B7).
 //!   [`GraphScope::BatchMean`] reproduces difflayers exactly.

@@ -16,7 +16,8 @@
 //! unrolled steps with candle autograd (second-order derivatives of the energy included).
 //! State-dict names follow the port (`mha.Wq`, `mha.Wk`, `mha.beta`, `hopfield.W`, `hopfield.beta`,
 //! `norm.weight`, `norm.bias`, `pos_embedding`), so `VarBuilder::from_mmaped_safetensors` of a port
-//! state_dict works and `VarMap::save` writes files the port loads.
+//! state_dict works and `VarMap::save` writes files the port loads. Where and why this port departs
+//! from the PyTorch port (ids E1-E10): `docs/design/energy-transformer-port.md`.
 //!
 //! ```
 //! use candle_core::{DType, Device, Tensor};
