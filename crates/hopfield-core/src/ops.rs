@@ -37,9 +37,9 @@ pub fn layer_norm(
 /// `x W^T + b`: the fused projection of `hopfield-cuda` (one autograd node, see there).
 pub use hopfield_cuda::linear;
 
-/// Softmax over the last dimension that tolerates `-inf` logits: a row whose logits are all `-inf`
-/// (fully masked) becomes all zeros instead of NaN, and its gradient is zero. Fused on the CPU
-/// (one pass per row, with a backward pass), composed elsewhere: see [`hopfield_cuda::masked_softmax`].
+/// Softmax over the last dimension that tolerates `-inf` logits (a fully masked row gives zeros,
+/// never NaN): the one softmax entry point of the workspace, [`hopfield_cuda::masked_softmax`],
+/// re-exported where the association's other building blocks live.
 ///
 /// ```
 /// use candle_core::{Device, Tensor};
@@ -49,9 +49,7 @@ pub use hopfield_cuda::linear;
 /// assert_eq!(p.to_vec2::<f64>()?, vec![vec![0.5, 0.5], vec![0., 0.]]);
 /// # Ok::<(), candle_core::Error>(())
 /// ```
-pub fn masked_softmax(logits: &Tensor) -> Result<Tensor> {
-    hopfield_cuda::masked_softmax(logits)
-}
+pub use hopfield_cuda::masked_softmax;
 
 /// Converts a boolean-like mask (any integer dtype, nonzero = masked) into an additive float mask
 /// of `0` / `-inf`.

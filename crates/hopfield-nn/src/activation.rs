@@ -1,6 +1,6 @@
 //! Element-wise activations named as hflayers names them (`torch.<name>`).
 
-use candle_core::{Result, Tensor};
+use candle_core::{Module, Result, Tensor};
 use hopfield_core::HopfieldError;
 
 /// An activation applied to a module's output or inside a feed-forward block.
@@ -43,12 +43,28 @@ impl Activation {
 
     /// Applies the activation (differentiable).
     pub fn apply(self, x: &Tensor) -> Result<Tensor> {
+        match self.candle() {
+            Some(a) => a.forward(x),
+            // candle-nn has no tanh activation.
+            None => x.tanh(),
+        }
+    }
+
+    /// The same function as candle-nn's activation, where candle-nn has it (one implementation
+    /// per function: hflayers' names map onto candle-nn's).
+    ///
+    /// ```
+    /// use hopfield_nn::Activation;
+    /// assert_eq!(Activation::Gelu.candle(), Some(candle_nn::Activation::Gelu));
+    /// assert_eq!(Activation::Tanh.candle(), None);
+    /// ```
+    pub fn candle(self) -> Option<candle_nn::Activation> {
         match self {
-            Self::Relu => x.relu(),
-            Self::Tanh => x.tanh(),
-            // Composed so that every dtype and autograd work.
-            Self::Sigmoid => (x.neg()?.exp()? + 1.0)?.recip(),
-            Self::Gelu => x.gelu_erf(),
+            Self::Relu => Some(candle_nn::Activation::Relu),
+            Self::Sigmoid => Some(candle_nn::Activation::Sigmoid),
+            // torch.nn.functional.gelu's default is the erf form, candle-nn's `Gelu`.
+            Self::Gelu => Some(candle_nn::Activation::Gelu),
+            Self::Tanh => None,
         }
     }
 }

@@ -3,7 +3,7 @@
 //! (`-1/beta sum_A logsumexp(beta h_A)`), plus [`HopfieldEnergy`], the block's choice of the two.
 
 use super::validate::{self, compute_dtype, param_name, upcast};
-use super::{flatten_rows, lse_softmax, softmax, Energy, HopfieldType};
+use super::{flatten_rows, lse_softmax, Energy, HopfieldType};
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
@@ -296,7 +296,7 @@ impl SoftmaxModernHopfield {
         }
         let (xf, dims) = flatten_rows(&upcast(x)?)?;
         let w = upcast(&self.w)?;
-        let p = softmax(
+        let p = hopfield_cuda::masked_softmax(
             &xf.matmul(&w)?
                 .broadcast_mul(&upcast(&self.beta)?.reshape((1, 1))?)?,
         )?;

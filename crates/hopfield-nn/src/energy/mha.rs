@@ -6,7 +6,7 @@
 //! `dE/dx_C = -sum_h [Wq^h^T sum_B P_CB k_B + Wk^h^T sum_A P_AC q_A]` (the `1/beta` cancels).
 
 use super::validate::{self, compute_dtype, param_name, upcast};
-use super::{as_batched, lse_softmax, softmax, Energy, EtError};
+use super::{as_batched, lse_softmax, Energy, EtError};
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
@@ -333,7 +333,7 @@ impl EnergyMHA {
         let (b, l, d) = x3.dims3()?;
         let (h, z) = (self.n_heads, self.head_dim);
         let (q, k, s) = self.scores(&x3)?;
-        let p = softmax(&s)?;
+        let p = hopfield_cuda::masked_softmax(&s)?;
         let pk = p.matmul(&k)?; // (B, H, L, Z)
         let ptq = p.t()?.matmul(&q)?; // (B, H, L, Z)
                                       // One matmul: [P k | P^T q] (B, L, H, 2Z) against [Wq | Wk] per head (H, 2Z, D).

@@ -118,12 +118,6 @@ pub(crate) fn lse_softmax(s: &Tensor) -> Result<(Tensor, Tensor)> {
     Ok((lse, p))
 }
 
-/// `softmax` over the last dimension alone (what the gradients need): the fused kernel, whose
-/// backward is fused too, so training through the unrolled steps stays cheap.
-pub(crate) fn softmax(s: &Tensor) -> Result<Tensor> {
-    hopfield_cuda::masked_softmax(s)
-}
-
 /// `(..., D)` -> `(N, D)`; also returns the original dims to restore the shape.
 pub(crate) fn flatten_rows(x: &Tensor) -> Result<(Tensor, Vec<usize>)> {
     let dims = x.dims().to_vec();

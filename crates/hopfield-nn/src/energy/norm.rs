@@ -1,5 +1,5 @@
-//! Normalisations of the Energy Transformer, composed from differentiable candle ops (candle-nn's
-//! fused `layer_norm` has no backward pass):
+//! Normalisations of the Energy Transformer: parameters and energies here, the normalisation
+//! itself is [`hopfield_core::ops::layer_norm`] (fused standardisation with its backward):
 //!
 //! * [`LayerNorm`]: the port's `torch.nn.LayerNorm(D)`, per-feature `weight` and `bias`;
 //! * [`EnergyLayerNorm`]: the paper's, scalar `gamma` and vector `delta`, the gradient of the
@@ -9,13 +9,14 @@ use super::validate::{self, compute_dtype, param_name, upcast};
 use super::{Energy, NormKind};
 use candle_core::{Module, Result, Tensor, D};
 use candle_nn::{Init, VarBuilder};
+use hopfield_core::ops::layer_norm;
 
-/// `(x - mean) / sqrt(var + eps)` over the last axis (biased variance) and `sqrt(var + eps)`.
-fn standardize(x: &Tensor, eps: f64) -> Result<(Tensor, Tensor)> {
+/// `sqrt(var + eps)` over the last axis (biased variance): the Lagrangian's per-token term. The
+/// normalisation itself is [`hopfield_core::ops::layer_norm`], the one LayerNorm of the workspace.
+fn std_dev(x: &Tensor, eps: f64) -> Result<Tensor> {
     let mu = x.mean_keepdim(D::Minus1)?;
     let xc = x.broadcast_sub(&mu)?;
-    let s = (xc.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?;
-    Ok((xc.broadcast_div(&s)?, s))
+    (xc.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()
 }
 
 /// The port's per-feature layer norm (`norm.weight`, `norm.bias`, `(D,)`; eps 1e-5).
@@ -86,10 +87,8 @@ impl LayerNorm {
         if x.elem_count() == 0 {
             return x.zeros_like();
         }
-        hopfield_cuda::normalize(&upcast(x)?, self.eps)?
-            .broadcast_mul(&upcast(&self.weight)?)?
-            .broadcast_add(&upcast(&self.bias)?)?
-            .to_dtype(x.dtype())
+        let (w, b) = (upcast(&self.weight)?, upcast(&self.bias)?);
+        layer_norm(&upcast(x)?, Some(&w), Some(&b), self.eps)?.to_dtype(x.dtype())
     }
 }
 
@@ -199,7 +198,7 @@ impl EnergyLayerNorm {
             return Tensor::zeros((), compute_dtype(x.dtype()), x.device());
         }
         let x = upcast(x)?;
-        let (_, s) = standardize(&x, self.eps)?;
+        let s = std_dev(&x, self.eps)?;
         let l = s
             .sum_all()?
             .affine(self.dim as f64, 0.0)?
@@ -212,10 +211,8 @@ impl EnergyLayerNorm {
         if x.elem_count() == 0 {
             return x.zeros_like();
         }
-        let (xn, _) = standardize(&upcast(x)?, self.eps)?;
-        xn.broadcast_mul(&upcast(&self.gamma)?)?
-            .broadcast_add(&upcast(&self.delta)?)?
-            .to_dtype(x.dtype())
+        let (gamma, delta) = (upcast(&self.gamma)?, upcast(&self.delta)?);
+        layer_norm(&upcast(x)?, Some(&gamma), Some(&delta), self.eps)?.to_dtype(x.dtype())
     }
 }
 
