@@ -96,38 +96,4 @@ pub enum DiffusionError {
     },
 }
 
-impl std::fmt::Debug for DiffusionError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{self}")
-    }
-}
-
-impl DiffusionError {
-    /// Finds a `DiffusionError` inside a `candle_core::Error`.
-    ///
-    /// ```
-    /// use dahn_diffusion::{DiffusionConfig, DiffusionError};
-    /// let err = DiffusionConfig::default().k_neighbors(0).validate().unwrap_err();
-    /// assert!(matches!(DiffusionError::find(&err), Some(DiffusionError::InvalidConfig(_))));
-    /// ```
-    pub fn find(err: &candle_core::Error) -> Option<&DiffusionError> {
-        match err {
-            candle_core::Error::WrappedContext { wrapped, .. } => {
-                wrapped.downcast_ref::<DiffusionError>()
-            }
-            candle_core::Error::WithBacktrace { inner, .. } => Self::find(inner),
-            candle_core::Error::Context { inner, .. } => Self::find(inner),
-            _ => None,
-        }
-    }
-}
-
-impl From<DiffusionError> for candle_core::Error {
-    fn from(e: DiffusionError) -> Self {
-        candle_core::Error::WrappedContext {
-            wrapped: Box::new(e),
-            context: "dahn-diffusion".into(),
-        }
-        .bt()
-    }
-}
+hopfield_cuda::candle_error!(DiffusionError, "dahn-diffusion");

@@ -85,41 +85,4 @@ pub enum GraphError {
     },
 }
 
-impl GraphError {
-    /// Finds a `GraphError` inside a `candle_core::Error` (also under a backtrace or context
-    /// wrapper), so callers and tests can match on the variant.
-    ///
-    /// ```
-    /// use dahn_graph::{cosine_similarity, GraphError};
-    /// let x = candle_core::Tensor::new(&[[1f64, f64::NAN]], &candle_core::Device::Cpu)?;
-    /// let err = cosine_similarity(&x).unwrap_err();
-    /// assert!(matches!(GraphError::find(&err), Some(GraphError::NonFinite { .. })));
-    /// # Ok::<(), candle_core::Error>(())
-    /// ```
-    pub fn find(err: &candle_core::Error) -> Option<&GraphError> {
-        match err {
-            candle_core::Error::WrappedContext { wrapped, .. } => {
-                wrapped.downcast_ref::<GraphError>()
-            }
-            candle_core::Error::WithBacktrace { inner, .. } => Self::find(inner),
-            candle_core::Error::Context { inner, .. } => Self::find(inner),
-            _ => None,
-        }
-    }
-}
-
-impl std::fmt::Debug for GraphError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{self}")
-    }
-}
-
-impl From<GraphError> for candle_core::Error {
-    fn from(e: GraphError) -> Self {
-        candle_core::Error::WrappedContext {
-            wrapped: Box::new(e),
-            context: "dahn-graph".into(),
-        }
-        .bt()
-    }
-}
+hopfield_cuda::candle_error!(GraphError, "dahn-graph");

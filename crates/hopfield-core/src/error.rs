@@ -6,7 +6,7 @@
 use thiserror::Error;
 
 /// What went wrong, with the argument and the shapes involved.
-#[derive(Debug, Clone, PartialEq, Error)]
+#[derive(Clone, PartialEq, Error)]
 pub enum HopfieldError {
     /// An input tensor has the wrong rank or size.
     #[error("{arg}: expected shape {expected}, got {got:?}")]
@@ -139,17 +139,13 @@ pub enum HopfieldError {
 }
 
 impl HopfieldError {
-    /// Wraps the error into a `candle_core::Error`, keeping its message.
+    /// Wraps the error into a `candle_core::Error` (the same as `.into()`).
     pub fn into_candle(self) -> candle_core::Error {
-        candle_core::Error::wrap(self)
+        self.into()
     }
 }
 
-impl From<HopfieldError> for candle_core::Error {
-    fn from(e: HopfieldError) -> Self {
-        e.into_candle()
-    }
-}
+hopfield_cuda::candle_error!(HopfieldError, "hopfield-core");
 
 /// `Err(HopfieldError::InputDtype{..})` unless `x` is floating point.
 ///

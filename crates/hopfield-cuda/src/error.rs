@@ -9,7 +9,7 @@
 use candle_core::{DType, Tensor};
 
 /// A bad argument to one of this crate's ops.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[derive(Clone, PartialEq, thiserror::Error)]
 pub enum KernelError {
     /// A tensor of an integer dtype where a float one is needed.
     #[error("{op}: `{arg}` must be floating point (f16, bf16, f32 or f64), got {dtype:?} with shape {shape:?}")]
@@ -77,11 +77,7 @@ pub enum KernelError {
     },
 }
 
-impl From<KernelError> for candle_core::Error {
-    fn from(e: KernelError) -> Self {
-        candle_core::Error::wrap(e)
-    }
-}
+crate::candle_error!(KernelError, "hopfield-cuda");
 
 /// `Err(KernelError::NotFloat)` unless `x` is floating point.
 ///
@@ -182,4 +178,71 @@ pub(crate) fn expect_additive_mask(
         return Err(bad("+inf (an additive mask takes 0, finite biases or -inf)").into());
     }
     Ok(())
+}
+
+/// Finds an error of type `E` inside a `candle_core::Error`, under any backtrace and context
+/// layers: how a caller recovers the typed error of any crate of this workspace (each error enum
+/// has a `find` built on it, see [`candle_error!`](crate::candle_error)).
+///
+/// ```
+/// use candle_core::{DType, Device, Tensor};
+/// use hopfield_cuda::{find_error, KernelError};
+/// let ids = Tensor::zeros((2, 3), DType::U32, &Device::Cpu)?;
+/// let err = hopfield_cuda::masked_softmax(&ids).unwrap_err();
+/// assert!(matches!(find_error::<KernelError>(&err), Some(KernelError::NotFloat { .. })));
+/// assert!(matches!(KernelError::find(&err.context("while testing")), Some(KernelError::NotFloat { .. })));
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+pub fn find_error<E: std::error::Error + 'static>(err: &candle_core::Error) -> Option<&E> {
+    match err {
+        candle_core::Error::WrappedContext { wrapped, .. } => wrapped.downcast_ref::<E>(),
+        candle_core::Error::WithBacktrace { inner, .. } => find_error(inner),
+        candle_core::Error::Context { inner, .. } => find_error(inner),
+        _ => None,
+    }
+}
+
+/// The one way every error enum of the workspace enters `candle_core::Error`: as
+/// `Error::WrappedContext` (a `std::error::Error` that [`find_error`] can downcast; candle's
+/// `Error::wrap` keeps only a `Display`, which cannot be downcast), with the crate's name as
+/// context and a backtrace when `RUST_BACKTRACE` asks for one. Also implements `Debug` as the
+/// message (candle prints the wrapped error with `{:?}`) and `find`.
+///
+/// ```
+/// #[derive(Clone, PartialEq, thiserror::Error)]
+/// enum MyError {
+///     #[error("bad thing")]
+///     Bad,
+/// }
+/// hopfield_cuda::candle_error!(MyError, "my-crate");
+/// let err: candle_core::Error = MyError::Bad.into();
+/// assert!(err.to_string().starts_with("bad thing"));
+/// assert_eq!(MyError::find(&err), Some(&MyError::Bad));
+/// ```
+#[macro_export]
+macro_rules! candle_error {
+    ($ty:ident, $context:literal) => {
+        impl ::std::fmt::Debug for $ty {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                write!(f, "{self}")
+            }
+        }
+
+        impl ::std::convert::From<$ty> for ::candle_core::Error {
+            fn from(e: $ty) -> Self {
+                ::candle_core::Error::WrappedContext {
+                    wrapped: ::std::boxed::Box::new(e),
+                    context: $context.into(),
+                }
+                .bt()
+            }
+        }
+
+        impl $ty {
+            #[doc = concat!("Finds a `", stringify!($ty), "` inside a `candle_core::Error` (under any backtrace or context layer).")]
+            pub fn find(err: &::candle_core::Error) -> ::std::option::Option<&Self> {
+                $crate::find_error::<Self>(err)
+            }
+        }
+    };
 }

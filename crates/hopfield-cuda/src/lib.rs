@@ -48,7 +48,7 @@ mod test_util;
 
 pub use alloc::tune_allocator;
 pub use device::{DeviceChoice, UnknownDevice};
-pub use error::{expect_float, KernelError};
+pub use error::{expect_float, find_error, KernelError};
 pub use finite::all_finite;
 pub use linear::{linear, linear_composed};
 pub use normalize::{normalize, normalize_composed};
