@@ -1,6 +1,13 @@
-//! Shared helpers of the hopfield-rs examples: device choice, the bundled handwritten digits,
-//! mini-batching, binary accuracy, a numerically stable BCE-with-logits and gradient clipping
-//! (the pieces of hflayers' notebook training loops that candle-nn does not ship).
+//! The tooling around the hopfield-rs modules, and the shared helpers of the example binaries.
+//!
+//! - [`conformance`]: the conformance runner and its case format, which replays reference cases
+//!   exported from the PyTorch originals (the `conformance` binary, and the golden tests of
+//!   `cargo test --workspace`).
+//! - [`data`]: the synthetic data sets of hflayers' demo notebooks (bit-pattern bags, latch
+//!   sequences), used by `train_hflayers`.
+//! - At the crate root: device choice, the bundled handwritten digits, mini-batching, binary
+//!   accuracy, a numerically stable BCE-with-logits and gradient clipping (the pieces of hflayers'
+//!   notebook training loops that candle-nn does not ship).
 //!
 //! ```
 //! use hopfield_examples::{device, digits_path, load_digits, DeviceChoice};
@@ -9,6 +16,9 @@
 //! assert_eq!((images.dims(), labels.len()), (&[1797usize, 64][..], 1797));
 //! # Ok::<(), candle_core::Error>(())
 //! ```
+
+pub mod conformance;
+pub mod data;
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Result, Tensor, Var};

@@ -10,6 +10,11 @@
 //! and `VarMap::save` writes files PyTorch loads back. Configurations are plain structs with
 //! hflayers' argument names and defaults, also readable from hflayers' constructor kwargs as JSON.
 //!
+//! This crate holds the modules only. The tooling around them lives in the `hopfield-examples`
+//! package: the conformance runner that replays the PyTorch reference cases
+//! (`hopfield_examples::conformance`, binary `conformance`) and hflayers' synthetic demo data
+//! sets (`hopfield_examples::data`).
+//!
 //! ```
 //! use candle_core::{DType, Device, ModuleT, Tensor};
 //! use candle_nn::{VarBuilder, VarMap};
@@ -25,9 +30,7 @@
 pub mod activation;
 pub mod checkpoint;
 pub mod config;
-pub mod conformance;
 pub mod core;
-pub mod data;
 pub mod diffused;
 pub mod energy;
 pub mod hopfield;

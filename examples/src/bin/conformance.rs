@@ -7,7 +7,7 @@
 //! ```
 
 use clap::Parser;
-use hopfield_nn::conformance::{run_dirs, Precision};
+use hopfield_examples::conformance::{run_dirs, Precision};
 use std::path::PathBuf;
 use std::process::ExitCode;
 

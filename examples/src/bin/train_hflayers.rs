@@ -14,11 +14,13 @@
 use candle_core::{DType, Device, Module, ModuleT, Result, Tensor};
 use candle_nn::{AdamW, Linear, Optimizer, ParamsAdamW, VarBuilder, VarMap};
 use clap::{Parser, Subcommand, ValueEnum};
+use hopfield_examples::data::{
+    BitPatternConfig, BitPatternSet, LatchSequenceConfig, LatchSequenceSet,
+};
 use hopfield_examples::{
     batches, bce_with_logits, binary_accuracy, clip_grad_norm, device, notebook_split, select,
     torch_linear, DeviceChoice,
 };
-use hopfield_nn::data::{BitPatternConfig, BitPatternSet, LatchSequenceConfig, LatchSequenceSet};
 use hopfield_nn::{
     Hopfield, HopfieldConfig, HopfieldLayer, HopfieldLayerConfig, HopfieldPooling,
     HopfieldPoolingConfig,

@@ -2,8 +2,8 @@
 //! parameters and inputs as autograd variables, masks, and the gradient checks.
 
 use super::case::{backward_with, Case, Report};
-use crate::Masks;
 use candle_core::{Error, Result, Tensor, Var};
+use hopfield_nn::Masks;
 use std::collections::HashMap;
 
 /// A module case's variables, masks and `forward` metadata.

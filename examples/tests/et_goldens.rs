@@ -1,12 +1,10 @@
-//! Replays the Energy Transformer goldens (`tests/data/goldens/et`, PyTorch port, float64) in
+//! Replays the Energy Transformer goldens (`crates/hopfield-nn/tests/data/goldens/et`, PyTorch port, float64) in
 //! float64 at the cases' tolerance (1e-9, gradients included) and in float32 (outputs only).
 
-use hopfield_nn::conformance::{run_dirs, Precision};
-
-const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/goldens/et");
+use hopfield_examples::conformance::{goldens_dir, run_dirs, Precision};
 
 fn replay(precision: Precision) {
-    let summary = run_dirs(&[DIR], precision).expect("golden folder readable");
+    let summary = run_dirs(&[goldens_dir("et")], precision).expect("golden folder readable");
     for line in summary.lines() {
         if line.starts_with("FAIL") || std::env::var("ET_VERBOSE").is_ok() {
             println!("{line}");

@@ -4,12 +4,17 @@
 //! A case is one `.safetensors` file holding a module's configuration (in the metadata), its
 //! parameters under the original `state_dict` names (`params.*`), inputs (`input.*`), outputs
 //! (`output.*`) and gradients (`grad.*`) of `sum(output.y * grad_seed.cotangent)`. The format is
-//! described in `tests/data/goldens/README.md`. Users run their own exported checkpoints through the
-//! same code with `cargo run --release -p hopfield-examples --bin conformance -- DIR`.
+//! described in `crates/hopfield-nn/tests/data/goldens/README.md`. Users run their own exported
+//! checkpoints through the same code with
+//! `cargo run --release -p hopfield-examples --bin conformance -- DIR`.
+//!
+//! It lives in the examples package because it is tooling around the modules, not a module: the
+//! golden tests (`examples/tests/*goldens*.rs`) run it on the cases bundled with `hopfield-nn`
+//! ([`goldens_dir`]).
 //!
 //! ```no_run
-//! use hopfield_nn::conformance::{run_dirs, Precision};
-//! let summary = run_dirs(&["tests/data/goldens/hflayers"], Precision::F64)?;
+//! use hopfield_examples::conformance::{goldens_dir, run_dirs, Precision};
+//! let summary = run_dirs(&[goldens_dir("hflayers")], Precision::F64)?;
 //! println!("{} passed, {} failed", summary.passed, summary.failed);
 //! # Ok::<(), candle_core::Error>(())
 //! ```
@@ -119,7 +124,21 @@ pub fn run_case(path: &Path, precision: Precision) -> Outcome {
     }
 }
 
-/// All `.safetensors` files directly under `dir` (sorted), or `dir` itself if it is a file.
+/// The bundled reference cases of one suite (`"hflayers"`, `"dahn"` or `"et"`):
+/// `crates/hopfield-nn/tests/data/goldens/<suite>` of this workspace. They stay beside the modules
+/// they judge (CI compares them byte for byte with the originals' export).
+///
+/// ```
+/// let dir = hopfield_examples::conformance::goldens_dir("hflayers");
+/// assert!(dir.join("hopfield_heads2.safetensors").is_file());
+/// ```
+pub fn goldens_dir(suite: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../crates/hopfield-nn/tests/data/goldens")
+        .join(suite)
+}
+
+/// All `.safetensors` files under `dir`, searched recursively (sorted), or `dir` itself if it is a file.
 pub fn case_files(dir: &Path) -> candle_core::Result<Vec<PathBuf>> {
     if dir.is_file() {
         return Ok(vec![dir.to_path_buf()]);

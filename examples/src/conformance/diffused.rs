@@ -4,9 +4,9 @@
 
 use super::case::{var_tensors, Case, Report};
 use super::module_case::ModuleCase;
-use crate::checkpoint::load_strict_tensors;
-use crate::{DiffusedHopfield, DiffusedHopfieldConfig, GraphScope, HopfieldInput};
 use candle_core::{DType, Device, Error, Result, Tensor};
+use hopfield_nn::checkpoint::load_strict_tensors;
+use hopfield_nn::{DiffusedHopfield, DiffusedHopfieldConfig, GraphScope, HopfieldInput};
 
 /// Runs one `DiffusedHopfield` case.
 pub fn run(case: &Case, report: &mut Report) -> Result<()> {

@@ -1,12 +1,10 @@
 //! Every hflayers reference case (PyTorch, float64) must pass: outputs, associations, projected
 //! patterns and all gradients at the file tolerance, and the float32 forward within 1e-4.
 
-use hopfield_nn::conformance::{run_dirs, Precision};
-
-const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/goldens/hflayers");
+use hopfield_examples::conformance::{goldens_dir, run_dirs, Precision};
 
 fn assert_all_pass(precision: Precision) {
-    let summary = run_dirs(&[DIR], precision).expect("read goldens");
+    let summary = run_dirs(&[goldens_dir("hflayers")], precision).expect("read goldens");
     let lines = summary.lines();
     for l in &lines {
         println!("{l}");

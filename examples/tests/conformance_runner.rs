@@ -1,24 +1,24 @@
 //! The conformance runner itself: a perturbed reference fails (naming the tensor), an unknown
 //! module is a failure rather than a skip, and the summary line is exactly `N passed, N failed`.
 
-use hopfield_nn::conformance::{run_case, run_dirs, Outcome, Precision};
+use hopfield_examples::conformance::{goldens_dir, run_case, run_dirs, Outcome, Precision};
 use safetensors::tensor::{serialize_to_file, Dtype, TensorView};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-const CASE: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/tests/data/goldens/hflayers/hopfield_heads2.safetensors"
-);
+/// The reference case every test here edits.
+fn case() -> PathBuf {
+    goldens_dir("hflayers").join("hopfield_heads2.safetensors")
+}
 
-/// Rewrites `CASE` into `dir/name` after `edit` changed its tensors (raw little-endian bytes) or
+/// Rewrites [`case`] into `dir/name` after `edit` changed its tensors (raw little-endian bytes) or
 /// metadata.
 fn rewrite(
     dir: &Path,
     name: &str,
     edit: impl FnOnce(&mut HashMap<String, (Dtype, Vec<usize>, Vec<u8>)>, &mut HashMap<String, String>),
 ) -> PathBuf {
-    let bytes = std::fs::read(CASE).unwrap();
+    let bytes = std::fs::read(case()).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
     let mut meta = header.metadata().clone().unwrap_or_default();
@@ -79,7 +79,7 @@ fn unknown_modules_fail_and_the_summary_counts_them() {
     rewrite(&dir, "a_unknown.safetensors", |_, m| {
         m.insert("module".into(), "HopfieldTransformerXL".into());
     });
-    std::fs::copy(CASE, dir.join("b_good.safetensors")).unwrap();
+    std::fs::copy(case(), dir.join("b_good.safetensors")).unwrap();
     let summary = run_dirs(&[&dir], Precision::F64).unwrap();
     let lines = summary.lines();
     assert!(

@@ -9,12 +9,12 @@
 
 use super::case::{backward_with, var_tensors};
 use super::{Case, Report};
-use crate::energy::{
+use candle_core::{Device, Module, Result, Tensor, Var};
+use candle_nn::VarBuilder;
+use hopfield_nn::energy::{
     BaseModernHopfield, Energy, EnergyLayerNorm, EnergyMHA, EnergyTransformer,
     EnergyTransformerConfig, LayerNorm, SoftmaxModernHopfield,
 };
-use candle_core::{Device, Module, Result, Tensor, Var};
-use candle_nn::VarBuilder;
 use serde_json::Value;
 use std::collections::HashMap;
 
@@ -30,11 +30,13 @@ const MODULES: [&str; 6] = [
 
 /// Replays one `et/` case into `report`. Unsupported modules, calls or arguments are errors.
 ///
-/// ```no_run
-/// use hopfield_nn::conformance::{et, Case, Precision, Report};
-/// let case = Case::load("tests/data/goldens/et/et_forward_relu_pos.safetensors".as_ref(), Precision::F64)?;
+/// ```
+/// use hopfield_examples::conformance::{et, goldens_dir, Case, Outcome, Precision, Report};
+/// let path = goldens_dir("et").join("et_forward_relu_pos.safetensors");
+/// let case = Case::load(&path, Precision::F64)?;
 /// let mut report = Report::new(case.tolerance(), Precision::F64);
 /// et::run(&case, &mut report)?;
+/// assert_eq!(report.outcome(), Outcome::Pass);
 /// # Ok::<(), candle_core::Error>(())
 /// ```
 pub fn run(case: &Case, report: &mut Report) -> Result<()> {

@@ -13,7 +13,7 @@
 //!
 //! ```
 //! use candle_core::Device;
-//! use hopfield_nn::data::{BitPatternConfig, BitPatternSet};
+//! use hopfield_examples::data::{BitPatternConfig, BitPatternSet};
 //! let set = BitPatternSet::new(&BitPatternConfig::new(64, 16, 8), &Device::Cpu)?;
 //! assert_eq!(set.bags().dims(), &[64, 16, 8]);
 //! assert_eq!((set.num_targets_high(), set.num_targets_low()), (32, 32));
@@ -37,7 +37,7 @@ fn config_error(field: &'static str, reason: impl Into<String>) -> HopfieldError
 /// `Default` is the bit-pattern notebook's set: 2048 bags of 16 instances, 8 signals, 8 bits.
 ///
 /// ```
-/// use hopfield_nn::data::BitPatternConfig;
+/// use hopfield_examples::data::BitPatternConfig;
 /// let cfg = BitPatternConfig::new(100, 10, 4).with_num_bits(4).with_fraction_targets(0.25);
 /// assert_eq!(cfg.num_targets(), 25);
 /// assert!(BitPatternConfig::new(100, 10, 15).with_num_bits(4).validate().is_err()); // 15 >= 2^4 - 1
@@ -177,7 +177,7 @@ impl BitPatternConfig {
 ///
 /// ```
 /// use candle_core::{DType, Device};
-/// use hopfield_nn::data::{BitPatternConfig, BitPatternSet};
+/// use hopfield_examples::data::{BitPatternConfig, BitPatternSet};
 /// let cfg = BitPatternConfig::new(10, 4, 3).with_num_bits(4);
 /// let set = BitPatternSet::with_dtype(&cfg, DType::F64, &Device::Cpu)?;
 /// assert_eq!(set.signals().dims(), &[3, 4]);
@@ -356,7 +356,7 @@ impl BitPatternSet {
 /// defaults (20 instances, 6 characters, seed 43); `Default` has 4096 samples.
 ///
 /// ```
-/// use hopfield_nn::data::LatchSequenceConfig;
+/// use hopfield_examples::data::LatchSequenceConfig;
 /// let cfg = LatchSequenceConfig::new(4096).with_num_instances(32).with_num_characters(20);
 /// assert!(cfg.validate().is_ok());
 /// assert!(cfg.with_num_characters(2).validate().is_err()); // no room for noise tokens
@@ -436,7 +436,7 @@ impl LatchSequenceConfig {
 ///
 /// ```
 /// use candle_core::Device;
-/// use hopfield_nn::data::{LatchSequenceConfig, LatchSequenceSet};
+/// use hopfield_examples::data::{LatchSequenceConfig, LatchSequenceSet};
 /// let set = LatchSequenceSet::new(&LatchSequenceConfig::new(8), &Device::Cpu)?;
 /// assert_eq!(set.data().dims(), &[8, 20, 6]);
 /// // The first one-hot row is [1-t, t, 0, 0, 0, 0] for target t.

@@ -4,13 +4,13 @@
 
 use super::case::{var_tensors, Case, Report};
 use super::module_case::ModuleCase;
-use crate::checkpoint::load_strict_tensors;
-use crate::{
+use candle_core::{Device, Error, Result, Tensor};
+use hopfield_nn::checkpoint::load_strict_tensors;
+use hopfield_nn::{
     DecoderMasks, Hopfield, HopfieldConfig, HopfieldDecoderLayer, HopfieldEncoderLayer,
     HopfieldInput, HopfieldLayer, HopfieldLayerConfig, HopfieldPooling, HopfieldPoolingConfig,
     TransformerLayerConfig,
 };
-use candle_core::{Device, Error, Result, Tensor};
 
 struct Outputs {
     y: Tensor,

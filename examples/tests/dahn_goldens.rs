@@ -2,12 +2,10 @@
 //! dynamics, energy tracker and the `DiffusedHopfield` module) passes at the file tolerance (1e-9)
 //! in float64, gradients included, and within 1e-4 on `output.y` in float32.
 
-use hopfield_nn::conformance::{run_dirs, Precision};
-
-const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/goldens/dahn");
+use hopfield_examples::conformance::{goldens_dir, run_dirs, Precision};
 
 fn assert_all_pass(precision: Precision) -> candle_core::Result<()> {
-    let summary = run_dirs(&[DIR], precision)?;
+    let summary = run_dirs(&[goldens_dir("dahn")], precision)?;
     let lines = summary.lines();
     eprintln!("{}", lines.join("\n"));
     assert_eq!(summary.passed, 72, "{}", lines.join("\n"));
