@@ -469,7 +469,7 @@ pub fn hopfield_core_forward_mapped(
     schedule.check()?;
 
     let a = if train && cfg.dropout > 0.0 {
-        candle_nn::ops::dropout(&xi, cfg.dropout as f32)?
+        crate::rng::dropout(&xi, cfg.dropout)?
     } else {
         xi.clone()
     };

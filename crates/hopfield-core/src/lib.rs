@@ -34,6 +34,7 @@ pub mod config;
 pub mod error;
 pub mod forward;
 pub mod ops;
+pub mod rng;
 pub mod self_association;
 mod steps;
 pub mod weights;

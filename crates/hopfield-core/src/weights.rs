@@ -180,6 +180,15 @@ pub fn checked_param<S: Into<Shape>>(
         p => format!("{p}.{name}"),
     };
     check_alloc(&full, shape.dims(), vb.dtype())?;
+    // Seeded (crate::rng): a tensor the builder creates (not one it loads) gets its random
+    // initial values from the seeded generator, written into the new variable in place.
+    if !vb.contains_tensor(name) && shape.rank() > 0 {
+        if let Some(values) = crate::rng::seeded_init(&init, &shape, vb.dtype(), vb.device())? {
+            let t = vb.get_with_hints(shape, name, Init::Const(0.0))?;
+            t.slice_set(&values, 0, 0)?;
+            return Ok(t);
+        }
+    }
     vb.get_with_hints(shape, name, init)
 }
 
