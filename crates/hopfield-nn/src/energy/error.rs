@@ -1,5 +1,6 @@
 //! Typed errors of the Energy Transformer modules, converted to `candle_core::Error` at the module
-//! boundary (`candle_core::Error::wrap`), so callers keep using `candle_core::Result`.
+//! boundary (`hopfield_cuda::candle_error!`, recovered with `EtError::find`), so callers keep using
+//! `candle_core::Result`.
 
 use candle_core::DType;
 
@@ -12,7 +13,7 @@ use candle_core::DType;
 /// let c: candle_core::Error = e.into();
 /// assert!(c.to_string().contains("[2, 5, 7]"));
 /// ```
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[derive(Clone, PartialEq, thiserror::Error)]
 pub enum EtError {
     /// A configuration value is out of range.
     #[error("invalid config {field} = {value}: {reason}")]
@@ -163,8 +164,4 @@ pub enum EtError {
     PaperEnergyNeedsEnergyNorm,
 }
 
-impl From<EtError> for candle_core::Error {
-    fn from(e: EtError) -> Self {
-        candle_core::Error::wrap(e)
-    }
-}
+hopfield_cuda::candle_error!(EtError, "hopfield-nn energy");
