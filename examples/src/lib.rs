@@ -175,8 +175,9 @@ pub fn torch_linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Lin
         lo: -bound,
         up: bound,
     };
-    let weight = vb.get_with_hints((out_dim, in_dim), "weight", init)?;
-    let bias = vb.get_with_hints(out_dim, "bias", init)?;
+    // Through checked_param: sizes checked, and seeded by hopfield_core::rng::seed.
+    let weight = hopfield_core::checked_param(&vb, (out_dim, in_dim), "weight", init)?;
+    let bias = hopfield_core::checked_param(&vb, out_dim, "bias", init)?;
     Ok(Linear::new(weight, Some(bias)))
 }
 

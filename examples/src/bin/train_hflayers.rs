@@ -8,8 +8,9 @@
 //! cargo run --release -p hopfield-examples --bin train_hflayers -- bits
 //! ```
 //!
-//! Weight initialisation and dropout use candle's unseedable CPU generator, so numbers vary a
-//! little between runs; `--seed` fixes the data and the batch order.
+//! `--seed` fixes everything random: the data, the batch order, the weight initialisation and the
+//! dropout masks (`hopfield_core::rng::seed`), so a run prints the same numbers every time on the
+//! same machine and thread count.
 
 use candle_core::{DType, Device, Module, ModuleT, Result, Tensor};
 use candle_nn::{AdamW, Linear, Optimizer, ParamsAdamW, VarBuilder, VarMap};
@@ -38,7 +39,7 @@ struct Args {
     /// Where to run: auto (CUDA when built with it and present, else CPU), cpu, cuda, cuda:N.
     #[arg(long, global = true, default_value = "auto")]
     device: DeviceChoice,
-    /// Seed of the batch order (the data sets use hflayers' seeds).
+    /// Seed of the batch order, the weight initialisation and dropout (the data sets use hflayers' seeds).
     #[arg(long, global = true, default_value_t = 42)]
     seed: u64,
 }
@@ -288,6 +289,7 @@ fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     let dev = device(args.device)?;
     let mut rng = StdRng::seed_from_u64(args.seed);
+    hopfield_core::rng::seed(args.seed);
     let ok = match &args.task {
         Task::Latch { epochs, model } => run_latch(&dev, *epochs, model, &mut rng)?,
         Task::Bits { epochs } => run_bits(&dev, *epochs, &mut rng)?,
