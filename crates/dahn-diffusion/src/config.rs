@@ -58,9 +58,16 @@ impl FromStr for AttentionMode {
     }
 }
 
-/// Configuration of the diffusion system (difflayers' `DiffusionConfig`, same fields and
-/// defaults). Plain struct: set fields directly or chain the builder methods, then
-/// [`validate`](Self::validate) (the consumers in this crate validate too).
+/// The diffusion configuration of difflayers (its `DiffusionConfig` and the diffusion arguments of
+/// `DiffusedHopfield`, same names and defaults): [`GraphCache`](crate::GraphCache) builds graphs
+/// and operators from the graph fields, and `hopfield_nn::DiffusedHopfieldConfig` embeds it
+/// whole for the diffuse -> attend loop. Plain struct: set fields directly or chain the builder
+/// methods, then [`validate`](Self::validate) (the consumers validate too).
+///
+/// difflayers' `beta` and `use_sparse` are not here: `DiffusedHopfield`'s loop attention takes
+/// its beta from the Hopfield `scaling`, as difflayers does, so `beta` was read by nothing; graphs
+/// are always stored sparse with the dense path's weights (D4), so `use_sparse` would choose
+/// nothing (`DiffusedHopfieldConfig::from_kwargs` still accepts it).
 ///
 /// ```
 /// use dahn_diffusion::{DiffusionConfig, DiffusionMode};
@@ -71,34 +78,32 @@ impl FromStr for AttentionMode {
 /// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct DiffusionConfig {
-    /// Diffusion strength (step size / heat-kernel time). Default 0.1.
+    /// Diffusion strength (step size / heat-kernel time); 0 turns diffusion off. Default 0.1.
     pub eta: f64,
-    /// Attention inverse temperature. Default 1.0.
-    pub beta: f64,
-    /// Steps per operator call (iterative, factored) or dynamics steps. Default 3.
+    /// Operator applications per call in [`GraphCache`](crate::GraphCache)'s operators
+    /// (iterative, factored); in `DiffusedHopfield`, the number of diffuse -> attend rounds
+    /// (difflayers' `diffusion_steps`), each applying the operator once. Default 3.
     pub steps: usize,
     /// Default factored.
     pub diffusion_mode: DiffusionMode,
-    /// Default dense.
+    /// The loop attention: dense, or over each node's graph neighbours. Default dense.
     pub attention_mode: AttentionMode,
     /// kNN degree (clamped to N - 1 at build time). Default 5.
     pub k_neighbors: usize,
     /// Normalised Laplacian for simple/iterative/spectral (factored always uses `D - W`, as
     /// difflayers, D5). Default true.
     pub use_normalized_laplacian: bool,
-    /// Kept for compatibility: our graphs are always stored sparse and have the same weights
-    /// either way (difflayers' sparse path double-counts mutual edges, B4). Default false.
-    pub use_sparse: bool,
     /// Diffuse the stored patterns (keys). Default true.
     pub diffuse_key: bool,
-    /// Diffuse the state patterns (queries). Default false.
+    /// Diffuse the state patterns (queries) over their own graph. Default false.
     pub diffuse_query: bool,
-    /// Logit diffusion (always crashes in difflayers, D2): rejected by `validate` here, because it
-    /// acts on association logits; `hopfield_nn::DiffusedHopfield` implements it.
+    /// Diffuse the association logits over the key graph (always crashes in difflayers, D2;
+    /// `hopfield_nn::DiffusedHopfield` implements it). Default false.
     pub use_logit_diffusion: bool,
     /// eta for logit diffusion; `None` = `eta`.
     pub logit_eta: Option<f64>,
-    /// Scale eta by attention entropy. Default false.
+    /// Scale eta by the entropy of the raw associations ([`crate::compute_adaptive_eta`]).
+    /// Default false.
     pub adaptive_eta: bool,
     /// Sigmoid temperature of the adaptive eta. Default 5.0.
     pub adaptive_temperature: f64,
@@ -114,13 +119,11 @@ impl Default for DiffusionConfig {
     fn default() -> Self {
         Self {
             eta: 0.1,
-            beta: 1.0,
             steps: 3,
             diffusion_mode: DiffusionMode::Factored,
             attention_mode: AttentionMode::Dense,
             k_neighbors: 5,
             use_normalized_laplacian: true,
-            use_sparse: false,
             diffuse_key: true,
             diffuse_query: false,
             use_logit_diffusion: false,
@@ -144,8 +147,6 @@ impl DiffusionConfig {
     setters! {
         /// Sets `eta`.
         eta: eta: f64;
-        /// Sets `beta`.
-        beta: beta: f64;
         /// Sets `steps`.
         steps: steps: usize;
         /// Sets `diffusion_mode`.
@@ -156,12 +157,14 @@ impl DiffusionConfig {
         k_neighbors: k_neighbors: usize;
         /// Sets `use_normalized_laplacian`.
         normalized_laplacian: use_normalized_laplacian: bool;
-        /// Sets `use_sparse`.
-        sparse: use_sparse: bool;
         /// Sets `diffuse_key`.
         diffuse_key: diffuse_key: bool;
         /// Sets `diffuse_query`.
         diffuse_query: diffuse_query: bool;
+        /// Sets `use_logit_diffusion`.
+        logit_diffusion: use_logit_diffusion: bool;
+        /// Sets `logit_eta`.
+        logit_eta: logit_eta: Option<f64>;
         /// Sets `adaptive_eta`.
         adaptive_eta: adaptive_eta: bool;
         /// Sets `adaptive_temperature`.
@@ -180,8 +183,8 @@ impl DiffusionConfig {
     ///   `(I - eta L)` provably amplifies. Factored mode's bound depends on the degrees and is
     ///   checked when the operator is built (`FactoredDiffusion`); spectral is stable for any eta;
     /// - `k_neighbors >= 1`, `1 <= steps <= MAX_STEPS` ([`crate::MAX_STEPS`]);
-    /// - `beta`, `adaptive_temperature`, `adaptive_threshold` finite; `energy_stop_tol >= 0`;
-    /// - `use_logit_diffusion` is rejected (it crashes in difflayers, D2, and is not implemented).
+    /// - `adaptive_temperature`, `adaptive_threshold` finite; `energy_stop_tol >= 0`;
+    /// - `logit_eta`, when given, finite and >= 0.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| -> Result<()> { Err(DiffusionError::InvalidConfig(m).into()) };
         if !self.eta.is_finite() || self.eta < 0.0 {
@@ -208,7 +211,6 @@ impl DiffusionConfig {
         }
         crate::validate::steps(self.steps, "DiffusionConfig")?;
         for (name, v) in [
-            ("beta", self.beta),
             ("adaptive_temperature", self.adaptive_temperature),
             ("adaptive_threshold", self.adaptive_threshold),
         ] {
@@ -227,12 +229,6 @@ impl DiffusionConfig {
                 return bad(format!("logit_eta must be finite and >= 0, got {e}"));
             }
         }
-        if self.use_logit_diffusion {
-            return bad(
-                "use_logit_diffusion is not a graph-operator setting: use hopfield_nn::DiffusedHopfield, which implements it (it always crashes in difflayers 0.1.1, D2)"
-                    .into(),
-            );
-        }
         Ok(())
     }
 }
@@ -245,7 +241,7 @@ mod tests {
     #[test]
     fn defaults_are_difflayers_defaults() {
         let c = DiffusionConfig::default();
-        assert_eq!((c.eta, c.beta, c.steps, c.k_neighbors), (0.1, 1.0, 3, 5));
+        assert_eq!((c.eta, c.steps, c.k_neighbors), (0.1, 3, 5));
         assert_eq!(c.diffusion_mode, DiffusionMode::Factored);
         assert!(c.use_normalized_laplacian && c.diffuse_key && !c.diffuse_query && c.cache_graph);
         assert!(c.validate().is_ok());
@@ -256,9 +252,9 @@ mod tests {
     #[case(DiffusionConfig::default().eta(f64::NAN))]
     #[case(DiffusionConfig::default().k_neighbors(0))]
     #[case(DiffusionConfig::default().steps(0))]
-    #[case(DiffusionConfig::default().beta(f64::INFINITY))]
+    #[case(DiffusionConfig::default().adaptive_temperature(f64::INFINITY))]
+    #[case(DiffusionConfig::default().logit_eta(Some(-1.0)))]
     #[case(DiffusionConfig::default().energy_stop_tol(-1.0))]
-    #[case(DiffusionConfig { use_logit_diffusion: true, ..Default::default() })]
     #[case(DiffusionConfig::default().mode(DiffusionMode::Simple).eta(2.5))]
     fn invalid_configs_are_typed_errors(#[case] c: DiffusionConfig) {
         let e = c.validate().unwrap_err();

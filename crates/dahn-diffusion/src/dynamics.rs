@@ -200,16 +200,6 @@ impl DynamicsEngine {
         }
         Ok(x)
     }
-
-    /// See [`compute_adaptive_eta`].
-    pub fn compute_adaptive_eta(
-        logits: &Tensor,
-        base_eta: f64,
-        temperature: f64,
-        threshold: f64,
-    ) -> Result<f64> {
-        compute_adaptive_eta(logits, base_eta, temperature, threshold)
-    }
 }
 
 /// Entropy-gated eta: `base_eta * sigmoid(temperature * (H - threshold))` with `H` the mean over

@@ -249,9 +249,9 @@ proptest! {
     #[test]
     fn graph_cache(x in prop_oneof![patterns(), (0usize..5, 0usize..3).prop_flat_map(|(n, d)| tensor(vec![n, d]))],
                    k in prop_oneof![1usize..5, Just(0usize), Just(usize::MAX)], m in mode(), eta in param(),
-                   steps in steps(), normalized in any::<bool>(), beta in param()) {
+                   steps in steps(), normalized in any::<bool>()) {
         let cfg = DiffusionConfig::default().k_neighbors(k).mode(m).eta(eta).steps(steps)
-            .normalized_laplacian(normalized).beta(beta);
+            .normalized_laplacian(normalized);
         if let Some(cache) = typed(GraphCache::new(cfg))? {
             if let Some(g) = typed(cache.get(&x))? {
                 typed_or_finite(g.operator.apply(&x))?;

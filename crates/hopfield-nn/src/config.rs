@@ -5,6 +5,7 @@ use crate::activation::Activation;
 use hopfield_core::{
     CoreConfig, CoreLayout, HopfieldError, OnNoConvergence, Scaling, StepsEps, UpdateSteps,
 };
+use serde::Deserialize;
 use serde_json::{Map, Value};
 
 /// Configuration of [`Hopfield`](crate::Hopfield): hflayers' constructor arguments in snake_case
@@ -439,163 +440,391 @@ impl HopfieldConfig {
         self.resolve().map(|_| ())
     }
 
-    /// Parses hflayers' constructor kwargs (a JSON object, e.g. the goldens' `kwargs` metadata).
-    /// Unknown keys are errors, so a typo never silently means a default.
+    /// Parses hflayers' constructor kwargs (a JSON object, e.g. the goldens' `kwargs` metadata),
+    /// with hflayers' names; `null` where hflayers takes `None`, a number or a list for the
+    /// per-head arguments. Unknown keys and values of the wrong type are errors that name the
+    /// argument, so a typo never silently means a default.
+    ///
+    /// ```
+    /// use hopfield_nn::{HopfieldConfig, HopfieldError, UpdateSteps};
+    /// let cfg = HopfieldConfig::from_kwargs(r#"{"input_size": 8, "update_steps_max": null}"#)?;
+    /// assert_eq!(cfg.update_steps_max, UpdateSteps::UntilConvergence);
+    /// let e = HopfieldConfig::from_kwargs(r#"{"input_size": 8, "hidden_size": -3}"#).unwrap_err();
+    /// assert_eq!(e.to_string(), "invalid config `hidden_size`: expected a non-negative integer, got -3");
+    /// let e = HopfieldConfig::from_kwargs(r#"{"input_size": 8, "num_head": 2}"#).unwrap_err();
+    /// assert_eq!(e.to_string(), r#"invalid config `kwargs`: unknown argument "num_head""#);
+    /// # Ok::<(), HopfieldError>(())
+    /// ```
     pub fn from_kwargs(json: &str) -> Result<Self, HopfieldError> {
-        let v: Value = serde_json::from_str(json).map_err(|e| HopfieldError::Config {
-            field: "kwargs",
-            reason: e.to_string(),
-        })?;
-        let obj = v.as_object().ok_or_else(|| HopfieldError::Config {
-            field: "kwargs",
-            reason: "expected a JSON object".into(),
-        })?;
-        let mut rest = obj.clone();
-        let cfg = Self::take_kwargs(&mut rest)?;
-        reject_unknown(&rest)?;
-        Ok(cfg)
+        Self::from_kwargs_map(kwargs::object(json)?)
     }
 
-    /// Takes the Hopfield kwargs out of `obj`, leaving any others (for the wrappers' own keys).
-    pub(crate) fn take_kwargs(obj: &mut Map<String, Value>) -> Result<Self, HopfieldError> {
-        let mut c = Self::default();
-        let keys: Vec<String> = obj.keys().cloned().collect();
-        for k in keys {
-            let v = &obj[&k];
-            macro_rules! set {
-                ($field:ident, $parse:expr) => {{
-                    c.$field = $parse(stringify!($field), v)?;
-                }};
-            }
-            match k.as_str() {
-                "input_size" => set!(input_size, opt_usize),
-                "hidden_size" => set!(hidden_size, opt_usize),
-                "output_size" => set!(output_size, opt_usize),
-                "pattern_size" => set!(pattern_size, opt_usize),
-                "num_heads" => set!(num_heads, req_usize),
-                "scaling" => set!(scaling, scaling),
-                "update_steps_max" => set!(update_steps_max, update_steps),
-                "update_steps_eps" => set!(update_steps_eps, steps_eps),
-                "normalize_stored_pattern" => set!(normalize_stored_pattern, boolean),
-                "normalize_stored_pattern_affine" => set!(normalize_stored_pattern_affine, boolean),
-                "normalize_stored_pattern_eps" => set!(normalize_stored_pattern_eps, float),
-                "normalize_state_pattern" => set!(normalize_state_pattern, boolean),
-                "normalize_state_pattern_affine" => set!(normalize_state_pattern_affine, boolean),
-                "normalize_state_pattern_eps" => set!(normalize_state_pattern_eps, float),
-                "normalize_pattern_projection" => set!(normalize_pattern_projection, boolean),
-                "normalize_pattern_projection_affine" => {
-                    set!(normalize_pattern_projection_affine, boolean)
+    /// [`from_kwargs`](Self::from_kwargs) on a parsed object (the wrappers hand over what is left
+    /// after their own arguments).
+    pub(crate) fn from_kwargs_map(map: Map<String, Value>) -> Result<Self, HopfieldError> {
+        kwargs::parse::<HopfieldKwargs>(map)?.into_config()
+    }
+}
+
+kwargs::kwargs_struct! {
+    /// hflayers' `Hopfield(...)` arguments, as given.
+    struct HopfieldKwargs {
+        input_size: Option<usize>,
+        hidden_size: Option<usize>,
+        output_size: Option<usize>,
+        pattern_size: Option<usize>,
+        num_heads: usize,
+        scaling: Option<ScalingKw>,
+        update_steps_max: Option<UpdateStepsKw>,
+        update_steps_eps: StepsEpsKw,
+        normalize_stored_pattern: bool,
+        normalize_stored_pattern_affine: bool,
+        normalize_stored_pattern_eps: f64,
+        normalize_state_pattern: bool,
+        normalize_state_pattern_affine: bool,
+        normalize_state_pattern_eps: f64,
+        normalize_pattern_projection: bool,
+        normalize_pattern_projection_affine: bool,
+        normalize_pattern_projection_eps: f64,
+        normalize_hopfield_space: bool,
+        normalize_hopfield_space_affine: bool,
+        normalize_hopfield_space_eps: f64,
+        stored_pattern_as_static: bool,
+        state_pattern_as_static: bool,
+        pattern_projection_as_static: bool,
+        pattern_projection_as_connected: bool,
+        stored_pattern_size: Option<usize>,
+        pattern_projection_size: Option<usize>,
+        batch_first: bool,
+        association_activation: Option<String>,
+        dropout: f64,
+        input_bias: bool,
+        concat_bias_pattern: bool,
+        add_zero_association: bool,
+        disable_out_projection: bool,
+    }
+}
+
+/// `scaling`: one beta, or one per head (hflayers takes a float or a tensor).
+#[derive(Deserialize)]
+#[serde(untagged, expecting = "a number, a list of numbers or null")]
+enum ScalingKw {
+    Scalar(f64),
+    PerHead(Vec<f64>),
+}
+
+/// `update_steps_max`: a count, or one per head where a negative entry means "until
+/// convergence" (hflayers' tensor form); `null` (the outer `Option`) means until convergence.
+#[derive(Deserialize)]
+#[serde(
+    untagged,
+    expecting = "a non-negative integer, a list of integers or null"
+)]
+enum UpdateStepsKw {
+    Max(usize),
+    PerHead(Vec<i64>),
+}
+
+/// `update_steps_eps`: one threshold, or one per head.
+#[derive(Deserialize)]
+#[serde(untagged, expecting = "a number or a list of numbers")]
+enum StepsEpsKw {
+    Scalar(f64),
+    PerHead(Vec<f64>),
+}
+
+impl HopfieldKwargs {
+    fn into_config(self) -> Result<HopfieldConfig, HopfieldError> {
+        let mut c = HopfieldConfig::default();
+        macro_rules! given {
+            ($($field:ident),*) => {
+                $(if let Some(v) = self.$field {
+                    c.$field = v;
+                })*
+            };
+        }
+        given!(
+            input_size,
+            hidden_size,
+            output_size,
+            pattern_size,
+            num_heads,
+            normalize_stored_pattern,
+            normalize_stored_pattern_affine,
+            normalize_stored_pattern_eps,
+            normalize_state_pattern,
+            normalize_state_pattern_affine,
+            normalize_state_pattern_eps,
+            normalize_pattern_projection,
+            normalize_pattern_projection_affine,
+            normalize_pattern_projection_eps,
+            normalize_hopfield_space,
+            normalize_hopfield_space_affine,
+            normalize_hopfield_space_eps,
+            stored_pattern_as_static,
+            state_pattern_as_static,
+            pattern_projection_as_static,
+            pattern_projection_as_connected,
+            stored_pattern_size,
+            pattern_projection_size,
+            batch_first,
+            dropout,
+            input_bias,
+            concat_bias_pattern,
+            add_zero_association,
+            disable_out_projection
+        );
+        if let Some(s) = self.scaling {
+            c.scaling = s.map(|s| match s {
+                ScalingKw::Scalar(b) => Scaling::Scalar(b),
+                ScalingKw::PerHead(b) => Scaling::PerHead(b),
+            });
+        }
+        if let Some(s) = self.update_steps_max {
+            c.update_steps_max = match s {
+                None => UpdateSteps::UntilConvergence,
+                Some(UpdateStepsKw::Max(k)) => UpdateSteps::Max(k),
+                Some(UpdateStepsKw::PerHead(ks)) => {
+                    UpdateSteps::PerHead(ks.into_iter().map(|k| usize::try_from(k).ok()).collect())
                 }
-                "normalize_pattern_projection_eps" => set!(normalize_pattern_projection_eps, float),
-                "normalize_hopfield_space" => set!(normalize_hopfield_space, boolean),
-                "normalize_hopfield_space_affine" => set!(normalize_hopfield_space_affine, boolean),
-                "normalize_hopfield_space_eps" => set!(normalize_hopfield_space_eps, float),
-                "stored_pattern_as_static" => set!(stored_pattern_as_static, boolean),
-                "state_pattern_as_static" => set!(state_pattern_as_static, boolean),
-                "pattern_projection_as_static" => set!(pattern_projection_as_static, boolean),
-                "pattern_projection_as_connected" => set!(pattern_projection_as_connected, boolean),
-                "stored_pattern_size" => set!(stored_pattern_size, opt_usize),
-                "pattern_projection_size" => set!(pattern_projection_size, opt_usize),
-                "batch_first" => set!(batch_first, boolean),
-                "association_activation" => set!(association_activation, activation),
-                "dropout" => set!(dropout, float),
-                "input_bias" => set!(input_bias, boolean),
-                "concat_bias_pattern" => set!(concat_bias_pattern, boolean),
-                "add_zero_association" => set!(add_zero_association, boolean),
-                "disable_out_projection" => set!(disable_out_projection, boolean),
-                _ => continue,
-            }
-            obj.remove(&k);
+            };
+        }
+        if let Some(e) = self.update_steps_eps {
+            c.update_steps_eps = match e {
+                StepsEpsKw::Scalar(e) => StepsEps::Scalar(e),
+                StepsEpsKw::PerHead(e) => StepsEps::PerHead(e),
+            };
+        }
+        if let Some(a) = self.association_activation {
+            c.association_activation = a
+                .map(|name| activation_named("association_activation", &name))
+                .transpose()?;
         }
         Ok(c)
     }
 }
 
-pub(crate) fn reject_unknown(rest: &Map<String, Value>) -> Result<(), HopfieldError> {
-    match rest.keys().next() {
-        None => Ok(()),
-        Some(k) => Err(HopfieldError::Config {
-            field: "kwargs",
-            reason: format!("unknown argument {k:?}"),
-        }),
+/// [`Activation::from_name`] with the error on the argument that named it.
+pub(crate) fn activation_named(
+    field: &'static str,
+    name: &str,
+) -> Result<Activation, HopfieldError> {
+    Activation::from_name(name).map_err(|e| match e {
+        HopfieldError::Config { reason, .. } => HopfieldError::Config { field, reason },
+        other => other,
+    })
+}
+/// Constructor kwargs as JSON: serde derives the parsing, this module only attributes each failure
+/// to the argument it belongs to (serde's own messages name a type, never the key).
+pub(crate) mod kwargs {
+    use hopfield_core::HopfieldError;
+    use serde::de::{self, DeserializeOwned, DeserializeSeed, IntoDeserializer, MapAccess};
+    use serde::{Deserialize, Deserializer};
+    use serde_json::{Map, Value};
+
+    /// Declares a private kwargs struct: every field is `Option<T>`, `None` when the key is absent,
+    /// so the typed config keeps the one set of defaults; a present `null` is `T`'s business (an
+    /// error unless `T` is itself an `Option`), unlike serde's plain `Option`, which would let
+    /// `null` silently mean "default".
+    macro_rules! kwargs_struct {
+        ($(#[$m:meta])* struct $name:ident { $($(#[$fm:meta])* $field:ident: $ty:ty,)* }) => {
+            $(#[$m])*
+            #[derive(serde::Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct $name {
+                $(
+                    $(#[$fm])*
+                    #[serde(default, deserialize_with = "crate::config::kwargs::present")]
+                    $field: Option<$ty>,
+                )*
+            }
+        };
     }
-}
+    pub(crate) use kwargs_struct;
 
-fn bad(field: &'static str, what: &str, v: &Value) -> HopfieldError {
-    HopfieldError::Config {
-        field,
-        reason: format!("expected {what}, got {v}"),
+    /// `deserialize_with` helper of [`kwargs_struct`]: a present key is `Some`, whatever its value.
+    pub(crate) fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+        d: D,
+    ) -> Result<Option<T>, D::Error> {
+        T::deserialize(d).map(Some)
     }
-}
 
-pub(crate) fn req_usize(f: &'static str, v: &Value) -> Result<usize, HopfieldError> {
-    v.as_u64()
-        .map(|x| x as usize)
-        .ok_or_else(|| bad(f, "a non-negative integer", v))
-}
-
-pub(crate) fn opt_usize(f: &'static str, v: &Value) -> Result<Option<usize>, HopfieldError> {
-    if v.is_null() {
-        Ok(None)
-    } else {
-        req_usize(f, v).map(Some)
+    /// Why a kwargs object did not parse, attributed to an argument where there is one.
+    #[derive(Debug, Clone, PartialEq)]
+    pub(crate) enum Failure {
+        /// Not JSON, or not a JSON object.
+        NotObject(String),
+        /// A key the constructor does not take.
+        Unknown { key: String, value: Value },
+        /// A known argument with a value of the wrong type.
+        Invalid {
+            field: &'static str,
+            value: Value,
+            expected: String,
+        },
+        /// A required argument is absent.
+        Missing { field: &'static str },
     }
-}
 
-pub(crate) fn boolean(f: &'static str, v: &Value) -> Result<bool, HopfieldError> {
-    v.as_bool().ok_or_else(|| bad(f, "a boolean", v))
-}
-
-pub(crate) fn float(f: &'static str, v: &Value) -> Result<f64, HopfieldError> {
-    v.as_f64().ok_or_else(|| bad(f, "a number", v))
-}
-
-fn floats(f: &'static str, v: &Value) -> Result<Vec<f64>, HopfieldError> {
-    v.as_array()
-        .ok_or_else(|| bad(f, "a list of numbers", v))?
-        .iter()
-        .map(|x| float(f, x))
-        .collect()
-}
-
-fn scaling(f: &'static str, v: &Value) -> Result<Option<Scaling>, HopfieldError> {
-    match v {
-        Value::Null => Ok(None),
-        Value::Number(_) => Ok(Some(Scaling::Scalar(float(f, v)?))),
-        _ => Ok(Some(Scaling::PerHead(floats(f, v)?))),
+    impl From<Failure> for HopfieldError {
+        fn from(f: Failure) -> Self {
+            match f {
+                Failure::NotObject(reason) => HopfieldError::Config {
+                    field: "kwargs",
+                    reason,
+                },
+                Failure::Unknown { key, .. } => HopfieldError::Config {
+                    field: "kwargs",
+                    reason: format!("unknown argument {key:?}"),
+                },
+                Failure::Invalid {
+                    field,
+                    value,
+                    expected,
+                } => HopfieldError::Config {
+                    field,
+                    reason: format!("expected {expected}, got {value}"),
+                },
+                Failure::Missing { field } => HopfieldError::Config {
+                    field,
+                    reason: "is required".into(),
+                },
+            }
+        }
     }
-}
 
-fn update_steps(f: &'static str, v: &Value) -> Result<UpdateSteps, HopfieldError> {
-    match v {
-        Value::Null => Ok(UpdateSteps::UntilConvergence),
-        Value::Number(_) => Ok(UpdateSteps::Max(req_usize(f, v)?)),
-        Value::Array(a) => a
-            .iter()
-            .map(|x| match x.as_i64() {
-                // hflayers' tensor form uses negative entries for "until convergence".
-                Some(k) if k < 0 => Ok(None),
-                Some(k) => Ok(Some(k as usize)),
-                None => Err(bad(f, "integers", x)),
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map(UpdateSteps::PerHead),
-        _ => Err(bad(f, "an integer, a list of integers or null", v)),
+    /// The JSON object of `json`.
+    pub(crate) fn object(json: &str) -> Result<Map<String, Value>, Failure> {
+        match serde_json::from_str(json) {
+            Ok(Value::Object(o)) => Ok(o),
+            Ok(_) => Err(Failure::NotObject("expected a JSON object".into())),
+            Err(e) => Err(Failure::NotObject(e.to_string())),
+        }
     }
-}
 
-fn steps_eps(f: &'static str, v: &Value) -> Result<StepsEps, HopfieldError> {
-    match v {
-        Value::Number(_) => Ok(StepsEps::Scalar(float(f, v)?)),
-        _ => Ok(StepsEps::PerHead(floats(f, v)?)),
+    /// Takes the keys that `T` declares out of `map` (a wrapper's own arguments, before the rest
+    /// go to the inner Hopfield's kwargs).
+    pub(crate) fn split_off<T: DeserializeOwned>(
+        map: &mut Map<String, Value>,
+    ) -> Map<String, Value> {
+        let fields = fields_of::<T>();
+        let keys: Vec<String> = map
+            .keys()
+            .filter(|k| fields.contains(&k.as_str()))
+            .cloned()
+            .collect();
+        keys.into_iter()
+            .filter_map(|k| map.remove_entry(&k))
+            .collect()
     }
-}
 
-fn activation(f: &'static str, v: &Value) -> Result<Option<Activation>, HopfieldError> {
-    match v {
-        Value::Null => Ok(None),
-        Value::String(s) => Activation::from_name(s).map(Some),
-        _ => Err(bad(f, "a function name or null", v)),
+    /// Deserializes `T` from `map`, naming the argument of any failure.
+    pub(crate) fn parse<T: DeserializeOwned>(map: Map<String, Value>) -> Result<T, Failure> {
+        let mut current: Option<(String, Value)> = None;
+        let mut exhausted = false;
+        let access = Tracked {
+            entries: map.into_iter(),
+            value: None,
+            current: &mut current,
+            exhausted: &mut exhausted,
+        };
+        let err = match T::deserialize(de::value::MapAccessDeserializer::new(access)) {
+            Ok(t) => return Ok(t),
+            Err(e) => e.to_string(),
+        };
+        let fields = fields_of::<T>();
+        let known = |name: &str| fields.iter().copied().find(|f| *f == name);
+        if exhausted {
+            // Every key was read: only a missing field fails after that.
+            let name = err.split('`').nth(1).and_then(known).unwrap_or("kwargs");
+            return Err(Failure::Missing { field: name });
+        }
+        let (key, value) = current.unwrap_or_default();
+        match known(&key) {
+            None => Err(Failure::Unknown { key, value }),
+            Some(field) => Err(Failure::Invalid {
+                field,
+                value,
+                expected: expected(&err),
+            }),
+        }
+    }
+
+    /// What a type error expected, in words: serde's "invalid type: X, expected Y" names Rust
+    /// types for the primitives; an untagged enum's message is its `expecting` text.
+    fn expected(serde_message: &str) -> String {
+        let y = serde_message
+            .rsplit_once(", expected ")
+            .map_or(serde_message, |(_, y)| y);
+        match y {
+            "usize" | "u64" | "u32" | "u16" | "u8" => "a non-negative integer".into(),
+            "f64" | "f32" => "a number".into(),
+            "a sequence" => "a list".into(),
+            "a map" => "a JSON object".into(),
+            other => other.into(),
+        }
+    }
+
+    /// A map access over the kwargs object that remembers the entry being read, so that a failure
+    /// can be put on its key.
+    struct Tracked<'a> {
+        entries: serde_json::map::IntoIter,
+        value: Option<Value>,
+        current: &'a mut Option<(String, Value)>,
+        exhausted: &'a mut bool,
+    }
+
+    impl<'de> MapAccess<'de> for Tracked<'_> {
+        type Error = serde_json::Error;
+
+        fn next_key_seed<K: DeserializeSeed<'de>>(
+            &mut self,
+            seed: K,
+        ) -> Result<Option<K::Value>, Self::Error> {
+            let Some((key, value)) = self.entries.next() else {
+                *self.exhausted = true;
+                return Ok(None);
+            };
+            *self.current = Some((key.clone(), value.clone()));
+            self.value = Some(value);
+            seed.deserialize(key.into_deserializer()).map(Some)
+        }
+
+        fn next_value_seed<V: DeserializeSeed<'de>>(
+            &mut self,
+            seed: V,
+        ) -> Result<V::Value, Self::Error> {
+            seed.deserialize(self.value.take().unwrap_or(Value::Null))
+        }
+    }
+
+    /// The field names a derived `Deserialize` struct declares (serde hands them to
+    /// `deserialize_struct`, as `'static` strings).
+    pub(crate) fn fields_of<T: DeserializeOwned>() -> &'static [&'static str] {
+        struct Probe<'a>(&'a mut &'static [&'static str]);
+        impl<'de> Deserializer<'de> for Probe<'_> {
+            type Error = de::value::Error;
+            fn deserialize_any<V: de::Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+                Err(de::Error::custom("not a struct"))
+            }
+            fn deserialize_struct<V: de::Visitor<'de>>(
+                self,
+                _: &'static str,
+                fields: &'static [&'static str],
+                _: V,
+            ) -> Result<V::Value, Self::Error> {
+                *self.0 = fields;
+                Err(de::Error::custom("probed"))
+            }
+            serde::forward_to_deserialize_any! {
+                bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+                byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map enum
+                identifier ignored_any
+            }
+        }
+        let mut fields: &'static [&'static str] = &[];
+        let _ = T::deserialize(Probe(&mut fields));
+        fields
     }
 }
 

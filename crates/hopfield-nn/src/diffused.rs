@@ -24,9 +24,8 @@
 //!   masks act in the core only, as in difflayers.
 //! - Float64 end to end (D1); graph cache keyed on the pattern values (D10).
 
-use crate::config::{boolean, float, reject_unknown, req_usize, HopfieldConfig};
+use crate::config::{kwargs, HopfieldConfig};
 use crate::hopfield::{Hopfield, HopfieldInput, HopfieldOutput};
-use crate::pooling::parse_object;
 use candle_core::{ModuleT, Result, Tensor};
 use candle_nn::VarBuilder;
 use dahn_diffusion::{
@@ -46,51 +45,21 @@ pub enum GraphScope {
     BatchMean,
 }
 
-/// Configuration of [`DiffusedHopfield`]: the Hopfield arguments plus difflayers' diffusion
-/// arguments (same names and defaults).
+/// Configuration of [`DiffusedHopfield`]: the Hopfield arguments, difflayers' diffusion arguments
+/// (one [`DiffusionConfig`], same names and defaults; difflayers' `diffusion_steps` is its
+/// `steps`) and where graphs come from.
 ///
 /// ```
-/// use hopfield_nn::DiffusedHopfieldConfig;
-/// let cfg = DiffusedHopfieldConfig::from_kwargs(r#"{"input_size": 8, "eta": 0.2, "diffusion_mode": "simple"}"#)?;
-/// assert_eq!((cfg.eta, cfg.k_neighbors, cfg.diffusion_steps), (0.2, 5, 3));
-/// # Ok::<(), hopfield_core::HopfieldError>(())
+/// use hopfield_nn::{DiffusedHopfieldConfig, HopfieldConfig};
+/// let cfg = DiffusedHopfieldConfig::new(HopfieldConfig::new(8)).with_eta(0.2).with_diffusion_steps(4);
+/// assert_eq!((cfg.diffusion.eta, cfg.diffusion.k_neighbors, cfg.diffusion.steps), (0.2, 5, 4));
 /// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct DiffusedHopfieldConfig {
     /// The Hopfield part.
     pub hopfield: HopfieldConfig,
-    /// Diffusion strength (0 disables diffusion). Default 0.1.
-    pub eta: f64,
-    /// kNN degree of the pattern graphs (clamped to S - 1). Default 5.
-    pub k_neighbors: usize,
-    /// Normalised Laplacian for simple/iterative/spectral (factored always uses D - W). Default true.
-    pub use_normalized_laplacian: bool,
-    /// Diffuse the state patterns (queries) over their own graph. Default false.
-    pub diffuse_query: bool,
-    /// Diffuse the stored patterns (keys). Default true.
-    pub diffuse_key: bool,
-    /// Operator. Default factored.
-    pub diffusion_mode: DiffusionMode,
-    /// Rounds of diffuse -> attend. Default 3.
-    pub diffusion_steps: usize,
-    /// Loop attention: dense, or over each node's graph neighbours (needs L == S). Default dense.
-    pub attention_mode: AttentionMode,
-    /// Accepted for compatibility (graphs are always stored sparse, with dense semantics).
-    pub use_sparse: bool,
-    /// Diffuse the association logits over the key graph. Default false.
-    pub use_logit_diffusion: bool,
-    /// eta of the logit diffusion (`None`: `eta`).
-    pub logit_eta: Option<f64>,
-    /// Scale eta by the entropy of the raw associations. Default false.
-    pub adaptive_eta: bool,
-    /// Sigmoid temperature of the adaptive eta. Default 5.
-    pub adaptive_temperature: f64,
-    /// Entropy midpoint of the adaptive eta. Default 1.
-    pub adaptive_threshold: f64,
-    /// Reuse a graph while the patterns are unchanged. Default true.
-    pub cache_graph: bool,
-    /// Stop the loop when the energy changes by less than this (0: never). Default 0.
-    pub energy_stop_tol: f64,
+    /// The diffusion part: graphs, operator and the diffuse -> attend loop (`steps` rounds).
+    pub diffusion: DiffusionConfig,
     /// Graph per sample (default) or from the batch mean (difflayers).
     pub graph_scope: GraphScope,
 }
@@ -100,83 +69,81 @@ impl DiffusedHopfieldConfig {
     pub fn new(hopfield: HopfieldConfig) -> Self {
         Self {
             hopfield,
-            eta: 0.1,
-            k_neighbors: 5,
-            use_normalized_laplacian: true,
-            diffuse_query: false,
-            diffuse_key: true,
-            diffusion_mode: DiffusionMode::Factored,
-            diffusion_steps: 3,
-            attention_mode: AttentionMode::Dense,
-            use_sparse: false,
-            use_logit_diffusion: false,
-            logit_eta: None,
-            adaptive_eta: false,
-            adaptive_temperature: 5.0,
-            adaptive_threshold: 1.0,
-            cache_graph: true,
-            energy_stop_tol: 0.0,
+            diffusion: DiffusionConfig::default(),
             graph_scope: GraphScope::PerSample,
         }
     }
 
+    /// Replaces the whole diffusion configuration.
+    ///
+    /// ```
+    /// use dahn_diffusion::{DiffusionConfig, DiffusionMode};
+    /// use hopfield_nn::{DiffusedHopfieldConfig, HopfieldConfig};
+    /// let d = DiffusionConfig::default().mode(DiffusionMode::Simple).k_neighbors(3);
+    /// let cfg = DiffusedHopfieldConfig::new(HopfieldConfig::new(8)).with_diffusion(d.clone());
+    /// assert_eq!(cfg.diffusion, d);
+    /// ```
+    pub fn with_diffusion(mut self, diffusion: DiffusionConfig) -> Self {
+        self.diffusion = diffusion;
+        self
+    }
     /// Sets `eta`.
     pub fn with_eta(mut self, v: f64) -> Self {
-        self.eta = v;
+        self.diffusion.eta = v;
         self
     }
     /// Sets `k_neighbors`.
     pub fn with_k_neighbors(mut self, v: usize) -> Self {
-        self.k_neighbors = v;
+        self.diffusion.k_neighbors = v;
         self
     }
     /// Sets `diffusion_mode`.
     pub fn with_diffusion_mode(mut self, v: DiffusionMode) -> Self {
-        self.diffusion_mode = v;
+        self.diffusion.diffusion_mode = v;
         self
     }
-    /// Sets `diffusion_steps`.
+    /// Sets the number of diffuse -> attend rounds (difflayers' `diffusion_steps`).
     pub fn with_diffusion_steps(mut self, v: usize) -> Self {
-        self.diffusion_steps = v;
+        self.diffusion.steps = v;
         self
     }
     /// Sets `diffuse_key` and `diffuse_query`.
     pub fn with_diffuse(mut self, key: bool, query: bool) -> Self {
-        self.diffuse_key = key;
-        self.diffuse_query = query;
+        self.diffusion.diffuse_key = key;
+        self.diffusion.diffuse_query = query;
         self
     }
     /// Sets `use_normalized_laplacian`.
     pub fn with_normalized_laplacian(mut self, v: bool) -> Self {
-        self.use_normalized_laplacian = v;
+        self.diffusion.use_normalized_laplacian = v;
         self
     }
     /// Sets `attention_mode`.
     pub fn with_attention_mode(mut self, v: AttentionMode) -> Self {
-        self.attention_mode = v;
+        self.diffusion.attention_mode = v;
         self
     }
     /// Enables logit diffusion with this eta (`None`: `eta`).
     pub fn with_logit_diffusion(mut self, on: bool, logit_eta: Option<f64>) -> Self {
-        self.use_logit_diffusion = on;
-        self.logit_eta = logit_eta;
+        self.diffusion.use_logit_diffusion = on;
+        self.diffusion.logit_eta = logit_eta;
         self
     }
     /// Enables the entropy-adaptive eta.
     pub fn with_adaptive_eta(mut self, on: bool, temperature: f64, threshold: f64) -> Self {
-        self.adaptive_eta = on;
-        self.adaptive_temperature = temperature;
-        self.adaptive_threshold = threshold;
+        self.diffusion.adaptive_eta = on;
+        self.diffusion.adaptive_temperature = temperature;
+        self.diffusion.adaptive_threshold = threshold;
         self
     }
     /// Sets `energy_stop_tol`.
     pub fn with_energy_stop_tol(mut self, v: f64) -> Self {
-        self.energy_stop_tol = v;
+        self.diffusion.energy_stop_tol = v;
         self
     }
     /// Sets `cache_graph`.
     pub fn with_cache_graph(mut self, v: bool) -> Self {
-        self.cache_graph = v;
+        self.diffusion.cache_graph = v;
         self
     }
     /// Sets `graph_scope`.
@@ -185,111 +152,86 @@ impl DiffusedHopfieldConfig {
         self
     }
 
-    /// Parses difflayers' `DiffusedHopfield` kwargs (Hopfield's plus the diffusion arguments, and
-    /// our `graph_scope`: `"per_sample"` or `"batch_mean"`).
+    /// Parses difflayers' `DiffusedHopfield` kwargs: Hopfield's ([`HopfieldConfig::from_kwargs`]),
+    /// the diffusion arguments, and our `graph_scope` (`"per_sample"` or `"batch_mean"`).
+    /// `use_sparse` is accepted and changes nothing (graphs are always stored sparse with the
+    /// dense path's weights, D4). Errors name the argument.
+    ///
+    /// ```
+    /// use dahn_diffusion::DiffusionMode;
+    /// use hopfield_nn::DiffusedHopfieldConfig;
+    /// let cfg = DiffusedHopfieldConfig::from_kwargs(
+    ///     r#"{"input_size": 8, "eta": 0.2, "diffusion_mode": "simple", "diffusion_steps": 2}"#)?;
+    /// assert_eq!((cfg.diffusion.eta, cfg.diffusion.diffusion_mode, cfg.diffusion.steps), (0.2, DiffusionMode::Simple, 2));
+    /// let e = DiffusedHopfieldConfig::from_kwargs(r#"{"input_size": 8, "eta": "0.2"}"#).unwrap_err();
+    /// assert_eq!(e.to_string(), r#"invalid config `eta`: expected a number, got "0.2""#);
+    /// # Ok::<(), hopfield_core::HopfieldError>(())
+    /// ```
     pub fn from_kwargs(json: &str) -> std::result::Result<Self, HopfieldError> {
-        let mut obj = parse_object(json)?;
-        let mut c = Self::new(HopfieldConfig::default());
-        let keys: Vec<String> = obj.keys().cloned().collect();
-        let text = |f: &'static str, v: &serde_json::Value| {
-            v.as_str()
-                .map(str::to_string)
-                .ok_or_else(|| HopfieldError::Config {
-                    field: f,
-                    reason: format!("expected a string, got {v}"),
-                })
-        };
-        let parse_err = |f: &'static str, e: candle_core::Error| HopfieldError::Config {
-            field: f,
+        let mut rest = kwargs::object(json)?;
+        let kw: DiffusedKwargs = kwargs::parse(kwargs::split_off::<DiffusedKwargs>(&mut rest))?;
+        let mut c = Self::new(HopfieldConfig::from_kwargs_map(rest)?);
+        let d = &mut c.diffusion;
+        macro_rules! given {
+            ($($kw:ident => $field:ident),*) => {
+                $(if let Some(v) = kw.$kw {
+                    d.$field = v;
+                })*
+            };
+        }
+        given!(
+            eta => eta,
+            k_neighbors => k_neighbors,
+            use_normalized_laplacian => use_normalized_laplacian,
+            diffuse_query => diffuse_query,
+            diffuse_key => diffuse_key,
+            diffusion_steps => steps,
+            use_logit_diffusion => use_logit_diffusion,
+            logit_eta => logit_eta,
+            adaptive_eta => adaptive_eta,
+            adaptive_temperature => adaptive_temperature,
+            adaptive_threshold => adaptive_threshold,
+            cache_graph => cache_graph,
+            energy_stop_tol => energy_stop_tol
+        );
+        let named = |field: &'static str, e: candle_core::Error| HopfieldError::Config {
+            field,
             reason: e.to_string(),
         };
-        for k in keys {
-            let v = obj[&k].clone();
-            match k.as_str() {
-                "eta" => c.eta = float("eta", &v)?,
-                "k_neighbors" => c.k_neighbors = req_usize("k_neighbors", &v)?,
-                "use_normalized_laplacian" => {
-                    c.use_normalized_laplacian = boolean("use_normalized_laplacian", &v)?
-                }
-                "diffuse_query" => c.diffuse_query = boolean("diffuse_query", &v)?,
-                "diffuse_key" => c.diffuse_key = boolean("diffuse_key", &v)?,
-                "diffusion_mode" => {
-                    c.diffusion_mode = text("diffusion_mode", &v)?
-                        .parse()
-                        .map_err(|e| parse_err("diffusion_mode", e))?
-                }
-                "diffusion_steps" => c.diffusion_steps = req_usize("diffusion_steps", &v)?,
-                "attention_mode" => {
-                    c.attention_mode = text("attention_mode", &v)?
-                        .parse()
-                        .map_err(|e| parse_err("attention_mode", e))?
-                }
-                "use_sparse" => c.use_sparse = boolean("use_sparse", &v)?,
-                "use_logit_diffusion" => {
-                    c.use_logit_diffusion = boolean("use_logit_diffusion", &v)?
-                }
-                "logit_eta" => {
-                    c.logit_eta = if v.is_null() {
-                        None
-                    } else {
-                        Some(float("logit_eta", &v)?)
-                    }
-                }
-                "adaptive_eta" => c.adaptive_eta = boolean("adaptive_eta", &v)?,
-                "adaptive_temperature" => {
-                    c.adaptive_temperature = float("adaptive_temperature", &v)?
-                }
-                "adaptive_threshold" => c.adaptive_threshold = float("adaptive_threshold", &v)?,
-                "cache_graph" => c.cache_graph = boolean("cache_graph", &v)?,
-                "energy_stop_tol" => c.energy_stop_tol = float("energy_stop_tol", &v)?,
-                "graph_scope" => {
-                    c.graph_scope = match text("graph_scope", &v)?.as_str() {
-                        "per_sample" => GraphScope::PerSample,
-                        "batch_mean" => GraphScope::BatchMean,
-                        o => {
-                            return Err(HopfieldError::Config {
-                                field: "graph_scope",
-                                reason: format!("expected per_sample or batch_mean, got {o:?}"),
-                            })
-                        }
-                    }
-                }
-                _ => continue,
-            }
-            obj.remove(&k);
+        if let Some(m) = kw.diffusion_mode {
+            d.diffusion_mode = m.parse().map_err(|e| named("diffusion_mode", e))?;
         }
-        c.hopfield = HopfieldConfig::take_kwargs(&mut obj)?;
-        reject_unknown(&obj)?;
+        if let Some(m) = kw.attention_mode {
+            d.attention_mode = m.parse().map_err(|e| named("attention_mode", e))?;
+        }
+        if let Some(s) = kw.graph_scope {
+            c.graph_scope = match s.as_str() {
+                "per_sample" => GraphScope::PerSample,
+                "batch_mean" => GraphScope::BatchMean,
+                o => {
+                    return Err(HopfieldError::Config {
+                        field: "graph_scope",
+                        reason: format!("expected per_sample or batch_mean, got {o:?}"),
+                    })
+                }
+            };
+        }
         Ok(c)
     }
 
     /// Whether the diffuse -> attend loop runs.
     pub fn dynamics_active(&self) -> bool {
-        self.eta > 0.0 && (self.diffuse_key || self.diffuse_query)
+        let d = &self.diffusion;
+        d.eta > 0.0 && (d.diffuse_key || d.diffuse_query)
     }
 
-    /// The graph/operator settings of the caches (each operator application is one step).
-    fn diffusion_config(&self) -> DiffusionConfig {
-        DiffusionConfig::default()
-            .eta(self.eta)
-            .steps(1)
-            .mode(self.diffusion_mode)
-            .attention(self.attention_mode)
-            .k_neighbors(self.k_neighbors)
-            .normalized_laplacian(self.use_normalized_laplacian)
-            .sparse(self.use_sparse)
-            .cache_graph(self.cache_graph)
-            .energy_stop_tol(self.energy_stop_tol)
+    /// The graph caches' configuration: the loop applies each operator once per round.
+    fn operator_config(&self) -> DiffusionConfig {
+        self.diffusion.clone().steps(1)
     }
 
     fn validate(&self) -> std::result::Result<(), HopfieldError> {
         let cfg = |field, reason: String| HopfieldError::Config { field, reason };
-        if !(self.eta.is_finite() && self.eta >= 0.0) {
-            return Err(cfg(
-                "eta",
-                format!("must be finite and >= 0, got {}", self.eta),
-            ));
-        }
         let h = &self.hopfield;
         if self.dynamics_active()
             && h.pattern_projection_size.is_some()
@@ -304,20 +246,39 @@ impl DiffusedHopfieldConfig {
                 ),
             ));
         }
-        if self.diffusion_steps == 0 {
+        // The round count is checked at the loop (MAX_STEPS), where it is used: with the loop
+        // off, difflayers accepts any count.
+        if self.diffusion.steps == 0 {
             return Err(cfg("diffusion_steps", "must be >= 1".into()));
         }
-        if let Some(e) = self.logit_eta {
-            if !(e.is_finite() && e >= 0.0) {
-                return Err(cfg(
-                    "logit_eta",
-                    format!("must be finite and >= 0, got {e}"),
-                ));
-            }
-        }
-        self.diffusion_config()
+        self.operator_config()
             .validate()
             .map_err(|e| cfg("diffusion", e.to_string()))
+    }
+}
+
+kwargs::kwargs_struct! {
+    /// difflayers' diffusion arguments of `DiffusedHopfield`, and our `graph_scope`, as given.
+    struct DiffusedKwargs {
+        eta: f64,
+        k_neighbors: usize,
+        use_normalized_laplacian: bool,
+        diffuse_query: bool,
+        diffuse_key: bool,
+        diffusion_mode: String,
+        diffusion_steps: usize,
+        attention_mode: String,
+        /// Accepted for compatibility; see [`DiffusedHopfieldConfig::from_kwargs`].
+        #[allow(dead_code)]
+        use_sparse: bool,
+        use_logit_diffusion: bool,
+        logit_eta: Option<f64>,
+        adaptive_eta: bool,
+        adaptive_temperature: f64,
+        adaptive_threshold: f64,
+        cache_graph: bool,
+        energy_stop_tol: f64,
+        graph_scope: String,
     }
 }
 
@@ -432,7 +393,7 @@ impl DiffusedHopfield {
     pub fn new(config: DiffusedHopfieldConfig, vb: VarBuilder) -> Result<Self> {
         config.validate()?;
         let hopfield = Hopfield::new(config.hopfield.clone(), vb)?;
-        let dc = config.diffusion_config();
+        let dc = config.operator_config();
         Ok(Self {
             key_cache: GraphCache::new(dc.clone())?,
             query_cache: GraphCache::new(dc)?,
@@ -466,7 +427,7 @@ impl DiffusedHopfield {
     /// Runs the graph construction and the diffuse -> attend loop of one group of samples
     /// (sequence-first `(S, B, E)` / `(L, B, E)`).
     fn run_group(&self, stored: Tensor, state: Tensor, projection: &Tensor) -> Result<Group> {
-        let c = &self.config;
+        let c = &self.config.diffusion;
         let mut g = Group {
             state,
             stored,
@@ -477,7 +438,7 @@ impl DiffusedHopfield {
             eta: c.eta,
             energies: Vec::new(),
         };
-        let dynamics = c.dynamics_active();
+        let dynamics = self.config.dynamics_active();
         let logits_diffused = c.use_logit_diffusion && c.eta > 0.0;
         if !dynamics && !logits_diffused {
             return Ok(g);
@@ -522,7 +483,7 @@ impl DiffusedHopfield {
             }
             let mut engine = DynamicsEngine::new(op_k)
                 .attention(AttentionOperator::new(self.beta0(), c.attention_mode))
-                .steps(c.diffusion_steps);
+                .steps(c.steps);
             if let Some(q) = op_q {
                 engine = engine.query_op(q);
             }
@@ -593,7 +554,9 @@ impl DiffusedHopfield {
         // (difflayers lets them smooth the real patterns, D8); per-sample graphs only.
         let paddings: Vec<Option<Padding>> =
             match (c.graph_scope, masks.stored_pattern_padding_mask) {
-                (GraphScope::PerSample, Some(m)) if c.attention_mode == AttentionMode::Dense => {
+                (GraphScope::PerSample, Some(m))
+                    if c.diffusion.attention_mode == AttentionMode::Dense =>
+                {
                     ranges
                         .iter()
                         .map(|&(a, _)| Padding::of_row(m, a))

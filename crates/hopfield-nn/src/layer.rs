@@ -1,8 +1,8 @@
 //! `HopfieldLayer`: a trainable lookup table of stored patterns (and optionally separate targets).
 
-use crate::config::{boolean, reject_unknown, req_usize, HopfieldConfig};
+use crate::config::{kwargs, HopfieldConfig};
 use crate::hopfield::{Hopfield, HopfieldInput, HopfieldOutput};
-use crate::pooling::{expand_patterns, parse_object, PATTERN_INIT};
+use crate::pooling::{expand_patterns, PATTERN_INIT};
 use candle_core::{ModuleT, Result, Tensor};
 use candle_nn::VarBuilder;
 use hopfield_core::{HopfieldError, Masks};
@@ -66,25 +66,45 @@ impl HopfieldLayerConfig {
         self
     }
 
-    /// Parses hflayers' `HopfieldLayer` kwargs.
+    /// Parses hflayers' `HopfieldLayer` kwargs: `quantity`, `trainable`,
+    /// `lookup_weights_as_separated`, `lookup_targets_as_trainable` and every argument of
+    /// [`HopfieldConfig::from_kwargs`], with errors that name the argument.
+    ///
+    /// ```
+    /// use hopfield_nn::HopfieldLayerConfig;
+    /// let cfg = HopfieldLayerConfig::from_kwargs(r#"{"input_size": 8, "lookup_targets_as_trainable": false}"#)?;
+    /// assert!(!cfg.lookup_targets_as_trainable);
+    /// let e = HopfieldLayerConfig::from_kwargs(r#"{"input_size": 8, "trainable": "yes"}"#).unwrap_err();
+    /// assert_eq!(e.to_string(), r#"invalid config `trainable`: expected a boolean, got "yes""#);
+    /// # Ok::<(), hopfield_core::HopfieldError>(())
+    /// ```
     pub fn from_kwargs(json: &str) -> std::result::Result<Self, HopfieldError> {
-        let mut obj = parse_object(json)?;
-        let mut cfg = Self::new(HopfieldConfig::default());
-        if let Some(v) = obj.remove("quantity") {
-            cfg.quantity = req_usize("quantity", &v)?;
+        let mut rest = kwargs::object(json)?;
+        let own: LayerKwargs = kwargs::parse(kwargs::split_off::<LayerKwargs>(&mut rest))?;
+        let mut cfg = Self::new(HopfieldConfig::from_kwargs_map(rest)?);
+        if let Some(v) = own.quantity {
+            cfg.quantity = v;
         }
-        if let Some(v) = obj.remove("trainable") {
-            cfg.trainable = boolean("trainable", &v)?;
+        if let Some(v) = own.trainable {
+            cfg.trainable = v;
         }
-        if let Some(v) = obj.remove("lookup_weights_as_separated") {
-            cfg.lookup_weights_as_separated = boolean("lookup_weights_as_separated", &v)?;
+        if let Some(v) = own.lookup_weights_as_separated {
+            cfg.lookup_weights_as_separated = v;
         }
-        if let Some(v) = obj.remove("lookup_targets_as_trainable") {
-            cfg.lookup_targets_as_trainable = boolean("lookup_targets_as_trainable", &v)?;
+        if let Some(v) = own.lookup_targets_as_trainable {
+            cfg.lookup_targets_as_trainable = v;
         }
-        cfg.hopfield = HopfieldConfig::take_kwargs(&mut obj)?;
-        reject_unknown(&obj)?;
         Ok(cfg)
+    }
+}
+
+kwargs::kwargs_struct! {
+    /// `HopfieldLayer`'s own arguments, as given.
+    struct LayerKwargs {
+        quantity: usize,
+        trainable: bool,
+        lookup_weights_as_separated: bool,
+        lookup_targets_as_trainable: bool,
     }
 }
 

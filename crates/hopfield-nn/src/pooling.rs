@@ -1,6 +1,6 @@
 //! `HopfieldPooling`: trainable state patterns (queries) that pool a set of stored patterns.
 
-use crate::config::{boolean, reject_unknown, req_usize, HopfieldConfig};
+use crate::config::{kwargs, HopfieldConfig};
 use crate::hopfield::{Hopfield, HopfieldInput, HopfieldOutput};
 use candle_core::{ModuleT, Result, Tensor};
 use candle_nn::{init::Init, VarBuilder};
@@ -47,35 +47,36 @@ impl HopfieldPoolingConfig {
         self
     }
 
-    /// Parses hflayers' `HopfieldPooling` kwargs.
+    /// Parses hflayers' `HopfieldPooling` kwargs: `quantity`, `trainable` and every argument of
+    /// [`HopfieldConfig::from_kwargs`], with errors that name the argument.
+    ///
+    /// ```
+    /// use hopfield_nn::HopfieldPoolingConfig;
+    /// let cfg = HopfieldPoolingConfig::from_kwargs(r#"{"input_size": 8, "trainable": false}"#)?;
+    /// assert_eq!((cfg.quantity, cfg.trainable), (1, false));
+    /// let e = HopfieldPoolingConfig::from_kwargs(r#"{"input_size": 8, "quantity": 1.5}"#).unwrap_err();
+    /// assert_eq!(e.to_string(), "invalid config `quantity`: expected a non-negative integer, got 1.5");
+    /// # Ok::<(), hopfield_core::HopfieldError>(())
+    /// ```
     pub fn from_kwargs(json: &str) -> std::result::Result<Self, HopfieldError> {
-        let mut obj = parse_object(json)?;
-        let mut cfg = Self::new(HopfieldConfig::default());
-        if let Some(v) = obj.remove("quantity") {
-            cfg.quantity = req_usize("quantity", &v)?;
+        let mut rest = kwargs::object(json)?;
+        let own: PoolingKwargs = kwargs::parse(kwargs::split_off::<PoolingKwargs>(&mut rest))?;
+        let mut cfg = Self::new(HopfieldConfig::from_kwargs_map(rest)?);
+        if let Some(q) = own.quantity {
+            cfg.quantity = q;
         }
-        if let Some(v) = obj.remove("trainable") {
-            cfg.trainable = boolean("trainable", &v)?;
+        if let Some(t) = own.trainable {
+            cfg.trainable = t;
         }
-        cfg.hopfield = HopfieldConfig::take_kwargs(&mut obj)?;
-        reject_unknown(&obj)?;
         Ok(cfg)
     }
 }
 
-pub(crate) fn parse_object(
-    json: &str,
-) -> std::result::Result<serde_json::Map<String, serde_json::Value>, HopfieldError> {
-    match serde_json::from_str(json) {
-        Ok(serde_json::Value::Object(o)) => Ok(o),
-        Ok(_) => Err(HopfieldError::Config {
-            field: "kwargs",
-            reason: "expected a JSON object".into(),
-        }),
-        Err(e) => Err(HopfieldError::Config {
-            field: "kwargs",
-            reason: e.to_string(),
-        }),
+kwargs::kwargs_struct! {
+    /// `HopfieldPooling`'s own arguments, as given.
+    struct PoolingKwargs {
+        quantity: usize,
+        trainable: bool,
     }
 }
 

@@ -2,16 +2,15 @@
 //! (hflayers `HopfieldEncoderLayer`, `HopfieldDecoderLayer`).
 
 use crate::activation::Activation;
-use crate::config::{float, reject_unknown, req_usize, HopfieldConfig};
+use crate::config::{activation_named, kwargs, HopfieldConfig};
 use crate::hopfield::{Hopfield, HopfieldInput};
 use crate::norm::LayerNorm;
-use crate::pooling::parse_object;
 use candle_core::{ModuleT, Result, Tensor};
 use candle_nn::init::{Init, DEFAULT_KAIMING_NORMAL};
 use candle_nn::{Dropout, VarBuilder};
 use hopfield_core::checked_param;
 use hopfield_core::{HopfieldError, Masks};
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 /// Configuration shared by the encoder and decoder layers.
 ///
@@ -71,37 +70,50 @@ impl TransformerLayerConfig {
     }
 
     /// Parses `{"hopfield": {...}, "hopfield_cross": {...}, "dim_feedforward": n, "dropout": p,
-    /// "activation": "relu"}` (the goldens' kwargs for the transformer layers).
+    /// "activation": "relu"}` (the goldens' kwargs for the transformer layers; the inner objects
+    /// are [`HopfieldConfig::from_kwargs`]' kwargs). Errors name the argument, and inside the
+    /// inner objects the argument within them.
+    ///
+    /// ```
+    /// use hopfield_nn::TransformerLayerConfig;
+    /// let cfg = TransformerLayerConfig::from_kwargs(r#"{"hopfield": {"input_size": 8}, "dropout": 0.0}"#)?;
+    /// assert_eq!((cfg.dim_feedforward, cfg.dropout), (2048, 0.0));
+    /// let e = TransformerLayerConfig::from_kwargs(r#"{"hopfield": {"input_size": -8}}"#).unwrap_err();
+    /// assert_eq!(e.to_string(), "invalid config `hopfield`: `input_size`: expected a non-negative integer, got -8");
+    /// # Ok::<(), hopfield_core::HopfieldError>(())
+    /// ```
     pub fn from_kwargs(json: &str) -> std::result::Result<Self, HopfieldError> {
-        let mut obj = parse_object(json)?;
-        let sub = |v: Value| HopfieldConfig::from_kwargs(&v.to_string());
-        let hopfield = sub(obj
-            .remove("hopfield")
-            .ok_or_else(|| HopfieldError::Config {
-                field: "hopfield",
-                reason: "missing the Hopfield kwargs".into(),
-            })?)?;
-        let mut cfg = Self::new(hopfield);
-        if let Some(v) = obj.remove("hopfield_cross") {
-            cfg.hopfield_cross = Some(sub(v)?);
+        let kw: TransformerKwargs = kwargs::parse(kwargs::object(json)?)?;
+        // The inner object's own errors are put under the outer argument, so that a decoder's
+        // two Hopfield configs are told apart.
+        let inner = |field: &'static str, map: Map<String, Value>| {
+            HopfieldConfig::from_kwargs_map(map).map_err(|e| match e {
+                HopfieldError::Config { field: f, reason } => HopfieldError::Config {
+                    field,
+                    reason: format!("`{f}`: {reason}"),
+                },
+                other => other,
+            })
+        };
+        let hopfield = kw.hopfield.ok_or_else(|| HopfieldError::Config {
+            field: "hopfield",
+            reason: "is required (the Hopfield kwargs)".into(),
+        })?;
+        let mut cfg = Self::new(inner("hopfield", hopfield)?);
+        if let Some(v) = kw.hopfield_cross {
+            cfg.hopfield_cross = Some(inner("hopfield_cross", v)?);
         }
-        if let Some(v) = obj.remove("dim_feedforward") {
-            cfg.dim_feedforward = req_usize("dim_feedforward", &v)?;
+        if let Some(v) = kw.dim_feedforward {
+            cfg.dim_feedforward = v;
         }
-        if let Some(v) = obj.remove("dropout") {
-            cfg.dropout = float("dropout", &v)?;
+        if let Some(v) = kw.dropout {
+            cfg.dropout = v;
         }
-        if let Some(v) = obj.remove("activation") {
-            let name = v.as_str().ok_or_else(|| HopfieldError::Config {
-                field: "activation",
-                reason: format!("expected a name, got {v}"),
-            })?;
-            cfg.activation = Activation::from_name(name)?;
+        if let Some(name) = kw.activation {
+            cfg.activation = activation_named("activation", &name)?;
         }
-        reject_unknown(&obj)?;
         Ok(cfg)
     }
-
     /// Checks what the builders do not: the dropout probability (sizes are checked where the
     /// weights are allocated).
     fn validate(&self) -> Result<()> {
@@ -123,6 +135,17 @@ impl TransformerLayerConfig {
             }
             .into()
         })
+    }
+}
+
+kwargs::kwargs_struct! {
+    /// The transformer layers' arguments, as given.
+    struct TransformerKwargs {
+        hopfield: Map<String, Value>,
+        hopfield_cross: Map<String, Value>,
+        dim_feedforward: usize,
+        dropout: f64,
+        activation: String,
     }
 }
 

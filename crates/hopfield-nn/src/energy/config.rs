@@ -2,6 +2,7 @@
 //! struct with builder methods and `Default` (the port's defaults where they are not bugs).
 
 use super::{validate, EtError};
+use crate::config::kwargs::{self, Failure};
 use std::str::FromStr;
 
 /// Which Hopfield energy the block uses.
@@ -326,7 +327,11 @@ impl EnergyTransformerConfig {
 
     /// A configuration from the port's constructor keyword arguments (JSON), e.g.
     /// `{"dim": 8, "hidden_dim": 16, "n_heads": 2, "context": 5, "hopfield_type": "softmax"}`.
-    /// Unknown arguments, an unknown `hopfield_type` and a non-LayerNorm `norm` are errors.
+    /// `dim`, `hidden_dim` and `n_heads` are required; `beta` may only be `null` (a number
+    /// crashes the port, E1, and a tensor means two different things, E2); `norm` must name a
+    /// `LayerNorm`; `ema_decay` is accepted and unused (this crate leaves the EMA to the
+    /// optimiser). Unknown arguments and an unknown `hopfield_type` are errors, and so are values
+    /// of the wrong type, named by argument.
     ///
     /// ```
     /// use hopfield_nn::energy::{EnergyTransformerConfig, HopfieldType};
@@ -334,53 +339,96 @@ impl EnergyTransformerConfig {
     /// let cfg = EnergyTransformerConfig::from_port_kwargs(&kw).unwrap();
     /// assert_eq!(cfg.hopfield_type, HopfieldType::Softmax);
     /// assert_eq!(cfg.n_iters, 12);
+    /// let kw = serde_json::json!({"dim": 8, "hidden_dim": 12, "n_heads": 4, "alpha": "0.1"});
+    /// let e = EnergyTransformerConfig::from_port_kwargs(&kw).unwrap_err();
+    /// assert_eq!(e.to_string(), r#"invalid config alpha = "0.1": expected a number"#);
     /// ```
     pub fn from_port_kwargs(kw: &serde_json::Value) -> Result<Self, EtError> {
-        let obj = kw.as_object().ok_or_else(|| EtError::UnsupportedArgument {
-            name: "kwargs".into(),
-            value: kw.to_string(),
-        })?;
-        let unsupported = |k: &str, v: &serde_json::Value| EtError::UnsupportedArgument {
-            name: k.to_string(),
+        let unsupported = |name: &str, v: &serde_json::Value| EtError::UnsupportedArgument {
+            name: name.to_string(),
             value: v.to_string(),
         };
-        let usize_of = |k: &str, v: &serde_json::Value| {
-            v.as_u64()
-                .and_then(|u| usize::try_from(u).ok())
-                .ok_or_else(|| unsupported(k, v))
+        let serde_json::Value::Object(map) = kw else {
+            return Err(unsupported("kwargs", kw));
         };
-        let get = |k: &str| {
-            obj.get(k)
-                .ok_or_else(|| unsupported(k, &serde_json::Value::Null))
+        let k: PortKwargs = kwargs::parse(map.clone()).map_err(|f| match f {
+            Failure::NotObject(_) => unsupported("kwargs", kw),
+            Failure::Unknown { key, value } => unsupported(&key, &value),
+            Failure::Invalid {
+                field,
+                value,
+                expected,
+            } => EtError::Config {
+                field,
+                value: value.to_string(),
+                reason: expected_reason(&expected),
+            },
+            Failure::Missing { field } => unsupported(field, &serde_json::Value::Null),
+        })?;
+        let required = |name: &str, v: Option<usize>| {
+            v.ok_or_else(|| unsupported(name, &serde_json::Value::Null))
         };
         let mut cfg = Self::new(
-            usize_of("dim", get("dim")?)?,
-            usize_of("hidden_dim", get("hidden_dim")?)?,
-            usize_of("n_heads", get("n_heads")?)?,
+            required("dim", k.dim)?,
+            required("hidden_dim", k.hidden_dim)?,
+            required("n_heads", k.n_heads)?,
         );
-        for (k, v) in obj {
-            match k.as_str() {
-                "dim" | "hidden_dim" | "n_heads" => {}
-                "context" => cfg.context = usize_of(k, v)?,
-                "n_iters_default" => cfg.n_iters = usize_of(k, v)?,
-                "alpha" => cfg.alpha = v.as_f64().ok_or_else(|| unsupported(k, v))?,
-                "use_positional_embedding" => {
-                    cfg.use_positional_embedding = v.as_bool().ok_or_else(|| unsupported(k, v))?
-                }
-                "return_energy" => {
-                    cfg.return_energy = v.as_bool().ok_or_else(|| unsupported(k, v))?
-                }
-                "hopfield_type" => {
-                    cfg.hopfield_type = v.as_str().ok_or_else(|| unsupported(k, v))?.parse()?
-                }
-                // The EMA decay only matters for `ema_update`, which this crate leaves to the optimiser.
-                "ema_decay" => {}
-                "beta" if v.is_null() => {}
-                "norm" if v.as_str().is_some_and(|s| s.ends_with("LayerNorm")) => {}
-                _ => return Err(unsupported(k, v)),
-            }
+        if let Some(v) = k.context {
+            cfg.context = v;
+        }
+        if let Some(v) = k.n_iters_default {
+            cfg.n_iters = v;
+        }
+        if let Some(v) = k.alpha {
+            cfg.alpha = v;
+        }
+        if let Some(v) = k.use_positional_embedding {
+            cfg.use_positional_embedding = v;
+        }
+        if let Some(v) = k.return_energy {
+            cfg.return_energy = v;
+        }
+        if let Some(v) = k.hopfield_type {
+            cfg.hopfield_type = v.parse()?;
+        }
+        if let Some(b) = k.beta.filter(|b| !b.is_null()) {
+            return Err(unsupported("beta", &b));
+        }
+        if let Some(n) = k.norm.filter(|n| !n.ends_with("LayerNorm")) {
+            return Err(unsupported("norm", &serde_json::Value::String(n)));
         }
         cfg.validate()?;
         Ok(cfg)
+    }
+}
+
+kwargs::kwargs_struct! {
+    /// The port's `EnergyTransformer(...)` arguments, as given.
+    struct PortKwargs {
+        dim: usize,
+        hidden_dim: usize,
+        n_heads: usize,
+        context: usize,
+        n_iters_default: usize,
+        alpha: f64,
+        beta: serde_json::Value,
+        hopfield_type: String,
+        use_positional_embedding: bool,
+        norm: String,
+        /// Type-checked only: the EMA update is the optimiser's business here.
+        #[allow(dead_code)]
+        ema_decay: Option<f64>,
+        return_energy: bool,
+    }
+}
+
+/// [`EtError::Config`]'s reason (a `&'static str`) for what a kwarg of the wrong type expected.
+fn expected_reason(expected: &str) -> &'static str {
+    match expected {
+        "a non-negative integer" => "expected a non-negative integer",
+        "a number" => "expected a number",
+        "a boolean" => "expected a boolean",
+        "a string" => "expected a string",
+        _ => "has the wrong type",
     }
 }
