@@ -45,7 +45,8 @@ impl BaseModernHopfield {
         vb: VarBuilder,
     ) -> Result<Self> {
         let names = check_options(in_dim, hidden_dim, beta, init_scale, &vb)?;
-        let w = vb.get_with_hints(
+        let w = hopfield_core::checked_param(
+            &vb,
             (in_dim, hidden_dim),
             "W",
             Init::Randn {
@@ -53,7 +54,7 @@ impl BaseModernHopfield {
                 stdev: init_scale,
             },
         )?;
-        let beta = vb.get_with_hints(1, "beta", Init::Const(beta.unwrap_or(1.0)))?;
+        let beta = hopfield_core::checked_param(&vb, 1, "beta", Init::Const(beta.unwrap_or(1.0)))?;
         let hop = Self { w, beta, names };
         hop.check_params(false)?;
         Ok(hop)
@@ -206,7 +207,8 @@ impl SoftmaxModernHopfield {
         vb: VarBuilder,
     ) -> Result<Self> {
         let names = check_options(in_dim, hidden_dim, beta, init_scale, &vb)?;
-        let w = vb.get_with_hints(
+        let w = hopfield_core::checked_param(
+            &vb,
             (in_dim, hidden_dim),
             "W",
             Init::Randn {
@@ -215,7 +217,8 @@ impl SoftmaxModernHopfield {
             },
         )?;
         // Init::Const carries the requested beta when a VarMap creates it; a checkpoint keeps its own.
-        let beta = vb.get_with_hints((), "beta", Init::Const(beta.unwrap_or(0.01)))?;
+        let beta =
+            hopfield_core::checked_param(&vb, (), "beta", Init::Const(beta.unwrap_or(0.01)))?;
         let hop = Self { w, beta, names };
         hop.check_params(false)?;
         Ok(hop)

@@ -104,20 +104,23 @@ impl EnergyMHA {
             mean: 0.0,
             stdev: init_scale,
         };
-        let wq = vb.get_with_hints((n_heads, head_dim, embed_dim), "Wq", w_init)?;
-        let wk = vb.get_with_hints((n_heads, head_dim, embed_dim), "Wk", w_init)?;
+        let wq = hopfield_core::checked_param(&vb, (n_heads, head_dim, embed_dim), "Wq", w_init)?;
+        let wk = hopfield_core::checked_param(&vb, (n_heads, head_dim, embed_dim), "Wk", w_init)?;
         let beta = match beta {
             Some(b) => {
                 let existed = vb.contains_tensor("beta");
-                let t = vb.get_with_hints(n_heads, "beta", Init::Const(1.0))?;
+                let t = hopfield_core::checked_param(&vb, n_heads, "beta", Init::Const(1.0))?;
                 if !existed {
                     init_values(&t, b)?;
                 }
                 t
             }
-            None => {
-                vb.get_with_hints(n_heads, "beta", Init::Const(1.0 / (head_dim as f64).sqrt()))?
-            }
+            None => hopfield_core::checked_param(
+                &vb,
+                n_heads,
+                "beta",
+                Init::Const(1.0 / (head_dim as f64).sqrt()),
+            )?,
         };
         let mha = Self {
             wq,

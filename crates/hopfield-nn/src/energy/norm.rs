@@ -46,8 +46,8 @@ impl LayerNorm {
     pub fn new(dim: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
         check_options(dim, eps, &vb)?;
         let names = ["weight", "bias"].map(|n| param_name(&vb, n));
-        let weight = vb.get_with_hints(dim, "weight", Init::Const(1.0))?;
-        let bias = vb.get_with_hints(dim, "bias", Init::Const(0.0))?;
+        let weight = hopfield_core::checked_param(&vb, dim, "weight", Init::Const(1.0))?;
+        let bias = hopfield_core::checked_param(&vb, dim, "bias", Init::Const(0.0))?;
         let ln = Self {
             weight,
             bias,
@@ -122,8 +122,8 @@ impl EnergyLayerNorm {
     pub fn new(dim: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
         check_options(dim, eps, &vb)?;
         let names = ["gamma", "delta"].map(|n| param_name(&vb, n));
-        let gamma = vb.get_with_hints((), "gamma", Init::Const(1.0))?;
-        let delta = vb.get_with_hints(dim, "delta", Init::Const(0.0))?;
+        let gamma = hopfield_core::checked_param(&vb, (), "gamma", Init::Const(1.0))?;
+        let delta = hopfield_core::checked_param(&vb, dim, "delta", Init::Const(0.0))?;
         let ln = Self {
             gamma,
             delta,

@@ -89,7 +89,8 @@ impl EnergyTransformer {
         )?;
         let norm = Norm::new(cfg.norm, cfg.dim, cfg.eps, vb.pp("norm"))?;
         let pos_embedding = if cfg.has_pos_embedding() {
-            let pos = vb.get_with_hints(
+            let pos = hopfield_core::checked_param(
+                &vb,
                 (1, cfg.context, cfg.dim),
                 "pos_embedding",
                 Init::Randn {
