@@ -28,9 +28,9 @@
 //! ```
 
 pub mod activation;
+pub mod association_core;
 pub mod checkpoint;
 pub mod config;
-pub mod core;
 pub mod diffused;
 pub mod energy;
 pub mod hopfield;
@@ -40,8 +40,8 @@ pub mod pooling;
 pub mod transformer;
 
 pub use activation::Activation;
+pub use association_core::HopfieldCore;
 pub use config::HopfieldConfig;
-pub use core::HopfieldCore;
 pub use diffused::{DiffusedHopfield, DiffusedHopfieldConfig, DiffusedOutput, GraphScope};
 pub use hopfield::{Hopfield, HopfieldInput, HopfieldOutput};
 pub use hopfield_core::{
