@@ -136,6 +136,37 @@ pub fn dropout(x: &Tensor, p: f64) -> Result<Tensor> {
     x * mask
 }
 
+/// [`dropout`] as a layer, `candle_nn::Dropout`'s interface: active in training only.
+///
+/// ```
+/// use candle_core::{DType, Device, ModuleT, Tensor};
+/// let x = Tensor::ones((2, 8), DType::F32, &Device::Cpu)?;
+/// let d = hopfield_core::rng::Dropout::new(0.5);
+/// assert_eq!(d.forward_t(&x, false)?.to_vec2::<f32>()?, x.to_vec2::<f32>()?);
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct Dropout {
+    p: f64,
+}
+
+impl Dropout {
+    /// Drop probability `p` (checked when applied: [0, 1)).
+    pub fn new(p: f64) -> Self {
+        Self { p }
+    }
+}
+
+impl candle_core::ModuleT for Dropout {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        if train {
+            dropout(x, self.p)
+        } else {
+            Ok(x.clone())
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,8 +7,9 @@ use crate::hopfield::{Hopfield, HopfieldInput};
 use crate::norm::LayerNorm;
 use candle_core::{ModuleT, Result, Tensor};
 use candle_nn::init::{Init, DEFAULT_KAIMING_NORMAL};
-use candle_nn::{Dropout, VarBuilder};
+use candle_nn::VarBuilder;
 use hopfield_core::checked_param;
+use hopfield_core::rng::Dropout;
 use hopfield_core::{HopfieldError, Masks};
 use serde_json::{Map, Value};
 
@@ -196,8 +197,8 @@ impl FeedForward {
         Ok(Self {
             linear_residual: Dense::new(d, cfg.dim_feedforward, vb.pp("linear_residual"))?,
             linear_output: Dense::new(cfg.dim_feedforward, d, vb.pp("linear_output"))?,
-            dropout_residual: Dropout::new(cfg.dropout as f32),
-            dropout_output: Dropout::new(cfg.dropout as f32),
+            dropout_residual: Dropout::new(cfg.dropout),
+            dropout_output: Dropout::new(cfg.dropout),
             norm_output: LayerNorm::new(d, true, 1e-5, vb.pp("norm_output"))?,
             activation: cfg.activation,
         })
@@ -260,7 +261,7 @@ impl HopfieldEncoderLayer {
         check_output_size(&hopfield_association, d, "hopfield.output_size")?;
         Ok(Self {
             hopfield_association,
-            dropout_hopfield_association: Dropout::new(cfg.dropout as f32),
+            dropout_hopfield_association: Dropout::new(cfg.dropout),
             norm_residual: LayerNorm::new(d, true, 1e-5, vb.pp("norm_residual"))?,
             ff: FeedForward::new(&cfg, d, &vb)?,
         })
@@ -363,8 +364,8 @@ impl HopfieldDecoderLayer {
         Ok(Self {
             hopfield_association_self,
             hopfield_association_cross,
-            dropout_self: Dropout::new(cfg.dropout as f32),
-            dropout_cross: Dropout::new(cfg.dropout as f32),
+            dropout_self: Dropout::new(cfg.dropout),
+            dropout_cross: Dropout::new(cfg.dropout),
             norm_residual_self: LayerNorm::new(d, true, 1e-5, vb.pp("norm_residual_self"))?,
             norm_residual_cross: LayerNorm::new(d, true, 1e-5, vb.pp("norm_residual_cross"))?,
             ff: FeedForward::new(&cfg, d, &vb)?,
