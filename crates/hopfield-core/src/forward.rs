@@ -1,32 +1,22 @@
-//! `hopfield_core_forward`: projections, heads, scaling, iterated updates, masks and dropout.
+//! `hopfield_core_forward`: the walk of one association from its inputs to its output:
+//! validation and projections (`prepare`), heads (`heads.rs`), masks ([`crate::masks`]), the
+//! association and its iterated updates (`update.rs`, explicit and fused), dropout and the
+//! output projection.
 //!
 //! Everything is batch-major (`(N, L, E)` in, `(N, L, O)` out); the modules in `hopfield-nn`
 //! handle hflayers' `batch_first=False` layout around it.
 
 use crate::config::CoreConfig;
 use crate::error::{expect_float, expect_shape, HopfieldError};
-use crate::ops::{bool_to_additive, layer_norm, linear, masked_softmax};
-use crate::steps::Schedule;
-use crate::weights::{CoreWeights, Projection};
+use crate::heads::{heads_major, project};
+use crate::masks::additive_mask;
+pub use crate::masks::Masks;
+use crate::ops::{layer_norm, linear};
+use crate::update::{explicit_updates, fused_update_steps};
+use crate::weights::CoreWeights;
 use candle_core::{DType, Result, Tensor};
-use hopfield_cuda::retrieval::{
-    association_change, retrieval_path, retrieve, retrieve_with_lse, Retrieval, RetrievalPath,
-};
+use hopfield_cuda::retrieval::{retrieval_path, retrieve, Retrieval, RetrievalPath};
 use std::sync::atomic::{AtomicBool, Ordering};
-
-/// Optional masks of one association.
-///
-/// Boolean masks are any integer dtype (nonzero = masked, hflayers' `True`); float association
-/// masks are added to the logits and may contain `-inf`. Masks are re-applied at every update
-/// step; the zero pattern of `add_zero_association` is never masked.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Masks<'a> {
-    /// `(N, S)`, boolean: stored patterns to ignore per sample.
-    pub stored_pattern_padding_mask: Option<&'a Tensor>,
-    /// `(L, S)` shared by every sample and head, or `(N*H, L, S)` with row `n*H + h`;
-    /// boolean or additive float.
-    pub association_mask: Option<&'a Tensor>,
-}
 
 /// Result of one association.
 #[derive(Debug, Clone)]
@@ -40,7 +30,7 @@ pub struct CoreOutput {
     pub projected: Tensor,
     /// Update steps run after the first association, per (sample, head), index `n*H + h`.
     pub steps_run: Vec<usize>,
-    /// False only if "until convergence" stopped at the cap (with [`OnNoConvergence::Stop`]).
+    /// False only if "until convergence" stopped at the cap (with [`crate::OnNoConvergence::Stop`]).
     pub converged: bool,
 }
 
@@ -49,129 +39,6 @@ pub(crate) fn check_finite(arg: &'static str, x: &Tensor) -> Result<()> {
         Ok(())
     } else {
         Err(HopfieldError::NonFinite { arg }.into())
-    }
-}
-
-/// `(N, T, H*d)` -> `(N, T, H, d)`, a free reshape of the projection's output.
-fn split_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
-    let (n, t, f) = x.dims3()?;
-    x.reshape((n, t, heads, f / heads))
-}
-
-/// A static input is shared by every head of its own sample (fixes hflayers quirks Q3/Q4, which
-/// pair heads with other samples' data): a head-stride-0 view, no copy.
-fn broadcast_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
-    let (n, t, f) = x.dims3()?;
-    x.unsqueeze(2)?.broadcast_as((n, t, heads, f))
-}
-
-/// `(N, T, H, d)` -> `(N, H, T, d)`, contiguous, for the explicit path.
-fn heads_major(x: &Tensor) -> Result<Tensor> {
-    x.transpose(1, 2)?.contiguous()
-}
-
-fn project(x: &Tensor, p: &Projection, heads: usize) -> Result<Tensor> {
-    match &p.weight {
-        Some(w) => split_heads(&linear(x, w, p.bias.as_ref())?, heads),
-        None => broadcast_heads(x, heads),
-    }
-}
-
-fn mask_to_additive(mask: &Tensor, name: &'static str, dtype: DType) -> Result<Tensor> {
-    let d = mask.dtype();
-    if d.is_int() {
-        bool_to_additive(mask, dtype)
-    } else if d.is_float() {
-        check_additive_values(mask, name)?;
-        mask.to_dtype(dtype)
-    } else {
-        Err(HopfieldError::MaskDtype {
-            mask: name,
-            dtype: format!("{d:?}"),
-            expected: "use an integer dtype (nonzero = masked) or a float (additive) mask",
-        }
-        .into())
-    }
-}
-
-/// A float (additive) mask takes 0, finite biases and `-inf`; NaN, or `+inf` (which makes the
-/// rest of its row NaN), is an error naming the mask. One scan; masks without `-inf` finish
-/// after the first.
-fn check_additive_values(mask: &Tensor, name: &'static str) -> Result<()> {
-    if hopfield_cuda::all_finite(mask)? {
-        return Ok(());
-    }
-    let flat = mask.flatten_all()?;
-    let what = if flat.ne(&flat)?.max(0)?.to_scalar::<u8>()? != 0 {
-        "NaN"
-    } else if flat.eq(f64::INFINITY)?.max(0)?.to_scalar::<u8>()? != 0 {
-        "+inf"
-    } else {
-        return Ok(());
-    };
-    Err(HopfieldError::MaskValues {
-        mask: name,
-        shape: mask.dims().to_vec(),
-        what,
-    }
-    .into())
-}
-
-/// The additive mask, broadcastable to `(N, H, L, S')`.
-fn additive_mask(
-    masks: &Masks,
-    dims: (usize, usize, usize, usize),
-    zero_column: bool,
-    dtype: DType,
-) -> Result<Option<Tensor>> {
-    let (n, h, l, s) = dims;
-    let mut acc: Option<Tensor> = None;
-    if let Some(m) = masks.association_mask {
-        let shape = match m.dims() {
-            [a, b] if (*a, *b) == (l, s) => (1, 1, l, s),
-            [nh, a, b] if (*nh, *a, *b) == (n * h, l, s) => (n, h, l, s),
-            other => {
-                return Err(HopfieldError::MaskShape {
-                    mask: "association_mask",
-                    expected: format!("(L, S) = ({l}, {s}) or (N*H, L, S) = ({}, {l}, {s})", n * h),
-                    got: other.to_vec(),
-                }
-                .into())
-            }
-        };
-        acc = Some(mask_to_additive(m, "association_mask", dtype)?.reshape(shape)?);
-    }
-    if let Some(m) = masks.stored_pattern_padding_mask {
-        if m.dims() != [n, s] {
-            return Err(HopfieldError::MaskShape {
-                mask: "stored_pattern_padding_mask",
-                expected: format!("(N, S) = ({n}, {s})"),
-                got: m.dims().to_vec(),
-            }
-            .into());
-        }
-        if !m.dtype().is_int() {
-            return Err(HopfieldError::MaskDtype {
-                mask: "stored_pattern_padding_mask",
-                dtype: format!("{:?}", m.dtype()),
-                expected: "padding masks are boolean: use an integer dtype (nonzero = masked)",
-            }
-            .into());
-        }
-        let p = bool_to_additive(m, dtype)?.reshape((n, 1, 1, s))?;
-        acc = Some(match acc {
-            Some(a) => a.broadcast_add(&p)?,
-            None => p,
-        });
-    }
-    match acc {
-        Some(a) if zero_column => {
-            let mut d = a.dims().to_vec();
-            d[3] = 1;
-            let z = Tensor::zeros(d, dtype, a.device())?;
-            Ok(Some(Tensor::cat(&[&a, &z], 3)?))
-        }
-        other => Ok(other),
     }
 }
 
@@ -247,49 +114,13 @@ pub(crate) fn has_update_steps(cfg: &CoreConfig) -> Result<bool> {
         .any(|m| *m != Some(0)))
 }
 
-/// hflayers' iterated updates on the fused kernels: the state `(N, L, H, hd)` is replaced by
-/// `xi(state) k` (a retrieval with the keys as values) per (sample, head) until its budget is
-/// spent or the association changed by at most eps, measured by
-/// [`association_change`] from the two states' log-sum-exps, so no association is formed.
-/// Same decisions as the explicit loop of [`hopfield_core_forward_mapped`] (which forms them),
-/// up to rounding at the eps boundary. Returns the final state.
-fn fused_update_steps(
-    q: &Tensor,
-    k: &Tensor,
-    spec: &Retrieval,
-    cfg: &CoreConfig,
-) -> Result<Tensor> {
-    let (n, heads) = (q.dim(0)?, cfg.num_heads);
-    let mut schedule = Schedule::new(cfg, n)?;
-    let mut state = q.clone();
-    // The previous state and its log-sum-exp, for the convergence test.
-    let mut prev: Option<(Tensor, Tensor)> = None;
-    let mut t = 0usize;
-    while schedule.needed(t) {
-        let (next, lse) = retrieve_with_lse(&state, k, k, spec)?;
-        let lse = lse.detach();
-        let change = match &prev {
-            Some((ps, pl)) => Some(association_change(&state, &lse, ps, pl, k, spec)?),
-            None => None,
-        };
-        if !schedule.advance(t, change.as_deref()) {
-            break;
-        }
-        let next = schedule.select(next, &state, (n, 1, heads, 1), q.device())?;
-        prev = Some((std::mem::replace(&mut state, next), lse));
-        t += 1;
-    }
-    schedule.check()?;
-    Ok(state)
-}
-
 /// The output of [`hopfield_core_forward`] alone, `(N, L, O)`: what `Module::forward` needs.
 ///
 /// Where it can (see [`set_fused_retrieval`]; no association dropout in training, CPU f32/f64 or
 /// a CUDA build), this runs the fused retrieval kernel of [`hopfield_cuda::retrieval`] on the
 /// head-split projections in place: the `(N, H, L, S)` association is never formed. Update steps
 /// run on the same kernel (the state update is a retrieval with the keys as values) and their
-/// convergence test on [`association_change`]. Otherwise it is the explicit path. Same semantics
+/// convergence test on [`hopfield_cuda::retrieval::association_change`]. Otherwise it is the explicit path. Same semantics
 /// and gradients either way.
 ///
 /// ```
@@ -396,77 +227,7 @@ pub fn hopfield_core_forward_mapped(
         k = Tensor::cat(&[&k, &Tensor::zeros((n, heads, 1, hd), dtype, dev)?], 2)?;
         v = Tensor::cat(&[&v, &Tensor::zeros((n, heads, 1, pd), dtype, dev)?], 2)?;
     }
-    let kt = k.transpose(2, 3)?.contiguous()?;
-    let betas = cfg.scaling.per_head(heads)?;
-    let beta = Tensor::new(betas.as_slice(), dev)?
-        .to_dtype(dtype)?
-        .reshape((1, heads, 1, 1))?;
-    if !hopfield_cuda::all_finite(&beta)? {
-        return Err(HopfieldError::Config {
-            field: "scaling",
-            reason: format!("beta {betas:?} does not fit the model's dtype {dtype:?}"),
-        }
-        .into());
-    }
-
-    let associate = |state: &Tensor| -> Result<Tensor> {
-        let logits = state.broadcast_mul(&beta)?.matmul(&kt)?;
-        // Same semantics as the fused kernel: NaN or +inf logits (inputs too large for the
-        // dtype) are an error, not a softmax of infinities.
-        if !hopfield_cuda::all_finite(&logits)? {
-            let nan_or_pos_inf = logits.ne(&logits)?.add(&logits.eq(f64::INFINITY)?)?;
-            if nan_or_pos_inf.flatten_all()?.max(0)?.to_scalar::<u8>()? != 0 {
-                return Err(hopfield_cuda::KernelError::Overflow {
-                    op: "retrieval",
-                    what: "the logits beta q k^T",
-                    dtype,
-                    rows: nan_or_pos_inf
-                        .max_keepdim(3)?
-                        .to_dtype(DType::F32)?
-                        .sum_all()?
-                        .to_scalar::<f32>()? as usize,
-                    shape: state.dims().to_vec(),
-                }
-                .into());
-            }
-        }
-        let logits = match logit_map {
-            Some(f) => f(&logits)?,
-            None => logits,
-        };
-        match &mask {
-            Some(m) => masked_softmax(&logits.broadcast_add(m)?),
-            None => masked_softmax(&logits),
-        }
-    };
-
-    let mut schedule = Schedule::new(cfg, n)?;
-    let mut xi = associate(&q)?;
-    let mut prev: Option<Tensor> = None;
-    let mut t = 0usize;
-    while schedule.needed(t) {
-        let change = match &prev {
-            Some(p) => Some(
-                (&xi - p)?
-                    .sqr()?
-                    .sum((2, 3))?
-                    .sqrt()?
-                    .to_dtype(DType::F64)?
-                    .flatten_all()?
-                    .to_vec1::<f64>()?,
-            ),
-            None => None,
-        };
-        if !schedule.advance(t, change.as_deref()) {
-            break;
-        }
-        let state = xi.matmul(&k)?;
-        let next = associate(&state)?;
-        let next = schedule.select(next, &xi, (n, heads, 1, 1), dev)?;
-        prev = Some(std::mem::replace(&mut xi, next));
-        t += 1;
-    }
-    schedule.check()?;
+    let (xi, schedule) = explicit_updates(&q, &k, mask.as_ref(), cfg, logit_map)?;
 
     let a = if train && cfg.dropout > 0.0 {
         crate::rng::dropout(&xi, cfg.dropout)?

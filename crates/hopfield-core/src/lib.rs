@@ -33,17 +33,21 @@
 pub mod config;
 pub mod error;
 pub mod forward;
+mod heads;
+pub mod masks;
 pub mod ops;
 pub mod rng;
 pub mod self_association;
 mod steps;
+mod update;
 pub mod weights;
 
 pub use config::{CoreConfig, OnNoConvergence, Scaling, StepsEps, UpdateSteps};
 pub use error::HopfieldError;
 pub use forward::{
     fused_retrieval_enabled, hopfield_core_forward, hopfield_core_forward_mapped,
-    hopfield_core_output, set_fused_retrieval, CoreOutput, LogitMap, Masks,
+    hopfield_core_output, set_fused_retrieval, CoreOutput, LogitMap,
 };
+pub use masks::Masks;
 pub use self_association::{hopfield_core_output_shared, InputAffine};
 pub use weights::{checked_param, CoreLayout, CoreWeights, InProjection};
