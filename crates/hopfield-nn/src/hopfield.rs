@@ -1,7 +1,7 @@
 //! `Hopfield`: the modern Hopfield association module (hflayers `Hopfield`).
 
-use crate::config::{HopfieldConfig, NormSpec};
 use crate::association_core::HopfieldCore;
+use crate::config::{HopfieldConfig, NormSpec};
 use crate::norm::LayerNorm;
 use candle_core::{ModuleT, Result, Tensor};
 use candle_nn::VarBuilder;
