@@ -3,10 +3,12 @@
 
 Every case: `DiffusedHopfield(input_size=64, cache_graph=...)` with difflayers' defaults
 (factored diffusion, eta 0.1, k 5, 3 diffusion steps, 1 head), eval mode, `torch.inference_mode()`,
-float32, 2 threads, batch N = 1:
-  s2048     stored S = 2048, L = 32 queries (input tuple (stored, state, stored))
-  self2048  self-association, L = S = 2048
-  s100k     S = 10^5, L = 32: difflayers builds a dense S x S similarity (40 GB in f32), so this
+float32, 2 threads:
+  s2048     N = 1, stored S = 2048, L = 32 queries (input tuple (stored, state, stored))
+  self2048  N = 1, self-association, L = S = 2048
+  b8x256    a batch of N = 8 self-associations, L = S = 256 (difflayers: one graph of the batch
+            mean; ours: one graph per sample by default, and batch_mean rows for difflayers' scope)
+  s100k     N = 1, S = 10^5, L = 32: difflayers builds a dense S x S similarity (40 GB in f32), so this
             case runs in a child process whose address space is capped (RLIMIT_AS, --mem-gb,
             default 8 GB) and its failure is reported instead of sending the machine into swap.
 "cache off" rebuilds the graph on every call (what the first call costs); "cache on" times calls
@@ -17,6 +19,7 @@ Times are medians (ms) of 7 (cache off) / 15 (cache on) runs, the protocol of `d
     benches/.venv/bin/python benches/dahn_compare.py                 # PyTorch, then ours, ratios
     benches/.venv/bin/python benches/dahn_compare.py --torch-only
     benches/.venv/bin/python benches/dahn_compare.py --cases s2048 self2048
+    benches/.venv/bin/python benches/dahn_compare.py --ours-exe /tmp/dahn_timing_before  # another build
 """
 
 import argparse
@@ -31,7 +34,9 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 D = 64
-CASES = {"s2048": (2048, 32), "self2048": (2048, 2048), "s100k": (100_000, 32)}
+# name: (N, S, L)
+CASES = {"s2048": (1, 2048, 32), "self2048": (1, 2048, 2048), "b8x256": (8, 256, 256),
+         "s100k": (1, 100_000, 32)}
 
 
 def vmhwm_mib():
@@ -55,10 +60,10 @@ def time_case(name, cache):
         return original(self, *a, **k)
 
     builder.GraphBuilder.build = counting
-    s, l = CASES[name]
+    n, s, l = CASES[name]
     torch.manual_seed(0)
-    stored = torch.randn(1, s, D)
-    state = torch.randn(1, l, D)
+    stored = torch.randn(n, s, D)
+    state = torch.randn(n, l, D)
     inp = stored if l == s else (stored, state, stored)
     m = DiffusedHopfield(input_size=D, cache_graph=cache).eval()
     runs = 7 if not cache else 15
@@ -126,9 +131,8 @@ def run_torch(cases, mem_gb):
     return rows
 
 
-def run_ours(cases):
+def run_ours(cases, exe):
     rows = []
-    exe = os.path.join(ROOT, "target", "release", "dahn_timing")
     for name in cases:
         # One process per case, so VmHWM is the case's own peak.
         out = subprocess.run([exe, name], check=True, capture_output=True, text=True).stdout
@@ -146,6 +150,7 @@ def main():
     ap.add_argument("--mem-gb", type=float, default=8.0)
     ap.add_argument("--child")
     ap.add_argument("--cache", type=int, default=1)
+    ap.add_argument("--ours-exe", default=os.path.join(ROOT, "target", "release", "dahn_timing"))
     a = ap.parse_args()
     if a.child:
         child(a.child, bool(a.cache), a.mem_gb)
@@ -154,18 +159,19 @@ def main():
     theirs = run_torch(a.cases, a.mem_gb)
     if a.torch_only:
         return
-    ours = run_ours(a.cases)
+    ours = run_ours(a.cases, a.ours_exe)
     print(f"\nload average after: {os.getloadavg()}")
-    print("\n| case | graph | ours (ms) | difflayers (ms) | ours / difflayers | ours VmHWM (MiB) | difflayers |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| case | graph | ours: scope | ours (ms) | difflayers (ms) | ours / difflayers "
+          "| ours: builds | ours VmHWM (MiB) | difflayers |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for o in ours:
         t = next((x for x in theirs if x["case"] == o["case"] and x["graph"] == o["graph"]), {})
         tm = t.get("ms")
         ratio = f"{o['ms'] / tm:.3f}" if tm else "n/a"
         theirs_txt = f"{tm:.2f}" if tm else t.get("error", "missing")
         note = f"builds {t['builds']}, VmHWM {t['vmhwm_mib']:.0f} MiB" if tm else "failed"
-        print(f"| {o['case']} | {o['graph']} | {o['ms']:.2f} | {theirs_txt} | {ratio} | "
-              f"{o['vmhwm_mib']} | {note} |")
+        print(f"| {o['case']} | {o['graph']} | {o.get('scope', 'per_sample')} | {o['ms']:.2f} | "
+              f"{theirs_txt} | {ratio} | {o.get('builds', 'n/a')} | {o['vmhwm_mib']} | {note} |")
 
 
 if __name__ == "__main__":

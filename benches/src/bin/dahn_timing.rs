@@ -3,15 +3,18 @@
 //! prints one JSON object per case and graph mode:
 //! `{"case": .., "graph": "fresh"|"cached", "ms": .., "runs": .., "vmhwm_mib": ..}`.
 //!
-//! Cases (batch N = 1, d = 64): `s2048` (S = 2048 stored, L = 32 queries), `self2048`
-//! (self-association, L = S = 2048) and `s100k` (S = 10^5, L = 32). "fresh" rebuilds the kNN graph
+//! Cases (d = 64): `s2048` (N = 1, S = 2048 stored, L = 32 queries), `self2048`
+//! (N = 1, self-association, L = S = 2048), `b8x256` (a batch of N = 8 self-associations,
+//! L = S = 256) and `s100k` (N = 1, S = 10^5, L = 32). "fresh" rebuilds the kNN graphs
 //! on every call (`cache_graph = false`, what the first call of a module costs); "cached" reuses
-//! the graph of the first call. `ms` is the median over the runs. `vmhwm_mib` is the process's
+//! the graphs of the first call. Rows carry the graph scope (`per_sample`, our default; for N > 1
+//! also `batch_mean`, difflayers' one graph of the batch mean) and `builds`, the graph builds
+//! during the timed runs (0 when the cache hits). `ms` is the median over the runs. `vmhwm_mib` is the process's
 //! peak RSS (`/proc/self/status` VmHWM) after the case, so run `s100k` in its own process to read
 //! its peak alone. `benches/dahn_compare.sh` runs it next to PyTorch difflayers.
 //!
 //! ```text
-//! cargo run --release -p hopfield-benches --bin dahn_timing              # s2048 and self2048
+//! cargo run --release -p hopfield-benches --bin dahn_timing              # s2048, self2048, b8x256
 //! cargo run --release -p hopfield-benches --bin dahn_timing -- s100k
 //! DAHN_PROFILE=1 cargo run --release -p hopfield-benches --bin dahn_timing   # + time breakdown
 //! ```
@@ -19,16 +22,19 @@
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use dahn_diffusion::{AttentionMode, AttentionOperator, DiffusionConfig, GraphCache};
-use hopfield_nn::{DiffusedHopfield, DiffusedHopfieldConfig, HopfieldConfig, HopfieldInput, Masks};
+use hopfield_nn::{
+    DiffusedHopfield, DiffusedHopfieldConfig, GraphScope, HopfieldConfig, HopfieldInput, Masks,
+};
 use std::time::Instant;
 
 const D: usize = 64;
 
-/// `(name, S, L)`; `L == S` means self-association (one input tensor).
-const CASES: [(&str, usize, usize); 3] = [
-    ("s2048", 2048, 32),
-    ("self2048", 2048, 2048),
-    ("s100k", 100_000, 32),
+/// `(name, N, S, L)`; `L == S` means self-association (one input tensor).
+const CASES: [(&str, usize, usize, usize); 4] = [
+    ("s2048", 1, 2048, 32),
+    ("self2048", 1, 2048, 2048),
+    ("b8x256", 8, 256, 256),
+    ("s100k", 1, 100_000, 32),
 ];
 
 /// Peak resident set size of this process in MiB (Linux), `None` elsewhere.
@@ -52,22 +58,36 @@ fn median_ms(runs: usize, mut f: impl FnMut() -> Result<Tensor>) -> Result<f64> 
 }
 
 /// difflayers' `DiffusedHopfield(input_size=64, cache_graph=cache)` with random parameters.
-fn module(map: &VarMap, cache: bool) -> Result<DiffusedHopfield> {
-    let cfg = DiffusedHopfieldConfig::new(HopfieldConfig::new(D)).with_cache_graph(cache);
+fn module(map: &VarMap, cache: bool, scope: GraphScope) -> Result<DiffusedHopfield> {
+    let cfg = DiffusedHopfieldConfig::new(HopfieldConfig::new(D))
+        .with_cache_graph(cache)
+        .with_graph_scope(scope);
     DiffusedHopfield::new(cfg, VarBuilder::from_varmap(map, DType::F32, &Device::Cpu))
 }
 
-fn report(case: &str, graph: &str, ms: f64, runs: usize) {
+fn scope_name(scope: GraphScope) -> &'static str {
+    match scope {
+        GraphScope::PerSample => "per_sample",
+        GraphScope::BatchMean => "batch_mean",
+    }
+}
+
+fn report_row(case: &str, graph: &str, scope: &str, ms: f64, runs: usize, builds: Option<usize>) {
     let hwm = vmhwm_mib().map_or("null".to_string(), |m| format!("{m:.1}"));
+    let builds = builds.map_or("null".to_string(), |b| b.to_string());
     println!(
-        "{{\"case\": \"{case}\", \"graph\": \"{graph}\", \"ms\": {ms:.3}, \"runs\": {runs}, \"vmhwm_mib\": {hwm}}}"
+        "{{\"case\": \"{case}\", \"graph\": \"{graph}\", \"scope\": \"{scope}\", \"ms\": {ms:.3}, \"runs\": {runs}, \"builds\": {builds}, \"vmhwm_mib\": {hwm}}}"
     );
 }
 
-fn run_case(name: &str, s: usize, l: usize) -> Result<()> {
+fn report(case: &str, graph: &str, ms: f64, runs: usize) {
+    report_row(case, graph, "per_sample", ms, runs, None);
+}
+
+fn run_case(name: &str, n: usize, s: usize, l: usize) -> Result<()> {
     let dev = Device::Cpu;
-    let stored = Tensor::randn(0f32, 1., (1, s, D), &dev)?;
-    let state = Tensor::randn(0f32, 1., (1, l, D), &dev)?;
+    let stored = Tensor::randn(0f32, 1., (n, s, D), &dev)?;
+    let state = Tensor::randn(0f32, 1., (n, l, D), &dev)?;
     let input = || {
         if l == s {
             HopfieldInput::Single(&stored)
@@ -80,26 +100,45 @@ fn run_case(name: &str, s: usize, l: usize) -> Result<()> {
         }
     };
     let map = VarMap::new();
-    let fresh = module(&map, false)?;
-    let cached = module(&map, true)?;
     // A 10^5 graph build takes tens of seconds: fewer runs there.
     let (fresh_runs, cached_runs) = if s > 10_000 { (1, 5) } else { (7, 15) };
-    let f = median_ms(fresh_runs, || {
-        fresh.forward_with(input(), Masks::default(), false)
-    })?;
-    report(name, "fresh", f, fresh_runs);
-    // The first cached call builds the graph; it is the warm-up.
-    cached.forward_with(input(), Masks::default(), false)?;
-    let c = median_ms(cached_runs, || {
-        cached.forward_with(input(), Masks::default(), false)
-    })?;
-    assert_eq!(
-        cached.graph_builds(),
-        1,
-        "the cached module must build once"
-    );
-    report(name, "cached", c, cached_runs);
-    if std::env::var_os("DAHN_PROFILE").is_some() {
+    let scopes: &[GraphScope] = if n > 1 {
+        &[GraphScope::PerSample, GraphScope::BatchMean]
+    } else {
+        &[GraphScope::PerSample]
+    };
+    for &scope in scopes {
+        let fresh = module(&map, false, scope)?;
+        let cached = module(&map, true, scope)?;
+        let f = median_ms(fresh_runs, || {
+            fresh.forward_with(input(), Masks::default(), false)
+        })?;
+        let fresh_builds = fresh.graph_builds();
+        report_row(
+            name,
+            "fresh",
+            scope_name(scope),
+            f,
+            fresh_runs,
+            Some(fresh_builds),
+        );
+        // The first cached call builds the graphs; it is the warm-up.
+        cached.forward_with(input(), Masks::default(), false)?;
+        let warm = cached.graph_builds();
+        let c = median_ms(cached_runs, || {
+            cached.forward_with(input(), Masks::default(), false)
+        })?;
+        let builds = cached.graph_builds() - warm;
+        report_row(
+            name,
+            "cached",
+            scope_name(scope),
+            c,
+            cached_runs,
+            Some(builds),
+        );
+    }
+    if std::env::var_os("DAHN_PROFILE").is_some() && n == 1 {
         profile(name, &stored, &map, &input, fresh_runs, cached_runs)?;
     }
     Ok(())
@@ -175,15 +214,17 @@ fn input_len<'a>(input: &impl Fn() -> HopfieldInput<'a>) -> Result<usize> {
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let wanted: Vec<&str> = if args.is_empty() {
-        vec!["s2048", "self2048"]
+        vec!["s2048", "self2048", "b8x256"]
     } else {
         args.iter().map(String::as_str).collect()
     };
     for w in &wanted {
-        let Some(&(name, s, l)) = CASES.iter().find(|c| c.0 == *w) else {
-            candle_core::bail!("unknown case {w:?}; expected one of s2048, self2048, s100k");
+        let Some(&(name, n, s, l)) = CASES.iter().find(|c| c.0 == *w) else {
+            candle_core::bail!(
+                "unknown case {w:?}; expected one of s2048, self2048, b8x256, s100k"
+            );
         };
-        run_case(name, s, l)?;
+        run_case(name, n, s, l)?;
     }
     Ok(())
 }
