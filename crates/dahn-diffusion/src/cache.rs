@@ -1,18 +1,25 @@
-//! [`GraphCache`]: builds (W, deg, neighbour table, L, operator) for a set of patterns and reuses
+//! [`GraphCache`]: builds (W, deg, neighbour table, L, operator) for sets of patterns and reuses
 //! them while the patterns are unchanged.
 //!
 //! **Cache key** ([`CacheKey`]): a 64-bit SipHash-1-3 (std `DefaultHasher`, fixed keys) of the
 //! patterns' values (each element's f64 bit pattern, exact for f16/bf16/f32/f64), plus the exact
 //! shape, dtype and device location. Never a pointer: an in-place change that keeps the sum (which
-//! fools difflayers' `(data_ptr, shape, sum)` key, B8/D10) changes the key. Two different pattern
-//! sets collide only with probability ~2^-64. Hashing costs one host copy of the patterns
-//! (O(N d)), negligible next to the O(N^2 d) graph build. The config is fixed per cache.
+//! fools difflayers' `(data_ptr, shape, sum)` key, B8/D10) changes the key. A hit also compares the
+//! stored bit patterns of the values with the query's, so a hash collision costs a rebuild, never a
+//! wrong graph. Hashing costs one host copy of the patterns (O(N d)), negligible next to the
+//! O(N^2 d) graph build. The config is fixed per cache.
+//!
+//! **Bound**: least-recently-used eviction at [`GraphCache::capacity`] entries
+//! ([`GraphCache::DEFAULT_CAPACITY`] unless given), so that a batch of per-sample graphs (one entry
+//! per sample) hits whatever its size up to the bound; [`GraphCache::ensure_capacity`] raises it.
 
 use crate::{
-    create_operator, DiffusionConfig, DiffusionMode, DiffusionOperator, FactoredDiffusion,
+    create_operator, DiffusionConfig, DiffusionError, DiffusionMode, DiffusionOperator,
+    FactoredDiffusion,
 };
 use candle_core::{DType, DeviceLocation, Result, Tensor};
 use dahn_graph::{Graph, GraphBuilder, GraphMatrix};
+use std::collections::VecDeque;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -32,22 +39,17 @@ pub struct CacheKey {
 
 impl CacheKey {
     /// The key of `patterns`.
+    ///
+    /// ```
+    /// use candle_core::{Device, Tensor};
+    /// use dahn_diffusion::CacheKey;
+    /// let p = Tensor::new(&[[1f32, 2.], [3., 4.]], &Device::Cpu)?;
+    /// assert_eq!(CacheKey::of(&p)?, CacheKey::of(&p.copy()?)?);
+    /// assert_ne!(CacheKey::of(&p)?, CacheKey::of(&p.flip(&[0])?)?);
+    /// # Ok::<(), candle_core::Error>(())
+    /// ```
     pub fn of(patterns: &Tensor) -> Result<Self> {
-        let host = patterns
-            .detach()
-            .to_dtype(DType::F64)?
-            .flatten_all()?
-            .to_vec1::<f64>()?;
-        let mut h = std::hash::DefaultHasher::new();
-        for v in &host {
-            v.to_bits().hash(&mut h);
-        }
-        Ok(Self {
-            value_hash: h.finish(),
-            shape: patterns.dims().to_vec(),
-            dtype: patterns.dtype(),
-            device: patterns.device().location(),
-        })
+        Ok(Values::of(patterns)?.0)
     }
 }
 
@@ -66,81 +68,130 @@ pub struct CachedGraph {
     pub operator: Arc<dyn DiffusionOperator>,
 }
 
-/// difflayers' `GraphCache(config)`; one entry (the latest pattern set). Thread-safe (`&self`).
-///
-/// ```
-/// use candle_core::{Device, Tensor};
-/// use dahn_diffusion::{DiffusionConfig, GraphCache};
-/// let cache = GraphCache::new(DiffusionConfig::default().k_neighbors(1))?;
-/// let p = Tensor::new(&[[1f64, 0.], [0.9, 0.1], [0., 1.]], &Device::Cpu)?;
-/// let a = cache.get(&p)?;
-/// let b = cache.get(&p)?;
-/// assert!(std::sync::Arc::ptr_eq(&a, &b));
-/// assert_eq!(cache.builds(), 1);
-/// # Ok::<(), candle_core::Error>(())
-/// ```
-#[derive(Debug)]
-pub struct GraphCache {
-    config: DiffusionConfig,
-    entry: Mutex<Option<(CacheKey, Arc<CachedGraph>)>>,
-    builds: AtomicUsize,
+/// The host bit patterns of a pattern set, kept beside its key so that a hit is an exact
+/// equality, not only an equal hash. Stored narrow where exact (f16/bf16/f32 fit f32 exactly) to
+/// halve the memory of f32 entries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Values {
+    Bits32(Vec<u32>),
+    Bits64(Vec<u64>),
 }
 
-impl GraphCache {
-    /// A cache for `config` (validated).
-    pub fn new(config: DiffusionConfig) -> Result<Self> {
-        config.validate()?;
-        Ok(Self {
-            config,
-            entry: Mutex::new(None),
-            builds: AtomicUsize::new(0),
-        })
-    }
-
-    /// The configuration.
-    pub fn config(&self) -> &DiffusionConfig {
-        &self.config
-    }
-
-    /// Number of graph builds so far (cache misses).
-    pub fn builds(&self) -> usize {
-        self.builds.load(Ordering::Relaxed)
-    }
-
-    /// Forgets the cached entry.
-    pub fn invalidate(&self) {
-        *self.entry.lock().unwrap_or_else(|p| p.into_inner()) = None;
-    }
-
-    /// The graph objects for `patterns` (N, d): cached if the key matches and `cache_graph` is on,
-    /// else built (GraphBuilder(k_neighbors) on the detached patterns; factored: operator on
-    /// (W, deg), no L; other modes: L normalised iff `use_normalized_laplacian`, and the mode's
-    /// operator on L). Errors: bad patterns (dahn-graph errors), unstable operator.
-    pub fn get(&self, patterns: &Tensor) -> Result<Arc<CachedGraph>> {
-        let key = if self.config.cache_graph {
-            Some(CacheKey::of(patterns)?)
-        } else {
-            None
-        };
-        if let Some(key) = &key {
-            let guard = self.entry.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some((k, g)) = guard.as_ref() {
-                if k == key {
-                    return Ok(g.clone());
+impl Values {
+    /// The key and the values of `patterns`, from one host copy.
+    fn of(patterns: &Tensor) -> Result<(CacheKey, Self)> {
+        let p = patterns.detach().flatten_all()?;
+        let mut h = std::hash::DefaultHasher::new();
+        let values = match p.dtype() {
+            DType::F32 | DType::F16 | DType::BF16 => {
+                let host = p.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+                // Hash the f64 bit patterns, as `CacheKey::of` does, so both give one key.
+                for v in &host {
+                    (*v as f64).to_bits().hash(&mut h);
                 }
+                Values::Bits32(host.iter().map(|v| v.to_bits()).collect())
             }
-        }
-        let built = Arc::new(self.build(patterns)?);
-        self.builds.fetch_add(1, Ordering::Relaxed);
-        if let Some(key) = key {
-            *self.entry.lock().unwrap_or_else(|p| p.into_inner()) = Some((key, built.clone()));
-        }
-        Ok(built)
+            _ => {
+                let host = p.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+                for v in &host {
+                    v.to_bits().hash(&mut h);
+                }
+                Values::Bits64(host.iter().map(|v| v.to_bits()).collect())
+            }
+        };
+        let key = CacheKey {
+            value_hash: h.finish(),
+            shape: patterns.dims().to_vec(),
+            dtype: patterns.dtype(),
+            device: patterns.device().location(),
+        };
+        Ok((key, values))
+    }
+}
+
+#[derive(Debug)]
+struct Entry {
+    key: CacheKey,
+    values: Values,
+    graph: Arc<CachedGraph>,
+}
+
+/// Entries, least recently used first.
+#[derive(Debug)]
+struct Lru {
+    capacity: usize,
+    entries: VecDeque<Entry>,
+}
+
+impl Lru {
+    fn lookup(&mut self, key: &CacheKey, values: &Values) -> Option<Arc<CachedGraph>> {
+        let pos = self
+            .entries
+            .iter()
+            .position(|e| &e.key == key && &e.values == values)?;
+        let e = self.entries.remove(pos)?;
+        let g = e.graph.clone();
+        self.entries.push_back(e);
+        Some(g)
     }
 
-    fn build(&self, patterns: &Tensor) -> Result<CachedGraph> {
-        let cfg = &self.config;
-        let graph = GraphBuilder::new().k(cfg.k_neighbors).build(patterns)?;
+    fn insert(&mut self, entry: Entry) {
+        // Another thread may have built the same set meanwhile: keep one copy.
+        self.entries
+            .retain(|e| !(e.key == entry.key && e.values == entry.values));
+        self.entries.push_back(entry);
+        self.trim();
+    }
+
+    fn trim(&mut self) {
+        while self.entries.len() > self.capacity {
+            self.entries.pop_front();
+        }
+    }
+}
+
+impl CachedGraph {
+    /// Builds the graph objects of `patterns` (N, d) for `config`: `GraphBuilder(k_neighbors)`
+    /// on the detached patterns, then [`CachedGraph::from_graph`]. What [`GraphCache::get`] does
+    /// on a miss; call it to build graphs you keep yourself.
+    ///
+    /// ```
+    /// use candle_core::{Device, Tensor};
+    /// use dahn_diffusion::{CachedGraph, DiffusionConfig};
+    /// let p = Tensor::new(&[[1f64, 0.], [0.9, 0.1], [0., 1.]], &Device::Cpu)?;
+    /// let g = CachedGraph::build(&p, &DiffusionConfig::default().k_neighbors(1))?;
+    /// assert_eq!((g.graph.n(), g.operator.n()), (3, 3));
+    /// # Ok::<(), candle_core::Error>(())
+    /// ```
+    pub fn build(patterns: &Tensor, config: &DiffusionConfig) -> Result<Self> {
+        config.validate()?;
+        let graph = GraphBuilder::new()
+            .k(config.k_neighbors)
+            .build(&patterns.detach())?;
+        Self::from_graph(graph, config)
+    }
+
+    /// The graph objects of a graph built elsewhere (e.g. your own kNN): degrees, neighbour
+    /// table, and for simple/iterative/spectral the Laplacian (normalised iff
+    /// `use_normalized_laplacian`) with the mode's operator on it; factored: the operator on
+    /// (W, deg), no L. The operator has `config.eta` and `config.steps`. Errors: invalid config,
+    /// unstable operator.
+    ///
+    /// ```
+    /// use candle_core::{Device, Tensor};
+    /// use dahn_diffusion::{CachedGraph, DiffusionConfig, DiffusionMode};
+    /// use dahn_graph::GraphBuilder;
+    /// let p = Tensor::new(&[[1f64, 0.], [0.9, 0.1], [0., 1.]], &Device::Cpu)?;
+    /// let graph = GraphBuilder::new().k(1).build(&p)?;
+    /// let cfg = DiffusionConfig::default().mode(DiffusionMode::Simple).eta(0.2);
+    /// let g = CachedGraph::from_graph(graph, &cfg)?;
+    /// assert!(g.laplacian.is_some());
+    /// assert_eq!(g.operator.mode(), DiffusionMode::Simple);
+    /// # Ok::<(), candle_core::Error>(())
+    /// ```
+    pub fn from_graph(graph: Graph, config: &DiffusionConfig) -> Result<Self> {
+        config.validate()?;
+        let cfg = config;
         let degrees = graph.degrees()?;
         let neighbours = graph.neighbours()?;
         let (laplacian, operator): (Option<GraphMatrix>, Arc<dyn DiffusionOperator>) =
@@ -160,13 +211,167 @@ impl GraphCache {
                     (Some(l), op)
                 }
             };
-        Ok(CachedGraph {
+        Ok(Self {
             graph,
             degrees,
             neighbours,
             laplacian,
             operator,
         })
+    }
+}
+
+/// difflayers' `GraphCache(config)`, holding up to [`capacity`](GraphCache::capacity) pattern
+/// sets (least recently used evicted first; [`GraphCache::DEFAULT_CAPACITY`] by default), so that
+/// one graph per sample of a batch hits on the next call. Thread-safe (`&self`): a miss builds
+/// outside the lock, so two threads missing on one set may both build it (one copy is kept).
+///
+/// Memory per entry: the graph (O(N k)) and the patterns' bit patterns (N d values, 4 bytes each
+/// for f16/bf16/f32, 8 for f64), kept for the exact equality check on a hit.
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use dahn_diffusion::{DiffusionConfig, GraphCache};
+/// let cache = GraphCache::new(DiffusionConfig::default().k_neighbors(1))?;
+/// let p = Tensor::new(&[[1f64, 0.], [0.9, 0.1], [0., 1.]], &Device::Cpu)?;
+/// let q = (&p * 2.)?;
+/// let a = cache.get(&p)?;
+/// cache.get(&q)?;
+/// let b = cache.get(&p)?; // still cached: two sets fit
+/// assert!(std::sync::Arc::ptr_eq(&a, &b));
+/// assert_eq!((cache.builds(), cache.hits(), cache.len()), (2, 1, 2));
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct GraphCache {
+    config: DiffusionConfig,
+    lru: Mutex<Lru>,
+    builds: AtomicUsize,
+    hits: AtomicUsize,
+}
+
+impl GraphCache {
+    /// Pattern sets a cache keeps unless told otherwise: a batch of up to 64 samples with one
+    /// graph each hits on the next call.
+    pub const DEFAULT_CAPACITY: usize = 64;
+
+    /// A cache for `config` (validated) keeping [`Self::DEFAULT_CAPACITY`] pattern sets.
+    pub fn new(config: DiffusionConfig) -> Result<Self> {
+        Self::with_capacity(config, Self::DEFAULT_CAPACITY)
+    }
+
+    /// A cache for `config` (validated) keeping up to `capacity` pattern sets. Errors:
+    /// `capacity == 0` (turn caching off with `cache_graph(false)` instead).
+    ///
+    /// ```
+    /// use dahn_diffusion::{DiffusionConfig, GraphCache};
+    /// let cache = GraphCache::with_capacity(DiffusionConfig::default(), 8)?;
+    /// assert_eq!(cache.capacity(), 8);
+    /// let e = GraphCache::with_capacity(DiffusionConfig::default(), 0).unwrap_err();
+    /// assert!(e.to_string().contains("capacity"));
+    /// # Ok::<(), candle_core::Error>(())
+    /// ```
+    pub fn with_capacity(config: DiffusionConfig, capacity: usize) -> Result<Self> {
+        config.validate()?;
+        if capacity == 0 {
+            return Err(DiffusionError::InvalidConfig(
+                "GraphCache capacity must be >= 1, got 0 (use cache_graph(false) to not cache)"
+                    .into(),
+            )
+            .into());
+        }
+        Ok(Self {
+            config,
+            lru: Mutex::new(Lru {
+                capacity,
+                entries: VecDeque::new(),
+            }),
+            builds: AtomicUsize::new(0),
+            hits: AtomicUsize::new(0),
+        })
+    }
+
+    fn lru(&self) -> std::sync::MutexGuard<'_, Lru> {
+        // A panic while holding the lock cannot leave the queue inconsistent (each operation is
+        // one VecDeque call or a trim), so a poisoned lock is still usable.
+        self.lru.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &DiffusionConfig {
+        &self.config
+    }
+
+    /// Number of graph builds so far (cache misses, or every call with `cache_graph` off).
+    pub fn builds(&self) -> usize {
+        self.builds.load(Ordering::Relaxed)
+    }
+
+    /// Number of cache hits so far.
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::Relaxed)
+    }
+
+    /// Most pattern sets kept.
+    pub fn capacity(&self) -> usize {
+        self.lru().capacity
+    }
+
+    /// Pattern sets kept now.
+    pub fn len(&self) -> usize {
+        self.lru().entries.len()
+    }
+
+    /// Whether no pattern set is kept.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Raises the capacity to at least `n` (never lowers it). A caller that looks up `n` sets in
+    /// turn on every call (one per sample) needs room for all of them: with fewer, LRU evicts each
+    /// set just before it is asked for again and nothing ever hits.
+    ///
+    /// ```
+    /// use dahn_diffusion::{DiffusionConfig, GraphCache};
+    /// let cache = GraphCache::with_capacity(DiffusionConfig::default(), 4)?;
+    /// cache.ensure_capacity(100);
+    /// cache.ensure_capacity(10);
+    /// assert_eq!(cache.capacity(), 100);
+    /// # Ok::<(), candle_core::Error>(())
+    /// ```
+    pub fn ensure_capacity(&self, n: usize) {
+        let mut lru = self.lru();
+        lru.capacity = lru.capacity.max(n);
+    }
+
+    /// Forgets every cached entry.
+    pub fn invalidate(&self) {
+        self.lru().entries.clear();
+    }
+
+    /// The graph objects for `patterns` (N, d): cached if an entry's key and values match and
+    /// `cache_graph` is on, else built ([`CachedGraph::build`]) and, with `cache_graph`, kept
+    /// (evicting the least recently used entry beyond the capacity). Errors: bad patterns
+    /// (dahn-graph errors), unstable operator.
+    pub fn get(&self, patterns: &Tensor) -> Result<Arc<CachedGraph>> {
+        if !self.config.cache_graph {
+            let built = Arc::new(CachedGraph::build(patterns, &self.config)?);
+            self.builds.fetch_add(1, Ordering::Relaxed);
+            return Ok(built);
+        }
+        let (key, values) = Values::of(patterns)?;
+        if let Some(g) = self.lru().lookup(&key, &values) {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(g);
+        }
+        let built = Arc::new(CachedGraph::build(patterns, &self.config)?);
+        self.builds.fetch_add(1, Ordering::Relaxed);
+        self.lru().insert(Entry {
+            key,
+            values,
+            graph: built.clone(),
+        });
+        Ok(built)
     }
 }
 
@@ -210,6 +415,38 @@ mod tests {
         assert_eq!(cache.builds(), 2, "unchanged patterns hit the cache");
         cache.get(&swapped.to_dtype(DType::F32)?)?;
         assert_eq!(cache.builds(), 3, "dtype is part of the key");
+        Ok(())
+    }
+
+    #[test]
+    fn an_equal_hash_with_other_values_is_a_miss() -> Result<()> {
+        // A real SipHash collision cannot be produced in a test: forge an entry whose key is
+        // `a`'s but whose values (and graph) are `b`'s, as a collision would leave it.
+        let cache = GraphCache::new(DiffusionConfig::default().k_neighbors(1))?;
+        let a = Tensor::new(&[[1f32, 0.], [0.9, 0.1], [0., 1.]], &Device::Cpu)?;
+        let b = Tensor::new(&[[0f32, 1.], [1., 0.], [0.7, 0.7]], &Device::Cpu)?;
+        let (key_a, values_a) = Values::of(&a)?;
+        let (_, values_b) = Values::of(&b)?;
+        assert_ne!(values_a, values_b);
+        let forged = Arc::new(CachedGraph::build(&b, cache.config())?);
+        cache.lru().insert(Entry {
+            key: key_a,
+            values: values_b,
+            graph: forged.clone(),
+        });
+        let got = cache.get(&a)?;
+        assert!(
+            !Arc::ptr_eq(&got, &forged),
+            "a collision must not return b's graph"
+        );
+        assert_eq!((cache.builds(), cache.hits(), cache.len()), (1, 0, 2));
+        assert_eq!(
+            got.graph.weights()?.to_vec2::<f32>()?,
+            CachedGraph::build(&a, cache.config())?
+                .graph
+                .weights()?
+                .to_vec2::<f32>()?
+        );
         Ok(())
     }
 

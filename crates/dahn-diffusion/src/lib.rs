@@ -6,7 +6,7 @@
 //!   [`IterativeDiffusion`] (T steps with the early-stop guard), [`SpectralDiffusion`] (heat
 //!   kernel by a Jacobi eigensolver), [`FactoredDiffusion`] (`(1 - eta deg) X + eta W X`, O(k N d)
 //!   per step on a sparse W); [`create_operator`], [`apply_diffusion`].
-//! - [`DiffusionConfig`] (difflayers' diffusion arguments, the one copy, validated), [`GraphCache`] (content-hash key),
+//! - [`DiffusionConfig`] (difflayers' diffusion arguments, the one copy, validated), [`GraphCache`] (bounded LRU keyed on the values),
 //!   [`AttentionOperator`] (dense / graph), [`DynamicsEngine`] (`run_dynamics`, `run_diffusion`),
 //!   [`EnergyTracker`], [`compute_adaptive_eta`].
 //!
