@@ -7,12 +7,18 @@ fn main() {
     #[cfg(feature = "cuda")]
     {
         let out = std::path::PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
-        let ptx = cudaforge::KernelBuilder::new()
-            .source_dir("kernels")
-            .arg("-std=c++17")
-            .arg("-O3")
-            .build_ptx()
-            .expect("compiling kernels/*.cu (needs nvcc on PATH and CUDA_COMPUTE_CAP or a GPU)");
-        ptx.write(out.join("ptx.rs")).expect("writing ptx.rs");
+        // One constants file per module that includes it, so neither holds an unused constant.
+        let build = |files: &[&str], rs: &str| {
+            cudaforge::KernelBuilder::new()
+                .source_files(files.iter().map(|f| format!("kernels/{f}")))
+                .arg("-std=c++17")
+                .arg("-O3")
+                .build_ptx()
+                .expect("compiling kernels/*.cu (needs nvcc on PATH and CUDA_COMPUTE_CAP or a GPU)")
+                .write(out.join(rs))
+                .expect("writing the PTX constants");
+        };
+        build(&["retrieval.cu"], "ptx.rs");
+        build(&["sparse.cu"], "ptx_sparse.rs");
     }
 }

@@ -15,6 +15,8 @@
 //!
 //! - [`normalize`]: `(x - mean) / sqrt(var + eps)` per row (LayerNorm without its affine part),
 //!   fused on the CPU with a fused first-order backward.
+//! - [`sparse`]: a shared CSR matrix ([`sparse::CsrMatrix`], transpose cached), its product with
+//!   dense tensors and the fused factored diffusion step, with backward passes.
 //! - [`all_finite`]: the one-reduction NaN/inf check behind every crate's typed `NonFinite` error.
 //! - [`tune_allocator`]: an opt-in process-wide malloc setting that removes most page-fault
 //!   overhead of large temporary tensors on Linux/glibc.
@@ -43,6 +45,7 @@ pub mod retrieval;
 mod rows;
 mod scratch;
 mod softmax;
+pub mod sparse;
 #[cfg(test)]
 mod test_util;
 
