@@ -7,7 +7,8 @@ use dahn_graph::{Csr, GraphMatrix, Merge};
 use std::sync::Arc;
 
 /// Factored diffusion (difflayers' `FactoredDiffusion`): `steps` times
-/// `X <- (1 - eta deg) * X + eta W X`, i.e. `(I - eta (diag(deg) - W)) X` (always the
+/// `X <- (1 - eta deg) * X + eta W X` (with a sparse W one fused
+/// `hopfield_cuda::sparse::diffusion_step` per step), i.e. `(I - eta (diag(deg) - W)) X` (always the
 /// unnormalised Laplacian of (W, deg), as difflayers, D5). With a sparse W each step costs
 /// O(nnz d) time and memory; `deg` is used as given (it need not equal W's row sums).
 ///
@@ -140,14 +141,25 @@ impl DiffusionOperator for FactoredDiffusion {
         if self.eta == 0.0 || self.steps == 0 {
             return Ok(x.clone());
         }
-        let mut shape = vec![n];
-        shape.resize(x.rank(), 1);
-        let keep = (1.0 - (self.degrees.to_dtype(x.dtype())?.to_device(x.device())? * self.eta)?)?
-            .reshape(shape)?;
+        let deg = self.degrees.to_dtype(x.dtype())?.to_device(x.device())?;
         let mut x = x.clone();
-        for t in 0..self.steps {
-            let wx = self.weights.matmul(&x).map_err(|e| diverged_at(e, t + 1))?;
-            x = (x.broadcast_mul(&keep)? + (wx * self.eta)?)?;
+        match &self.weights {
+            // One fused pass per step (hopfield_cuda::sparse); a step that overflows leaves
+            // inf/NaN that the check below reports as Diverged.
+            GraphMatrix::Sparse(c) => {
+                for _ in 0..self.steps {
+                    x = hopfield_cuda::sparse::diffusion_step(c.sparse(), &deg, self.eta, &x)?;
+                }
+            }
+            GraphMatrix::Dense(_) => {
+                let mut shape = vec![n];
+                shape.resize(x.rank(), 1);
+                let keep = (1.0 - (deg * self.eta)?)?.reshape(shape)?;
+                for t in 0..self.steps {
+                    let wx = self.weights.matmul(&x).map_err(|e| diverged_at(e, t + 1))?;
+                    x = (x.broadcast_mul(&keep)? + (wx * self.eta)?)?;
+                }
+            }
         }
         validate::diverged(&x, self.steps)?;
         Ok(x)

@@ -1,15 +1,15 @@
 //! Compressed sparse row matrices with f64 host values, and the one differentiable sparse product.
 //!
 //! A [`Csr`] holds a graph's weights exactly once, on the host, whatever the tensors' dtype and
-//! device. [`Csr::matmul`] multiplies it with a dense tensor using only differentiable candle ops
-//! (`index_select` of the neighbour rows, a weighted `index_add`), so gradients flow to the dense
-//! operand while the graph stays a constant. Cost O(nnz * d) time and memory per product.
+//! device, in a shared `hopfield_cuda::sparse::CsrMatrix`. [`Csr::matmul`] multiplies it with a
+//! dense tensor through `hopfield_cuda::sparse::spmm` (fused on the CPU and CUDA, composed
+//! elsewhere), so gradients flow to the dense operand while the graph stays a constant. Cost
+//! O(nnz * d) time per product; the transpose for backward passes is built once.
 
 use crate::{check, top_k_into, GraphError};
-use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, Tensor, WithDType};
+use candle_core::{DType, Device, Result, Tensor};
+use hopfield_cuda::sparse::CsrMatrix;
 use rayon::prelude::*;
-use std::sync::Arc;
-use std::sync::Mutex;
 
 /// How duplicate (row, column) entries are merged when a [`Csr`] is built from triplets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,55 +20,35 @@ pub enum Merge {
     Sum,
 }
 
-/// Index/value tensors of a [`Csr`] for one dtype and device, built on first use.
-#[derive(Debug, Clone)]
-struct SpmmTensors {
-    dtype: DType,
-    device: Device,
-    rows: Tensor,
-    cols: Tensor,
-    vals: Tensor,
-}
-
 /// A square N x N sparse matrix in CSR form; columns sorted within each row, no duplicates.
-#[derive(Debug)]
+///
+/// The arrays live once in a shared [`CsrMatrix`] (cloning a `Csr` is an `Arc` clone; products
+/// read the arrays in place and every backward pass reuses one cached transpose).
+#[derive(Debug, Clone, PartialEq)]
 pub struct Csr {
-    n: usize,
-    row_ptr: Vec<usize>,
-    col_idx: Vec<u32>,
-    values: Vec<f64>,
-    tensors: Mutex<Option<SpmmTensors>>,
-}
-
-impl Clone for Csr {
-    fn clone(&self) -> Self {
-        Self::from_parts(
-            self.n,
-            self.row_ptr.clone(),
-            self.col_idx.clone(),
-            self.values.clone(),
-        )
-    }
-}
-
-impl PartialEq for Csr {
-    fn eq(&self, o: &Self) -> bool {
-        self.n == o.n
-            && self.row_ptr == o.row_ptr
-            && self.col_idx == o.col_idx
-            && self.values == o.values
-    }
+    mat: CsrMatrix,
 }
 
 impl Csr {
     fn from_parts(n: usize, row_ptr: Vec<usize>, col_idx: Vec<u32>, values: Vec<f64>) -> Self {
-        Self {
-            n,
-            row_ptr,
-            col_idx,
-            values,
-            tensors: Mutex::new(None),
+        match CsrMatrix::new(n, row_ptr, col_idx, values) {
+            Ok(mat) => Self { mat },
+            // Only `assemble` calls this, with arrays it built to the format.
+            Err(e) => unreachable!("Csr arrays broke the CSR format: {e}"),
         }
+    }
+
+    /// The shared matrix the sparse kernels of `hopfield_cuda::sparse` read.
+    ///
+    /// ```
+    /// use dahn_graph::{Csr, Merge};
+    /// let a = Csr::from_triplets(2, vec![(0, 1, 2.0)], Merge::Sum)?;
+    /// assert_eq!(a.sparse().nnz(), 1);
+    /// assert!(a.clone().sparse().shares_storage(a.sparse()));
+    /// # Ok::<(), candle_core::Error>(())
+    /// ```
+    pub fn sparse(&self) -> &CsrMatrix {
+        &self.mat
     }
 
     /// Builds an N x N matrix from `(row, col, value)` triplets, merging duplicates with `merge`.
@@ -108,13 +88,14 @@ impl Csr {
             }
         }
         let a = Self::assemble(n, t, merge)?;
-        if let Some(p) = a.values.iter().position(|v| !v.is_finite()) {
-            let row = a.row_ptr.partition_point(|&q| q <= p) - 1;
+        if let Some(p) = a.values().iter().position(|v| !v.is_finite()) {
+            let row = a.mat.row_ptr().partition_point(|&q| q <= p) - 1;
             return Err(GraphError::Overflow {
                 what: "Csr::from_triplets",
                 detail: format!(
                     "merged duplicates of entry ({row}, {}) sum to {}",
-                    a.col_idx[p], a.values[p]
+                    a.mat.col_idx()[p],
+                    a.values()[p]
                 ),
             }
             .into());
@@ -204,26 +185,22 @@ impl Csr {
 
     /// Number of rows (= columns).
     pub fn n(&self) -> usize {
-        self.n
+        self.mat.n()
     }
 
     /// Number of stored entries.
     pub fn nnz(&self) -> usize {
-        self.values.len()
+        self.mat.nnz()
     }
 
     /// All stored values, row by row.
     pub fn values(&self) -> &[f64] {
-        &self.values
+        self.mat.values()
     }
 
     /// Columns and values of row `i`; a row `i >= n` (outside the matrix) is empty.
     pub fn row(&self, i: usize) -> (&[u32], &[f64]) {
-        if i >= self.n {
-            return (&[], &[]);
-        }
-        let r = self.row_ptr[i]..self.row_ptr[i + 1];
-        (&self.col_idx[r.clone()], &self.values[r])
+        self.mat.row(i)
     }
 
     /// Entry (i, j), 0 if absent or outside the matrix.
@@ -236,27 +213,28 @@ impl Csr {
 
     /// Row sums (the degrees `A 1`).
     pub fn row_sums(&self) -> Vec<f64> {
-        (0..self.n).map(|i| self.row(i).1.iter().sum()).collect()
+        (0..self.mat.n())
+            .map(|i| self.row(i).1.iter().sum())
+            .collect()
     }
 
     /// The diagonal.
     pub fn diagonal(&self) -> Vec<f64> {
-        (0..self.n).map(|i| self.get(i, i)).collect()
+        (0..self.mat.n()).map(|i| self.get(i, i)).collect()
     }
 
-    /// The transpose (errors only when its memory cannot be had).
+    /// The transpose: built on the first call (or the first backward pass through
+    /// [`Self::matmul`]) and cached with the matrix, so later calls share it. Kept fallible for
+    /// callers written against the building version.
     pub fn transpose(&self) -> Result<Self> {
-        let mut t = Vec::with_capacity(self.nnz());
-        for i in 0..self.n {
-            let (c, v) = self.row(i);
-            t.extend(c.iter().zip(v).map(|(&j, &x)| (j, i as u32, x)));
-        }
-        Self::assemble(self.n, t, Merge::Sum)
+        Ok(Self {
+            mat: self.mat.transpose().clone(),
+        })
     }
 
     /// Whether the matrix equals its transpose exactly.
     pub fn is_symmetric(&self) -> bool {
-        (0..self.n).all(|i| {
+        (0..self.mat.n()).all(|i| {
             let (c, v) = self.row(i);
             c.iter().zip(v).all(|(&j, &x)| self.get(j as usize, i) == x)
         })
@@ -268,7 +246,7 @@ impl Csr {
     /// is symmetric only up to rounding).
     pub fn asymmetry(&self) -> Option<(usize, usize, f64, f64)> {
         let mut worst: Option<(usize, usize, f64, f64)> = None;
-        for i in 0..self.n {
+        for i in 0..self.mat.n() {
             let (c, v) = self.row(i);
             for (&j, &x) in c.iter().zip(v) {
                 let y = self.get(j as usize, i);
@@ -282,30 +260,30 @@ impl Csr {
 
     /// The largest absolute stored value (0 for an empty matrix).
     pub fn max_abs(&self) -> f64 {
-        self.values.iter().fold(0.0, |m, v| m.max(v.abs()))
+        self.mat.values().iter().fold(0.0, |m, v| m.max(v.abs()))
     }
 
     /// The dense (N, N) matrix in `dtype` on `device` (O(N^2) memory: small graphs only). Errors
     /// with [`GraphError::TooLarge`] when N x N cannot be allocated, instead of aborting.
     pub fn to_dense(&self, dtype: DType, device: &Device) -> Result<Tensor> {
         let what = "Csr::to_dense";
-        let elems = check::checked_elems(&[self.n, self.n], 8, what)?;
-        check::can_allocate(&[self.n, self.n], dtype, what)?;
+        let elems = check::checked_elems(&[self.mat.n(), self.mat.n()], 8, what)?;
+        check::can_allocate(&[self.mat.n(), self.mat.n()], dtype, what)?;
         let mut d = check::try_vec(elems, 0f64, what)?;
-        for i in 0..self.n {
+        for i in 0..self.mat.n() {
             let (c, v) = self.row(i);
             for (&j, &x) in c.iter().zip(v) {
-                d[i * self.n + j as usize] = x;
+                d[i * self.mat.n() + j as usize] = x;
             }
         }
-        Tensor::from_vec(d, (self.n, self.n), &Device::Cpu)?
+        Tensor::from_vec(d, (self.mat.n(), self.mat.n()), &Device::Cpu)?
             .to_dtype(dtype)?
             .to_device(device)
     }
 
     /// Row sums as an (N,) tensor.
     pub fn degrees(&self, dtype: DType, device: &Device) -> Result<Tensor> {
-        Tensor::from_vec(self.row_sums(), self.n, &Device::Cpu)?
+        Tensor::from_vec(self.row_sums(), self.mat.n(), &Device::Cpu)?
             .to_dtype(dtype)?
             .to_device(device)
     }
@@ -345,8 +323,8 @@ impl Csr {
     /// ```
     pub fn try_laplacian(&self, normalized: bool) -> Result<Self> {
         let l = self.laplacian_inner(normalized)?;
-        if let Some(p) = l.values.iter().position(|v| !v.is_finite()) {
-            let i = l.row_ptr.partition_point(|&q| q <= p) - 1;
+        if let Some(p) = l.values().iter().position(|v| !v.is_finite()) {
+            let i = l.mat.row_ptr().partition_point(|&q| q <= p) - 1;
             return Err(GraphError::Overflow {
                 what: "Csr::laplacian",
                 detail: format!(
@@ -365,14 +343,14 @@ impl Csr {
         // sum finite the entries are the same (up to underflow of weights ~2^-1000 below the max).
         let mut scale = (1.0, 1.0);
         if normalized && d.iter().any(|x| !x.is_finite()) {
-            let longest = (0..self.n)
-                .map(|i| self.row_ptr[i + 1] - self.row_ptr[i])
+            let longest = (0..self.mat.n())
+                .map(|i| self.mat.row_ptr()[i + 1] - self.mat.row_ptr()[i])
                 .max()
                 .unwrap_or(1)
                 .max(1);
             let (s1, s2) = check::pow2_halves(self.max_abs().log2() + (longest as f64).log2());
             scale = (s1, s2);
-            d = (0..self.n)
+            d = (0..self.mat.n())
                 .map(|i| self.row(i).1.iter().map(|v| v * s1 * s2).sum())
                 .collect();
         }
@@ -388,8 +366,8 @@ impl Csr {
                 }
             })
             .collect();
-        let mut t = check::try_with_capacity(self.nnz() + self.n, "Csr::laplacian")?;
-        for i in 0..self.n {
+        let mut t = check::try_with_capacity(self.nnz() + self.mat.n(), "Csr::laplacian")?;
+        for i in 0..self.mat.n() {
             let diag = d[i] * r[i] * r[i];
             if diag != 0.0 {
                 t.push((i as u32, i as u32, diag));
@@ -400,7 +378,7 @@ impl Csr {
                 t.push((i as u32, j, -r[i] * x * r[j as usize]));
             }
         }
-        Self::assemble(self.n, t, Merge::Sum)
+        Self::assemble(self.mat.n(), t, Merge::Sum)
     }
 
     /// Per row, the `k` columns of largest weight in descending order (ties: lower column first),
@@ -410,7 +388,7 @@ impl Csr {
     /// whose (N, k) table cannot be allocated is [`GraphError::TooLarge`] (not an abort).
     pub fn neighbour_table(&self, k: usize, device: &Device) -> Result<Tensor> {
         let what = "Csr::neighbour_table";
-        let elems = check::checked_elems(&[self.n, k], 4, what)?;
+        let elems = check::checked_elems(&[self.mat.n(), k], 4, what)?;
         let mut table = check::try_vec(elems, 0u32, what)?;
         if k > 0 {
             table.par_chunks_mut(k).enumerate().for_each(|(i, out)| {
@@ -424,35 +402,7 @@ impl Csr {
                 out[sel.len()..].fill(i as u32);
             });
         }
-        Tensor::from_vec(table, (self.n, k), &Device::Cpu)?.to_device(device)
-    }
-
-    fn spmm_tensors(&self, dtype: DType, device: &Device) -> Result<SpmmTensors> {
-        let mut guard = self.tensors.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(t) = guard.as_ref() {
-            if t.dtype == dtype && t.device.same_device(device) {
-                return Ok(t.clone());
-            }
-        }
-        let mut rows = Vec::with_capacity(self.nnz());
-        for i in 0..self.n {
-            rows.extend(std::iter::repeat_n(
-                i as u32,
-                self.row_ptr[i + 1] - self.row_ptr[i],
-            ));
-        }
-        let nnz = self.nnz();
-        let t = SpmmTensors {
-            dtype,
-            device: device.clone(),
-            rows: Tensor::from_vec(rows, nnz, device)?,
-            cols: Tensor::from_vec(self.col_idx.clone(), nnz, device)?,
-            vals: Tensor::from_vec(self.values.clone(), (nnz, 1), &Device::Cpu)?
-                .to_dtype(dtype)?
-                .to_device(device)?,
-        };
-        *guard = Some(t.clone());
-        Ok(t)
+        Tensor::from_vec(table, (self.mat.n(), k), &Device::Cpu)?.to_device(device)
     }
 
     /// `A x` for `x` of shape (N, m) or (N, B, d) (the batch columns share the matrix), in `x`'s
@@ -472,92 +422,19 @@ impl Csr {
     /// dtype: [`GraphError::Overflow`]). One finiteness reduction over the result per call.
     pub fn matmul(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims().to_vec();
-        if !(dims.len() == 2 || dims.len() == 3) || dims[0] != self.n {
+        if !(dims.len() == 2 || dims.len() == 3) || dims[0] != self.mat.n() {
             return Err(GraphError::ShapeMismatch(format!(
                 "sparse matmul: matrix is {n} x {n}, operand has shape {dims:?} (expected ({n}, d) or ({n}, B, d))",
-                n = self.n
+                n = self.mat.n()
             ))
             .into());
         }
         check::float_dtype(x, "sparse matmul: operand")?;
-        let m: usize = dims[1..].iter().product();
-        let x2 = x.reshape((self.n, m))?.contiguous()?;
-        let out = if self.nnz() == 0 || m == 0 {
-            x2.zeros_like()?
-        } else if x2.device().is_cpu() && matches!(x2.dtype(), DType::F32 | DType::F64) {
-            // CPU: a direct CSR kernel (rayon over rows), O(nnz m) with no gathered copy.
-            x2.apply_op1(SpmmOp::new(self))?
-        } else {
-            // Other devices/dtypes: the same product from differentiable gather/scatter ops.
-            let t = self.spmm_tensors(x.dtype(), x.device())?;
-            let gathered = x2.index_select(&t.cols, 0)?.broadcast_mul(&t.vals)?;
-            x2.zeros_like()?.index_add(&t.rows, &gathered, 0)?
-        };
+        // The shared kernel reads the arrays in place (no per-call copy) and differentiates
+        // through the matrix's cached transpose.
+        let out = hopfield_cuda::sparse::spmm(&self.mat, x)?;
         check::finite_product(&out, x, "sparse matmul: operand")?;
-        out.reshape(dims)
-    }
-}
-
-/// `A x` as a candle CustomOp on CPU; its backward is the product with `A^T`.
-struct SpmmOp {
-    n: usize,
-    row_ptr: Arc<Vec<usize>>,
-    col_idx: Arc<Vec<u32>>,
-    values: Arc<Vec<f64>>,
-}
-
-impl SpmmOp {
-    fn new(a: &Csr) -> Self {
-        Self {
-            n: a.n,
-            row_ptr: Arc::new(a.row_ptr.clone()),
-            col_idx: Arc::new(a.col_idx.clone()),
-            values: Arc::new(a.values.clone()),
-        }
-    }
-
-    fn run<T: WithDType>(&self, x: &[T], m: usize) -> Vec<T> {
-        let mut out = vec![T::zero(); self.n * m];
-        out.par_chunks_mut(m.max(1)).enumerate().for_each(|(i, o)| {
-            for p in self.row_ptr[i]..self.row_ptr[i + 1] {
-                let w = T::from_f64(self.values[p]);
-                let xr = &x[self.col_idx[p] as usize * m..][..m];
-                for (a, &b) in o.iter_mut().zip(xr) {
-                    *a += w * b;
-                }
-            }
-        });
-        out
-    }
-}
-
-impl CustomOp1 for SpmmOp {
-    fn name(&self) -> &'static str {
-        "csr-spmm"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (start, end) = l
-            .contiguous_offsets()
-            .ok_or_else(|| candle_core::Error::Msg("csr-spmm: non-contiguous input".into()))?;
-        let m = l.dims()[1];
-        let out = match s {
-            CpuStorage::F32(v) => CpuStorage::F32(self.run(&v[start..end], m)),
-            CpuStorage::F64(v) => CpuStorage::F64(self.run(&v[start..end], m)),
-            _ => return Err(candle_core::Error::Msg("csr-spmm: f32/f64 only".into())),
-        };
-        Ok((out, l.shape().clone()))
-    }
-
-    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        let t = Csr::from_parts(
-            self.n,
-            (*self.row_ptr).clone(),
-            (*self.col_idx).clone(),
-            (*self.values).clone(),
-        )
-        .transpose()?;
-        Ok(Some(grad_res.contiguous()?.apply_op1(SpmmOp::new(&t))?))
+        Ok(out)
     }
 }
 

@@ -75,8 +75,8 @@ impl PartialEq for CsrMatrix {
 impl CsrMatrix {
     /// From CSR arrays: `row_ptr` (N + 1 non-decreasing offsets from 0 to nnz), `col_idx` and
     /// `values` (nnz each, columns < N). Columns need not be sorted; duplicates are summed by the
-    /// products. Errors: [`SparseError::InvalidCsr`] naming the first broken invariant, or a
-    /// non-finite value.
+    /// products. Values are not checked (a caller may store an infinity on purpose; products
+    /// propagate it). Errors: [`SparseError::InvalidCsr`] naming the first broken invariant.
     ///
     /// ```
     /// use hopfield_cuda::sparse::{CsrMatrix, SparseError};
@@ -108,9 +108,6 @@ impl CsrMatrix {
                 "col_idx[{p}] = {} is out of range for n = {n}",
                 col_idx[p]
             ));
-        }
-        if values.iter().any(|v| !v.is_finite()) {
-            return bad("values hold NaN or inf".into());
         }
         Ok(Self::from_valid(n, row_ptr, col_idx, values))
     }
