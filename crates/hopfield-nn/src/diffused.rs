@@ -23,6 +23,12 @@
 //!   changes the result (difflayers lets padded patterns smooth the real ones, D8). Association
 //!   masks act in the core only, as in difflayers.
 //! - Float64 end to end (D1); graph cache keyed on the pattern values (D10).
+//!
+//! **Graph reuse**: the key (and query) graphs are cached per pattern set in an LRU
+//! ([`GraphCache`], [`DiffusedHopfieldConfig::graph_cache_capacity`] sets, raised to the batch size
+//! when a batch has more samples), so a batch whose patterns did not change builds no graph on
+//! the next call, and a batch where one sample changed rebuilds that sample's graph only. A caller
+//! who keeps graphs passes them in with [`DiffusedHopfield::forward_with_graphs`] ([`Graphs`]).
 
 use crate::config::{kwargs, HopfieldConfig};
 use crate::hopfield::{Hopfield, HopfieldInput, HopfieldOutput};
@@ -62,6 +68,10 @@ pub struct DiffusedHopfieldConfig {
     pub diffusion: DiffusionConfig,
     /// Graph per sample (default) or from the batch mean (difflayers).
     pub graph_scope: GraphScope,
+    /// Pattern sets each graph cache (keys, queries) keeps, least recently used evicted first
+    /// (default [`GraphCache::DEFAULT_CAPACITY`]); raised to the batch size when a per-sample
+    /// batch has more samples, so that unchanged batches always hit. Must be >= 1.
+    pub graph_cache_capacity: usize,
 }
 
 impl DiffusedHopfieldConfig {
@@ -71,6 +81,7 @@ impl DiffusedHopfieldConfig {
             hopfield,
             diffusion: DiffusionConfig::default(),
             graph_scope: GraphScope::PerSample,
+            graph_cache_capacity: GraphCache::DEFAULT_CAPACITY,
         }
     }
 
@@ -149,6 +160,17 @@ impl DiffusedHopfieldConfig {
     /// Sets `graph_scope`.
     pub fn with_graph_scope(mut self, v: GraphScope) -> Self {
         self.graph_scope = v;
+        self
+    }
+    /// Sets `graph_cache_capacity` (pattern sets kept per graph cache, >= 1).
+    ///
+    /// ```
+    /// use hopfield_nn::{DiffusedHopfieldConfig, HopfieldConfig};
+    /// let cfg = DiffusedHopfieldConfig::new(HopfieldConfig::new(8)).with_graph_cache_capacity(4);
+    /// assert_eq!(cfg.graph_cache_capacity, 4);
+    /// ```
+    pub fn with_graph_cache_capacity(mut self, v: usize) -> Self {
+        self.graph_cache_capacity = v;
         self
     }
 
@@ -251,6 +273,12 @@ impl DiffusedHopfieldConfig {
         if self.diffusion.steps == 0 {
             return Err(cfg("diffusion_steps", "must be >= 1".into()));
         }
+        if self.graph_cache_capacity == 0 {
+            return Err(cfg(
+                "graph_cache_capacity",
+                "must be >= 1, got 0 (use with_cache_graph(false) to not cache)".into(),
+            ));
+        }
         self.operator_config()
             .validate()
             .map_err(|e| cfg("diffusion", e.to_string()))
@@ -279,6 +307,48 @@ kwargs::kwargs_struct! {
         cache_graph: bool,
         energy_stop_tol: f64,
         graph_scope: String,
+    }
+}
+
+/// Graphs a caller keeps and passes to [`DiffusedHopfield::forward_with_graphs`] instead of the
+/// module's caches: one per sample with [`GraphScope::PerSample`] (built on that sample's
+/// unpadded stored patterns), one with [`GraphScope::BatchMean`]. Build them with
+/// [`CachedGraph::build`] or [`CachedGraph::from_graph`] and [`DiffusedHopfield::graph_config`],
+/// or take them from an earlier [`DiffusedOutput`] (`key_graphs`, `query_graphs`).
+///
+/// ```
+/// use hopfield_nn::diffused::Graphs;
+/// let g = Graphs::new(vec![]);
+/// assert!(g.keys.is_empty() && g.queries.is_empty());
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct Graphs {
+    /// Key graphs (over the stored patterns), one per group.
+    pub keys: Vec<Arc<CachedGraph>>,
+    /// Query graphs (over the state patterns), one per group, used with `diffuse_query`; empty:
+    /// the module's query cache builds them.
+    pub queries: Vec<Arc<CachedGraph>>,
+}
+
+impl Graphs {
+    /// Key graphs only (query graphs, if needed, come from the module's cache).
+    pub fn new(keys: Vec<Arc<CachedGraph>>) -> Self {
+        Self {
+            keys,
+            queries: Vec::new(),
+        }
+    }
+
+    /// Adds query graphs.
+    ///
+    /// ```
+    /// use hopfield_nn::diffused::Graphs;
+    /// let g = Graphs::new(vec![]).with_queries(vec![]);
+    /// assert!(g.queries.is_empty());
+    /// ```
+    pub fn with_queries(mut self, queries: Vec<Arc<CachedGraph>>) -> Self {
+        self.queries = queries;
+        self
     }
 }
 
@@ -376,6 +446,13 @@ impl Padding {
     }
 }
 
+/// The graphs a caller passed for one group (`None`: from the module's caches).
+#[derive(Clone, Copy, Default)]
+struct GroupGraphs<'a> {
+    key: Option<&'a Arc<CachedGraph>>,
+    query: Option<&'a Arc<CachedGraph>>,
+}
+
 /// The state of one group's dynamics, sequence-first.
 struct Group {
     state: Tensor,
@@ -394,9 +471,10 @@ impl DiffusedHopfield {
         config.validate()?;
         let hopfield = Hopfield::new(config.hopfield.clone(), vb)?;
         let dc = config.operator_config();
+        let cap = config.graph_cache_capacity;
         Ok(Self {
-            key_cache: GraphCache::new(dc.clone())?,
-            query_cache: GraphCache::new(dc)?,
+            key_cache: GraphCache::with_capacity(dc.clone(), cap)?,
+            query_cache: GraphCache::with_capacity(dc, cap)?,
             hopfield,
             config,
         })
@@ -412,9 +490,31 @@ impl DiffusedHopfield {
         &self.hopfield
     }
 
-    /// Number of key graphs built so far (cache misses).
+    /// Number of key graphs built so far (cache misses; graphs passed in are not counted).
     pub fn graph_builds(&self) -> usize {
         self.key_cache.builds()
+    }
+
+    /// Number of query graphs built so far (with `diffuse_query`).
+    pub fn query_graph_builds(&self) -> usize {
+        self.query_cache.builds()
+    }
+
+    /// The configuration this module builds its graphs with (the loop applies each operator
+    /// once per round, so `steps` is 1): build graphs for [`Self::forward_with_graphs`] with it.
+    ///
+    /// ```
+    /// use candle_core::{DType, Device};
+    /// use candle_nn::{VarBuilder, VarMap};
+    /// use hopfield_nn::{DiffusedHopfield, DiffusedHopfieldConfig, HopfieldConfig};
+    /// let map = VarMap::new();
+    /// let cfg = DiffusedHopfieldConfig::new(HopfieldConfig::new(8)).with_diffusion_steps(3);
+    /// let dh = DiffusedHopfield::new(cfg, VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu))?;
+    /// assert_eq!(dh.graph_config().steps, 1);
+    /// # Ok::<(), candle_core::Error>(())
+    /// ```
+    pub fn graph_config(&self) -> DiffusionConfig {
+        self.config.operator_config()
     }
 
     fn beta0(&self) -> f64 {
@@ -426,7 +526,13 @@ impl DiffusedHopfield {
 
     /// Runs the graph construction and the diffuse -> attend loop of one group of samples
     /// (sequence-first `(S, B, E)` / `(L, B, E)`).
-    fn run_group(&self, stored: Tensor, state: Tensor, projection: &Tensor) -> Result<Group> {
+    fn run_group(
+        &self,
+        stored: Tensor,
+        state: Tensor,
+        projection: &Tensor,
+        given: GroupGraphs,
+    ) -> Result<Group> {
         let c = &self.config.diffusion;
         let mut g = Group {
             state,
@@ -444,12 +550,15 @@ impl DiffusedHopfield {
             return Ok(g);
         }
         // Graphs are built on detached batch means: constants for autograd.
-        let kg = self.key_cache.get(&g.stored.detach().mean(1)?)?;
+        let kg = match given.key {
+            Some(k) => k.clone(),
+            None => self.key_cache.get(&g.stored.detach().mean(1)?)?,
+        };
         let mut op_k = kg.operator.clone();
-        let qg = if c.diffuse_query && dynamics {
-            Some(self.query_cache.get(&g.state.detach().mean(1)?)?)
-        } else {
-            None
+        let qg = match (c.diffuse_query && dynamics, given.query) {
+            (false, _) => None,
+            (true, Some(q)) => Some(q.clone()),
+            (true, None) => Some(self.query_cache.get(&g.state.detach().mean(1)?)?),
         };
         let mut op_q = qg.as_ref().map(|q| q.operator.clone());
         if c.adaptive_eta && dynamics {
@@ -529,6 +638,148 @@ impl DiffusedHopfield {
         masks: Masks,
         train: bool,
     ) -> Result<DiffusedOutput> {
+        self.forward_impl(input, None, masks, train)
+    }
+
+    /// Forward pass with graphs the caller keeps (no cache lookup, no build; `graph_builds` does
+    /// not grow). `graphs.keys` holds one graph per sample ([`GraphScope::PerSample`], each with
+    /// one node per unpadded stored pattern of its sample) or one ([`GraphScope::BatchMean`], one
+    /// node per stored pattern); `graphs.queries`, if not empty, the same over the state patterns.
+    /// Graphs built by this module (an earlier [`DiffusedOutput`]) give exactly its cached result.
+    /// Errors: a graph count that is not the number of groups or a node count that is not the
+    /// number of patterns ([`HopfieldError::Mismatch`] naming both), a graph dtype that is not the
+    /// patterns' ([`HopfieldError::DtypeMismatch`]), a graph built for another mode, eta or step
+    /// count than [`Self::graph_config`] ([`HopfieldError::Config`], field `graphs`).
+    ///
+    /// ```
+    /// use candle_core::{DType, Device, Tensor};
+    /// use candle_nn::{VarBuilder, VarMap};
+    /// use dahn_diffusion::CachedGraph;
+    /// use hopfield_nn::diffused::Graphs;
+    /// use hopfield_nn::{DiffusedHopfield, DiffusedHopfieldConfig, HopfieldConfig, HopfieldInput, Masks};
+    /// let map = VarMap::new();
+    /// let cfg = DiffusedHopfieldConfig::new(HopfieldConfig::new(8)).with_k_neighbors(3);
+    /// let dh = DiffusedHopfield::new(cfg, VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu))?;
+    /// let (stored, state) = (Tensor::randn(0f32, 1., (2, 9, 8), &Device::Cpu)?, Tensor::randn(0f32, 1., (2, 4, 8), &Device::Cpu)?);
+    /// // Any graph with one node per stored pattern, e.g. one of the raw patterns per sample:
+    /// let keys = (0..2)
+    ///     .map(|n| Ok(std::sync::Arc::new(CachedGraph::build(&stored.get(n)?, &dh.graph_config())?)))
+    ///     .collect::<candle_core::Result<Vec<_>>>()?;
+    /// let input = HopfieldInput::Triple { stored: &stored, state: &state, projection: &stored };
+    /// let y = dh.forward_with_graphs(input, &Graphs::new(keys), Masks::default(), false)?;
+    /// assert_eq!((y.hopfield.output.dims(), dh.graph_builds()), (&[2, 4, 8][..], 0));
+    /// # Ok::<(), candle_core::Error>(())
+    /// ```
+    pub fn forward_with_graphs(
+        &self,
+        input: HopfieldInput,
+        graphs: &Graphs,
+        masks: Masks,
+        train: bool,
+    ) -> Result<DiffusedOutput> {
+        self.forward_impl(input, Some(graphs), masks, train)
+    }
+
+    /// Checks a caller's graphs against the groups of this call: `nodes[i]` stored (unpadded)
+    /// and `states` state patterns per group.
+    fn check_graphs(
+        &self,
+        graphs: &Graphs,
+        stored: &Tensor,
+        state: &Tensor,
+        nodes: &[usize],
+    ) -> Result<()> {
+        let groups = nodes.len();
+        let what = match self.config.graph_scope {
+            GraphScope::PerSample => "one graph per sample (graph_scope per_sample)",
+            GraphScope::BatchMean => "one graph for the batch (graph_scope batch_mean)",
+        };
+        let count = |arg, got: usize, patterns: &'static str, t: &Tensor| -> Result<()> {
+            if got == groups {
+                return Ok(());
+            }
+            Err(HopfieldError::Mismatch {
+                what,
+                lhs_arg: arg,
+                lhs: vec![got],
+                rhs_arg: patterns,
+                rhs: t.dims().to_vec(),
+            }
+            .into())
+        };
+        count("graphs.keys", graphs.keys.len(), "stored pattern", stored)?;
+        if !graphs.queries.is_empty() {
+            count(
+                "graphs.queries",
+                graphs.queries.len(),
+                "state pattern",
+                state,
+            )?;
+        }
+        let want = self.graph_config();
+        let states = state.dim(1)?;
+        let sets = graphs
+            .keys
+            .iter()
+            .zip(nodes)
+            .map(|(g, &n)| ("graphs.keys", g, n))
+            .chain(graphs.queries.iter().map(|g| ("graphs.queries", g, states)));
+        for (i, (arg, g, n)) in sets.enumerate() {
+            let i = if arg == "graphs.keys" { i } else { i - groups };
+            if g.graph.n() != n {
+                return Err(HopfieldError::Mismatch {
+                    what: "a graph needs one node per (unpadded) pattern of its group",
+                    lhs_arg: if arg == "graphs.keys" {
+                        "key graph (group, nodes)"
+                    } else {
+                        "query graph (group, nodes)"
+                    },
+                    lhs: vec![i, g.graph.n()],
+                    rhs_arg: if arg == "graphs.keys" {
+                        "stored patterns (group, unpadded count)"
+                    } else {
+                        "state patterns (group, count)"
+                    },
+                    rhs: vec![i, n],
+                }
+                .into());
+            }
+            if g.graph.dtype() != stored.dtype() {
+                return Err(HopfieldError::DtypeMismatch {
+                    arg,
+                    dtype: format!("{:?}", g.graph.dtype()),
+                    model: format!("{:?}", stored.dtype()),
+                }
+                .into());
+            }
+            let op = &g.operator;
+            if op.mode() != want.diffusion_mode || op.eta() != want.eta || op.steps() != 1 {
+                return Err(HopfieldError::Config {
+                    field: "graphs",
+                    reason: format!(
+                        "{arg}[{i}] was built for mode {:?}, eta {}, steps {}, but this module \
+                         diffuses with mode {:?}, eta {}, steps 1 (build graphs with \
+                         DiffusedHopfield::graph_config())",
+                        op.mode(),
+                        op.eta(),
+                        op.steps(),
+                        want.diffusion_mode,
+                        want.eta
+                    ),
+                }
+                .into());
+            }
+        }
+        Ok(())
+    }
+
+    fn forward_impl(
+        &self,
+        input: HopfieldInput,
+        graphs: Option<&Graphs>,
+        masks: Masks,
+        train: bool,
+    ) -> Result<DiffusedOutput> {
         let (stored, state, projection) = self.hopfield.normalized_inputs(input)?;
         let c = &self.config;
         if c.dynamics_active() && projection.dim(2)? != state.dim(2)? {
@@ -564,17 +815,37 @@ impl DiffusedHopfield {
                 }
                 _ => vec![None; ranges.len()],
             };
+        match graphs {
+            Some(gs) => {
+                let s = stored.dim(1)?;
+                let nodes: Vec<usize> = paddings
+                    .iter()
+                    .map(|p| p.as_ref().map_or(s, |p| p.kept.dims1().unwrap_or(s)))
+                    .collect();
+                self.check_graphs(gs, &stored, &state, &nodes)?;
+            }
+            None => {
+                // One lookup per group on every call: room for all of them, or LRU would evict
+                // each group's graph just before the next call asks for it.
+                self.key_cache.ensure_capacity(ranges.len());
+                self.query_cache.ensure_capacity(ranges.len());
+            }
+        }
         let mut groups = Vec::with_capacity(ranges.len());
-        for (&(a, len), pad) in ranges.iter().zip(&paddings) {
+        for (i, (&(a, len), pad)) in ranges.iter().zip(&paddings).enumerate() {
             let (k, q, v) = (
                 sf(&stored, a, len)?,
                 sf(&state, a, len)?,
                 sf(&projection, a, len)?,
             );
+            let given = GroupGraphs {
+                key: graphs.and_then(|gs| gs.keys.get(i)),
+                query: graphs.and_then(|gs| gs.queries.get(i)),
+            };
             groups.push(match pad {
-                None => self.run_group(k, q, &v)?,
+                None => self.run_group(k, q, &v, given)?,
                 Some(p) => {
-                    let mut g = self.run_group(p.kept(&k, 0)?, q, &p.kept(&v, 0)?)?;
+                    let mut g = self.run_group(p.kept(&k, 0)?, q, &p.kept(&v, 0)?, given)?;
                     g.stored = p.restore(&g.stored, &k, 0)?;
                     g
                 }
