@@ -3,7 +3,8 @@
 //!
 //! - [`cosine_similarity`]: cosine similarity, negatives clamped to 0, no self-loops.
 //! - [`knn_graph`] (dense, differentiable) and [`knn_from_patterns`] (exact, blocked, CSR, memory
-//!   O(N k + block N)): top-k per node, symmetrised with `A = max(M, M^T)`.
+//!   O(N k + block N)): top-k per node, symmetrised with `A = max(M, M^T)`;
+//!   [`knn_approx_from_patterns`] (NN-descent, [`KnnMethod::NnDescent`]) for 10^6 patterns.
 //! - [`laplacian`], [`normalized_laplacian`] (dense, differentiable) and [`Csr::laplacian`]
 //!   (sparse): `L = D - A` and `D^-1/2 (D - A) D^-1/2` with `D^-1/2 = 0` for isolated nodes.
 //! - [`GraphBuilder`] -> [`Graph`] (sparse weights, degrees, neighbour table), [`LaplacianBuilder`],
@@ -29,6 +30,7 @@
 // Index loops mirror the math in the reference checks of the tests.
 #![cfg_attr(test, allow(clippy::needless_range_loop))]
 
+mod approx;
 mod builder;
 mod check;
 mod csr;
@@ -39,7 +41,8 @@ mod matrix;
 mod similarity;
 mod topk;
 
-pub use builder::{Graph, GraphBuilder, LaplacianBuilder};
+pub use approx::{brute_force_rows, knn_approx_from_patterns, nn_descent, KnnLists, NnDescent};
+pub use builder::{Graph, GraphBuilder, KnnMethod, LaplacianBuilder};
 pub use csr::{Csr, Merge};
 pub use error::GraphError;
 pub use knn::{default_block_rows, effective_k, knn_from_patterns, knn_graph};
