@@ -42,7 +42,7 @@ pub mod transformer;
 pub use activation::Activation;
 pub use association_core::HopfieldCore;
 pub use config::HopfieldConfig;
-pub use diffused::{DiffusedHopfield, DiffusedHopfieldConfig, DiffusedOutput, GraphScope};
+pub use diffused::{DiffusedHopfield, DiffusedHopfieldConfig, DiffusedOutput, GraphScope, Graphs};
 pub use hopfield::{Hopfield, HopfieldInput, HopfieldOutput};
 pub use hopfield_core::{
     fused_retrieval_enabled, set_fused_retrieval, HopfieldError, Masks, OnNoConvergence, Scaling,
