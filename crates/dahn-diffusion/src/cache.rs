@@ -167,6 +167,7 @@ impl CachedGraph {
         config.validate()?;
         let graph = GraphBuilder::new()
             .k(config.k_neighbors)
+            .method(config.knn_method)
             .build(&patterns.detach())?;
         Self::from_graph(graph, config)
     }

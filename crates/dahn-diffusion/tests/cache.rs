@@ -191,3 +191,24 @@ fn threads_sharing_a_cache_see_one_graph_per_set() -> Result<()> {
     assert_eq!(cache.builds(), before);
     Ok(())
 }
+
+/// The config's kNN method reaches the graph build: NN-descent on a set small enough to be
+/// searched exhaustively gives the exact graph, so the same operator.
+#[test]
+fn the_knn_method_switch_reaches_the_build() -> Result<()> {
+    use dahn_graph::{KnnMethod, NnDescent};
+    let p = Tensor::randn(0f32, 1., (40, 5), &Device::Cpu)?;
+    let exact = CachedGraph::build(&p, &config().k_neighbors(3))?;
+    let cfg = config()
+        .k_neighbors(3)
+        .knn_method(KnnMethod::NnDescent(NnDescent::default()));
+    assert!(matches!(cfg.knn_method, KnnMethod::NnDescent(_)));
+    let approx = CachedGraph::build(&p, &cfg)?;
+    let x = Tensor::randn(0f32, 1., (40, 2), &Device::Cpu)?;
+    let d = (exact.operator.apply(&x)? - approx.operator.apply(&x)?)?
+        .abs()?
+        .max_all()?
+        .to_scalar::<f32>()?;
+    assert!(d < 1e-5, "{d}");
+    Ok(())
+}

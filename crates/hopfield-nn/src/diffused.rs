@@ -108,6 +108,19 @@ impl DiffusedHopfieldConfig {
         self.diffusion.k_neighbors = v;
         self
     }
+    /// Sets how the kNN graphs are built (exact, or NN-descent for very large memories).
+    ///
+    /// ```
+    /// use dahn_graph::{KnnMethod, NnDescent};
+    /// use hopfield_nn::{DiffusedHopfieldConfig, HopfieldConfig};
+    /// let cfg = DiffusedHopfieldConfig::new(HopfieldConfig::new(8))
+    ///     .with_knn_method(KnnMethod::NnDescent(NnDescent::default()));
+    /// assert!(matches!(cfg.diffusion.knn_method, KnnMethod::NnDescent(_)));
+    /// ```
+    pub fn with_knn_method(mut self, v: dahn_graph::KnnMethod) -> Self {
+        self.diffusion.knn_method = v;
+        self
+    }
     /// Sets `diffusion_mode`.
     pub fn with_diffusion_mode(mut self, v: DiffusionMode) -> Self {
         self.diffusion.diffusion_mode = v;
