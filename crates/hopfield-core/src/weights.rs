@@ -180,6 +180,13 @@ pub fn checked_param<S: Into<Shape>>(
         p => format!("{p}.{name}"),
     };
     check_alloc(&full, shape.dims(), vb.dtype())?;
+    // A tensor without elements has nothing to initialise, and fan-scaled inits divide by a
+    // fan of 0 (candle's randn then fails on an infinite deviation; torch skips the init).
+    let init = if shape.elem_count() == 0 {
+        Init::Const(0.0)
+    } else {
+        init
+    };
     // Seeded (crate::rng): a tensor the builder creates (not one it loads) gets its random
     // initial values from the seeded generator, written into the new variable in place.
     if !vb.contains_tensor(name) && shape.rank() > 0 {

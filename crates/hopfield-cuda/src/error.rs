@@ -37,6 +37,18 @@ pub enum KernelError {
         /// That argument's dtype.
         expected: DType,
     },
+    /// An argument's shape does not fit the op or the other arguments.
+    #[error("{op}: `{arg}` must be {expected}, got {got:?}")]
+    Shape {
+        /// The op.
+        op: &'static str,
+        /// The argument.
+        arg: &'static str,
+        /// The shape it must have, in words (with the sizes the other arguments fix).
+        expected: String,
+        /// Its shape.
+        got: Vec<usize>,
+    },
     /// A scalar parameter out of its domain (NaN, infinite, negative, too large for the dtype).
     #[error("{op}: `{name}` must be {expected}, got {value}")]
     Param {

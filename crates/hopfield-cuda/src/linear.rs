@@ -7,7 +7,7 @@
 //! pass is one GEMM accumulating onto the broadcast bias, and the bias gradient is a column sum
 //! rather than candle's strided reduction.
 
-use crate::error::{expect_float, expect_same_dtype};
+use crate::error::{expect_float, expect_same_dtype, KernelError};
 use crate::matmul::{column_sums, gemm_into, Mat};
 use candle_core::{
     backend::BackendStorage, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape,
@@ -35,27 +35,33 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     if let Some(b) = b {
         expect_same_dtype("linear", ("bias", b), ("x", x))?;
     }
-    let (out, inp) = w.dims2().map_err(|_| {
-        candle_core::Error::Msg(format!(
-            "linear: weight must be (out, in), got {:?}",
-            w.dims()
-        ))
-    })?;
+    let shape = |arg: &'static str, expected: String, got: &[usize]| -> candle_core::Error {
+        KernelError::Shape {
+            op: "linear",
+            arg,
+            expected,
+            got: got.to_vec(),
+        }
+        .into()
+    };
+    let (out, inp) = w
+        .dims2()
+        .map_err(|_| shape("weight", "(out, in)".into(), w.dims()))?;
     let dims = x.dims();
     if dims.last() != Some(&inp) {
-        candle_core::bail!(
-            "linear: input {:?} must end in the weight's input size {inp} (weight {:?})",
+        return Err(shape(
+            "x",
+            format!("(..., {inp}) for weight {:?}", w.dims()),
             dims,
-            w.dims()
-        );
+        ));
     }
     if let Some(b) = b {
         if b.dims() != [out] {
-            candle_core::bail!(
-                "linear: bias {:?} must be ({out}) for weight {:?}",
+            return Err(shape(
+                "bias",
+                format!("({out}) for weight {:?}", w.dims()),
                 b.dims(),
-                w.dims()
-            );
+            ));
         }
     }
     let fused = matches!(x.device(), candle_core::Device::Cpu)
@@ -420,10 +426,10 @@ mod tests {
         let x = Tensor::zeros((2, 3), DType::F32, &Device::Cpu).unwrap();
         let w = Tensor::zeros((4, 5), DType::F32, &Device::Cpu).unwrap();
         let err = linear(&x, &w, None).unwrap_err().to_string();
-        assert!(err.contains("input size 5"), "{err}");
+        assert!(err.contains("`x` must be (..., 5) for weight [4, 5], got [2, 3]"), "{err}");
         let w = Tensor::zeros((4, 3), DType::F32, &Device::Cpu).unwrap();
         let b = Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap();
         let err = linear(&x, &w, Some(&b)).unwrap_err().to_string();
-        assert!(err.contains("must be (4)"), "{err}");
+        assert!(err.contains("`bias` must be (4)"), "{err}");
     }
 }

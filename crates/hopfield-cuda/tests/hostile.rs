@@ -17,6 +17,11 @@ use proptest::prelude::*;
 mod support;
 use support::{outcome, tensor};
 
+/// Errors must be the workspace's typed errors.
+fn typed(e: &candle_core::Error) -> bool {
+    hopfield_cuda::KernelError::find(e).is_some()
+}
+
 fn dtype() -> impl Strategy<Value = DType> {
     prop_oneof![
         3 => Just(DType::F32),
@@ -65,7 +70,7 @@ proptest! {
         mask in 0u8..5,
         which in 0u8..4,
     ) {
-        let r = outcome(|| {
+        let r = outcome(typed, || {
             let q = tensor(&[n, l, h, d], dq, sc, seed)?;
             let k = tensor(&[n, s, h, d], dk, 1.0, seed + 1)?;
             let m = match mask {
@@ -98,7 +103,7 @@ proptest! {
         (sc, wsc, seed) in (scale(), scale(), any::<u64>()),
         wrong in any::<bool>(),
     ) {
-        let r = outcome(|| {
+        let r = outcome(typed, || {
             let sizes = PackedSizes { heads: h, hd: d, pd: d };
             let z = tensor(&[n, l, e], dt, sc, seed)?;
             let w_in = tensor(&[sizes.features() + usize::from(wrong), e], dt, wsc, seed + 1)?;
@@ -126,7 +131,7 @@ proptest! {
         if op == 3 && (!x_finite || sc >= 1e38) {
             return Ok(());
         }
-        let r = outcome(|| {
+        let r = outcome(typed, || {
             let x = tensor(&dims, dt, sc, seed)?;
             match op {
                 0 => hopfield_cuda::masked_softmax(&x),

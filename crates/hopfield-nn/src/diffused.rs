@@ -807,6 +807,26 @@ impl DiffusedHopfield {
             .into());
         }
         let n = stored.dim(0)?;
+        if n == 0 {
+            // An empty batch has no graphs to build: the plain association's (empty) result.
+            let out = self.hopfield.association_core().forward_batch_major(
+                &state,
+                &stored,
+                &projection,
+                masks,
+                train,
+            )?;
+            return Ok(DiffusedOutput {
+                hopfield: self.hopfield.finish(out)?,
+                core_state: state,
+                core_stored: stored,
+                key_graphs: Vec::new(),
+                query_graphs: Vec::new(),
+                dynamics_steps_run: Vec::new(),
+                eta_effective: Vec::new(),
+                energies: Vec::new(),
+            });
+        }
         let ranges: Vec<(usize, usize)> = match c.graph_scope {
             GraphScope::PerSample => (0..n).map(|i| (i, 1)).collect(),
             GraphScope::BatchMean => vec![(0, n)],

@@ -19,6 +19,15 @@ use proptest::prelude::*;
 mod support;
 use support::{outcome, tensor};
 
+/// Errors must be one of the workspace's typed errors.
+fn typed(e: &candle_core::Error) -> bool {
+    HopfieldError::find(e).is_some()
+        || hopfield_cuda::KernelError::find(e).is_some()
+        || hopfield_nn::energy::EtError::find(e).is_some()
+        || dahn_graph::GraphError::find(e).is_some()
+        || dahn_diffusion::DiffusionError::find(e).is_some()
+}
+
 fn dev() -> Device {
     Device::Cpu
 }
@@ -208,7 +217,7 @@ proptest! {
     /// included), betas, step rules, masks and flags.
     #[test]
     fn hopfield_never_panics_or_returns_nan(c in hopfield_case()) {
-        outcome(|| run_hopfield(&c)).map_err(|e| TestCaseError::fail(format!("{e} in {c:?}")))?;
+        outcome(typed, || run_hopfield(&c)).map_err(|e| TestCaseError::fail(format!("{e} in {c:?}")))?;
     }
 
     /// The pooling, lookup and transformer layers and `DiffusedHopfield` over the same inputs.
@@ -226,7 +235,7 @@ proptest! {
         let map = VarMap::new();
         let vb = VarBuilder::from_varmap(&map, DType::F32, &dev());
         let base = HopfieldConfig::new(e);
-        let r = outcome(|| {
+        let r = outcome(typed, || {
             let x = x?;
             match which {
                 0 => HopfieldPooling::new(HopfieldPoolingConfig::new(base).with_quantity(quantity), vb)?.forward_t(&x, false),
@@ -255,8 +264,8 @@ proptest! {
         ],
     ) {
         let json = format!("{{\"input_size\": 8, \"{key}\": {value}}}");
-        let r = outcome(|| {
-            let cfg = HopfieldConfig::from_kwargs(&json).map_err(candle_core::Error::wrap)?;
+        let r = outcome(typed, || {
+            let cfg = HopfieldConfig::from_kwargs(&json).map_err(candle_core::Error::from)?;
             let x = tensor(&[2, 3, 8], DType::F32, 1.0, 1)?;
             hopfield(cfg, DType::F32)?.forward_t(&x, false)
         });

@@ -132,13 +132,22 @@ fn prepare(
     let (nv, sv, hv, pd) = v
         .dims4()
         .map_err(|_| shape_error("value", "(N, S, H, pd)", v))?;
-    if (nk, hk, hdk) != (n, h, hd) || (nv, sv, hv) != (n, s, h) {
-        candle_core::bail!(
-            "retrieval: query {:?} (N, L, H, hd), key {:?} (N, S, H, hd) and value {:?} (N, S, H, pd) disagree",
-            q.dims(),
-            k.dims(),
-            v.dims()
-        );
+    if (nk, hk, hdk) != (n, h, hd) {
+        return Err(shape(
+            "key",
+            format!(
+                "(N, S, H, hd) = ({n}, S, {h}, {hd}) for query {:?}",
+                q.dims()
+            ),
+            k,
+        ));
+    }
+    if (nv, sv, hv) != (n, s, h) {
+        return Err(shape(
+            "value",
+            format!("(N, S, H, pd) = ({n}, {s}, {h}, pd) for key {:?}", k.dims()),
+            v,
+        ));
     }
     expect_float("retrieval", "query", q)?;
     expect_same_dtype("retrieval", ("key", k), ("query", q))?;
@@ -157,7 +166,15 @@ fn betas_and_mask(
     let betas = match cfg.beta.len() {
         1 => vec![cfg.beta[0]; h],
         x if x == h => cfg.beta.clone(),
-        x => candle_core::bail!("retrieval: {x} betas given for {h} heads (give 1 or {h})"),
+        x => {
+            return Err(KernelError::Shape {
+                op: "retrieval",
+                arg: "beta",
+                expected: format!("1 value or one per head ({h})"),
+                got: vec![x],
+            }
+            .into())
+        }
     };
     for &b in &betas {
         // Representable in the dtype the logits are computed in (f32 for f16/bf16 on the CPU).
@@ -180,10 +197,11 @@ fn betas_and_mask(
             expect_additive_mask("retrieval", "mask", m)?;
             let m = m.detach().to_dtype(dtype)?;
             Some(m.broadcast_as((n, h, l, s)).map_err(|_| {
-                candle_core::Error::Msg(format!(
-                    "retrieval: mask {:?} does not broadcast to (N, H, L, S) = ({n}, {h}, {l}, {s})",
-                    cfg.mask.as_ref().map(|m| m.dims().to_vec()).unwrap_or_default()
-                ))
+                shape(
+                    "mask",
+                    format!("broadcastable to (N, H, L, S) = ({n}, {h}, {l}, {s})"),
+                    cfg.mask.as_ref().unwrap_or(&m),
+                )
             })?)
         }
         None => None,
@@ -208,11 +226,19 @@ fn upcast<const K: usize>(ts: [&Tensor; K]) -> Result<[Tensor; K]> {
         .map_err(|_| candle_core::Error::Msg("retrieval: upcast arity".into()))
 }
 
-fn shape_error(what: &str, expected: &str, t: &Tensor) -> candle_core::Error {
-    candle_core::Error::Msg(format!(
-        "retrieval: {what} must be {expected}, got {:?}",
-        t.dims()
-    ))
+/// `KernelError::Shape` for an argument of the retrieval.
+fn shape(arg: &'static str, expected: String, t: &Tensor) -> candle_core::Error {
+    KernelError::Shape {
+        op: "retrieval",
+        arg,
+        expected,
+        got: t.dims().to_vec(),
+    }
+    .into()
+}
+
+fn shape_error(what: &'static str, expected: &str, t: &Tensor) -> candle_core::Error {
+    shape(what, expected.to_string(), t)
 }
 
 /// `softmax(beta q k^T + mask) v` per (sample, head): `(N, L, H, hd)`, `(N, S, H, hd)`,
@@ -323,11 +349,15 @@ pub fn retrieve_packed(qkv: &Tensor, sizes: PackedSizes, cfg: &Retrieval) -> Res
         return retrieve_packed(&x, sizes, cfg)?.to_dtype(qkv.dtype());
     }
     if f != sizes.features() || h == 0 {
-        candle_core::bail!(
-            "retrieval: packed q/k/v {:?} needs {} features for {h} heads of hd = {hd}, pd = {pd}",
-            qkv.dims(),
-            sizes.features()
-        );
+        return Err(shape(
+            "packed q/k/v",
+            format!(
+                "(N, L, {}): {} features for {h} heads of hd = {hd}, pd = {pd} (and heads >= 1)",
+                sizes.features(),
+                sizes.features()
+            ),
+            qkv,
+        ));
     }
     let g = Geometry {
         n,
@@ -421,6 +451,18 @@ fn composed(
 ) -> Result<(Tensor, Tensor)> {
     let dtype = q.dtype();
     let dev = q.device();
+    if g.n * g.l == 0 || g.s == 0 {
+        // Nothing to reduce over: no queries, or no stored patterns (every row fully masked,
+        // lse -inf; with the zero pattern alone, lse 0). The output is zero either way.
+        let out = Tensor::zeros((g.n, g.l, g.h, g.pd), dtype, dev)?;
+        let lse_value = if zero_association {
+            0.0
+        } else {
+            f64::NEG_INFINITY
+        };
+        let lse = Tensor::full(lse_value, (g.n, g.h, g.l), dev)?.to_dtype(dtype)?;
+        return Ok((out, lse));
+    }
     let vh = v.transpose(1, 2)?.contiguous()?; // (N, H, S, pd)
     let (logits, p) = composed_association(q, k, g, betas, mask, zero_association)?;
     let p = if zero_association {
@@ -485,23 +527,23 @@ pub fn association_change(
 ) -> Result<Vec<f64>> {
     let (g, betas, mask) = prepare(a, k, k, cfg)?;
     if b.dims() != a.dims() || b.dtype() != a.dtype() {
-        candle_core::bail!(
-            "association_change: states {:?} and {:?} differ in shape or dtype",
-            a.dims(),
-            b.dims()
-        );
+        return Err(KernelError::Shape {
+            op: "association_change",
+            arg: "b",
+            expected: format!("the shape and dtype of `a`, {:?} {:?}", a.dims(), a.dtype()),
+            got: b.dims().to_vec(),
+        }
+        .into());
     }
     for (name, lse) in [("lse_a", lse_a), ("lse_b", lse_b)] {
         if lse.dims() != [g.n, g.h, g.l] || lse.dtype() != a.dtype() {
-            candle_core::bail!(
-                "association_change: {name} must be (N, H, L) = ({}, {}, {}) in {:?}, got {:?} {:?}",
-                g.n,
-                g.h,
-                g.l,
-                a.dtype(),
-                lse.dims(),
-                lse.dtype()
-            );
+            return Err(KernelError::Shape {
+                op: "association_change",
+                arg: name,
+                expected: format!("(N, H, L) = ({}, {}, {}) in {:?}", g.n, g.h, g.l, a.dtype()),
+                got: lse.dims().to_vec(),
+            }
+            .into());
         }
     }
     if op::fused_supported(a.dtype(), a.device()) && a.device().is_cpu() {

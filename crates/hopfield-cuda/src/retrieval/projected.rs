@@ -69,34 +69,33 @@ pub fn retrieve_projected(
         .map_err(|_| super::shape_error("input", "(N, L, E)", z))?;
     let f = sizes.features();
     let pw = sizes.heads * sizes.pd;
-    let want = |t: &Tensor, what: &str, dims: &[usize]| -> Result<()> {
+    let want = |t: &Tensor, what: &'static str, dims: &[usize]| -> Result<()> {
         if t.dims() != dims {
-            candle_core::bail!(
-                "retrieve_projected: {what} must be {dims:?} for input {:?} and {} heads of hd = {}, pd = {}, got {:?}",
-                z.dims(),
-                sizes.heads,
-                sizes.hd,
-                sizes.pd,
-                t.dims()
-            );
+            return Err(crate::KernelError::Shape {
+                op: "retrieve_projected",
+                arg: what,
+                expected: format!(
+                    "{dims:?} for input {:?} and {} heads of hd = {}, pd = {}",
+                    z.dims(),
+                    sizes.heads,
+                    sizes.hd,
+                    sizes.pd
+                ),
+                got: t.dims().to_vec(),
+            }
+            .into());
         }
-        if t.dtype() != z.dtype() {
-            candle_core::bail!(
-                "retrieve_projected: {what} is {:?} but the input is {:?}",
-                t.dtype(),
-                z.dtype()
-            );
-        }
+        crate::error::expect_same_dtype("retrieve_projected", (what, t), ("input", z))?;
         Ok(())
     };
-    want(proj.w_in, "the input projection", &[f, e])?;
+    want(proj.w_in, "w_in", &[f, e])?;
     if let Some(b) = proj.b_in {
-        want(b, "the input bias", &[f])?;
+        want(b, "b_in", &[f])?;
     }
     let o = proj.w_out.dim(0).unwrap_or(0);
-    want(proj.w_out, "the output projection", &[o, pw])?;
+    want(proj.w_out, "w_out", &[o, pw])?;
     if let Some(b) = proj.b_out {
-        want(b, "the output bias", &[o])?;
+        want(b, "b_out", &[o])?;
     }
     let fused = z.device().is_cpu()
         && matches!(z.dtype(), DType::F32 | DType::F64)

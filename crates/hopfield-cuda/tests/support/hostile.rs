@@ -4,9 +4,13 @@
 use candle_core::{DType, Device, Result, Tensor};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-/// The property of every hostile call: `Ok` results are finite, errors are fine, a panic or a
-/// NaN/inf result fails with a description.
-pub fn outcome(f: impl FnOnce() -> Result<Tensor>) -> std::result::Result<(), String> {
+/// The property of every hostile call: `Ok` results are finite and errors are typed (`typed`
+/// finds one of the workspace's error enums in them); a panic, a NaN/inf result or an untyped
+/// error (candle's own, from deep inside) fails with a description.
+pub fn outcome(
+    typed: impl Fn(&candle_core::Error) -> bool,
+    f: impl FnOnce() -> Result<Tensor>,
+) -> std::result::Result<(), String> {
     match catch_unwind(AssertUnwindSafe(f)) {
         Err(p) => Err(format!(
             "panic: {:?}",
@@ -14,7 +18,11 @@ pub fn outcome(f: impl FnOnce() -> Result<Tensor>) -> std::result::Result<(), St
                 .cloned()
                 .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
         )),
-        Ok(Err(_)) => Ok(()),
+        Ok(Err(e)) if typed(&e) => Ok(()),
+        Ok(Err(e)) => Err(format!(
+            "untyped error: {}",
+            e.to_string().lines().next().unwrap_or_default()
+        )),
         Ok(Ok(t)) if !t.dtype().is_float() || hopfield_cuda::all_finite(&t).unwrap_or(false) => {
             Ok(())
         }
