@@ -426,7 +426,10 @@ mod tests {
         let x = Tensor::zeros((2, 3), DType::F32, &Device::Cpu).unwrap();
         let w = Tensor::zeros((4, 5), DType::F32, &Device::Cpu).unwrap();
         let err = linear(&x, &w, None).unwrap_err().to_string();
-        assert!(err.contains("`x` must be (..., 5) for weight [4, 5], got [2, 3]"), "{err}");
+        assert!(
+            err.contains("`x` must be (..., 5) for weight [4, 5], got [2, 3]"),
+            "{err}"
+        );
         let w = Tensor::zeros((4, 3), DType::F32, &Device::Cpu).unwrap();
         let b = Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap();
         let err = linear(&x, &w, Some(&b)).unwrap_err().to_string();
