@@ -39,6 +39,7 @@ use dahn_diffusion::{
     DiffusionMode, DiffusionOperator, DynamicsEngine, DynamicsInputs, EnergyTracker, GraphCache,
 };
 use hopfield_core::{HopfieldError, Masks, Scaling};
+use rayon::prelude::*;
 use std::sync::Arc;
 
 /// Which patterns a diffusion graph is built from.
@@ -864,26 +865,32 @@ impl DiffusedHopfield {
                 self.query_cache.ensure_capacity(ranges.len());
             }
         }
-        let mut groups = Vec::with_capacity(ranges.len());
-        for (i, (&(a, len), pad)) in ranges.iter().zip(&paddings).enumerate() {
-            let (k, q, v) = (
-                sf(&stored, a, len)?,
-                sf(&state, a, len)?,
-                sf(&projection, a, len)?,
-            );
-            let given = GroupGraphs {
-                key: graphs.and_then(|gs| gs.keys.get(i)),
-                query: graphs.and_then(|gs| gs.queries.get(i)),
-            };
-            groups.push(match pad {
-                None => self.run_group(k, q, &v, given)?,
-                Some(p) => {
-                    let mut g = self.run_group(p.kept(&k, 0)?, q, &p.kept(&v, 0)?, given)?;
-                    g.stored = p.restore(&g.stored, &k, 0)?;
-                    g
+        // The groups are independent (own graphs, own dynamics) and each is many small ops:
+        // run them in parallel, one rayon task per group.
+        let groups: Vec<Group> = ranges
+            .par_iter()
+            .zip(paddings.par_iter())
+            .enumerate()
+            .map(|(i, (&(a, len), pad))| -> Result<Group> {
+                let (k, q, v) = (
+                    sf(&stored, a, len)?,
+                    sf(&state, a, len)?,
+                    sf(&projection, a, len)?,
+                );
+                let given = GroupGraphs {
+                    key: graphs.and_then(|gs| gs.keys.get(i)),
+                    query: graphs.and_then(|gs| gs.queries.get(i)),
+                };
+                match pad {
+                    None => self.run_group(k, q, &v, given),
+                    Some(p) => {
+                        let mut g = self.run_group(p.kept(&k, 0)?, q, &p.kept(&v, 0)?, given)?;
+                        g.stored = p.restore(&g.stored, &k, 0)?;
+                        Ok(g)
+                    }
                 }
-            });
-        }
+            })
+            .collect::<Result<_>>()?;
         let bm = |xs: Vec<&Tensor>| -> Result<Tensor> {
             let parts: Vec<Tensor> = xs
                 .iter()
