@@ -29,11 +29,8 @@ fn config() -> ProptestConfig {
 }
 
 fn all_finite(t: &Tensor) -> bool {
-    t.to_dtype(DType::F64)
-        .and_then(|t| t.flatten_all())
-        .and_then(|t| t.to_vec1::<f64>())
-        .map(|v| v.iter().all(|x| x.is_finite()))
-        .unwrap_or(false)
+    // Integer results are finite by construction; floats through the library's own scan.
+    !t.dtype().is_float() || hopfield_cuda::all_finite(t).unwrap_or(false)
 }
 
 /// The property: Ok and finite, or a typed error.

@@ -40,23 +40,15 @@ pub(crate) fn mask_to_additive(mask: &Tensor, name: &'static str, dtype: DType) 
 /// rest of its row NaN), is an error naming the mask. One scan; masks without `-inf` finish
 /// after the first.
 fn check_additive_values(mask: &Tensor, name: &'static str) -> Result<()> {
-    if hopfield_cuda::all_finite(mask)? {
-        return Ok(());
+    match hopfield_cuda::bad_additive_values(mask)? {
+        None => Ok(()),
+        Some(what) => Err(HopfieldError::MaskValues {
+            mask: name,
+            shape: mask.dims().to_vec(),
+            what,
+        }
+        .into()),
     }
-    let flat = mask.flatten_all()?;
-    let what = if flat.ne(&flat)?.max(0)?.to_scalar::<u8>()? != 0 {
-        "NaN"
-    } else if flat.eq(f64::INFINITY)?.max(0)?.to_scalar::<u8>()? != 0 {
-        "+inf"
-    } else {
-        return Ok(());
-    };
-    Err(HopfieldError::MaskValues {
-        mask: name,
-        shape: mask.dims().to_vec(),
-        what,
-    }
-    .into())
 }
 
 /// The additive mask, broadcastable to `(N, H, L, S')`.

@@ -79,23 +79,7 @@ pub(crate) fn explicit_updates(
         let logits = state.broadcast_mul(&beta)?.matmul(&kt)?;
         // Same semantics as the fused kernel: NaN or +inf logits (inputs too large for the
         // dtype) are an error, not a softmax of infinities.
-        if !hopfield_cuda::all_finite(&logits)? {
-            let nan_or_pos_inf = logits.ne(&logits)?.add(&logits.eq(f64::INFINITY)?)?;
-            if nan_or_pos_inf.flatten_all()?.max(0)?.to_scalar::<u8>()? != 0 {
-                return Err(hopfield_cuda::KernelError::Overflow {
-                    op: "retrieval",
-                    what: "the logits beta q k^T",
-                    dtype,
-                    rows: nan_or_pos_inf
-                        .max_keepdim(3)?
-                        .to_dtype(DType::F32)?
-                        .sum_all()?
-                        .to_scalar::<f32>()? as usize,
-                    shape: state.dims().to_vec(),
-                }
-                .into());
-            }
-        }
+        hopfield_cuda::expect_logits_in_range(&logits, state.dims())?;
         let logits = match logit_map {
             Some(f) => f(&logits)?,
             None => logits,

@@ -164,32 +164,89 @@ pub(crate) fn expect_param(
     }
 }
 
-/// `Err(KernelError::Values)` if an additive mask holds NaN or `+inf` (`0` keeps, `-inf` masks,
-/// finite values bias; `+inf` would make every other entry of its row NaN). One pass over the
-/// mask as given (before any broadcast).
+/// What an additive mask holds that it cannot take: `Some("NaN")`, `Some("+inf")` (which makes
+/// every other entry of its row NaN), or `None` (`0` keeps, `-inf` masks, finite values bias).
+/// One vectorised scan when the mask is finite; the search for the culprit only when not. The
+/// one check behind every crate's mask validation.
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// let m = Tensor::new(&[0f32, f32::NEG_INFINITY, f32::INFINITY], &Device::Cpu)?;
+/// assert_eq!(hopfield_cuda::bad_additive_values(&m)?, Some("+inf"));
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+pub fn bad_additive_values(m: &Tensor) -> candle_core::Result<Option<&'static str>> {
+    if m.elem_count() == 0 || crate::all_finite(m)? {
+        return Ok(None);
+    }
+    let flat = m.flatten_all()?;
+    Ok(if flat.ne(&flat)?.max(0)?.to_scalar::<u8>()? != 0 {
+        Some("NaN")
+    } else if flat.eq(f64::INFINITY)?.max(0)?.to_scalar::<u8>()? != 0 {
+        Some("+inf")
+    } else {
+        None
+    })
+}
+
+/// `Err(KernelError::Values)` if an additive mask holds NaN or `+inf` ([`bad_additive_values`]).
 pub(crate) fn expect_additive_mask(
     op: &'static str,
     arg: &'static str,
     m: &Tensor,
 ) -> candle_core::Result<()> {
     expect_float(op, arg, m)?;
-    if m.elem_count() == 0 {
+    match bad_additive_values(m)? {
+        None => Ok(()),
+        Some(what) => Err(KernelError::Values {
+            op,
+            arg,
+            shape: m.dims().to_vec(),
+            what: if what == "+inf" {
+                "+inf (an additive mask takes 0, finite biases or -inf)"
+            } else {
+                what
+            },
+        }
+        .into()),
+    }
+}
+
+/// `Err(KernelError::Overflow)` when some logit `beta q k^T` (before any mask) is NaN or `+inf`:
+/// inputs too large for `dtype`, or not finite. `-inf` counts as masked. One vectorised scan when
+/// every logit is finite. The explicit association paths of this crate and of hopfield-core
+/// share it, so they report exactly what the fused kernel reports.
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// let logits = Tensor::new(&[[[[1f32, f32::INFINITY], [0., 1.]]]], &Device::Cpu)?;
+/// let err = hopfield_cuda::expect_logits_in_range(&logits, &[1, 2, 1, 4]).unwrap_err();
+/// assert!(err.to_string().contains("in 1 row(s)"));
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+pub fn expect_logits_in_range(logits: &Tensor, inputs: &[usize]) -> candle_core::Result<()> {
+    if crate::all_finite(logits)? {
         return Ok(());
     }
-    let flat = m.flatten_all()?;
-    let bad = |what| KernelError::Values {
-        op,
-        arg,
-        shape: m.dims().to_vec(),
-        what,
-    };
-    if flat.ne(&flat)?.max(0)?.to_scalar::<u8>()? != 0 {
-        return Err(bad("NaN").into());
+    let nan_or_pos_inf = logits
+        .ne(logits)?
+        .to_dtype(DType::F32)?
+        .add(&logits.eq(f64::INFINITY)?.to_dtype(DType::F32)?)?;
+    let rows = nan_or_pos_inf
+        .max_keepdim(candle_core::D::Minus1)?
+        .sum_all()?
+        .to_scalar::<f32>()? as usize;
+    if rows == 0 {
+        return Ok(());
     }
-    if flat.eq(f64::INFINITY)?.max(0)?.to_scalar::<u8>()? != 0 {
-        return Err(bad("+inf (an additive mask takes 0, finite biases or -inf)").into());
+    Err(KernelError::Overflow {
+        op: "retrieval",
+        what: "the logits beta q k^T",
+        dtype: logits.dtype(),
+        rows,
+        shape: inputs.to_vec(),
     }
-    Ok(())
+    .into())
 }
 
 /// Finds an error of type `E` inside a `candle_core::Error`, under any backtrace and context

@@ -51,7 +51,9 @@ mod test_util;
 
 pub use alloc::tune_allocator;
 pub use device::{DeviceChoice, UnknownDevice};
-pub use error::{expect_float, find_error, KernelError};
+pub use error::{
+    bad_additive_values, expect_float, expect_logits_in_range, find_error, KernelError,
+};
 pub use finite::all_finite;
 pub use linear::{linear, linear_composed};
 pub use normalize::{normalize, normalize_composed};

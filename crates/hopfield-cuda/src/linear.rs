@@ -9,6 +9,7 @@
 
 use crate::error::{expect_float, expect_same_dtype, KernelError};
 use crate::matmul::{column_sums, gemm_into, Mat};
+use crate::rows::cpu_contiguous;
 use candle_core::{
     backend::BackendStorage, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape,
     Tensor, WithDType,
@@ -144,16 +145,6 @@ fn forward_typed<T: WithDType>(
     dst
 }
 
-fn contiguous_slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&s.as_slice::<T>()?[a..b]),
-        None => candle_core::bail!(
-            "linear: expected a contiguous input, got strides {:?}",
-            l.stride()
-        ),
-    }
-}
-
 fn cpu_forward(
     x: (&CpuStorage, &Layout),
     w: (&CpuStorage, &Layout),
@@ -166,13 +157,13 @@ fn cpu_forward(
     *dims.last_mut().expect("rank >= 1") = out;
     let storage = match x.0.dtype() {
         DType::F32 => {
-            let bias = b.map(|(s, l)| contiguous_slice::<f32>(s, l)).transpose()?;
-            let xs = contiguous_slice::<f32>(x.0, lx)?;
+            let bias = b.map(|(s, l)| cpu_contiguous::<f32>(s, l)).transpose()?;
+            let xs = cpu_contiguous::<f32>(x.0, lx)?;
             f32::to_cpu_storage_owned(forward_typed(xs, w.0.as_slice()?, lw, bias, rows))
         }
         DType::F64 => {
-            let bias = b.map(|(s, l)| contiguous_slice::<f64>(s, l)).transpose()?;
-            let xs = contiguous_slice::<f64>(x.0, lx)?;
+            let bias = b.map(|(s, l)| cpu_contiguous::<f64>(s, l)).transpose()?;
+            let xs = cpu_contiguous::<f64>(x.0, lx)?;
             f64::to_cpu_storage_owned(forward_typed(xs, w.0.as_slice()?, lw, bias, rows))
         }
         other => candle_core::bail!("linear: CPU op supports f32 and f64, got {other:?}"),
@@ -192,11 +183,11 @@ fn bias_grad(g: &Tensor) -> Result<Tensor> {
     let cpu_dev = &candle_core::Device::Cpu;
     let v = match cpu.dtype() {
         DType::F32 => {
-            let g = contiguous_slice::<f32>(cpu, l)?;
+            let g = cpu_contiguous::<f32>(cpu, l)?;
             Tensor::new(column_sums(g, out), cpu_dev)?
         }
         DType::F64 => {
-            let g = contiguous_slice::<f64>(cpu, l)?;
+            let g = cpu_contiguous::<f64>(cpu, l)?;
             Tensor::new(column_sums(g, out), cpu_dev)?
         }
         other => candle_core::bail!("linear: CPU op supports f32 and f64, got {other:?}"),
@@ -280,10 +271,10 @@ fn input_and_weight_grads(
     match x.dtype() {
         DType::F32 => to_tensors(
             grads::<f32>(
-                contiguous_slice(cpu(0)?, lx)?,
+                cpu_contiguous(cpu(0)?, lx)?,
                 cpu(1)?.as_slice()?,
                 lw,
-                contiguous_slice(cpu(2)?, lg)?,
+                cpu_contiguous(cpu(2)?, lg)?,
                 want,
             ),
             x,
@@ -291,10 +282,10 @@ fn input_and_weight_grads(
         ),
         DType::F64 => to_tensors(
             grads::<f64>(
-                contiguous_slice(cpu(0)?, lx)?,
+                cpu_contiguous(cpu(0)?, lx)?,
                 cpu(1)?.as_slice()?,
                 lw,
-                contiguous_slice(cpu(2)?, lg)?,
+                cpu_contiguous(cpu(2)?, lg)?,
                 want,
             ),
             x,

@@ -18,6 +18,14 @@ pub(crate) fn contiguous<'a, T>(v: &'a [T], l: &Layout) -> Result<&'a [T]> {
     }
 }
 
+/// [`contiguous`] of a CPU storage as `T` (an error names a dtype that differs).
+pub(crate) fn cpu_contiguous<'a, T: candle_core::WithDType>(
+    s: &'a candle_core::CpuStorage,
+    l: &Layout,
+) -> Result<&'a [T]> {
+    contiguous(s.as_slice::<T>()?, l)
+}
+
 /// `out[row] = f(src[row])` for every row of length `dim`, rows in parallel.
 pub(crate) fn par_rows<T: Copy + Default + Send + Sync>(
     src: &[T],

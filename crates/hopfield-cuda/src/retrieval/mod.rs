@@ -412,23 +412,7 @@ fn composed_association(
         .reshape((1, g.h, 1, 1))?;
     let mut logits = qh.matmul(&kt)?.broadcast_mul(&beta)?;
     // The fused kernel reports NaN or +inf logits (overflow); so does this path.
-    if !crate::all_finite(&logits)? {
-        let bad = logits
-            .ne(&logits)?
-            .to_dtype(DType::F32)?
-            .add(&logits.eq(f64::INFINITY)?.to_dtype(DType::F32)?)?;
-        let rows = bad.max_keepdim(D::Minus1)?.sum_all()?.to_scalar::<f32>()? as usize;
-        if rows > 0 {
-            return Err(KernelError::Overflow {
-                op: "retrieval",
-                what: "the logits beta q k^T",
-                dtype,
-                rows,
-                shape: q.dims().to_vec(),
-            }
-            .into());
-        }
-    }
+    crate::expect_logits_in_range(&logits, q.dims())?;
     if let Some(m) = mask {
         logits = logits.broadcast_add(m)?;
     }

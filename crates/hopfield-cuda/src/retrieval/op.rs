@@ -7,6 +7,7 @@
 
 use super::{cpu, Geometry};
 use crate::error::KernelError;
+use crate::rows::cpu_contiguous;
 use candle_core::backend::BackendStorage;
 use candle_core::{
     CpuStorage, CustomOp1, CustomOp3, DType, Device, Layout, Result, Shape, Tensor, WithDType,
@@ -289,7 +290,7 @@ fn forward_cpu(
 
 fn storage_slice<'a, T: WithDType>(s: &'a candle_core::Storage, l: &Layout) -> Result<&'a [T]> {
     match s {
-        candle_core::Storage::Cpu(c) => cpu_slice::<T>(c, l),
+        candle_core::Storage::Cpu(c) => cpu_contiguous::<T>(c, l),
         _ => candle_core::bail!("retrieval backward: saved tensors not on the CPU"),
     }
 }
@@ -415,14 +416,6 @@ pub(crate) struct RetrievalBwd {
     pub d_out: Tensor,
     /// The lse's gradient, where the lse is an output of the graph.
     pub d_lse: Option<Tensor>,
-}
-
-fn cpu_slice<'a, T: candle_core::WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
-    let v = s.as_slice::<T>()?;
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&v[a..b]),
-        None => candle_core::bail!("retrieval backward: result and gradient must be contiguous"),
-    }
 }
 
 impl CustomOp3 for RetrievalBwd {
@@ -574,16 +567,16 @@ pub(crate) fn association_change_cpu(
             typed_inputs::<f32>(s)?,
             views,
             typed_mask(m)?,
-            cpu_slice(la, guards[3].1)?,
-            cpu_slice(lb, guards[4].1)?,
+            cpu_contiguous(la, guards[3].1)?,
+            cpu_contiguous(lb, guards[4].1)?,
         )),
         DType::F64 => Ok(cpu::association_change(
             p,
             typed_inputs::<f64>(s)?,
             views,
             typed_mask(m)?,
-            cpu_slice(la, guards[3].1)?,
-            cpu_slice(lb, guards[4].1)?,
+            cpu_contiguous(la, guards[3].1)?,
+            cpu_contiguous(lb, guards[4].1)?,
         )),
         other => {
             candle_core::bail!("association_change: CPU kernel supports f32 and f64, got {other:?}")

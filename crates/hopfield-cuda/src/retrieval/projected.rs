@@ -14,6 +14,7 @@ use super::op::{overflow_check, packed_views_at, with_cpu_mask, Params};
 use super::{betas_and_mask, retrieve_packed, Geometry, PackedSizes, Retrieval};
 use crate::linear::linear;
 use crate::matmul::{column_sums, gemm_into, Mat};
+use crate::rows::cpu_contiguous;
 use crate::scratch::{self, Pooled};
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Tensor, WithDType};
@@ -366,7 +367,7 @@ impl Projected {
         let guards = [args[0], args[1], args[2], &grad].map(|t| t.storage_and_layout());
         let data = |i: usize| -> Result<&[T]> {
             match &*guards[i].0 {
-                candle_core::Storage::Cpu(c) => contiguous(c, guards[i].1),
+                candle_core::Storage::Cpu(c) => cpu_contiguous(c, guards[i].1),
                 _ => candle_core::bail!("retrieve_projected: tensors must be on the CPU"),
             }
         };
@@ -378,13 +379,6 @@ impl Projected {
             }
         }
         Ok(out)
-    }
-}
-
-fn contiguous<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&s.as_slice::<T>()?[a..b]),
-        None => candle_core::bail!("retrieve_projected: inputs must be contiguous"),
     }
 }
 
@@ -405,14 +399,14 @@ impl CustomOp3 for Projected {
         let shape = Shape::from((self.p.g.n, self.p.g.l, self.sizes.o));
         let storage = match z.dtype() {
             DType::F32 => f32::to_cpu_storage_owned(self.forward::<f32>(
-                contiguous(z, lz)?,
-                contiguous(wi, lwi)?,
-                contiguous(wo, lwo)?,
+                cpu_contiguous(z, lz)?,
+                cpu_contiguous(wi, lwi)?,
+                cpu_contiguous(wo, lwo)?,
             )?),
             DType::F64 => f64::to_cpu_storage_owned(self.forward::<f64>(
-                contiguous(z, lz)?,
-                contiguous(wi, lwi)?,
-                contiguous(wo, lwo)?,
+                cpu_contiguous(z, lz)?,
+                cpu_contiguous(wi, lwi)?,
+                cpu_contiguous(wo, lwo)?,
             )?),
             other => {
                 candle_core::bail!("retrieve_projected: CPU op supports f32 and f64, got {other:?}")

@@ -3,6 +3,7 @@
 //! transpose, so a training step builds no matrix.
 
 use super::{cpu, CsrMatrix};
+use crate::rows::contiguous;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, WithDType};
 
 pub(crate) struct Spmm {
@@ -12,13 +13,6 @@ pub(crate) struct Spmm {
 pub(crate) struct Step {
     pub a: CsrMatrix,
     pub eta: f64,
-}
-
-fn contiguous<'a, T>(v: &'a [T], l: &Layout, op: &str) -> Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&v[a..b]),
-        None => candle_core::bail!("{op}: non-contiguous input"),
-    }
 }
 
 /// The columns per row of an (N, m) input.
@@ -45,11 +39,11 @@ impl CustomOp1 for Spmm {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let out = match s {
             CpuStorage::F32(v) => {
-                let x = contiguous(v, l, "spmm")?;
+                let x = contiguous(v, l)?;
                 run(&self.a, self.a.values_f32(), x, l, None)
             }
             CpuStorage::F64(v) => {
-                let x = contiguous(v, l, "spmm")?;
+                let x = contiguous(v, l)?;
                 run(&self.a, self.a.values(), x, l, None)
             }
             _ => candle_core::bail!("spmm: the fused CPU kernel takes f32 and f64"),
@@ -86,11 +80,11 @@ impl CustomOp2 for Step {
     ) -> Result<(CpuStorage, Shape)> {
         let out = match (s, sd) {
             (CpuStorage::F32(v), CpuStorage::F32(d)) => {
-                let (x, d) = (contiguous(v, l, "step")?, contiguous(d, ld, "step")?);
+                let (x, d) = (contiguous(v, l)?, contiguous(d, ld)?);
                 run(&self.a, self.a.values_f32(), x, l, Some((d, self.eta)))
             }
             (CpuStorage::F64(v), CpuStorage::F64(d)) => {
-                let (x, d) = (contiguous(v, l, "step")?, contiguous(d, ld, "step")?);
+                let (x, d) = (contiguous(v, l)?, contiguous(d, ld)?);
                 run(&self.a, self.a.values(), x, l, Some((d, self.eta)))
             }
             _ => candle_core::bail!("diffusion_step: the fused CPU kernel takes f32 and f64"),
