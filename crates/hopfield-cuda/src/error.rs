@@ -173,10 +173,13 @@ pub(crate) fn expect_param(
 /// use candle_core::{Device, Tensor};
 /// let m = Tensor::new(&[0f32, f32::NEG_INFINITY, f32::INFINITY], &Device::Cpu)?;
 /// assert_eq!(hopfield_cuda::bad_additive_values(&m)?, Some("+inf"));
+/// let ids = Tensor::new(&[1u8, 0], &Device::Cpu)?;
+/// assert_eq!(hopfield_cuda::bad_additive_values(&ids)?, None);
 /// # Ok::<(), candle_core::Error>(())
 /// ```
 pub fn bad_additive_values(m: &Tensor) -> candle_core::Result<Option<&'static str>> {
-    if m.elem_count() == 0 || crate::all_finite(m)? {
+    // Integer masks cannot hold NaN or inf.
+    if m.elem_count() == 0 || !m.dtype().is_float() || crate::all_finite(m)? {
         return Ok(None);
     }
     let flat = m.flatten_all()?;
@@ -225,7 +228,7 @@ pub(crate) fn expect_additive_mask(
 /// # Ok::<(), candle_core::Error>(())
 /// ```
 pub fn expect_logits_in_range(logits: &Tensor, inputs: &[usize]) -> candle_core::Result<()> {
-    if crate::all_finite(logits)? {
+    if !logits.dtype().is_float() || crate::all_finite(logits)? {
         return Ok(());
     }
     let nan_or_pos_inf = logits
