@@ -8,10 +8,19 @@ with torch.autograd.grad (create_graph=True when training), or with torch.func.j
 itself does (`--grad jacrev`). Prints milliseconds per step (median of repeats).
 
     benches/.venv/bin/python benches/et_port.py [--grad autograd|jacrev] [--threads N] [--batch B]
+
+`--compare` times the port (jacrev as shipped, and autograd.grad) and hopfield-rs (the
+`et_timing` binary, built in release) at batch 1 and 8 on 2 threads, alternating the two sides
+`--rounds` times in one run, and prints each round's times and the median ratios ours / port:
+
+    benches/.venv/bin/python benches/et_port.py --compare [--rounds 3]
 """
 
 import argparse
+import json
+import os
 import statistics
+import subprocess
 import time
 
 import torch
@@ -71,12 +80,81 @@ def timeit(fn, warmup=20, repeats=7, number=50):
     return statistics.median(runs)
 
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def median_ms(f):
+    """The protocol of et_timing: median of >= 10 runs and about 2 s, after 3 warm-up runs."""
+    for _ in range(3):
+        f()
+    times, start = [], time.perf_counter()
+    while len(times) < 10 or (time.perf_counter() - start < 2.0 and len(times) < 1000):
+        t = time.perf_counter()
+        f()
+        times.append((time.perf_counter() - t) * 1e3)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def time_port(batch, mode):
+    torch.manual_seed(0)
+    m = EnergyTransformerStep(DIM, MEMORIES, HEADS)
+    x = torch.randn(batch, TOKENS, DIM)
+    cot = torch.randn(batch, TOKENS, DIM)
+
+    def forward():
+        with torch.no_grad() if mode == "jacrev" else torch.enable_grad():
+            return m(x, mode=mode)
+
+    def forward_backward():
+        xv = x.clone().requires_grad_(True)
+        y = m(xv, mode=mode, create_graph=True)
+        (y * cot).sum().backward()
+
+    return median_ms(forward), median_ms(forward_backward)
+
+
+def compare(rounds):
+    torch.set_num_threads(2)
+    env = dict(os.environ, RAYON_NUM_THREADS="2")
+    subprocess.run(["cargo", "build", "--release", "-q", "-p", "hopfield-benches", "--bin", "et_timing"],
+                   cwd=ROOT, check=True)
+    exe = os.path.join(ROOT, "target", "release", "et_timing")
+    ratios = {}
+    print(f"torch {torch.__version__}, 2 threads both sides; times in ms (forward / forward+backward)")
+    for r in range(rounds):
+        ours = {}
+        out = subprocess.run([exe, "--device", "cpu"], cwd=ROOT, env=env, check=True,
+                             capture_output=True, text=True).stdout
+        for line in out.splitlines():
+            o = json.loads(line)
+            ours[o["batch"]] = (o["forward_ms"], o["forward_backward_ms"])
+        for batch in (1, 8):
+            for mode in ("jacrev", "autograd"):
+                port = time_port(batch, mode)
+                mine = ours[batch]
+                print(f"round {r + 1} batch {batch} port-{mode:8s} {port[0]:7.3f} / {port[1]:7.3f}"
+                      f"   ours {mine[0]:7.3f} / {mine[1]:7.3f}"
+                      f"   ratio {mine[0] / port[0]:.2f} / {mine[1] / port[1]:.2f}")
+                ratios.setdefault((batch, mode), []).append((mine[0] / port[0], mine[1] / port[1]))
+    print("median ratios ours / port (forward, forward+backward):")
+    for (batch, mode), rs in sorted(ratios.items()):
+        f = statistics.median(a for a, _ in rs)
+        b = statistics.median(b for _, b in rs)
+        print(f"  batch {batch} vs port {mode:8s}: {f:.2f}x  {b:.2f}x")
+
+
 def main():
     p = argparse.ArgumentParser()
+    p.add_argument("--compare", action="store_true", help="side by side with et_timing, ratios")
+    p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--grad", choices=["autograd", "jacrev"], default="autograd")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--batch", type=int, default=1, help="sequences per batch (ET_BATCH for ours)")
     args = p.parse_args()
+    if args.compare:
+        compare(args.rounds)
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)

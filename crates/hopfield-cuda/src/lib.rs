@@ -15,6 +15,10 @@
 //!
 //! - [`normalize`]: `(x - mean) / sqrt(var + eps)` per row (LayerNorm without its affine part),
 //!   fused on the CPU with a fused first-order backward.
+//! - [`attention_energy_grad`]: the gradient of the Energy Transformer's attention energy (a
+//!   softmax-retrieval row and column pass per head) with its closed-form backward.
+//! - [`hopfield_energy_grad`]: the gradient of a dense-associative-memory energy (ReLU or
+//!   log-sum-exp interaction) over tokens, with its closed-form backward.
 //! - [`sparse`]: a shared CSR matrix ([`sparse::CsrMatrix`], transpose cached), its product with
 //!   dense tensors and the fused factored diffusion step, with backward passes.
 //! - [`all_finite`]: the one-reduction NaN/inf check behind every crate's typed `NonFinite` error.
@@ -35,9 +39,11 @@
 //! ```
 
 mod alloc;
+mod attention_energy;
 mod device;
 mod error;
 mod finite;
+mod hopfield_energy;
 mod linear;
 mod matmul;
 mod normalize;
@@ -50,11 +56,15 @@ pub mod sparse;
 mod test_util;
 
 pub use alloc::tune_allocator;
+pub use attention_energy::{attention_energy_grad, attention_energy_grad_composed};
 pub use device::{DeviceChoice, UnknownDevice};
 pub use error::{
     bad_additive_values, expect_float, expect_logits_in_range, find_error, KernelError,
 };
 pub use finite::all_finite;
+pub use hopfield_energy::{
+    hopfield_energy_grad, hopfield_energy_grad_composed, HopfieldEnergyKind,
+};
 pub use linear::{linear, linear_composed};
 pub use normalize::{normalize, normalize_composed};
 pub use scratch::release_scratch;

@@ -57,13 +57,38 @@ pub(crate) fn parallelism(work: usize) -> Parallelism {
 }
 
 /// `dst = a b` (or `dst += a b` when `accumulate`), `dst` row-major `a.rows x b.cols` with row
-/// stride `ld`.
+/// stride `ld`; large products use the rayon pool.
 pub(crate) fn gemm_into<T: WithDType>(
     dst: &mut [T],
     ld: usize,
     a: Mat<T>,
     b: Mat<T>,
     accumulate: bool,
+) {
+    let work = a.rows * a.cols * b.cols;
+    gemm_with(dst, ld, a, b, accumulate, parallelism(work));
+}
+
+/// [`gemm_into`] on the calling thread only: for the small products of a kernel that already
+/// runs one rayon task per (sample, head), where splitting each product again costs more than it
+/// gains.
+pub(crate) fn gemm_serial<T: WithDType>(
+    dst: &mut [T],
+    ld: usize,
+    a: Mat<T>,
+    b: Mat<T>,
+    accumulate: bool,
+) {
+    gemm_with(dst, ld, a, b, accumulate, Parallelism::None);
+}
+
+fn gemm_with<T: WithDType>(
+    dst: &mut [T],
+    ld: usize,
+    a: Mat<T>,
+    b: Mat<T>,
+    accumulate: bool,
+    par: Parallelism,
 ) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert_eq!(k, b.rows, "gemm_into: inner sizes");
@@ -100,7 +125,7 @@ pub(crate) fn gemm_into<T: WithDType>(
             false,
             false,
             false,
-            parallelism(m * n * k),
+            par,
         );
     }
 }

@@ -8,7 +8,7 @@ use candle_core::{
 };
 use rayon::prelude::*;
 
-trait Float:
+pub(crate) trait Float:
     Copy + Send + Sync + PartialOrd + std::ops::Mul<Output = Self> + std::ops::Sub<Output = Self>
 {
     const NEG_INF: Self;
@@ -213,7 +213,7 @@ fn softmax_grad_row<T: Float>(p: &[T], g: &[T], dst: &mut [T]) {
 
 /// The rows of one task. On x86-64 an AVX2+FMA build of the same code is picked at run time:
 /// the default target only allows 4-wide SSE2, and the row loops are compute-bound on `exp`.
-fn softmax_rows<T: Float>(src: &[T], dst: &mut [T], dim: usize) -> bool {
+pub(crate) fn softmax_rows<T: Float>(src: &[T], dst: &mut [T], dim: usize) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
@@ -268,6 +268,19 @@ unsafe fn grad_rows_avx2<T: Float>(p: &[T], g: &[T], dst: &mut [T], dim: usize) 
     grad_rows_generic(p, g, dst, dim);
 }
 
+/// `dst = p * (g - sum(p g))` for the rows of one task (AVX2+FMA build picked at run time).
+pub(crate) fn softmax_grad_rows<T: Float>(p: &[T], g: &[T], dst: &mut [T], dim: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: the features were just detected on this CPU.
+            unsafe { grad_rows_avx2(p, g, dst, dim) };
+            return;
+        }
+    }
+    grad_rows_generic(p, g, dst, dim);
+}
+
 fn grad_rows<T: Float>(p: &[T], g: &[T], dim: usize) -> Vec<T> {
     let mut dst = vec![T::ZERO; p.len()];
     if dim == 0 || p.is_empty() {
@@ -276,17 +289,7 @@ fn grad_rows<T: Float>(p: &[T], g: &[T], dim: usize) -> Vec<T> {
     let chunk = rows_per_task(dim) * dim;
     dst.par_chunks_mut(chunk)
         .zip(p.par_chunks(chunk).zip(g.par_chunks(chunk)))
-        .for_each(|(d, (pc, gc))| {
-            #[cfg(target_arch = "x86_64")]
-            {
-                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                    // SAFETY: the features were just detected on this CPU.
-                    unsafe { grad_rows_avx2(pc, gc, d, dim) };
-                    return;
-                }
-            }
-            grad_rows_generic(pc, gc, d, dim);
-        });
+        .for_each(|(d, (pc, gc))| softmax_grad_rows(pc, gc, d, dim));
     dst
 }
 

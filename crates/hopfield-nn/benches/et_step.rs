@@ -46,6 +46,56 @@ fn et_step(c: &mut Criterion) {
             black_box(loss.backward().expect("backward"))
         })
     });
+    // The block's two fused gradient ops on their own (the split of the step's time).
+    let g = Var::from_tensor(&x).expect("var");
+    let mha = et.mha();
+    let hop = match et.hopfield() {
+        hopfield_nn::energy::HopfieldEnergy::Relu(h) => h,
+        _ => unreachable!("the default block uses ReLU memories"),
+    };
+    let (wq, wk, beta) = (mha.wq(), mha.wk(), mha.beta());
+    group.bench_function("attention_grad", |b| {
+        b.iter(|| {
+            black_box(
+                hopfield_cuda::attention_energy_grad(&x, wq, wk, beta, false).expect("attention"),
+            )
+        })
+    });
+    group.bench_function("attention_grad_backward", |b| {
+        b.iter(|| {
+            let d = hopfield_cuda::attention_energy_grad(g.as_tensor(), wq, wk, beta, false)
+                .expect("attention");
+            black_box(
+                (d * &cot)
+                    .and_then(|t| t.sum_all()?.backward())
+                    .expect("backward"),
+            )
+        })
+    });
+    let rows = x.reshape((batch * TOKENS, DIM)).expect("rows");
+    let grow = Var::from_tensor(&rows).expect("var");
+    let cot_rows = cot.reshape((batch * TOKENS, DIM)).expect("rows");
+    let kind = hopfield_cuda::HopfieldEnergyKind::Relu;
+    group.bench_function("hopfield_grad", |b| {
+        b.iter(|| {
+            black_box(
+                hopfield_cuda::hopfield_energy_grad(&rows, hop.w(), hop.beta(), kind)
+                    .expect("hopfield"),
+            )
+        })
+    });
+    group.bench_function("hopfield_grad_backward", |b| {
+        b.iter(|| {
+            let d =
+                hopfield_cuda::hopfield_energy_grad(grow.as_tensor(), hop.w(), hop.beta(), kind)
+                    .expect("hopfield");
+            black_box(
+                (d * &cot_rows)
+                    .and_then(|t| t.sum_all()?.backward())
+                    .expect("backward"),
+            )
+        })
+    });
     group.finish();
 }
 

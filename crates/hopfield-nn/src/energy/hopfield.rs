@@ -6,6 +6,7 @@ use super::validate::{self, compute_dtype, param_name, upcast};
 use super::{flatten_rows, lse_softmax, Energy, HopfieldType};
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
+use hopfield_cuda::HopfieldEnergyKind;
 
 /// ReLU Hopfield energy. State-dict names: `W` `(D, M)`, `beta` `(1,)` (init 1, learnable).
 ///
@@ -137,12 +138,15 @@ impl BaseModernHopfield {
         if x.elem_count() == 0 {
             return x.zeros_like();
         }
-        let (_, r, dims) = self.hidden(x)?;
-        // The sign goes on the scalar beta, not on the (N, D) result.
-        r.matmul(&upcast(&self.w)?.t()?)?
-            .broadcast_mul(&upcast(&self.beta)?.reshape((1, 1))?.neg()?)?
-            .reshape(dims)?
-            .to_dtype(x.dtype())
+        let (xf, dims) = flatten_rows(&upcast(x)?)?;
+        hopfield_cuda::hopfield_energy_grad(
+            &xf,
+            &upcast(&self.w)?,
+            &upcast(&self.beta)?,
+            HopfieldEnergyKind::Relu,
+        )?
+        .reshape(dims)?
+        .to_dtype(x.dtype())
     }
 }
 
@@ -298,12 +302,14 @@ impl SoftmaxModernHopfield {
             return x.zeros_like();
         }
         let (xf, dims) = flatten_rows(&upcast(x)?)?;
-        let w = upcast(&self.w)?;
-        let p = hopfield_cuda::masked_softmax(
-            &xf.matmul(&w)?
-                .broadcast_mul(&upcast(&self.beta)?.reshape((1, 1))?)?,
-        )?;
-        p.matmul(&w.t()?)?.neg()?.reshape(dims)?.to_dtype(x.dtype())
+        hopfield_cuda::hopfield_energy_grad(
+            &xf,
+            &upcast(&self.w)?,
+            &upcast(&self.beta)?,
+            HopfieldEnergyKind::Softmax,
+        )?
+        .reshape(dims)?
+        .to_dtype(x.dtype())
     }
 }
 

@@ -332,20 +332,16 @@ impl EnergyMHA {
         if self.degenerate(&x3)? {
             return x.zeros_like();
         }
-        let x3 = upcast(&x3)?;
-        let (b, l, d) = x3.dims3()?;
-        let (h, z) = (self.n_heads, self.head_dim);
-        let (q, k, s) = self.scores(&x3)?;
-        let p = hopfield_cuda::masked_softmax(&s)?;
-        let pk = p.matmul(&k)?; // (B, H, L, Z)
-        let ptq = p.t()?.matmul(&q)?; // (B, H, L, Z)
-                                      // One matmul: [P k | P^T q] (B, L, H, 2Z) against [Wq | Wk] per head (H, 2Z, D).
-        let u = Tensor::cat(&[&pk, &ptq], 3)?
-            .transpose(1, 2)?
-            .reshape((b * l, h * 2 * z))?;
-        let w =
-            Tensor::cat(&[&upcast(&self.wq)?, &upcast(&self.wk)?], 1)?.reshape((h * 2 * z, d))?;
-        u.matmul(&w)?.neg()?.reshape(dims)?.to_dtype(x.dtype())
+        // One fused node (and its closed-form backward) on the CPU; composed ops elsewhere.
+        hopfield_cuda::attention_energy_grad(
+            &upcast(&x3)?,
+            &upcast(&self.wq)?,
+            &upcast(&self.wk)?,
+            &upcast(&self.beta)?,
+            self.exclude_self,
+        )?
+        .reshape(dims)?
+        .to_dtype(x.dtype())
     }
 }
 

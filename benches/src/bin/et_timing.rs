@@ -1,0 +1,71 @@
+//! Times one Energy Transformer block step (tokens 64, dim 128, heads 4, 512 ReLU memories,
+//! `LayerNorm`, f32) forward and forward+backward at batch 1 and 8, and prints one JSON object
+//! per line (`{"batch": .., "forward_ms": .., "forward_backward_ms": ..}`), the median of repeated
+//! runs (the protocol of `hopfield_timing`). `benches/et_port.py --compare` runs it next to the
+//! PyTorch port and prints the ratios.
+//!
+//! ```text
+//! cargo run --release -p hopfield-benches --bin et_timing [-- --device cpu|cuda] [--batch B]
+//! ```
+
+use candle_core::{DType, Result, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
+use hopfield_nn::energy::{EnergyTransformer, EnergyTransformerConfig};
+use std::time::Instant;
+
+const TOKENS: usize = 64;
+const DIM: usize = 128;
+const HEADS: usize = 4;
+const MEMORIES: usize = 512;
+
+/// Median milliseconds of `f` over at least 10 runs and about 2 s, after 3 warm-up runs.
+fn median_ms<T>(mut f: impl FnMut() -> Result<T>) -> Result<f64> {
+    for _ in 0..3 {
+        f()?;
+    }
+    let mut times = Vec::new();
+    let start = Instant::now();
+    while times.len() < 10 || (start.elapsed().as_secs_f64() < 2.0 && times.len() < 1000) {
+        let t = Instant::now();
+        std::hint::black_box(f()?);
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
+
+fn main() -> Result<()> {
+    let dev = hopfield_benches::device_from_args()?;
+    let args: Vec<String> = std::env::args().collect();
+    let batches: Vec<usize> = match args.iter().position(|a| a == "--batch") {
+        Some(i) => vec![args.get(i + 1).and_then(|b| b.parse().ok()).unwrap_or(1)],
+        None => vec![1, 8],
+    };
+    let map = VarMap::new();
+    let vb = VarBuilder::from_varmap(&map, DType::F32, &dev);
+    // Weights at 1/sqrt(D), as the port script's, so the block acts (timing is the same).
+    let cfg = EnergyTransformerConfig::new(DIM, MEMORIES, HEADS)
+        .with_n_iters(1)
+        .with_init_scale(1.0 / (DIM as f64).sqrt());
+    let et = EnergyTransformer::new(&cfg, vb)?;
+    for batch in batches {
+        let x = Tensor::randn(0f32, 1., (batch, TOKENS, DIM), &dev)?;
+        let cot = Tensor::randn(0f32, 1., (batch, TOKENS, DIM), &dev)?;
+        let forward = || {
+            let y = et.forward_detailed(&x, None)?.y;
+            dev.synchronize().map(|_| y)
+        };
+        let xv = Var::from_tensor(&x)?;
+        let forward_backward = || {
+            let y = et.forward_detailed(xv.as_tensor(), None)?.y;
+            let grads = (y * &cot)?.sum_all()?.backward()?;
+            dev.synchronize().map(|_| grads)
+        };
+        let fwd = median_ms(forward)?;
+        let bwd = median_ms(forward_backward)?;
+        println!(
+            "{{\"batch\": {batch}, \"forward_ms\": {fwd:.4}, \"forward_backward_ms\": {bwd:.4}}}"
+        );
+    }
+    Ok(())
+}
