@@ -1,4 +1,6 @@
-//! Configuration of one association: heads, scaling, update steps, statics and masks' companions.
+//! The dynamics of one association: scaling, update steps and their stopping rule, dropout, the
+//! zero pattern and the Hopfield-space LayerNorm's use. The structure it runs on (sizes, heads,
+//! which inputs are projected) is [`CoreLayout`](crate::CoreLayout)'s.
 
 use crate::error::HopfieldError;
 
@@ -123,21 +125,22 @@ pub enum OnNoConvergence {
     Stop,
 }
 
-/// Settings of [`hopfield_core_forward`](crate::hopfield_core_forward) that are not weights.
+/// Settings of [`hopfield_core_forward`](crate::hopfield_core_forward) that are not weights: how
+/// the association runs on the structure a [`CoreLayout`](crate::CoreLayout) fixes. Per-head
+/// settings are checked against that layout's head count.
 ///
 /// ```
-/// use hopfield_core::{CoreConfig, Scaling, UpdateSteps};
-/// let cfg = CoreConfig::new(4)
-///     .with_scaling(Scaling::Scalar(0.25))
+/// use hopfield_core::{CoreConfig, CoreLayout, Scaling, UpdateSteps};
+/// let layout = CoreLayout::new(64, 4);
+/// let cfg = CoreConfig::default()
+///     .with_scaling(Scaling::PerHead(vec![0.25; 4]))
 ///     .with_update_steps_max(UpdateSteps::Max(3));
-/// assert_eq!(cfg.num_heads, 4);
-/// cfg.validate()?;
+/// cfg.validate(layout.num_heads)?;
+/// assert!(cfg.validate(2).is_err()); // four betas for two heads
 /// # Ok::<(), hopfield_core::HopfieldError>(())
 /// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct CoreConfig {
-    /// Number of heads H.
-    pub num_heads: usize,
     /// beta.
     pub scaling: Scaling,
     /// Additional update steps after the first association.
@@ -152,15 +155,9 @@ pub struct CoreConfig {
     pub dropout: f64,
     /// Append an all-zero stored pattern and projection (never masked).
     pub add_zero_association: bool,
-    /// The stored patterns (keys) are used as they are, without projection.
-    pub key_as_static: bool,
-    /// The state patterns (queries) are used as they are.
-    pub query_as_static: bool,
-    /// The pattern projections (values) are used as they are.
-    pub value_as_static: bool,
-    /// The projections go through the key projection first: `v = W_V (W_K x + b_k) + b_v`.
-    pub value_as_connected: bool,
-    /// LayerNorm over the head dim of projected queries and keys (Hopfield space), first step only.
+    /// LayerNorm over the head dim of projected queries and keys (Hopfield space), first step
+    /// only. Its affine parameters exist when the layout's `normalize_pattern_affine` says so
+    /// (as in hflayers, they are unused while this is off).
     pub normalize_pattern: bool,
     /// Its epsilon.
     pub normalize_pattern_eps: f64,
@@ -169,7 +166,6 @@ pub struct CoreConfig {
 impl Default for CoreConfig {
     fn default() -> Self {
         Self {
-            num_heads: 1,
             scaling: Scaling::None,
             update_steps_max: UpdateSteps::Max(0),
             update_steps_eps: StepsEps::Scalar(1e-4),
@@ -177,10 +173,6 @@ impl Default for CoreConfig {
             on_no_convergence: OnNoConvergence::Error,
             dropout: 0.0,
             add_zero_association: false,
-            key_as_static: false,
-            query_as_static: false,
-            value_as_static: false,
-            value_as_connected: false,
             normalize_pattern: false,
             normalize_pattern_eps: 1e-5,
         }
@@ -198,13 +190,6 @@ macro_rules! with {
 }
 
 impl CoreConfig {
-    /// Defaults with `num_heads` heads.
-    pub fn new(num_heads: usize) -> Self {
-        Self {
-            num_heads,
-            ..Self::default()
-        }
-    }
     with!(/// Sets `scaling`.
         with_scaling, scaling: Scaling);
     with!(/// Sets `update_steps_max`.
@@ -219,30 +204,18 @@ impl CoreConfig {
         with_dropout, dropout: f64);
     with!(/// Sets `add_zero_association`.
         with_add_zero_association, add_zero_association: bool);
-    with!(/// Sets `key_as_static`.
-        with_key_as_static, key_as_static: bool);
-    with!(/// Sets `query_as_static`.
-        with_query_as_static, query_as_static: bool);
-    with!(/// Sets `value_as_static`.
-        with_value_as_static, value_as_static: bool);
-    with!(/// Sets `value_as_connected`.
-        with_value_as_connected, value_as_connected: bool);
     with!(/// Sets `normalize_pattern`.
         with_normalize_pattern, normalize_pattern: bool);
     with!(/// Sets `normalize_pattern_eps`.
         with_normalize_pattern_eps, normalize_pattern_eps: f64);
 
-    /// Checks every field.
-    pub fn validate(&self) -> Result<(), HopfieldError> {
-        if self.num_heads == 0 {
-            return Err(HopfieldError::Config {
-                field: "num_heads",
-                reason: "must be >= 1".into(),
-            });
-        }
-        self.scaling.per_head(self.num_heads)?;
-        self.update_steps_max.per_head(self.num_heads)?;
-        self.update_steps_eps.per_head(self.num_heads)?;
+    /// Checks every field for a core of `heads` heads (the layout's `num_heads`, which
+    /// [`CoreLayout::validate`](crate::CoreLayout::validate) checks): per-head settings must have
+    /// one entry per head.
+    pub fn validate(&self, heads: usize) -> Result<(), HopfieldError> {
+        self.scaling.per_head(heads)?;
+        self.update_steps_max.per_head(heads)?;
+        self.update_steps_eps.per_head(heads)?;
         if !(0.0..1.0).contains(&self.dropout) {
             return Err(HopfieldError::Config {
                 field: "dropout",
@@ -296,7 +269,6 @@ mod tests {
                 ..
             })
         ));
-        assert!(CoreConfig::new(0).validate().is_err());
-        assert!(CoreConfig::new(1).with_dropout(1.0).validate().is_err());
+        assert!(CoreConfig::default().with_dropout(1.0).validate(1).is_err());
     }
 }

@@ -64,7 +64,7 @@ pub(crate) fn check_finite(arg: &'static str, x: &Tensor) -> Result<()> {
 /// let map = VarMap::new();
 /// let w = CoreWeights::load(CoreLayout::new(8, 2), VarBuilder::from_varmap(&map, DType::F32, &dev))?;
 /// let x = Tensor::randn(0f32, 1., (3, 5, 8), &dev)?;
-/// let cfg = CoreConfig::new(2).with_scaling(Scaling::Scalar(0.5));
+/// let cfg = CoreConfig::default().with_scaling(Scaling::Scalar(0.5));
 /// let out = hopfield_core_forward(&x, &x, &x, &w, &cfg, Masks::default(), false)?;
 /// assert_eq!(out.output.dims(), &[3, 5, 8]);
 /// assert_eq!(out.association.dims(), &[3, 2, 5, 5]);
@@ -96,6 +96,16 @@ pub fn fused_retrieval_enabled() -> bool {
     FUSED.load(Ordering::Relaxed)
 }
 
+/// The head count of `weights`, with `cfg` checked against it (one entry per head in every
+/// per-head setting). Of the layout only the head count is checked here: loaded weights come from
+/// a validated layout, and a pure static one ([`CoreWeights::none`]) has no sizes of its own.
+pub(crate) fn validated_heads(weights: &CoreWeights, cfg: &CoreConfig) -> Result<usize> {
+    let layout = &weights.layout;
+    layout.validate_heads()?;
+    cfg.validate(layout.num_heads)?;
+    Ok(layout.num_heads)
+}
+
 /// Whether this call can take the fused path: no dropout on the association in training (it
 /// acts on the materialised association) and a dtype/device with a fused kernel.
 pub(crate) fn fused_applies(cfg: &CoreConfig, train: bool, query: &Tensor) -> Result<bool> {
@@ -105,11 +115,11 @@ pub(crate) fn fused_applies(cfg: &CoreConfig, train: bool, query: &Tensor) -> Re
     Ok(retrieval_path(query.dtype(), query.device()) == RetrievalPath::Fused)
 }
 
-/// Whether any head runs update steps after the first association.
-pub(crate) fn has_update_steps(cfg: &CoreConfig) -> Result<bool> {
+/// Whether any of the `heads` heads runs update steps after the first association.
+pub(crate) fn has_update_steps(cfg: &CoreConfig, heads: usize) -> Result<bool> {
     Ok(cfg
         .update_steps_max
-        .per_head(cfg.num_heads)?
+        .per_head(heads)?
         .iter()
         .any(|m| *m != Some(0)))
 }
@@ -131,7 +141,7 @@ pub(crate) fn has_update_steps(cfg: &CoreConfig) -> Result<bool> {
 /// let map = VarMap::new();
 /// let w = CoreWeights::load(CoreLayout::new(8, 2), VarBuilder::from_varmap(&map, DType::F64, &dev))?;
 /// let x = Tensor::randn(0f64, 1., (3, 5, 8), &dev)?;
-/// let cfg = CoreConfig::new(2).with_scaling(Scaling::Scalar(0.5));
+/// let cfg = CoreConfig::default().with_scaling(Scaling::Scalar(0.5));
 /// let fused = hopfield_core_output(&x, &x, &x, &w, &cfg, Masks::default(), false)?;
 /// let explicit = hopfield_core_forward(&x, &x, &x, &w, &cfg, Masks::default(), false)?.output;
 /// assert!((fused - explicit)?.abs()?.max_all()?.to_scalar::<f64>()? < 1e-12);
@@ -146,14 +156,13 @@ pub fn hopfield_core_output(
     masks: Masks,
     train: bool,
 ) -> Result<Tensor> {
-    cfg.validate()?;
+    let heads = validated_heads(weights, cfg)?;
     if !fused_applies(cfg, train, query)? {
         return Ok(hopfield_core_forward_mapped(
             query, key, value, weights, cfg, masks, train, None,
         )?
         .output);
     }
-    let heads = cfg.num_heads;
     let Prepared {
         q,
         k,
@@ -165,7 +174,7 @@ pub fn hopfield_core_output(
         ..
     } = prepare(query, key, value, weights, cfg)?;
     let spec = retrieval_spec(cfg, &masks, (n, heads, l, s), query.dtype())?;
-    let q = if has_update_steps(cfg)? {
+    let q = if has_update_steps(cfg, heads)? {
         fused_update_steps(&q, &k, &spec, cfg)?
     } else {
         q
@@ -178,7 +187,7 @@ pub fn hopfield_core_output(
 }
 
 /// The fused retrieval's parameters for this configuration and these masks: per-head beta, the
-/// additive mask broadcastable to `(N, H, L, S)`, the zero pattern.
+/// additive mask broadcastable to `dims` = `(N, H, L, S)`, the zero pattern.
 pub(crate) fn retrieval_spec(
     cfg: &CoreConfig,
     masks: &Masks,
@@ -186,7 +195,7 @@ pub(crate) fn retrieval_spec(
     dtype: DType,
 ) -> Result<Retrieval> {
     Ok(Retrieval::new(1.0)
-        .with_head_betas(cfg.scaling.per_head(cfg.num_heads)?)
+        .with_head_betas(cfg.scaling.per_head(dims.1)?)
         .with_mask(additive_mask(masks, dims, false, dtype)?)
         .with_zero_association(cfg.add_zero_association))
 }
@@ -218,7 +227,7 @@ pub fn hopfield_core_forward_mapped(
         hd,
         pd,
     } = prepare(query, key, value, weights, cfg)?;
-    let heads = cfg.num_heads;
+    let heads = weights.layout.num_heads;
     let dtype = query.dtype();
     let dev = query.device();
     let (q, mut k, mut v) = (heads_major(&q)?, heads_major(&k)?, heads_major(&v)?);
@@ -270,20 +279,13 @@ fn prepare(
     weights: &CoreWeights,
     cfg: &CoreConfig,
 ) -> Result<Prepared> {
-    cfg.validate()?;
+    let heads = validated_heads(weights, cfg)?;
     let layout = &weights.layout;
-    let heads = cfg.num_heads;
-    if heads != layout.num_heads {
-        return Err(HopfieldError::Config {
-            field: "num_heads",
-            reason: format!(
-                "config has {heads} heads but the weights were built for {}",
-                layout.num_heads
-            ),
-        }
-        .into());
-    }
-    let (qs, ks, vs) = (cfg.query_as_static, cfg.key_as_static, cfg.value_as_static);
+    let (qs, ks, vs) = (
+        layout.query_as_static,
+        layout.key_as_static,
+        layout.value_as_static,
+    );
     // Pure static retrieval has no sizes of its own: they come from the inputs.
     let hd = if qs && ks {
         query.dims().last().copied().unwrap_or(0)
@@ -356,7 +358,7 @@ fn prepare(
     let [pq, pk, pv] = weights.projections()?;
     let mut q = project(query, &pq, heads)?;
     let mut k = project(key, &pk, heads)?;
-    let v = if cfg.value_as_connected && !ks {
+    let v = if layout.value_as_connected && !ks {
         let through_k = linear(
             value,
             pk.weight.as_ref().expect("key projection"),

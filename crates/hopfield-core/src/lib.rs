@@ -24,7 +24,7 @@
 //! let map = VarMap::new();
 //! let weights = CoreWeights::load(CoreLayout::new(16, 4), VarBuilder::from_varmap(&map, DType::F32, &dev))?;
 //! let x = Tensor::randn(0f32, 1., (2, 10, 16), &dev)?;
-//! let cfg = CoreConfig::new(4).with_update_steps_max(UpdateSteps::Max(2));
+//! let cfg = CoreConfig::default().with_update_steps_max(UpdateSteps::Max(2));
 //! let out = hopfield_core_forward(&x, &x, &x, &weights, &cfg, Masks::default(), false)?;
 //! assert_eq!(out.output.dims(), &[2, 10, 16]);
 //! # Ok::<(), candle_core::Error>(())

@@ -16,7 +16,8 @@
 use crate::config::CoreConfig;
 use crate::error::{expect_float, expect_shape};
 use crate::forward::{
-    check_finite, fused_applies, has_update_steps, hopfield_core_output, retrieval_spec, Masks,
+    check_finite, fused_applies, has_update_steps, hopfield_core_output, retrieval_spec,
+    validated_heads, Masks,
 };
 use crate::ops::linear;
 use crate::weights::CoreWeights;
@@ -94,7 +95,7 @@ impl InputAffine<'_> {
 /// let z = Tensor::randn(0f64, 1., (3, 5, 8), &dev)?;
 /// let (g, b) = (Tensor::randn(0f64, 1., 8, &dev)?, Tensor::randn(0f64, 1., 8, &dev)?);
 /// let affine = InputAffine { weight: Some(&g), bias: Some(&b) };
-/// let cfg = CoreConfig::new(2).with_scaling(Scaling::Scalar(0.5));
+/// let cfg = CoreConfig::default().with_scaling(Scaling::Scalar(0.5));
 /// let packed = hopfield_core_output_shared(&z, [affine; 3], &w, &cfg, Masks::default(), false)?;
 /// let x = z.broadcast_mul(&g)?.broadcast_add(&b)?;
 /// let separate = hopfield_core_output(&x, &x, &x, &w, &cfg, Masks::default(), false)?;
@@ -109,7 +110,7 @@ pub fn hopfield_core_output_shared(
     masks: Masks,
     train: bool,
 ) -> Result<Tensor> {
-    cfg.validate()?;
+    let heads = validated_heads(weights, cfg)?;
     let layout = &weights.layout;
     let e = layout.embed_dim;
     let projections = weights.projections()?;
@@ -117,10 +118,9 @@ pub fn hopfield_core_output_shared(
     let in_weights: Option<Vec<&Tensor>> = projections.iter().map(|p| p.weight.as_ref()).collect();
     let packable = fused_applies(cfg, train, z)?
         && in_weights.is_some()
-        && !has_update_steps(cfg)?
-        && cfg.num_heads == layout.num_heads
-        && !(cfg.query_as_static || cfg.key_as_static || cfg.value_as_static)
-        && !cfg.value_as_connected
+        && !has_update_steps(cfg, heads)?
+        && !(layout.query_as_static || layout.key_as_static || layout.value_as_static)
+        && !layout.value_as_connected
         && !cfg.normalize_pattern
         && layout.kdim == e
         && layout.vdim == e
@@ -139,7 +139,6 @@ pub fn hopfield_core_output_shared(
     expect_float("input", z)?;
     check_finite("input", z)?;
     let (n, l, _) = z.dims3()?;
-    let heads = cfg.num_heads;
     let (hd, pd) = (layout.head_dim, layout.pattern_dim);
     let mut ws = Vec::with_capacity(3);
     let mut bs = Vec::with_capacity(3);

@@ -22,9 +22,8 @@ pub(crate) struct Schedule {
 }
 
 impl Schedule {
-    /// All `n * H` pairs active, no step run yet.
-    pub fn new(cfg: &CoreConfig, n: usize) -> Result<Self> {
-        let heads = cfg.num_heads;
+    /// All `n * heads` pairs active, no step run yet.
+    pub fn new(cfg: &CoreConfig, n: usize, heads: usize) -> Result<Self> {
         Ok(Self {
             heads,
             max_steps: cfg.update_steps_max.per_head(heads)?,

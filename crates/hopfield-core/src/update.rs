@@ -23,8 +23,8 @@ pub(crate) fn fused_update_steps(
     spec: &Retrieval,
     cfg: &CoreConfig,
 ) -> Result<Tensor> {
-    let (n, heads) = (q.dim(0)?, cfg.num_heads);
-    let mut schedule = Schedule::new(cfg, n)?;
+    let (n, heads) = (q.dim(0)?, q.dim(2)?);
+    let mut schedule = Schedule::new(cfg, n, heads)?;
     let mut state = q.clone();
     // The previous state and its log-sum-exp, for the convergence test.
     let mut prev: Option<(Tensor, Tensor)> = None;
@@ -60,7 +60,7 @@ pub(crate) fn explicit_updates(
     cfg: &CoreConfig,
     logit_map: Option<LogitMap>,
 ) -> Result<(Tensor, Schedule)> {
-    let (n, heads) = (q.dim(0)?, cfg.num_heads);
+    let (n, heads) = (q.dim(0)?, q.dim(1)?);
     let (dtype, dev) = (q.dtype(), q.device());
     let kt = k.transpose(2, 3)?.contiguous()?;
     let betas = cfg.scaling.per_head(heads)?;
@@ -90,7 +90,7 @@ pub(crate) fn explicit_updates(
         }
     };
 
-    let mut schedule = Schedule::new(cfg, n)?;
+    let mut schedule = Schedule::new(cfg, n, heads)?;
     let mut xi = associate(q)?;
     let mut prev: Option<Tensor> = None;
     let mut t = 0usize;

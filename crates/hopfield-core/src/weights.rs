@@ -10,14 +10,19 @@ const PROJ_INIT: Init = Init::Randn {
     stdev: 0.02,
 };
 
-/// The sizes and switches that decide which weights exist and their shapes
-/// (hflayers `HopfieldCore.__init__`).
+/// The structure of one association: sizes, heads and which inputs are projected, i.e. everything
+/// that decides which weights exist and their shapes (hflayers `HopfieldCore.__init__`). How the
+/// association runs on it is [`CoreConfig`](crate::CoreConfig)'s.
 ///
 /// ```
 /// use hopfield_core::CoreLayout;
 /// let l = CoreLayout::new(64, 4);
 /// assert_eq!((l.head_dim, l.pattern_dim, l.out_dim), (16, 16, Some(64)));
 /// assert!(l.packed());
+/// // A static query is used as it arrives (per-head size, no query weights).
+/// let l = CoreLayout { query_as_static: true, ..l };
+/// l.validate()?;
+/// # Ok::<(), hopfield_core::HopfieldError>(())
 /// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct CoreLayout {
@@ -41,13 +46,15 @@ pub struct CoreLayout {
     pub bias: bool,
     /// Creates (unused) `bias_k`/`bias_v`, hflayers' `concat_bias_pattern` (quirk Q1).
     pub add_bias_kv: bool,
-    /// Keys are not projected.
+    /// The stored patterns (keys) are used as they are, without projection: they arrive with the
+    /// per-head size hd and every head of their sample shares them.
     pub key_as_static: bool,
-    /// Queries are not projected.
+    /// The state patterns (queries) are used as they are (size hd, shared by the heads).
     pub query_as_static: bool,
-    /// Values are not projected.
+    /// The pattern projections (values) are used as they are (size pd, shared by the heads).
     pub value_as_static: bool,
-    /// Values pass through the key projection first.
+    /// The pattern projections go through the key projection first:
+    /// `v = W_V (W_K x + b_k) + b_v` (so `v_proj_weight` takes H*hd inputs).
     pub value_as_connected: bool,
     /// Affine Hopfield-space LayerNorm (`p_norm_weight`, `p_norm_bias`).
     pub normalize_pattern_affine: bool,
@@ -104,15 +111,25 @@ impl CoreLayout {
             && self.out_dim.is_none()
     }
 
-    /// Checks sizes and flag combinations.
+    /// Checks the head count alone: all that a pure static retrieval (which takes its sizes from
+    /// its inputs) has of its own to check.
+    pub fn validate_heads(&self) -> std::result::Result<(), HopfieldError> {
+        if self.num_heads == 0 {
+            return Err(HopfieldError::Config {
+                field: "num_heads",
+                reason: "must be >= 1".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks the head count, the sizes and the flag combinations.
     pub fn validate(&self) -> std::result::Result<(), HopfieldError> {
         let cfg = |field, reason: &str| HopfieldError::Config {
             field,
             reason: reason.to_string(),
         };
-        if self.num_heads == 0 {
-            return Err(cfg("num_heads", "must be >= 1"));
-        }
+        self.validate_heads()?;
         if self.head_dim == 0 || self.pattern_dim == 0 {
             return Err(cfg("hidden_size/pattern_size", "must be >= 1"));
         }

@@ -75,7 +75,7 @@ fn fused_and_explicit_paths_agree_on_random_cases() -> Result<()> {
             _ => UpdateSteps::UntilConvergence,
         };
         let eps = [1e-4, 0.05][rng.pick(2)];
-        let cfg = CoreConfig::new(heads)
+        let cfg = CoreConfig::default()
             .with_scaling(scaling)
             .with_add_zero_association(rng.pick(2) == 0)
             .with_normalize_pattern(rng.pick(3) == 0)

@@ -76,7 +76,7 @@ fn run(c: &Case) -> Result<Tensor> {
     let map = VarMap::new();
     let vb = VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu);
     let weights = CoreWeights::load(CoreLayout::new(c.e, c.heads), vb)?;
-    let mut cfg = CoreConfig::new(c.heads).with_scaling(Scaling::Scalar(c.beta));
+    let mut cfg = CoreConfig::default().with_scaling(Scaling::Scalar(c.beta));
     cfg.update_steps_max = c.steps.clone();
     cfg.max_convergence_steps = 10;
     cfg.on_no_convergence = OnNoConvergence::Stop;

@@ -39,13 +39,6 @@ fn static_layout(dim: usize, heads: usize) -> CoreLayout {
     }
 }
 
-fn static_cfg(heads: usize) -> CoreConfig {
-    CoreConfig::new(heads)
-        .with_key_as_static(true)
-        .with_query_as_static(true)
-        .with_value_as_static(true)
-}
-
 #[test]
 fn update_steps_match_a_hand_written_iteration() -> Result<()> {
     let dev = Device::Cpu;
@@ -55,7 +48,7 @@ fn update_steps_match_a_hand_written_iteration() -> Result<()> {
     );
     let beta = 2.0;
     let w = CoreWeights::none(static_layout(4, 1));
-    let cfg = static_cfg(1)
+    let cfg = CoreConfig::default()
         .with_scaling(Scaling::Scalar(beta))
         .with_update_steps_max(UpdateSteps::Max(2))
         .with_update_steps_eps(StepsEps::Scalar(1e-300));
@@ -82,7 +75,7 @@ fn per_head_scaling_is_really_per_head() -> Result<()> {
     randomize(&map)?;
     let x = Tensor::randn(0f64, 1., (2, 5, 8), &dev)?;
     let run = |s: Scaling| -> Result<Tensor> {
-        let cfg = CoreConfig::new(2).with_scaling(s);
+        let cfg = CoreConfig::default().with_scaling(s);
         Ok(hopfield_core_forward(&x, &x, &x, &w, &cfg, Masks::default(), false)?.association)
     };
     let per_head = run(Scaling::PerHead(vec![0.3, 3.0]))?;
@@ -107,7 +100,7 @@ fn static_inputs_never_mix_samples() -> Result<()> {
     };
     let w = weights(layout, &map)?;
     randomize(&map)?;
-    let cfg = CoreConfig::new(2).with_query_as_static(true);
+    let cfg = CoreConfig::default();
     let q = Tensor::randn(0f64, 1., (3, 4, 3), &dev)?;
     let kv = Tensor::randn(0f64, 1., (3, 5, 6), &dev)?;
     let batch = hopfield_core_forward(&q, &kv, &kv, &w, &cfg, Masks::default(), false)?.output;
@@ -124,7 +117,7 @@ fn convergence_is_per_sample_and_head() -> Result<()> {
     // hflayers (Q11) stops a head only when every sample converged, so results depend on the batch.
     let dev = Device::Cpu;
     let w = CoreWeights::none(static_layout(4, 1));
-    let cfg = static_cfg(1)
+    let cfg = CoreConfig::default()
         .with_scaling(Scaling::Scalar(1.5))
         .with_update_steps_max(UpdateSteps::UntilConvergence)
         .with_update_steps_eps(StepsEps::Scalar(1e-6));
@@ -173,7 +166,7 @@ fn until_convergence_has_a_cap() -> Result<()> {
     let dev = Device::Cpu;
     let w = CoreWeights::none(static_layout(4, 1));
     let x = Tensor::randn(0f64, 1., (1, 3, 4), &dev)?;
-    let cfg = static_cfg(1)
+    let cfg = CoreConfig::default()
         .with_update_steps_max(UpdateSteps::UntilConvergence)
         .with_update_steps_eps(StepsEps::Scalar(1e-300))
         .with_max_convergence_steps(3);
@@ -203,7 +196,7 @@ fn fully_masked_row_retrieves_zero_without_nan() -> Result<()> {
         association_mask: Some(&mask),
         ..Masks::default()
     };
-    let cfg = CoreConfig::new(1).with_update_steps_max(UpdateSteps::Max(2));
+    let cfg = CoreConfig::default().with_update_steps_max(UpdateSteps::Max(2));
     let xt = x.as_tensor();
     let out = hopfield_core_forward(xt, xt, xt, &w, &cfg, masks, false)?;
     let row = out.association.get(0)?.get(0)?.get(1)?.to_vec1::<f64>()?;
@@ -223,10 +216,17 @@ fn dropout_acts_only_in_training_on_the_final_association() -> Result<()> {
     let w = weights(CoreLayout::new(8, 2), &map)?;
     randomize(&map)?;
     let x = Tensor::randn(0f64, 1., (2, 6, 8), &dev)?;
-    let cfg = CoreConfig::new(2).with_dropout(0.5);
+    let cfg = CoreConfig::default().with_dropout(0.5);
     let eval = hopfield_core_forward(&x, &x, &x, &w, &cfg, Masks::default(), false)?;
-    let plain =
-        hopfield_core_forward(&x, &x, &x, &w, &CoreConfig::new(2), Masks::default(), false)?;
+    let plain = hopfield_core_forward(
+        &x,
+        &x,
+        &x,
+        &w,
+        &CoreConfig::default(),
+        Masks::default(),
+        false,
+    )?;
     assert!(max_diff(&eval.output, &plain.output)? == 0.0);
     let train = hopfield_core_forward(&x, &x, &x, &w, &cfg, Masks::default(), true)?;
     assert!(max_diff(&train.output, &plain.output)? > 1e-6);
@@ -240,7 +240,7 @@ fn masks_are_validated() -> Result<()> {
     let map = VarMap::new();
     let w = weights(CoreLayout::new(4, 2), &map)?;
     let x = Tensor::randn(0f64, 1., (2, 3, 4), &dev)?;
-    let cfg = CoreConfig::new(2);
+    let cfg = CoreConfig::default();
     let bad = Tensor::zeros((3, 4), DType::U8, &dev)?;
     let masks = Masks {
         association_mask: Some(&bad),
@@ -271,7 +271,7 @@ fn inputs_are_validated() -> Result<()> {
     let dev = Device::Cpu;
     let map = VarMap::new();
     let w = weights(CoreLayout::new(4, 2), &map)?;
-    let cfg = CoreConfig::new(2);
+    let cfg = CoreConfig::default();
     let x = Tensor::randn(0f64, 1., (2, 3, 4), &dev)?;
     let wrong = Tensor::randn(0f64, 1., (2, 3, 5), &dev)?;
     let e = hopfield_core_forward(&x, &wrong, &x, &w, &cfg, Masks::default(), false).unwrap_err();
@@ -296,13 +296,72 @@ fn inputs_are_validated() -> Result<()> {
     let e = hopfield_core_forward(&nan, &x, &x, &w, &cfg, Masks::default(), false).unwrap_err();
     assert!(e.to_string().contains("non-finite"), "{e}");
     assert!(matches!(
-        CoreConfig::new(2)
+        CoreConfig::default()
             .with_update_steps_eps(StepsEps::Scalar(-1.0))
-            .validate(),
+            .validate(2),
         Err(HopfieldError::Config {
             field: "update_steps_eps",
             ..
         })
     ));
+    Ok(())
+}
+
+/// The head count is the layout's alone: per-head settings are checked against it at the call,
+/// on every path (explicit, fused, packed self-association), and a static layout without heads
+/// is an error, not an empty retrieval.
+#[test]
+fn per_head_settings_follow_the_layouts_heads() -> Result<()> {
+    let dev = Device::Cpu;
+    let map = VarMap::new();
+    let w = weights(CoreLayout::new(8, 2), &map)?;
+    let x = Tensor::randn(0f64, 1., (2, 3, 8), &dev)?;
+    let three = CoreConfig::default().with_scaling(Scaling::PerHead(vec![1.0; 3]));
+    let per_head_length = |e: candle_core::Error| {
+        matches!(
+            HopfieldError::find(&e),
+            Some(HopfieldError::PerHeadLength {
+                field: "scaling",
+                heads: 2,
+                got: 3
+            })
+        )
+    };
+    let e = hopfield_core_forward(&x, &x, &x, &w, &three, Masks::default(), false).unwrap_err();
+    assert!(per_head_length(e));
+    let e = hopfield_core::hopfield_core_output(&x, &x, &x, &w, &three, Masks::default(), false)
+        .unwrap_err();
+    assert!(per_head_length(e));
+    let none = hopfield_core::InputAffine {
+        weight: None,
+        bias: None,
+    };
+    let e = hopfield_core::hopfield_core_output_shared(
+        &x,
+        [none; 3],
+        &w,
+        &three,
+        Masks::default(),
+        false,
+    )
+    .unwrap_err();
+    assert!(per_head_length(e));
+
+    let headless = CoreWeights::none(CoreLayout {
+        num_heads: 0,
+        ..static_layout(4, 1)
+    });
+    let y = Tensor::randn(0f64, 1., (1, 3, 4), &dev)?;
+    let e = hopfield_core_forward(
+        &y,
+        &y,
+        &y,
+        &headless,
+        &CoreConfig::default(),
+        Masks::default(),
+        false,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("num_heads"), "{e}");
     Ok(())
 }

@@ -20,7 +20,7 @@ use hopfield_core::{
 /// use hopfield_core::{CoreConfig, CoreLayout, Masks};
 /// use hopfield_nn::HopfieldCore;
 /// let map = VarMap::new();
-/// let core = HopfieldCore::new(CoreLayout::new(8, 2), CoreConfig::new(2),
+/// let core = HopfieldCore::new(CoreLayout::new(8, 2), CoreConfig::default(),
 ///     VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu))?;
 /// let x = Tensor::randn(0f32, 1., (5, 3, 8), &Device::Cpu)?; // (L, N, E)
 /// let out = core.forward(&x, &x, &x, Masks::default(), false)?;
@@ -34,9 +34,11 @@ pub struct HopfieldCore {
 }
 
 impl HopfieldCore {
-    /// Builds or loads the core's weights under `vb`.
+    /// Builds or loads the weights of `layout` under `vb`; `config` drives the association
+    /// (its per-head settings must match the layout's heads).
     pub fn new(layout: CoreLayout, config: CoreConfig, vb: VarBuilder) -> Result<Self> {
-        config.validate()?;
+        layout.validate_heads()?;
+        config.validate(layout.num_heads)?;
         let weights = if layout.is_static_execution() {
             CoreWeights::none(layout)
         } else {
@@ -50,7 +52,7 @@ impl HopfieldCore {
         &self.weights
     }
 
-    /// The association settings.
+    /// The association's dynamics (its structure is the weights' layout).
     pub fn config(&self) -> &CoreConfig {
         &self.config
     }

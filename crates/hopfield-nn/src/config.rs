@@ -356,7 +356,10 @@ impl HopfieldConfig {
             value_as_connected: self.pattern_projection_as_connected,
             normalize_pattern_affine: self.normalize_hopfield_space_affine,
         };
-        if !static_exec {
+        // Pure static retrieval takes its sizes from its inputs: only its head count is checked.
+        if static_exec {
+            layout.validate_heads()?;
+        } else {
             layout.validate()?;
         }
         let scaling = self.scaling.clone().unwrap_or(if static_exec {
@@ -365,7 +368,6 @@ impl HopfieldConfig {
             Scaling::Scalar(1.0 / (hd as f64).sqrt())
         });
         let core = CoreConfig {
-            num_heads: self.num_heads,
             scaling,
             update_steps_max: self.update_steps_max.clone(),
             update_steps_eps: self.update_steps_eps.clone(),
@@ -373,15 +375,11 @@ impl HopfieldConfig {
             on_no_convergence: self.on_no_convergence,
             dropout: self.dropout,
             add_zero_association: self.add_zero_association,
-            key_as_static: self.stored_pattern_as_static,
-            query_as_static: self.state_pattern_as_static,
-            value_as_static: self.pattern_projection_as_static,
-            value_as_connected: self.pattern_projection_as_connected,
             normalize_pattern: self.normalize_hopfield_space
                 || self.normalize_hopfield_space_affine,
             normalize_pattern_eps: self.normalize_hopfield_space_eps,
         };
-        core.validate()?;
+        core.validate(layout.num_heads)?;
         // Input LayerNorms are sized by what actually arrives: a static input has the per-head
         // size (fixes hflayers quirk Q5, whose norms crash unless the sizes happen to coincide).
         let norm = |on: bool, affine: bool, eps: f64, size: usize, field| {

@@ -496,7 +496,7 @@ fn wrong_dtypes_are_typed_errors() -> Result<()> {
         &xi,
         &xi,
         h.association_core().weights(),
-        &hopfield_core::CoreConfig::new(2),
+        &hopfield_core::CoreConfig::default(),
         Masks::default(),
         false,
     )
