@@ -98,6 +98,10 @@ pub fn hopfield_energy_grad_composed(
     kind: HopfieldEnergyKind,
 ) -> Result<Tensor> {
     check(x, w, beta)?;
+    if x.elem_count() == 0 || w.elem_count() == 0 {
+        // No tokens, no features or no memories: nothing to sum, a zero gradient.
+        return x.zeros_like();
+    }
     let b = beta.reshape((1, 1))?;
     let u = x.matmul(w)?.broadcast_mul(&b)?;
     match kind {

@@ -146,4 +146,50 @@ proptest! {
         });
         r.map_err(|e| TestCaseError::fail(format!("{e}: {dims:?} {dt:?} x{sc} eps {eps} op {op}")))?;
     }
+
+    /// The Energy Transformer's energy gradients: sizes with zeros, mismatched shapes and dtypes,
+    /// any beta. Like `linear` they are GEMMs that propagate non-finite inputs as IEEE
+    /// arithmetic does (the modules check inputs and results), so with such inputs, or betas
+    /// that overflow, only panics and untyped errors count.
+    #[test]
+    fn energy_gradients_never_panic(
+        (b, l, d, h, z) in (0usize..3, 0usize..5, 0usize..5, 0usize..3, 0usize..3),
+        (dx, dw) in (dtype(), dtype()),
+        (sc, beta, seed) in (scale(), param(), any::<u64>()),
+        (bad_shape, exclude_self, op) in (0u8..4, any::<bool>(), 0u8..4),
+    ) {
+        let benign = sc.abs() <= 1.0 && beta.abs() <= 1.0;
+        let r = outcome(
+            |e| typed(e),
+            || {
+                let x = tensor(&[b, l, d], dx, sc, seed)?;
+                let bt = Tensor::full(beta, h, &Device::Cpu)?.to_dtype(dw)?;
+                let wd = if bad_shape == 1 { d + 1 } else { d };
+                let wq = tensor(&[h, z, wd], dw, 1.0, seed + 1)?;
+                let wk = if bad_shape == 2 { tensor(&[h, z + 1, d], dw, 1.0, seed + 2)? } else { wq.clone() };
+                let g = match op {
+                    0 => hopfield_cuda::attention_energy_grad(&x, &wq, &wk, &bt, exclude_self)?,
+                    1 => hopfield_cuda::attention_energy_grad_composed(&x, &wq, &wk, &bt, exclude_self)?,
+                    _ => {
+                        let rows = x.reshape((b * l, d))?;
+                        let w = tensor(&[wd, h + z], dw, 1.0, seed + 3)?;
+                        let kind = if op == 2 {
+                            hopfield_cuda::HopfieldEnergyKind::Relu
+                        } else {
+                            hopfield_cuda::HopfieldEnergyKind::Softmax
+                        };
+                        let beta = if bad_shape == 3 { bt } else { Tensor::full(beta, 1, &Device::Cpu)?.to_dtype(dw)? };
+                        hopfield_cuda::hopfield_energy_grad(&rows, &w, &beta, kind)?
+                    }
+                };
+                if benign {
+                    Ok(g)
+                } else {
+                    // Only the absence of panics and untyped errors is asserted here.
+                    Ok(Tensor::zeros(1, DType::F32, &Device::Cpu)?)
+                }
+            },
+        );
+        r.map_err(|e| TestCaseError::fail(format!("{e}: ({b},{l},{d},{h},{z}) {dx:?}/{dw:?} x{sc} beta {beta} bad {bad_shape} op {op}")))?;
+    }
 }

@@ -12,8 +12,12 @@
 //! * [`EnergyTransformer`]: tokens (+ positional embedding) descend the summed energy for `n_iters`
 //!   steps of size `alpha`, the gradient being taken at the normalised tokens.
 //!
-//! Every closed form is written with composed candle ops, so training backpropagates through the
-//! unrolled steps with candle autograd (second-order derivatives of the energy included).
+//! Training backpropagates through the unrolled steps with candle autograd, which needs the
+//! derivative of each gradient (second derivatives of the energy). The attention and Hopfield
+//! gradients are fused CPU ops of `hopfield-cuda` ([`hopfield_cuda::attention_energy_grad`],
+//! [`hopfield_cuda::hopfield_energy_grad`]) whose backward passes are the closed-form
+//! Hessian-vector products; the energies themselves, and every gradient on other devices, are
+//! composed candle ops (differentiable to any order).
 //! State-dict names follow the port (`mha.Wq`, `mha.Wk`, `mha.beta`, `hopfield.W`, `hopfield.beta`,
 //! `norm.weight`, `norm.bias`, `pos_embedding`), so `VarBuilder::from_mmaped_safetensors` of a port
 //! state_dict works and `VarMap::save` writes files the port loads. Where and why this port departs
@@ -83,8 +87,8 @@ use candle_core::{Result, Tensor, D};
 /// A scalar energy over tokens `(..., L, D)` with its gradient in closed form.
 ///
 /// `energy` sums over every leading (batch) dimension and every token, so the gradient of sample
-/// `b` only depends on sample `b`. Both are built from differentiable candle ops: candle autograd
-/// of `energy` equals `grad`, and `grad` itself can be differentiated (training through steps).
+/// `b` only depends on sample `b`. Candle autograd of `energy` equals `grad`, and `grad` itself can
+/// be differentiated once more (training through steps).
 ///
 /// ```
 /// use candle_core::{DType, Device, Tensor};
