@@ -46,7 +46,7 @@ pub fn apply_diffusion(
 ) -> Result<Tensor> {
     if eta == 0.0 {
         l.validate()?;
-        validate::input(x, l.n(), "apply_diffusion: X")?;
+        validate::input("apply_diffusion: X", x, l.n())?;
         return Ok(x.clone());
     }
     create_operator(mode, l, eta, steps)?.apply(x)

@@ -83,7 +83,7 @@ impl AttentionOperator {
             (k, "attention: K"),
             (v, "attention: V"),
         ] {
-            validate::float(t, what)?;
+            validate::float(what, t)?;
         }
         if k.dtype() != q.dtype() || v.dtype() != q.dtype() {
             return Err(mismatch(format!(
@@ -100,7 +100,7 @@ impl AttentionOperator {
             }
             .into());
         }
-        validate::finite(v, "attention: V")?;
+        validate::finite("attention: V", v)?;
         // No queries, no batch columns or no value features: a defined empty result (reductions
         // over empty tensors are errors inside candle).
         let mut out_dims = qd[..rank - 1].to_vec();
@@ -118,7 +118,7 @@ impl AttentionOperator {
             }
         };
         // A convex combination of finite V rows; only rounding at the dtype's limit can overflow.
-        validate::no_overflow(&out, "attention: weighted sum of V")?;
+        validate::no_overflow("attention: weighted sum of V", &out)?;
         Ok(out)
     }
 
@@ -126,9 +126,9 @@ impl AttentionOperator {
     /// when they are not (which input, or an overflow of `beta Q K^T`).
     fn softmax(&self, logits: &Tensor, q: &Tensor, k: &Tensor) -> Result<Tensor> {
         if !hopfield_cuda::all_finite(logits)? {
-            validate::finite(q, "attention: Q")?;
-            validate::finite(k, "attention: K")?;
-            validate::no_overflow(logits, "attention: logits beta Q K^T")?;
+            validate::finite("attention: Q", q)?;
+            validate::finite("attention: K", k)?;
+            validate::no_overflow("attention: logits beta Q K^T", logits)?;
         }
         softmax(logits)
     }
@@ -172,9 +172,9 @@ impl AttentionOperator {
         let cols: usize =
             k.dims()[1..].iter().product::<usize>() + v.dims()[1..].iter().product::<usize>();
         validate::can_allocate(
+            "attention: gathered neighbours",
             &[n, kk, cols],
             k.dtype().size_in_bytes(),
-            "attention: gathered neighbours",
         )?;
         // index_select needs contiguous operands.
         let (k, v) = (&k.contiguous()?, &v.contiguous()?);

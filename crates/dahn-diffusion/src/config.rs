@@ -215,7 +215,7 @@ impl DiffusionConfig {
         if self.steps == 0 {
             return bad("steps must be >= 1".into());
         }
-        crate::validate::steps(self.steps, "DiffusionConfig")?;
+        crate::validate::steps("DiffusionConfig", self.steps)?;
         for (name, v) in [
             ("adaptive_temperature", self.adaptive_temperature),
             ("adaptive_threshold", self.adaptive_threshold),

@@ -128,15 +128,15 @@ impl DynamicsEngine {
         let attention = self.attention.ok_or(DiffusionError::Missing(
             "run_dynamics needs an AttentionOperator",
         ))?;
-        validate::steps(self.steps, "DynamicsEngine::run_dynamics")?;
+        validate::steps("DynamicsEngine::run_dynamics", self.steps)?;
         // Validated once here (not only inside the loop): with steps = 0 they are returned as is.
         for (t, what) in [
             (q, "run_dynamics: Q"),
             (k, "run_dynamics: K"),
             (v, "run_dynamics: V"),
         ] {
-            validate::float(t, what)?;
-            validate::finite(t, what)?;
+            validate::float(what, t)?;
+            validate::finite(what, t)?;
         }
         if let Some(t) = self.tracker.as_mut() {
             t.reset();
@@ -184,8 +184,8 @@ impl DynamicsEngine {
         l: Option<&GraphMatrix>,
         q_ref: Option<&Tensor>,
     ) -> Result<Tensor> {
-        validate::steps(self.steps, "DynamicsEngine::run_diffusion")?;
-        validate::input(x, self.op.n(), "run_diffusion: X")?;
+        validate::steps("DynamicsEngine::run_diffusion", self.steps)?;
+        validate::input("run_diffusion: X", x, self.op.n())?;
         if let Some(t) = self.tracker.as_mut() {
             t.reset();
         }
@@ -225,7 +225,7 @@ pub fn compute_adaptive_eta(
     validate::param(what, "base_eta", base_eta, true)?;
     validate::param(what, "temperature", temperature, false)?;
     validate::param(what, "threshold", threshold, false)?;
-    validate::float(logits, "adaptive eta logits")?;
+    validate::float("adaptive eta logits", logits)?;
     if logits.rank() == 0 || logits.elem_count() == 0 {
         // The mean entropy of no rows (or a softmax over no entries) is undefined.
         return Err(DiffusionError::Empty {
@@ -234,7 +234,7 @@ pub fn compute_adaptive_eta(
         }
         .into());
     }
-    validate::finite(logits, "adaptive eta logits")?;
+    validate::finite("adaptive eta logits", logits)?;
     let p = candle_nn::ops::softmax(&logits.detach().to_dtype(DType::F64)?, D::Minus1)?;
     let h = (p.clone() * (p + 1e-9)?.log()?)?
         .sum(D::Minus1)?

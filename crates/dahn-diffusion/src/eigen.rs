@@ -23,7 +23,7 @@ use candle_core::Result;
 /// ```
 pub fn symmetric_eigen(a: &[f64], n: usize) -> Result<(Vec<f64>, Vec<f64>)> {
     let what = "symmetric_eigen";
-    let elems = validate::can_allocate(&[n, n, 2], 8, what)? / 2;
+    let elems = validate::can_allocate(what, &[n, n, 2], 8)? / 2;
     if a.len() != elems {
         return Err(DiffusionError::ShapeMismatch(format!(
             "{what}: a has {} entries, expected n * n = {elems}",

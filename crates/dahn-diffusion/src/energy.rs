@@ -60,7 +60,7 @@ fn batch_mean(x: &Tensor, what: &'static str) -> Result<Tensor> {
             .into())
         }
     };
-    validate::float(x, what)?;
+    validate::float(what, x)?;
     if m.dim(0)? == 0 {
         // Both terms are means over rows: undefined without rows.
         return Err(DiffusionError::Empty {
@@ -69,7 +69,7 @@ fn batch_mean(x: &Tensor, what: &'static str) -> Result<Tensor> {
         }
         .into());
     }
-    validate::finite(x, what)?;
+    validate::finite(what, x)?;
     Ok(m)
 }
 
@@ -133,7 +133,7 @@ impl EnergyTracker {
         let n = kb.dim(0)? as f64;
         let smooth = (kb.clone() * l.matmul(&kb)?)?.sum_all()?;
         let e = (self.affinity(&qb, &kb)? + (smooth * (self.eta / n))?)?;
-        validate::no_overflow(&e, "energy")?;
+        validate::no_overflow("energy", &e)?;
         Ok(e)
     }
 
@@ -155,13 +155,13 @@ impl EnergyTracker {
             ))
             .into());
         }
-        validate::float(deg, "energy: degrees")?;
-        validate::finite(deg, "energy: degrees")?;
+        validate::float("energy: degrees", deg)?;
+        validate::finite("energy: degrees", deg)?;
         let deg = deg.to_dtype(kb.dtype())?;
         let deg_term = (kb.sqr()?.sum(D::Minus1)? * deg)?.sum_all()?;
         let wk = (w.matmul(&kb)? * &kb)?.sum_all()?;
         let e = (self.affinity(&qb, &kb)? + ((deg_term - wk)? * (self.eta / n as f64))?)?;
-        validate::no_overflow(&e, "energy")?;
+        validate::no_overflow("energy", &e)?;
         Ok(e)
     }
 

@@ -18,13 +18,13 @@ struct EulerStep {
 
 impl EulerStep {
     fn new(laplacian: GraphMatrix, eta: f64, what: &'static str) -> Result<Self> {
-        validate::eta(eta, what)?;
+        validate::eta(what, eta)?;
         laplacian.validate()?;
         let diag = laplacian.diagonal()?;
         // Symmetric up to rounding: a normalised sparse Laplacian is not bit-symmetric, and an
         // exact test skipped the bound for every one of them.
-        let symmetric = validate::symmetry(&laplacian, what)?.is_ok();
-        validate::euler_stability(eta, &diag, symmetric, what)?;
+        let symmetric = validate::symmetry(what, &laplacian)?.is_ok();
+        validate::euler_stability(what, eta, &diag, symmetric)?;
         let propagator = match &laplacian {
             GraphMatrix::Dense(l) => {
                 let n = l.dim(0)?;
@@ -81,7 +81,7 @@ impl SimpleDiffusion {
 
 impl DiffusionOperator for SimpleDiffusion {
     fn apply(&self, x: &Tensor) -> Result<Tensor> {
-        validate::input(x, self.step.n(), "SimpleDiffusion input")?;
+        validate::input("SimpleDiffusion input", x, self.step.n())?;
         if self.step.eta == 0.0 {
             return Ok(x.clone());
         }
@@ -134,7 +134,7 @@ impl IterativeDiffusion {
     /// `steps` steps with the default tolerance 1e-6. Errors as [`SimpleDiffusion::new`], and
     /// `steps > MAX_STEPS` ([`crate::MAX_STEPS`]).
     pub fn new(l: GraphMatrix, eta: f64, steps: usize) -> Result<Self> {
-        validate::steps(steps, "IterativeDiffusion")?;
+        validate::steps("IterativeDiffusion", steps)?;
         Ok(Self {
             step: EulerStep::new(l, eta, "IterativeDiffusion")?,
             steps,
@@ -151,7 +151,7 @@ impl IterativeDiffusion {
 
     /// Applies the operator and also returns the number of steps whose update was kept.
     pub fn apply_counted(&self, x: &Tensor) -> Result<(Tensor, usize)> {
-        validate::input(x, self.step.n(), "IterativeDiffusion input")?;
+        validate::input("IterativeDiffusion input", x, self.step.n())?;
         validate::param(
             "IterativeDiffusion",
             "early_stop_tol",

@@ -41,8 +41,8 @@ impl FactoredDiffusion {
     /// `precompute_from_graph`). Errors: shapes, integer dtypes, non-finite values, eta, `steps >
     /// MAX_STEPS`, provable instability.
     pub fn from_graph(w: GraphMatrix, deg: &Tensor, eta: f64, steps: usize) -> Result<Self> {
-        validate::eta(eta, "FactoredDiffusion")?;
-        validate::steps(steps, "FactoredDiffusion")?;
+        validate::eta("FactoredDiffusion", eta)?;
+        validate::steps("FactoredDiffusion", steps)?;
         w.validate()?;
         let n = w.n();
         if deg.dims() != [n] {
@@ -52,14 +52,14 @@ impl FactoredDiffusion {
             ))
             .into());
         }
-        validate::float(deg, "FactoredDiffusion degrees")?;
-        validate::finite(deg, "FactoredDiffusion degrees")?;
+        validate::float("FactoredDiffusion degrees", deg)?;
+        validate::finite("FactoredDiffusion degrees", deg)?;
         let d = deg.to_dtype(DType::F64)?.to_vec1::<f64>()?;
         let wd = w.diagonal()?;
         // diag(deg) - W is symmetric iff W is (up to rounding).
-        let symmetric = validate::symmetry(&w, "FactoredDiffusion")?.is_ok();
+        let symmetric = validate::symmetry("FactoredDiffusion", &w)?.is_ok();
         let ldiag: Vec<f64> = d.iter().zip(&wd).map(|(a, b)| a - b).collect();
-        validate::euler_stability(eta, &ldiag, symmetric, "FactoredDiffusion")?;
+        validate::euler_stability("FactoredDiffusion", eta, &ldiag, symmetric)?;
         Ok(Self {
             eta,
             steps,
@@ -137,7 +137,7 @@ fn diverged_at(e: candle_core::Error, steps: usize) -> candle_core::Error {
 impl DiffusionOperator for FactoredDiffusion {
     fn apply(&self, x: &Tensor) -> Result<Tensor> {
         let n = self.weights.n();
-        validate::input(x, n, "FactoredDiffusion input")?;
+        validate::input("FactoredDiffusion input", x, n)?;
         if self.eta == 0.0 || self.steps == 0 {
             return Ok(x.clone());
         }

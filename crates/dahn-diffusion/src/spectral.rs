@@ -44,12 +44,12 @@ impl SpectralDiffusion {
     /// Eigendecomposes `l` (dense or sparse; densified) and builds the kernel for `eta`.
     pub fn new(l: &GraphMatrix, eta: f64) -> Result<Self> {
         let what = "SpectralDiffusion";
-        validate::eta(eta, what)?;
+        validate::eta(what, eta)?;
         l.validate()?;
-        validate::require_symmetric(l, what)?;
+        validate::require_symmetric(what, l)?;
         let n = l.n();
         // The densified L, U and the kernel: three N x N f64 buffers at once.
-        validate::can_allocate(&[n, n, 3], 8, what)?;
+        validate::can_allocate(what, &[n, n, 3], 8)?;
         let device = match l {
             GraphMatrix::Dense(t) => t.device().clone(),
             GraphMatrix::Sparse(_) => Device::Cpu,
@@ -131,7 +131,7 @@ fn heat_kernel(lam: &[f64], u: &[f64], n: usize, eta: f64, clamp: f64) -> Vec<f6
 
 impl DiffusionOperator for SpectralDiffusion {
     fn apply(&self, x: &Tensor) -> Result<Tensor> {
-        validate::input(x, self.n, "SpectralDiffusion input")?;
+        validate::input("SpectralDiffusion input", x, self.n)?;
         if self.eta == 0.0 {
             return Ok(x.clone());
         }
@@ -150,7 +150,7 @@ impl DiffusionOperator for SpectralDiffusion {
         self.n
     }
     fn with_params(&self, eta: f64, _steps: usize) -> Result<Arc<dyn DiffusionOperator>> {
-        validate::eta(eta, "SpectralDiffusion")?;
+        validate::eta("SpectralDiffusion", eta)?;
         Ok(Arc::new(Self::from_eigen(
             self.eigenvalues.clone(),
             self.eigenvectors.clone(),

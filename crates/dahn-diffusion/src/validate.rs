@@ -1,7 +1,8 @@
 //! Boundary validation for every public entry point of the crate, in one place: dtypes, shapes,
 //! finiteness of tensors and parameters, step counts, symmetry up to rounding and the provable
-//! instability bounds. Each helper names the argument it checks and returns a typed
-//! [`DiffusionError`]; a check that reads data back is one reduction.
+//! instability bounds. Each helper takes the name of the argument it checks first (as every check
+//! of the workspace does, e.g. `finite(what, x)`) and returns a typed [`DiffusionError`]; a check
+//! that reads data back is one reduction.
 
 use crate::DiffusionError;
 use candle_core::{DType, Result, Tensor};
@@ -20,7 +21,7 @@ use dahn_graph::GraphMatrix;
 pub const MAX_STEPS: usize = 10_000;
 
 /// Errors if `x` holds NaN or infinities (see [`hopfield_cuda::all_finite`]).
-pub(crate) fn finite(x: &Tensor, what: &'static str) -> Result<()> {
+pub(crate) fn finite(what: &'static str, x: &Tensor) -> Result<()> {
     if hopfield_cuda::all_finite(x)? {
         Ok(())
     } else {
@@ -29,7 +30,7 @@ pub(crate) fn finite(x: &Tensor, what: &'static str) -> Result<()> {
 }
 
 /// `x` must have a float dtype (candle panics deep inside on some integer ops).
-pub(crate) fn float(x: &Tensor, what: &'static str) -> Result<()> {
+pub(crate) fn float(what: &'static str, x: &Tensor) -> Result<()> {
     if x.dtype().is_float() {
         Ok(())
     } else {
@@ -42,7 +43,7 @@ pub(crate) fn float(x: &Tensor, what: &'static str) -> Result<()> {
 }
 
 /// `x` must be (n, d) or (n, B, d), float and finite.
-pub(crate) fn input(x: &Tensor, n: usize, what: &'static str) -> Result<()> {
+pub(crate) fn input(what: &'static str, x: &Tensor, n: usize) -> Result<()> {
     let dims = x.dims();
     if !(dims.len() == 2 || dims.len() == 3) || dims[0] != n {
         return Err(DiffusionError::ShapeMismatch(format!(
@@ -50,8 +51,8 @@ pub(crate) fn input(x: &Tensor, n: usize, what: &'static str) -> Result<()> {
         ))
         .into());
     }
-    float(x, what)?;
-    finite(x, what)
+    float(what, x)?;
+    finite(what, x)
 }
 
 /// A scalar parameter must be finite (and, with `non_negative`, >= 0).
@@ -68,12 +69,12 @@ pub(crate) fn param(what: &str, name: &str, v: f64, non_negative: bool) -> Resul
 }
 
 /// `eta` must be finite and >= 0.
-pub(crate) fn eta(eta: f64, what: &'static str) -> Result<()> {
+pub(crate) fn eta(what: &'static str, eta: f64) -> Result<()> {
     param(what, "eta", eta, true)
 }
 
 /// A step count must not exceed [`MAX_STEPS`].
-pub(crate) fn steps(steps: usize, what: &'static str) -> Result<()> {
+pub(crate) fn steps(what: &'static str, steps: usize) -> Result<()> {
     if steps <= MAX_STEPS {
         Ok(())
     } else {
@@ -97,8 +98,8 @@ fn rounding_tolerance(dtype: DType) -> f64 {
 /// normalised in floating point is not bit-symmetric, and must still get the symmetric bound.
 /// `Err(NotSymmetric)` from [`require_symmetric`] carries the worst pair.
 pub(crate) fn symmetry(
-    m: &GraphMatrix,
     what: &'static str,
+    m: &GraphMatrix,
 ) -> Result<std::result::Result<(), DiffusionError>> {
     let dtype = match m {
         GraphMatrix::Dense(t) => t.dtype(),
@@ -124,8 +125,8 @@ pub(crate) fn symmetry(
 }
 
 /// [`symmetry`] as an error.
-pub(crate) fn require_symmetric(m: &GraphMatrix, what: &'static str) -> Result<()> {
-    symmetry(m, what)?.map_err(Into::into)
+pub(crate) fn require_symmetric(what: &'static str, m: &GraphMatrix) -> Result<()> {
+    symmetry(what, m)?.map_err(Into::into)
 }
 
 /// Rejects a provably unstable explicit step `x <- (I - eta M) x`, given `M`'s diagonal:
@@ -136,10 +137,10 @@ pub(crate) fn require_symmetric(m: &GraphMatrix, what: &'static str) -> Result<(
 ///
 /// Never rejects a stable configuration.
 pub(crate) fn euler_stability(
+    what: &'static str,
     eta: f64,
     diag: &[f64],
     symmetric: bool,
-    what: &'static str,
 ) -> Result<()> {
     let bound = if symmetric {
         diag.iter().copied().fold(0.0, f64::max)
@@ -169,7 +170,7 @@ pub(crate) fn diverged(out: &Tensor, steps: usize) -> Result<()> {
 }
 
 /// A result computed from finite inputs must be finite, else [`DiffusionError::Overflow`].
-pub(crate) fn no_overflow(out: &Tensor, what: &'static str) -> Result<()> {
+pub(crate) fn no_overflow(what: &'static str, out: &Tensor) -> Result<()> {
     if hopfield_cuda::all_finite(out)? {
         Ok(())
     } else {
@@ -183,7 +184,7 @@ pub(crate) fn no_overflow(out: &Tensor, what: &'static str) -> Result<()> {
 
 /// The element count of `dims`, overflow-checked, and memory for `bytes` per element that can be
 /// reserved now (a failed allocation inside candle or a `Vec` aborts the process).
-pub(crate) fn can_allocate(dims: &[usize], bytes: usize, what: &'static str) -> Result<usize> {
+pub(crate) fn can_allocate(what: &'static str, dims: &[usize], bytes: usize) -> Result<usize> {
     let too_large = || DiffusionError::TooLarge {
         what,
         dims: dims.to_vec(),

@@ -186,7 +186,7 @@ impl KnnLists {
     pub fn to_csr(&self) -> Result<Csr> {
         let what = "KnnLists::to_csr: edges";
         let mut t: Vec<(u32, u32, f64)> =
-            check::try_with_capacity(2usize.saturating_mul(self.indices.len()), what)?;
+            check::try_with_capacity(what, 2usize.saturating_mul(self.indices.len()))?;
         for i in 0..self.n {
             let (idx, sim) = self.row(i);
             for (&j, &s) in idx.iter().zip(sim) {
@@ -222,7 +222,7 @@ pub fn knn_approx_from_patterns(x: &Tensor, k: usize, params: &NnDescent) -> Res
 /// measuring recall against [`brute_force_rows`]. Non-positive similarities are kept in the
 /// lists (they are dropped by [`KnnLists::to_csr`]).
 pub fn nn_descent(x: &Tensor, k: usize, params: &NnDescent) -> Result<KnnLists> {
-    let (n, d) = check::patterns_2d(x, "nn_descent: patterns")?;
+    let (n, d) = check::patterns_2d("nn_descent: patterns", x)?;
     let k = effective_k(k, n)?;
     match host_normalized(x)? {
         Host::F64(v) => Ok(Search::new(&v, n, d, k, params)?.run(params)),
@@ -243,7 +243,7 @@ pub fn nn_descent(x: &Tensor, k: usize, params: &NnDescent) -> Result<KnnLists> 
 /// # Ok::<(), candle_core::Error>(())
 /// ```
 pub fn brute_force_rows(x: &Tensor, rows: &[usize], k: usize) -> Result<KnnLists> {
-    let (n, d) = check::patterns_2d(x, "brute_force_rows: patterns")?;
+    let (n, d) = check::patterns_2d("brute_force_rows: patterns", x)?;
     let k = effective_k(k, n)?;
     if let Some(&r) = rows.iter().find(|&&r| r >= n) {
         return Err(GraphError::IndexOutOfRange {
@@ -504,8 +504,8 @@ impl<'a, T: Elem> Search<'a, T> {
             .min(n.saturating_sub(1));
         let cand = p.max_candidates.unwrap_or(pool.min(32)).max(1);
         let what = "nn_descent: neighbour lists";
-        check::checked_elems(&[n, pool], 4 + T::DTYPE.size_in_bytes() + 1, what)?;
-        check::checked_elems(&[n, cand, 2], 8, "nn_descent: candidates")?;
+        check::checked_elems(what, &[n, pool], 4 + T::DTYPE.size_in_bytes() + 1)?;
+        check::checked_elems("nn_descent: candidates", &[n, cand, 2], 8)?;
         let mut s = Self {
             data,
             n,
@@ -513,9 +513,9 @@ impl<'a, T: Elem> Search<'a, T> {
             k,
             pool,
             cand,
-            idx: check::try_vec(n * pool, KnnLists::EMPTY, what)?,
-            sim: check::try_vec(n * pool, T::NEG_INF, what)?,
-            new: check::try_vec(n * pool, 1u8, what)?,
+            idx: check::try_vec(what, n * pool, KnnLists::EMPTY)?,
+            sim: check::try_vec(what, n * pool, T::NEG_INF)?,
+            new: check::try_vec(what, n * pool, 1u8)?,
         };
         s.init(p.seed);
         if s.n - 1 > 2 * s.pool {

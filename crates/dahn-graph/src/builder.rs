@@ -107,7 +107,7 @@ impl GraphBuilder {
     /// Builds the graph of `x` (N, d); the graph is a constant (`x` is detached). Errors: `x` not
     /// 2-D, N = 0, NaN/inf, k = 0.
     pub fn build(&self, x: &Tensor) -> Result<Graph> {
-        let (n, _) = check::patterns_2d(x, "GraphBuilder::build: patterns")?;
+        let (n, _) = check::patterns_2d("GraphBuilder::build: patterns", x)?;
         let k = effective_k(self.k, n)?;
         let csr = match &self.method {
             KnnMethod::Exact => knn_from_patterns(x, k.max(1), self.block_rows)?,
@@ -153,7 +153,7 @@ impl Graph {
             }
             .into());
         }
-        check::checked_elems(&[adjacency.n(), k], 4, "Graph::from_csr: neighbour table")?;
+        check::checked_elems("Graph::from_csr: neighbour table", &[adjacency.n(), k], 4)?;
         Ok(Self {
             adjacency: Arc::new(adjacency),
             k,

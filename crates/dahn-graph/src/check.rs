@@ -1,12 +1,13 @@
 //! Input validation shared by every public entry point of the crate: rank, emptiness, dtype,
-//! finiteness, index ranges and sizes. Each helper names the argument it checks and returns a
-//! typed [`GraphError`]; checks that read data back are one reduction each.
+//! finiteness, index ranges and sizes. Each helper takes the name of the argument it checks first
+//! (as every check of the workspace does, e.g. `finite(what, x)`) and returns a typed
+//! [`GraphError`]; checks that read data back are one reduction each.
 
 use crate::GraphError;
 use candle_core::{DType, Result, Tensor};
 
 /// `x` must be a non-empty (N, d) float tensor without NaN or infinities; returns (N, d).
-pub(crate) fn patterns_2d(x: &Tensor, what: &'static str) -> Result<(usize, usize)> {
+pub(crate) fn patterns_2d(what: &'static str, x: &Tensor) -> Result<(usize, usize)> {
     let (n, d) = match x.dims() {
         [n, d] => (*n, *d),
         got => {
@@ -18,26 +19,26 @@ pub(crate) fn patterns_2d(x: &Tensor, what: &'static str) -> Result<(usize, usiz
             .into())
         }
     };
-    float_dtype(x, what)?;
+    float_dtype(what, x)?;
     if n == 0 {
         return Err(GraphError::Empty { what }.into());
     }
     // Node ids are stored as u32 in the CSR graphs.
-    node_count(n, what)?;
-    finite(x, what)?;
+    node_count(what, n)?;
+    finite(what, x)?;
     Ok((n, d))
 }
 
 /// `a` must be a square (N, N) float matrix without NaN or infinities; returns N.
-pub(crate) fn square(a: &Tensor, what: &'static str) -> Result<usize> {
-    let n = square_dims(a, what)?;
-    float_dtype(a, what)?;
-    finite(a, what)?;
+pub(crate) fn square(what: &'static str, a: &Tensor) -> Result<usize> {
+    let n = square_dims(what, a)?;
+    float_dtype(what, a)?;
+    finite(what, a)?;
     Ok(n)
 }
 
 /// `a` must be 2-D and square (shape only, no data read); returns N.
-pub(crate) fn square_dims(a: &Tensor, what: &'static str) -> Result<usize> {
+pub(crate) fn square_dims(what: &'static str, a: &Tensor) -> Result<usize> {
     match a.dims() {
         [n, m] if n == m => Ok(*n),
         got => Err(GraphError::NotSquare {
@@ -48,7 +49,7 @@ pub(crate) fn square_dims(a: &Tensor, what: &'static str) -> Result<usize> {
     }
 }
 
-pub(crate) fn float_dtype(x: &Tensor, what: &'static str) -> Result<()> {
+pub(crate) fn float_dtype(what: &'static str, x: &Tensor) -> Result<()> {
     if x.dtype().is_float() {
         Ok(())
     } else {
@@ -61,7 +62,7 @@ pub(crate) fn float_dtype(x: &Tensor, what: &'static str) -> Result<()> {
 }
 
 /// Errors if the tensor holds NaN or infinities (see [`hopfield_cuda::all_finite`]).
-pub(crate) fn finite(x: &Tensor, what: &'static str) -> Result<()> {
+pub(crate) fn finite(what: &'static str, x: &Tensor) -> Result<()> {
     if hopfield_cuda::all_finite(x)? {
         Ok(())
     } else {
@@ -70,7 +71,7 @@ pub(crate) fn finite(x: &Tensor, what: &'static str) -> Result<()> {
 }
 
 /// Node ids are `u32` in [`crate::Csr`]: N may not exceed `u32::MAX`.
-pub(crate) fn node_count(n: usize, what: &'static str) -> Result<()> {
+pub(crate) fn node_count(what: &'static str, n: usize) -> Result<()> {
     if n as u64 > u32::MAX as u64 {
         return Err(GraphError::TooLarge {
             what,
@@ -85,9 +86,9 @@ pub(crate) fn node_count(n: usize, what: &'static str) -> Result<()> {
 /// The element count of `dims`, overflow-checked, and small enough for a buffer of `elem_bytes`
 /// per element to be addressable (`isize::MAX` bytes), else [`GraphError::TooLarge`].
 pub(crate) fn checked_elems(
+    what: &'static str,
     dims: &[usize],
     elem_bytes: usize,
-    what: &'static str,
 ) -> Result<usize> {
     let too_large = |elems: String| GraphError::TooLarge {
         what,
@@ -106,7 +107,7 @@ pub(crate) fn checked_elems(
 
 /// An empty vector with room for `cap` elements, or [`GraphError::TooLarge`] when the memory
 /// cannot be had: a failed `Vec::with_capacity` aborts the process, `try_reserve` does not.
-pub(crate) fn try_with_capacity<T>(cap: usize, what: &'static str) -> Result<Vec<T>> {
+pub(crate) fn try_with_capacity<T>(what: &'static str, cap: usize) -> Result<Vec<T>> {
     let mut v = Vec::new();
     v.try_reserve_exact(cap).map_err(|_| GraphError::TooLarge {
         what,
@@ -117,16 +118,16 @@ pub(crate) fn try_with_capacity<T>(cap: usize, what: &'static str) -> Result<Vec
 }
 
 /// `vec![fill; len]`, or [`GraphError::TooLarge`] (see [`try_with_capacity`]).
-pub(crate) fn try_vec<T: Clone>(len: usize, fill: T, what: &'static str) -> Result<Vec<T>> {
-    let mut v = try_with_capacity(len, what)?;
+pub(crate) fn try_vec<T: Clone>(what: &'static str, len: usize, fill: T) -> Result<Vec<T>> {
+    let mut v = try_with_capacity(what, len)?;
     v.resize(len, fill);
     Ok(v)
 }
 
 /// Before candle allocates a tensor of `dims` in `dtype` (which aborts the process when the
 /// allocation fails), checks the size and that the memory can be reserved right now.
-pub(crate) fn can_allocate(dims: &[usize], dtype: DType, what: &'static str) -> Result<()> {
-    let elems = checked_elems(dims, dtype.size_in_bytes(), what)?;
+pub(crate) fn can_allocate(what: &'static str, dims: &[usize], dtype: DType) -> Result<()> {
+    let elems = checked_elems(what, dims, dtype.size_in_bytes())?;
     let bytes = elems * dtype.size_in_bytes();
     let mut probe: Vec<u8> = Vec::new();
     probe
@@ -149,7 +150,7 @@ pub(crate) fn host_f64(x: &Tensor) -> Result<Vec<f64>> {
 
 /// After a product `out` computed from `input`: a non-finite result is [`GraphError::NonFinite`]
 /// when `input` was not finite, else [`GraphError::Overflow`]. One reduction when all is well.
-pub(crate) fn finite_product(out: &Tensor, input: &Tensor, what: &'static str) -> Result<()> {
+pub(crate) fn finite_product(what: &'static str, out: &Tensor, input: &Tensor) -> Result<()> {
     if hopfield_cuda::all_finite(out)? {
         return Ok(());
     }

@@ -68,7 +68,7 @@ impl Csr {
     /// # Ok::<(), candle_core::Error>(())
     /// ```
     pub fn from_triplets(n: usize, t: Vec<(u32, u32, f64)>, merge: Merge) -> Result<Self> {
-        check::node_count(n, "Csr::from_triplets: n")?;
+        check::node_count("Csr::from_triplets: n", n)?;
         for (p, &(r, c, v)) in t.iter().enumerate() {
             for (name, idx) in [("row", r), ("col", c)] {
                 if idx as usize >= n {
@@ -108,7 +108,7 @@ impl Csr {
     fn assemble(n: usize, mut t: Vec<(u32, u32, f64)>, merge: Merge) -> Result<Self> {
         debug_assert!(t.iter().all(|e| (e.0 as usize) < n && (e.1 as usize) < n));
         // Counting sort by row, then a per-row sort by column: O(nnz log(row length)).
-        let mut row_ptr = check::try_vec(n + 1, 0usize, "Csr: row pointers")?;
+        let mut row_ptr = check::try_vec("Csr: row pointers", n + 1, 0usize)?;
         for &(r, _, _) in &t {
             row_ptr[r as usize + 1] += 1;
         }
@@ -116,7 +116,7 @@ impl Csr {
             row_ptr[i + 1] += row_ptr[i];
         }
         let mut next = row_ptr.clone();
-        let mut sorted = check::try_vec(t.len(), (0u32, 0f64), "Csr: entries")?;
+        let mut sorted = check::try_vec("Csr: entries", t.len(), (0u32, 0f64))?;
         for (r, c, v) in t.drain(..) {
             let p = &mut next[r as usize];
             sorted[*p] = (c, v);
@@ -142,11 +142,11 @@ impl Csr {
                 out
             })
             .collect();
-        let mut row_ptr = check::try_with_capacity(n + 1, "Csr: row pointers")?;
+        let mut row_ptr = check::try_with_capacity("Csr: row pointers", n + 1)?;
         row_ptr.push(0);
         let nnz: usize = rows.iter().map(Vec::len).sum();
-        let mut col_idx = check::try_with_capacity(nnz, "Csr: column indices")?;
-        let mut values = check::try_with_capacity(nnz, "Csr: values")?;
+        let mut col_idx = check::try_with_capacity("Csr: column indices", nnz)?;
+        let mut values = check::try_with_capacity("Csr: values", nnz)?;
         for row in rows {
             for (c, v) in row {
                 col_idx.push(c);
@@ -169,7 +169,7 @@ impl Csr {
     /// # Ok::<(), candle_core::Error>(())
     /// ```
     pub fn from_dense(a: &Tensor) -> Result<Self> {
-        let n = check::square(a, "Csr::from_dense")?;
+        let n = check::square("Csr::from_dense", a)?;
         let host = check::host_f64(a)?;
         let mut t = Vec::new();
         for i in 0..n {
@@ -267,9 +267,9 @@ impl Csr {
     /// with [`GraphError::TooLarge`] when N x N cannot be allocated, instead of aborting.
     pub fn to_dense(&self, dtype: DType, device: &Device) -> Result<Tensor> {
         let what = "Csr::to_dense";
-        let elems = check::checked_elems(&[self.mat.n(), self.mat.n()], 8, what)?;
-        check::can_allocate(&[self.mat.n(), self.mat.n()], dtype, what)?;
-        let mut d = check::try_vec(elems, 0f64, what)?;
+        let elems = check::checked_elems(what, &[self.mat.n(), self.mat.n()], 8)?;
+        check::can_allocate(what, &[self.mat.n(), self.mat.n()], dtype)?;
+        let mut d = check::try_vec(what, elems, 0f64)?;
         for i in 0..self.mat.n() {
             let (c, v) = self.row(i);
             for (&j, &x) in c.iter().zip(v) {
@@ -366,7 +366,7 @@ impl Csr {
                 }
             })
             .collect();
-        let mut t = check::try_with_capacity(self.nnz() + self.mat.n(), "Csr::laplacian")?;
+        let mut t = check::try_with_capacity("Csr::laplacian", self.nnz() + self.mat.n())?;
         for i in 0..self.mat.n() {
             let diag = d[i] * r[i] * r[i];
             if diag != 0.0 {
@@ -388,8 +388,8 @@ impl Csr {
     /// whose (N, k) table cannot be allocated is [`GraphError::TooLarge`] (not an abort).
     pub fn neighbour_table(&self, k: usize, device: &Device) -> Result<Tensor> {
         let what = "Csr::neighbour_table";
-        let elems = check::checked_elems(&[self.mat.n(), k], 4, what)?;
-        let mut table = check::try_vec(elems, 0u32, what)?;
+        let elems = check::checked_elems(what, &[self.mat.n(), k], 4)?;
+        let mut table = check::try_vec(what, elems, 0u32)?;
         if k > 0 {
             table.par_chunks_mut(k).enumerate().for_each(|(i, out)| {
                 let (c, v) = self.row(i);
@@ -429,11 +429,11 @@ impl Csr {
             ))
             .into());
         }
-        check::float_dtype(x, "sparse matmul: operand")?;
+        check::float_dtype("sparse matmul: operand", x)?;
         // The shared kernel reads the arrays in place (no per-call copy) and differentiates
         // through the matrix's cached transpose.
         let out = hopfield_cuda::sparse::spmm(&self.mat, x)?;
-        check::finite_product(&out, x, "sparse matmul: operand")?;
+        check::finite_product("sparse matmul: operand", &out, x)?;
         Ok(out)
     }
 }

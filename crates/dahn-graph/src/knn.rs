@@ -36,10 +36,10 @@ pub fn effective_k(k: usize, n: usize) -> Result<usize> {
 /// # Ok::<(), candle_core::Error>(())
 /// ```
 pub fn knn_graph(s: &Tensor, k: usize) -> Result<Tensor> {
-    let n = check::square(s, "knn_graph: similarity")?;
+    let n = check::square("knn_graph: similarity", s)?;
     let k = effective_k(k, n)?;
     let host = check::host_f64(s)?;
-    let mut mask = check::try_vec(n * n, 0f64, "knn_graph: mask")?;
+    let mut mask = check::try_vec("knn_graph: mask", n * n, 0f64)?;
     mask.par_chunks_mut(n.max(1))
         .enumerate()
         .for_each(|(i, m)| {
@@ -76,7 +76,7 @@ pub fn default_block_rows(n: usize) -> usize {
 /// # Ok::<(), candle_core::Error>(())
 /// ```
 pub fn knn_from_patterns(x: &Tensor, k: usize, block_rows: Option<usize>) -> Result<Csr> {
-    let (n, _) = check::patterns_2d(x, "knn_from_patterns: patterns")?;
+    let (n, _) = check::patterns_2d("knn_from_patterns: patterns", x)?;
     let k = effective_k(k, n)?;
     let x = match x.dtype() {
         DType::F64 | DType::F32 => x.detach(),
@@ -90,7 +90,7 @@ pub fn knn_from_patterns(x: &Tensor, k: usize, block_rows: Option<usize>) -> Res
     // had, else grow as edges come, each growth checked (a failed allocation is a typed error).
     let bound = 2usize.saturating_mul(n).saturating_mul(k);
     let mut triplets: Vec<(u32, u32, f64)> =
-        check::try_with_capacity(bound, what).unwrap_or_default();
+        check::try_with_capacity(what, bound).unwrap_or_default();
     let mut r0 = 0;
     while r0 < n && k > 0 {
         let b = block.min(n - r0);

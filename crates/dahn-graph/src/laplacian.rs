@@ -27,7 +27,7 @@ fn diag(v: &Tensor) -> Result<Tensor> {
 /// ```
 pub fn laplacian(a: &Tensor) -> Result<Tensor> {
     let what = "laplacian: adjacency";
-    check::square(a, what)?;
+    check::square(what, a)?;
     let d = a.sum(D::Minus1)?;
     if !hopfield_cuda::all_finite(&d)? {
         let host = check::host_f64(&d)?;
@@ -43,12 +43,12 @@ pub fn laplacian(a: &Tensor) -> Result<Tensor> {
         .into());
     }
     // Degrees are finite, but `diag(d) - a` can still overflow with weights of mixed sign.
-    no_overflow(diag(&d)? - a, what)
+    no_overflow(what, diag(&d)? - a)
 }
 
 /// A Laplacian computed from a finite adjacency must be finite (weights of mixed sign can make
 /// `D^-1/2` or `D - A` overflow), else [`GraphError::Overflow`].
-fn no_overflow(l: Result<Tensor>, what: &'static str) -> Result<Tensor> {
+fn no_overflow(what: &'static str, l: Result<Tensor>) -> Result<Tensor> {
     let l = l?;
     if hopfield_cuda::all_finite(&l)? {
         return Ok(l);
@@ -77,10 +77,10 @@ fn no_overflow(l: Result<Tensor>, what: &'static str) -> Result<Tensor> {
 /// ```
 pub fn normalized_laplacian(a: &Tensor) -> Result<Tensor> {
     let what = "normalized_laplacian: adjacency";
-    check::square(a, what)?;
+    check::square(what, a)?;
     let d = a.sum(D::Minus1)?;
     if hopfield_cuda::all_finite(&d)? {
-        return no_overflow(normalized_core(a, d), what);
+        return no_overflow(what, normalized_core(a, d));
     }
     // Overflowing degrees only: f64 holds any f16/f32 row sum, and f64 input is scaled by a power
     // of two (exact), which leaves D^-1/2 A D^-1/2 unchanged. The scale is a constant, so the
@@ -95,7 +95,7 @@ pub fn normalized_laplacian(a: &Tensor) -> Result<Tensor> {
         wide
     };
     let d = wide.sum(D::Minus1)?;
-    no_overflow(normalized_core(&wide, d)?.to_dtype(a.dtype()), what)
+    no_overflow(what, normalized_core(&wide, d)?.to_dtype(a.dtype()))
 }
 
 fn normalized_core(a: &Tensor, d: Tensor) -> Result<Tensor> {

@@ -36,7 +36,7 @@ impl GraphMatrix {
     /// Checks that the matrix is square, float and finite (one reduction for a dense matrix).
     pub fn validate(&self) -> Result<()> {
         match self {
-            GraphMatrix::Dense(t) => check::square(t, "graph matrix").map(|_| ()),
+            GraphMatrix::Dense(t) => check::square("graph matrix", t).map(|_| ()),
             GraphMatrix::Sparse(c) => {
                 if c.values().iter().all(|v| v.is_finite()) {
                     Ok(())
@@ -74,9 +74,9 @@ impl GraphMatrix {
         match self {
             GraphMatrix::Sparse(c) => c.matmul(x),
             GraphMatrix::Dense(m) => {
-                let n = check::square_dims(m, "graph matrix")?;
-                check::float_dtype(m, "graph matrix")?;
-                check::float_dtype(x, "graph matrix product: operand")?;
+                let n = check::square_dims("graph matrix", m)?;
+                check::float_dtype("graph matrix", m)?;
+                check::float_dtype("graph matrix product: operand", x)?;
                 let dims = x.dims().to_vec();
                 if !(dims.len() == 2 || dims.len() == 3) || dims[0] != n {
                     return Err(GraphError::ShapeMismatch(format!(
@@ -87,7 +87,7 @@ impl GraphMatrix {
                 let m = m.to_dtype(x.dtype())?;
                 let cols: usize = dims[1..].iter().product();
                 let out = m.matmul(&x.reshape((n, cols))?)?;
-                check::finite_product(&out, x, "graph matrix product: operand")?;
+                check::finite_product("graph matrix product: operand", &out, x)?;
                 out.reshape(dims)
             }
         }
@@ -107,7 +107,7 @@ impl GraphMatrix {
     pub fn asymmetry(&self) -> Result<Option<(usize, usize, f64, f64)>> {
         match self {
             GraphMatrix::Dense(t) => {
-                let n = check::square_dims(t, "graph matrix")?;
+                let n = check::square_dims("graph matrix", t)?;
                 let host = check::host_f64(t)?;
                 let mut worst: Option<(usize, usize, f64, f64)> = None;
                 for i in 0..n {
@@ -138,7 +138,7 @@ impl GraphMatrix {
     pub fn diagonal(&self) -> Result<Vec<f64>> {
         match self {
             GraphMatrix::Dense(t) => {
-                let n = check::square_dims(t, "graph matrix")?;
+                let n = check::square_dims("graph matrix", t)?;
                 let host = check::host_f64(t)?;
                 Ok((0..n).map(|i| host[i * n + i]).collect())
             }
@@ -150,7 +150,7 @@ impl GraphMatrix {
     pub fn row_sums(&self) -> Result<Vec<f64>> {
         match self {
             GraphMatrix::Dense(t) => {
-                let n = check::square_dims(t, "graph matrix")?;
+                let n = check::square_dims("graph matrix", t)?;
                 let host = check::host_f64(t)?;
                 Ok((0..n)
                     .map(|i| host[i * n..(i + 1) * n].iter().sum())
@@ -164,7 +164,7 @@ impl GraphMatrix {
     /// (a Gershgorin bound on the spectral radius), on the host.
     pub fn gershgorin_bound(&self) -> Result<f64> {
         if let GraphMatrix::Dense(t) = self {
-            check::square_dims(t, "graph matrix")?;
+            check::square_dims("graph matrix", t)?;
         }
         let n = self.n();
         let rows: Vec<f64> = match self {

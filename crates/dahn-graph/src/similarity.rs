@@ -37,7 +37,7 @@ pub fn normalize_rows(x: &Tensor) -> Result<Tensor> {
         }
         .into());
     }
-    check::float_dtype(x, what)?;
+    check::float_dtype(what, x)?;
     if x.dtype() == DType::F16 {
         // f16 cannot hold the 1e-24 floor (zero rows became 0 / 0 = NaN) nor squares above 65504.
         return normalize_rows(&x.to_dtype(DType::F32)?)?.to_dtype(DType::F16);
@@ -47,7 +47,7 @@ pub fn normalize_rows(x: &Tensor) -> Result<Tensor> {
         let norm = sq.maximum(NORM_EPS * NORM_EPS)?.sqrt()?;
         return x.broadcast_div(&norm);
     }
-    check::finite(x, what)?;
+    check::finite(what, x)?;
     // x / max(||x||, eps) = (x / m) / max(||x / m||, eps / m) for m > 0; m = the row's largest
     // magnitude (a constant: the function, hence its gradient, is unchanged).
     let wide = x.to_dtype(DType::F64)?;
@@ -80,8 +80,8 @@ pub fn normalize_rows(x: &Tensor) -> Result<Tensor> {
 /// ```
 pub fn cosine_similarity(x: &Tensor) -> Result<Tensor> {
     let what = "cosine_similarity: patterns";
-    let (n, _) = check::patterns_2d(x, what)?;
-    check::can_allocate(&[n, n], x.dtype(), what)?;
+    let (n, _) = check::patterns_2d(what, x)?;
+    check::can_allocate(what, &[n, n], x.dtype())?;
     let xn = normalize_rows(x)?;
     let s = xn.matmul(&xn.t()?)?.relu()?;
     let off_diag =

@@ -19,12 +19,12 @@ pub struct Masks<'a> {
     pub association_mask: Option<&'a Tensor>,
 }
 
-pub(crate) fn mask_to_additive(mask: &Tensor, name: &'static str, dtype: DType) -> Result<Tensor> {
+pub(crate) fn mask_to_additive(name: &'static str, mask: &Tensor, dtype: DType) -> Result<Tensor> {
     let d = mask.dtype();
     if d.is_int() {
         bool_to_additive(mask, dtype)
     } else if d.is_float() {
-        check_additive_values(mask, name)?;
+        check_additive_values(name, mask)?;
         mask.to_dtype(dtype)
     } else {
         Err(HopfieldError::MaskDtype {
@@ -39,7 +39,7 @@ pub(crate) fn mask_to_additive(mask: &Tensor, name: &'static str, dtype: DType) 
 /// A float (additive) mask takes 0, finite biases and `-inf`; NaN, or `+inf` (which makes the
 /// rest of its row NaN), is an error naming the mask. One scan; masks without `-inf` finish
 /// after the first.
-fn check_additive_values(mask: &Tensor, name: &'static str) -> Result<()> {
+fn check_additive_values(name: &'static str, mask: &Tensor) -> Result<()> {
     match hopfield_cuda::bad_additive_values(mask)? {
         None => Ok(()),
         Some(what) => Err(HopfieldError::MaskValues {
@@ -73,7 +73,7 @@ pub(crate) fn additive_mask(
                 .into())
             }
         };
-        acc = Some(mask_to_additive(m, "association_mask", dtype)?.reshape(shape)?);
+        acc = Some(mask_to_additive("association_mask", m, dtype)?.reshape(shape)?);
     }
     if let Some(m) = masks.stored_pattern_padding_mask {
         if m.dims() != [n, s] {

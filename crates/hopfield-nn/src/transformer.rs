@@ -214,7 +214,7 @@ impl FeedForward {
     }
 }
 
-fn check_output_size(h: &Hopfield, d: usize, which: &'static str) -> Result<()> {
+fn check_output_size(which: &'static str, h: &Hopfield, d: usize) -> Result<()> {
     if h.output_size() != d {
         return Err(HopfieldError::Config {
             field: which,
@@ -258,7 +258,7 @@ impl HopfieldEncoderLayer {
         let d = cfg.model_dim()?;
         let hopfield_association =
             Hopfield::new(cfg.hopfield.clone(), vb.pp("hopfield_association"))?;
-        check_output_size(&hopfield_association, d, "hopfield.output_size")?;
+        check_output_size("hopfield.output_size", &hopfield_association, d)?;
         Ok(Self {
             hopfield_association,
             dropout_hopfield_association: Dropout::new(cfg.dropout),
@@ -359,8 +359,8 @@ impl HopfieldDecoderLayer {
             Hopfield::new(cfg.hopfield.clone(), vb.pp("hopfield_association_self"))?;
         let hopfield_association_cross =
             Hopfield::new(cross_cfg, vb.pp("hopfield_association_cross"))?;
-        check_output_size(&hopfield_association_self, d, "hopfield.output_size")?;
-        check_output_size(&hopfield_association_cross, d, "hopfield_cross.output_size")?;
+        check_output_size("hopfield.output_size", &hopfield_association_self, d)?;
+        check_output_size("hopfield_cross.output_size", &hopfield_association_cross, d)?;
         Ok(Self {
             hopfield_association_self,
             hopfield_association_cross,
