@@ -3,9 +3,13 @@
 use crate::{validate, AttentionMode, DiffusionError};
 use candle_core::{Result, Tensor, D};
 use hopfield_cuda::masked_softmax as softmax;
+use hopfield_cuda::retrieval::{retrieve, Retrieval};
+use hopfield_cuda::KernelError;
 
 /// difflayers' `AttentionOperator(beta, mode)`. Inputs are (rows, d) or (rows, B, d) (batch
-/// columns attend independently). Differentiable w.r.t. Q, K, V (fused softmax with a backward pass).
+/// columns attend independently). Differentiable w.r.t. Q, K, V: dense mode is the fused retrieval
+/// kernel of `hopfield-cuda` (no rows x rows logits in memory, FlashAttention-2 backward), graph mode
+/// a fused softmax over each row's neighbours.
 ///
 /// Graph mode: query i attends only to the keys `adj[i]` (softmax over those k entries), so Q and
 /// K index the same nodes (rows of Q = rows of `adj`; entries of `adj` index K); one table serves
@@ -134,19 +138,38 @@ impl AttentionOperator {
     }
 
     fn dense(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
-        // beta is folded into Q (L x d multiplies instead of L x S), and the softmax is the fused
-        // one (one pass per row, with a backward pass): the logits are the big tensor here.
-        let (q0, k0) = (q, k);
-        let q = (q * self.beta)?;
-        if q.rank() == 2 {
-            let p = self.softmax(&q.matmul(&k.t()?)?, q0, k0)?;
-            return p.matmul(v);
+        // The fused retrieval kernel (online softmax over blocks of keys, with its own backward):
+        // the (rows of Q) x (rows of K) logits, the big tensor of the composed form, never exist.
+        // Batch columns are the kernel's heads: (rows, B, d) is its (1, L, H, d) view as it is.
+        let as_heads = |t: &Tensor| -> Result<Tensor> {
+            if t.rank() == 2 {
+                t.unsqueeze(1)?.unsqueeze(0)
+            } else {
+                t.unsqueeze(0)
+            }
+        };
+        let cfg = Retrieval::new(self.beta);
+        match retrieve(&as_heads(q)?, &as_heads(k)?, &as_heads(v)?, &cfg) {
+            Ok(out) => {
+                let mut dims = q.dims().to_vec();
+                *dims.last_mut().expect("rank >= 2") = v.dim(D::Minus1)?;
+                out.reshape(dims)
+            }
+            // The kernel reports non-finite logits; name the input, else the overflow.
+            Err(e)
+                if KernelError::find(&e)
+                    .is_some_and(|k| matches!(k, KernelError::Overflow { .. })) =>
+            {
+                validate::finite("attention: Q", q)?;
+                validate::finite("attention: K", k)?;
+                Err(DiffusionError::Overflow {
+                    what: "attention: logits beta Q K^T",
+                    dtype: format!("{:?}", q.dtype()),
+                }
+                .into())
+            }
+            Err(e) => Err(e),
         }
-        let qb = q.transpose(0, 1)?.contiguous()?;
-        let kb = k.transpose(0, 1)?.contiguous()?;
-        let vb = v.transpose(0, 1)?.contiguous()?;
-        let p = self.softmax(&qb.matmul(&kb.transpose(1, 2)?)?, q0, k0)?;
-        p.matmul(&vb)?.transpose(0, 1)
     }
 
     fn graph(&self, q: &Tensor, k: &Tensor, v: &Tensor, adj: &Tensor) -> Result<Tensor> {
@@ -237,6 +260,43 @@ mod tests {
         let graph =
             AttentionOperator::new(1.3, AttentionMode::Graph).forward(&q, &k, &v, Some(&adj))?;
         assert!((dense - graph)?.abs()?.max_all()?.to_scalar::<f64>()? < 1e-14);
+        Ok(())
+    }
+
+    /// Dense mode (the fused retrieval kernel) and graph mode over all neighbours (composed ops)
+    /// agree on the gradients too, for 2-D and batched inputs.
+    #[test]
+    fn dense_gradients_equal_the_composed_ones() -> Result<()> {
+        use candle_core::Var;
+        for dims in [vec![5usize, 3], vec![5, 2, 3]] {
+            let n: usize = dims.iter().product();
+            let var = |f: fn(f64) -> f64| {
+                Var::from_tensor(&t(&(0..n).map(|i| f(i as f64)).collect::<Vec<_>>(), &dims)?)
+            };
+            let (q, k, v) = (
+                var(|i| (i * 0.37).sin())?,
+                var(|i| (i * 0.71).cos())?,
+                var(|i| (i * 0.13).sin() * 2.0)?,
+            );
+            let all: Vec<u32> = (0..5).flat_map(|_| 0..5u32).collect();
+            let adj = Tensor::from_vec(all, (5, 5), &Device::Cpu)?;
+            let cot = t(
+                &(0..n).map(|i| (i as f64 * 1.3).cos()).collect::<Vec<_>>(),
+                &dims,
+            )?;
+            let grads = |mode, a: Option<&Tensor>| -> Result<Vec<Tensor>> {
+                let y = AttentionOperator::new(1.1, mode).forward(&q, &k, &v, a)?;
+                let g = (y * &cot)?.sum_all()?.backward()?;
+                Ok([&q, &k, &v]
+                    .map(|x| g.get(x).expect("gradient").clone())
+                    .to_vec())
+            };
+            let dense = grads(AttentionMode::Dense, None)?;
+            let graph = grads(AttentionMode::Graph, Some(&adj))?;
+            for (a, b) in dense.iter().zip(&graph) {
+                assert!((a - b)?.abs()?.max_all()?.to_scalar::<f64>()? < 1e-12);
+            }
+        }
         Ok(())
     }
 

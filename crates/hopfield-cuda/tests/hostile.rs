@@ -160,7 +160,7 @@ proptest! {
     ) {
         let benign = sc.abs() <= 1.0 && beta.abs() <= 1.0;
         let r = outcome(
-            |e| typed(e),
+            typed,
             || {
                 let x = tensor(&[b, l, d], dx, sc, seed)?;
                 let bt = Tensor::full(beta, h, &Device::Cpu)?.to_dtype(dw)?;
