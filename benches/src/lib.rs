@@ -126,3 +126,34 @@ impl Case {
             .count())
     }
 }
+
+/// Median milliseconds of `f`, the protocol of every timing binary here (and of the Python side
+/// of the comparisons): `warmup` untimed calls, then timed calls until at least `min_runs` have
+/// run and `seconds` have passed (at most 1000 calls).
+///
+/// ```
+/// let ms = hopfield_benches::median_ms(1, 3, 0.0, || Ok(()))?;
+/// assert!(ms >= 0.0);
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+pub fn median_ms<T>(
+    warmup: usize,
+    min_runs: usize,
+    seconds: f64,
+    mut f: impl FnMut() -> Result<T>,
+) -> Result<f64> {
+    for _ in 0..warmup {
+        f()?;
+    }
+    let mut times = Vec::new();
+    let start = std::time::Instant::now();
+    while times.len() < min_runs.max(1)
+        || (start.elapsed().as_secs_f64() < seconds && times.len() < 1000)
+    {
+        let t = std::time::Instant::now();
+        std::hint::black_box(f()?);
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}

@@ -22,10 +22,10 @@
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use dahn_diffusion::{AttentionMode, AttentionOperator, DiffusionConfig, GraphCache};
+use hopfield_benches::median_ms;
 use hopfield_nn::{
     DiffusedHopfield, DiffusedHopfieldConfig, GraphScope, HopfieldConfig, HopfieldInput, Masks,
 };
-use std::time::Instant;
 
 const D: usize = 64;
 
@@ -43,18 +43,6 @@ fn vmhwm_mib() -> Option<f64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024.0)
-}
-
-/// Median milliseconds of `runs` calls of `f` (no warm-up: the caller decides what a warm-up is).
-fn median_ms(runs: usize, mut f: impl FnMut() -> Result<Tensor>) -> Result<f64> {
-    let mut times = Vec::with_capacity(runs);
-    for _ in 0..runs {
-        let t = Instant::now();
-        std::hint::black_box(f()?);
-        times.push(t.elapsed().as_secs_f64() * 1e3);
-    }
-    times.sort_by(f64::total_cmp);
-    Ok(times[times.len() / 2])
 }
 
 /// difflayers' `DiffusedHopfield(input_size=64, cache_graph=cache)` with random parameters.
@@ -110,7 +98,7 @@ fn run_case(name: &str, n: usize, s: usize, l: usize) -> Result<()> {
     for &scope in scopes {
         let fresh = module(&map, false, scope)?;
         let cached = module(&map, true, scope)?;
-        let f = median_ms(fresh_runs, || {
+        let f = median_ms(0, fresh_runs, 0.0, || {
             fresh.forward_with(input(), Masks::default(), false)
         })?;
         let fresh_builds = fresh.graph_builds();
@@ -125,7 +113,7 @@ fn run_case(name: &str, n: usize, s: usize, l: usize) -> Result<()> {
         // The first cached call builds the graphs; it is the warm-up.
         cached.forward_with(input(), Masks::default(), false)?;
         let warm = cached.graph_builds();
-        let c = median_ms(cached_runs, || {
+        let c = median_ms(0, cached_runs, 0.0, || {
             cached.forward_with(input(), Masks::default(), false)
         })?;
         let builds = cached.graph_builds() - warm;
@@ -162,13 +150,13 @@ fn profile<'a>(
             .cache_graph(false),
     )?;
     let patterns = stored.squeeze(0)?;
-    let g = median_ms(fresh_runs, || {
+    let g = median_ms(0, fresh_runs, 0.0, || {
         cache.get(&patterns).map(|g| g.degrees.clone())
     })?;
     report(name, "profile:graph_build", g, fresh_runs);
     let cfg = DiffusedHopfieldConfig::new(HopfieldConfig::new(D)).with_eta(0.0);
     let core = DiffusedHopfield::new(cfg, VarBuilder::from_varmap(map, DType::F32, &Device::Cpu))?;
-    let c = median_ms(cached_runs, || {
+    let c = median_ms(0, cached_runs, 0.0, || {
         core.forward_with(input(), Masks::default(), false)
     })?;
     report(name, "profile:core_only_eta0", c, cached_runs);
@@ -179,26 +167,26 @@ fn profile<'a>(
     let q = patterns.narrow(0, 0, l)?;
     let kt = patterns.t()?.contiguous()?;
     let logits = q.matmul(&kt)?;
-    let t = median_ms(cached_runs, || q.matmul(&kt))?;
+    let t = median_ms(0, cached_runs, 0.0, || q.matmul(&kt))?;
     report(name, &format!("profile:step_qk_{l}x{s}"), t, cached_runs);
-    let t = median_ms(cached_runs, || {
+    let t = median_ms(0, cached_runs, 0.0, || {
         candle_nn::ops::softmax(&(&logits * 1.0)?, candle_core::D::Minus1)
     })?;
     report(name, "profile:step_scale_softmax_composed", t, cached_runs);
-    let t = median_ms(cached_runs, || {
+    let t = median_ms(0, cached_runs, 0.0, || {
         candle_nn::ops::softmax_last_dim(&(&logits * 1.0)?)
     })?;
     report(name, "profile:step_scale_softmax_fused", t, cached_runs);
     let p = candle_nn::ops::softmax_last_dim(&logits)?;
-    let t = median_ms(cached_runs, || p.matmul(&patterns))?;
+    let t = median_ms(0, cached_runs, 0.0, || p.matmul(&patterns))?;
     report(name, "profile:step_pv", t, cached_runs);
     // The two calls of one loop step as the engine makes them (sequence-first (rows, 1, d)).
     let (q3, k3) = (q.unsqueeze(1)?, patterns.unsqueeze(1)?);
     let attn = AttentionOperator::new(1.0, AttentionMode::Dense);
-    let t = median_ms(cached_runs, || attn.forward(&q3, &k3, &k3, None))?;
+    let t = median_ms(0, cached_runs, 0.0, || attn.forward(&q3, &k3, &k3, None))?;
     report(name, "profile:step_attention_operator", t, cached_runs);
     let graph = cache.get(&patterns)?;
-    let t = median_ms(cached_runs, || graph.operator.apply(&k3))?;
+    let t = median_ms(0, cached_runs, 0.0, || graph.operator.apply(&k3))?;
     report(name, "profile:step_factored_diffusion", t, cached_runs);
     Ok(())
 }

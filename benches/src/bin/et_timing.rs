@@ -10,29 +10,13 @@
 
 use candle_core::{DType, Result, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
+use hopfield_benches::median_ms;
 use hopfield_nn::energy::{EnergyTransformer, EnergyTransformerConfig};
-use std::time::Instant;
 
 const TOKENS: usize = 64;
 const DIM: usize = 128;
 const HEADS: usize = 4;
 const MEMORIES: usize = 512;
-
-/// Median milliseconds of `f` over at least 10 runs and about 2 s, after 3 warm-up runs.
-fn median_ms<T>(mut f: impl FnMut() -> Result<T>) -> Result<f64> {
-    for _ in 0..3 {
-        f()?;
-    }
-    let mut times = Vec::new();
-    let start = Instant::now();
-    while times.len() < 10 || (start.elapsed().as_secs_f64() < 2.0 && times.len() < 1000) {
-        let t = Instant::now();
-        std::hint::black_box(f()?);
-        times.push(t.elapsed().as_secs_f64() * 1e3);
-    }
-    times.sort_by(f64::total_cmp);
-    Ok(times[times.len() / 2])
-}
 
 fn main() -> Result<()> {
     let dev = hopfield_benches::device_from_args()?;
@@ -61,8 +45,8 @@ fn main() -> Result<()> {
             let grads = (y * &cot)?.sum_all()?.backward()?;
             dev.synchronize().map(|_| grads)
         };
-        let fwd = median_ms(forward)?;
-        let bwd = median_ms(forward_backward)?;
+        let fwd = median_ms(3, 10, 2.0, forward)?;
+        let bwd = median_ms(3, 10, 2.0, forward_backward)?;
         println!(
             "{{\"batch\": {batch}, \"forward_ms\": {fwd:.4}, \"forward_backward_ms\": {bwd:.4}}}"
         );

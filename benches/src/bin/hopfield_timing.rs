@@ -7,24 +7,7 @@
 //! ```
 
 use candle_core::Result;
-use hopfield_benches::{Case, SHAPES};
-use std::time::Instant;
-
-/// Median milliseconds of `f` over at least 10 runs and about 2 s, after 3 warm-up runs.
-fn median_ms<T>(mut f: impl FnMut() -> Result<T>) -> Result<f64> {
-    for _ in 0..3 {
-        f()?;
-    }
-    let mut times = Vec::new();
-    let start = Instant::now();
-    while times.len() < 10 || (start.elapsed().as_secs_f64() < 2.0 && times.len() < 1000) {
-        let t = Instant::now();
-        std::hint::black_box(f()?);
-        times.push(t.elapsed().as_secs_f64() * 1e3);
-    }
-    times.sort_by(f64::total_cmp);
-    Ok(times[times.len() / 2])
-}
+use hopfield_benches::{median_ms, Case, SHAPES};
 
 fn main() -> Result<()> {
     // Opt-in, so that the default comparison runs both sides on the stock allocator.
@@ -55,12 +38,12 @@ fn main() -> Result<()> {
         let fwd = if pass == "backward" {
             f64::NAN
         } else {
-            median_ms(forward)?
+            median_ms(3, 10, 2.0, forward)?
         };
         let bwd = if pass == "forward" {
             f64::NAN
         } else {
-            median_ms(forward_backward)?
+            median_ms(3, 10, 2.0, forward_backward)?
         };
         println!(
             "{{\"shape\": \"{}\", \"forward_ms\": {fwd:.4}, \"forward_backward_ms\": {bwd:.4}}}",

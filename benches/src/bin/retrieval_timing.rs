@@ -10,7 +10,6 @@
 use candle_core::{DType, Result, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use hopfield_nn::{Hopfield, HopfieldConfig, HopfieldInput, Masks};
-use std::time::Instant;
 
 /// (S, L, d), the same list as `RETRIEVAL_SHAPES` in hflayers_compare.py.
 const SHAPES: [(usize, usize, usize); 2] = [(65_536, 1024, 64), (262_144, 1024, 64)];
@@ -34,19 +33,8 @@ fn main() -> Result<()> {
                 false,
             )
         };
-        run()?;
-        let mut times = Vec::new();
-        let start = Instant::now();
-        while times.len() < 5 || (start.elapsed().as_secs_f64() < 3.0 && times.len() < 100) {
-            let t = Instant::now();
-            std::hint::black_box(run()?);
-            times.push(t.elapsed().as_secs_f64() * 1e3);
-        }
-        times.sort_by(f64::total_cmp);
-        println!(
-            "{{\"shape\": \"S{s}_L{l}_d{d}\", \"forward_ms\": {:.3}}}",
-            times[times.len() / 2]
-        );
+        let ms = hopfield_benches::median_ms(1, 5, 3.0, run)?;
+        println!("{{\"shape\": \"S{s}_L{l}_d{d}\", \"forward_ms\": {ms:.3}}}");
     }
     Ok(())
 }

@@ -22,8 +22,8 @@
 
 use crate::error::{expect_float, expect_same_dtype, KernelError};
 use crate::matmul::{gemm_serial, Mat};
-use crate::rows::cpu_contiguous;
-use crate::softmax::{softmax_grad_rows, softmax_rows, Float};
+use crate::rows::{cpu_contiguous, storage_slice};
+use crate::softmax::{softmax_grad_rows, softmax_rows, Elem, Float};
 use candle_core::{
     backend::BackendStorage, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType,
 };
@@ -96,6 +96,42 @@ pub fn attention_energy_grad_composed(
     if x.elem_count() == 0 || wq.elem_count() == 0 {
         return x.zeros_like();
     }
+    let (q, k, s) = attention_scores(x, wq, wk, beta, exclude_self)?;
+    let p = crate::masked_softmax(&s)?;
+    // [P k | P^T q] (B, L, H, 2Z) against [Wq_h; Wk_h] (H, 2Z, D): one product for both halves.
+    let u = Tensor::cat(&[&p.matmul(&k)?, &p.t()?.matmul(&q)?], 3)?
+        .transpose(1, 2)?
+        .reshape((b * l, h * 2 * z))?;
+    let w = Tensor::cat(&[wq, wk], 1)?.reshape((h * 2 * z, d))?;
+    u.matmul(&w)?.neg()?.reshape((b, l, d))
+}
+
+/// The attention energy's projections and scaled scores from candle ops (differentiable):
+/// `q`, `k` `(B, H, L, Z)` and `beta_h q k^T` `(B, H, L, L)`, whose diagonal is `-inf` with
+/// `exclude_self`. Shapes as in [`attention_energy_grad`]; the energy is
+/// `-sum_h 1/beta_h sum lse(scores)`, so this is where energies and parameter gradients start.
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// let x = Tensor::new(&[[[1f64, 0.], [0., 2.]]], &Device::Cpu)?; // (1, 2, 2)
+/// let w = Tensor::new(&[[[1f64, 1.]]], &Device::Cpu)?;           // one head, Z = 1
+/// let beta = Tensor::new(&[0.5f64], &Device::Cpu)?;
+/// let (q, _, s) = hopfield_cuda::attention_scores(&x, &w, &w, &beta, true)?;
+/// assert_eq!(q.flatten_all()?.to_vec1::<f64>()?, vec![1., 2.]);
+/// // 0.5 * q_A k_B, without the diagonal.
+/// assert_eq!(s.flatten_all()?.to_vec1::<f64>()?, vec![f64::NEG_INFINITY, 1., 1., f64::NEG_INFINITY]);
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+pub fn attention_scores(
+    x: &Tensor,
+    wq: &Tensor,
+    wk: &Tensor,
+    beta: &Tensor,
+    exclude_self: bool,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let (b, l, d) = check(x, wq, wk, beta)?;
+    let (h, z, _) = wq.dims3()?;
+    // One matmul for q and k: rows of [Wq; Wk] are the (head, z) projections.
     let w = Tensor::cat(&[wq, wk], 0)?.reshape((2 * h * z, d))?;
     let qk = x
         .reshape((b * l, d))?
@@ -104,6 +140,7 @@ pub fn attention_energy_grad_composed(
         .transpose(1, 2)?;
     let q = qk.narrow(1, 0, h)?.contiguous()?;
     let k = qk.narrow(1, h, h)?.contiguous()?;
+    // beta_h scales q (B, H, L, Z) rather than the larger scores (B, H, L, L).
     let mut s = q
         .broadcast_mul(&beta.reshape((1, h, 1, 1))?)?
         .matmul(&k.t()?)?;
@@ -120,13 +157,7 @@ pub fn attention_energy_grad_composed(
         let mask = Tensor::from_vec(diag, (1, 1, l, l), x.device())?.to_dtype(x.dtype())?;
         s = s.broadcast_add(&mask)?;
     }
-    let p = crate::masked_softmax(&s)?;
-    // [P k | P^T q] (B, L, H, 2Z) against [Wq_h; Wk_h] (H, 2Z, D): one product for both halves.
-    let u = Tensor::cat(&[&p.matmul(&k)?, &p.t()?.matmul(&q)?], 3)?
-        .transpose(1, 2)?
-        .reshape((b * l, h * 2 * z))?;
-    let w = Tensor::cat(&[wq, wk], 1)?.reshape((h * 2 * z, d))?;
-    u.matmul(&w)?.neg()?.reshape((b, l, d))
+    Ok((q, k, s))
 }
 
 /// Shapes and dtypes; returns `(B, L, D)`.
@@ -199,10 +230,6 @@ impl Dims {
         })
     }
 }
-
-trait Elem: WithDType + Float + std::ops::Neg<Output = Self> {}
-impl Elem for f32 {}
-impl Elem for f64 {}
 
 impl Dims {
     /// Head groups per sample: one task per sample when the batch fills the threads, else the
@@ -476,14 +503,6 @@ fn backward<T: Elem>(
     (dx, dw, dbeta)
 }
 
-/// The host slice of a contiguous CPU tensor's storage.
-fn host<'a, T: WithDType>(s: &'a candle_core::Storage, l: &Layout) -> Result<&'a [T]> {
-    match s {
-        candle_core::Storage::Cpu(c) => cpu_contiguous::<T>(c, l),
-        _ => candle_core::bail!("attention_energy_grad: backward expects CPU tensors"),
-    }
-}
-
 /// `(dx, d[Wq; Wk], dbeta)` as tensors of the inputs' shapes.
 fn grads<T: Elem>(
     [x, w, beta, c]: [&Tensor; 4],
@@ -492,10 +511,10 @@ fn grads<T: Elem>(
     let dm = Dims::of(x.layout(), w.layout())?;
     let guards = [x, w, beta, c].map(|t| t.storage_and_layout());
     let (dx, dw, db) = backward::<T>(
-        host(&guards[0].0, guards[0].1)?,
-        host(&guards[1].0, guards[1].1)?,
-        host(&guards[2].0, guards[2].1)?,
-        host(&guards[3].0, guards[3].1)?,
+        storage_slice(&guards[0].0, guards[0].1, "attention_energy_grad")?,
+        storage_slice(&guards[1].0, guards[1].1, "attention_energy_grad")?,
+        storage_slice(&guards[2].0, guards[2].1, "attention_energy_grad")?,
+        storage_slice(&guards[3].0, guards[3].1, "attention_energy_grad")?,
         dm,
         exclude_self,
     );

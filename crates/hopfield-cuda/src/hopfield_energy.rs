@@ -18,10 +18,10 @@
 
 use crate::error::{expect_float, expect_same_dtype, KernelError};
 use crate::matmul::{gemm_into, Mat};
-use crate::rows::{cpu_contiguous, rows_per_task};
-use crate::softmax::{softmax_grad_rows, softmax_rows, Float};
+use crate::rows::{cpu_contiguous, rows_per_task, storage_slice};
+use crate::softmax::{softmax_grad_rows, softmax_rows, Elem};
 use candle_core::{
-    backend::BackendStorage, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType,
+    backend::BackendStorage, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor,
 };
 use rayon::prelude::*;
 
@@ -157,34 +157,29 @@ enum Saved {
     F64(Vec<f64>),
 }
 
-trait Elem: WithDType + Float + std::ops::Neg<Output = Self> {
+/// An element type whose scores the op can keep for its backward pass.
+trait Keep: Elem {
     fn save(v: Vec<Self>) -> Saved;
     fn saved(s: &Saved) -> Option<&[Self]>;
 }
 
-impl Elem for f32 {
-    fn save(v: Vec<Self>) -> Saved {
-        Saved::F32(v)
-    }
-    fn saved(s: &Saved) -> Option<&[Self]> {
-        match s {
-            Saved::F32(v) => Some(v),
-            Saved::F64(_) => None,
+macro_rules! keep {
+    ($t:ty, $variant:ident) => {
+        impl Keep for $t {
+            fn save(v: Vec<Self>) -> Saved {
+                Saved::$variant(v)
+            }
+            fn saved(s: &Saved) -> Option<&[Self]> {
+                match s {
+                    Saved::$variant(v) => Some(v),
+                    _ => None,
+                }
+            }
         }
-    }
+    };
 }
-
-impl Elem for f64 {
-    fn save(v: Vec<Self>) -> Saved {
-        Saved::F64(v)
-    }
-    fn saved(s: &Saved) -> Option<&[Self]> {
-        match s {
-            Saved::F64(v) => Some(v),
-            Saved::F32(_) => None,
-        }
-    }
-}
+keep!(f32, F32);
+keep!(f64, F64);
 
 /// `h = x W` `(N, M)`.
 fn scores<T: Elem>(x: &[T], w: &[T], n: usize, d: usize, m: usize) -> Vec<T> {
@@ -345,33 +340,25 @@ fn backward<T: Elem>(
     (dx, dw, dbeta)
 }
 
-/// The host slice of a contiguous CPU tensor's storage.
-fn host<'a, T: WithDType>(s: &'a candle_core::Storage, l: &Layout) -> Result<&'a [T]> {
-    match s {
-        candle_core::Storage::Cpu(c) => cpu_contiguous::<T>(c, l),
-        _ => candle_core::bail!("hopfield_energy_grad: backward expects CPU tensors"),
-    }
-}
-
 fn sizes(x: &Layout, w: &Layout) -> Result<[usize; 3]> {
     let (n, d) = x.shape().dims2()?;
     let (_, m) = w.shape().dims2()?;
     Ok([n, d, m])
 }
 
-fn grads<T: Elem>(
+fn grads<T: Keep>(
     [x, w, beta, c]: [&Tensor; 4],
     kind: HopfieldEnergyKind,
     saved: Option<&Saved>,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let dims = sizes(x.layout(), w.layout())?;
     let guards = [x, w, beta, c].map(|t| t.storage_and_layout());
-    let b = host::<T>(&guards[2].0, guards[2].1)?[0];
+    let b = storage_slice::<T>(&guards[2].0, guards[2].1, "hopfield_energy_grad")?[0];
     let (dx, dw, db) = backward::<T>(
-        host(&guards[0].0, guards[0].1)?,
-        host(&guards[1].0, guards[1].1)?,
+        storage_slice(&guards[0].0, guards[0].1, "hopfield_energy_grad")?,
+        storage_slice(&guards[1].0, guards[1].1, "hopfield_energy_grad")?,
         b,
-        host(&guards[3].0, guards[3].1)?,
+        storage_slice(&guards[3].0, guards[3].1, "hopfield_energy_grad")?,
         dims,
         kind,
         saved.and_then(T::saved),
@@ -399,7 +386,7 @@ impl CustomOp3 for HopfieldEnergyGrad {
         lb: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let dims = sizes(lx, lw)?;
-        fn run<T: Elem>(
+        fn run<T: Keep>(
             op: &HopfieldEnergyGrad,
             [x, w, beta]: [&[T]; 3],
             dims: [usize; 3],

@@ -56,7 +56,9 @@ pub mod sparse;
 mod test_util;
 
 pub use alloc::tune_allocator;
-pub use attention_energy::{attention_energy_grad, attention_energy_grad_composed};
+pub use attention_energy::{
+    attention_energy_grad, attention_energy_grad_composed, attention_scores,
+};
 pub use device::{DeviceChoice, UnknownDevice};
 pub use error::{
     bad_additive_values, expect_float, expect_logits_in_range, find_error, KernelError,

@@ -26,6 +26,19 @@ pub(crate) fn cpu_contiguous<'a, T: candle_core::WithDType>(
     contiguous(s.as_slice::<T>()?, l)
 }
 
+/// [`cpu_contiguous`] of a tensor's storage (a backward pass reads its tensors this way); a
+/// storage on another device is an error naming `op`.
+pub(crate) fn storage_slice<'a, T: candle_core::WithDType>(
+    s: &'a candle_core::Storage,
+    l: &Layout,
+    op: &'static str,
+) -> Result<&'a [T]> {
+    match s {
+        candle_core::Storage::Cpu(c) => cpu_contiguous(c, l),
+        _ => candle_core::bail!("{op}: the CPU kernel's tensors must be on the CPU"),
+    }
+}
+
 /// `out[row] = f(src[row])` for every row of length `dim`, rows in parallel.
 pub(crate) fn par_rows<T: Copy + Default + Send + Sync>(
     src: &[T],

@@ -110,6 +110,15 @@ macro_rules! float {
 float!(f32, exp_f32);
 float!(f64, f64::exp);
 
+/// The element types of the host kernels built on these rows (f32, f64): candle's arithmetic and
+/// this module's row operations.
+pub(crate) trait Elem:
+    candle_core::WithDType + Float + std::ops::Neg<Output = Self>
+{
+}
+impl Elem for f32 {}
+impl Elem for f64 {}
+
 /// Independent accumulators for row reductions: a single running max or sum is a serial
 /// dependency chain (floating-point addition is not reassociated by the compiler), eight lanes
 /// let the loop vectorise.

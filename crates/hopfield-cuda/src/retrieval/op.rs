@@ -7,7 +7,7 @@
 
 use super::{cpu, Geometry};
 use crate::error::KernelError;
-use crate::rows::cpu_contiguous;
+use crate::rows::{cpu_contiguous, storage_slice};
 use candle_core::backend::BackendStorage;
 use candle_core::{
     CpuStorage, CustomOp1, CustomOp3, DType, Device, Layout, Result, Shape, Tensor, WithDType,
@@ -288,12 +288,8 @@ fn forward_cpu(
     })
 }
 
-fn storage_slice<'a, T: WithDType>(s: &'a candle_core::Storage, l: &Layout) -> Result<&'a [T]> {
-    match s {
-        candle_core::Storage::Cpu(c) => cpu_contiguous::<T>(c, l),
-        _ => candle_core::bail!("retrieval backward: saved tensors not on the CPU"),
-    }
-}
+/// The op named in errors of the backward pass.
+const OP: &str = "retrieval backward";
 
 /// Runs `f` on the backward pass's saved CPU data as `T`.
 fn with_saved<T: WithDType, R>(
@@ -303,11 +299,11 @@ fn with_saved<T: WithDType, R>(
     let guards = [&op.out, &op.lse, &op.d_out].map(|t| t.storage_and_layout());
     let d_lse = op.d_lse.as_ref().map(|t| t.storage_and_layout());
     let saved = cpu::Saved {
-        out: storage_slice(&guards[0].0, guards[0].1)?,
-        lse: storage_slice(&guards[1].0, guards[1].1)?,
-        d_out: storage_slice(&guards[2].0, guards[2].1)?,
+        out: storage_slice(&guards[0].0, guards[0].1, OP)?,
+        lse: storage_slice(&guards[1].0, guards[1].1, OP)?,
+        d_out: storage_slice(&guards[2].0, guards[2].1, OP)?,
         d_lse: match &d_lse {
-            Some((s, l)) => Some(storage_slice(s, l)?),
+            Some((s, l)) => Some(storage_slice(s, l, OP)?),
             None => None,
         },
     };

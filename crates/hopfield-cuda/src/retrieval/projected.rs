@@ -14,7 +14,7 @@ use super::op::{overflow_check, packed_views_at, with_cpu_mask, Params};
 use super::{betas_and_mask, retrieve_packed, Geometry, PackedSizes, Retrieval};
 use crate::linear::linear;
 use crate::matmul::{column_sums, gemm_into, Mat};
-use crate::rows::cpu_contiguous;
+use crate::rows::{cpu_contiguous, storage_slice};
 use crate::scratch::{self, Pooled};
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Tensor, WithDType};
@@ -366,10 +366,7 @@ impl Projected {
         let grad = grad.contiguous()?;
         let guards = [args[0], args[1], args[2], &grad].map(|t| t.storage_and_layout());
         let data = |i: usize| -> Result<&[T]> {
-            match &*guards[i].0 {
-                candle_core::Storage::Cpu(c) => cpu_contiguous(c, guards[i].1),
-                _ => candle_core::bail!("retrieve_projected: tensors must be on the CPU"),
-            }
+            storage_slice(&guards[i].0, guards[i].1, "retrieve_projected")
         };
         let grads = self.backward::<T>(data(0)?, data(1)?, data(2)?, data(3)?, want)?;
         let mut out = [None, None, None];

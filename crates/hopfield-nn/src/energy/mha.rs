@@ -32,7 +32,6 @@ pub struct EnergyMHA {
     wk: Tensor,
     beta: Tensor,
     n_heads: usize,
-    head_dim: usize,
     dim: usize,
     exclude_self: bool,
     /// State-dict names of `Wq`, `Wk`, `beta`, for errors.
@@ -127,7 +126,6 @@ impl EnergyMHA {
             wk,
             beta,
             n_heads,
-            head_dim,
             dim: embed_dim,
             exclude_self,
             names,
@@ -195,33 +193,13 @@ impl EnergyMHA {
     /// `q`, `k` `(B, H, L, Z)` and the scaled scores `beta_h A` `(B, H, L, L)` (diagonal at -inf when
     /// self-attention is excluded).
     fn scores(&self, x3: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
-        let (b, l, d) = x3.dims3()?;
-        let (h, z) = (self.n_heads, self.head_dim);
-        let beta = upcast(&self.beta)?;
-        // One matmul for q and k: rows of [Wq; Wk] are the (head, z) projections.
-        let w =
-            Tensor::cat(&[&upcast(&self.wq)?, &upcast(&self.wk)?], 0)?.reshape((2 * h * z, d))?;
-        let qk = x3.reshape((b * l, d))?.matmul(&w.t()?)?;
-        let qk = qk.reshape((b, l, 2 * h, z))?.transpose(1, 2)?;
-        let q = qk.narrow(1, 0, h)?.contiguous()?;
-        let k = qk.narrow(1, h, h)?.contiguous()?;
-        // beta_h scales q (B, H, L, Z) rather than the larger scores (B, H, L, L).
-        let qb = q.broadcast_mul(&beta.reshape((1, h, 1, 1))?)?;
-        let mut s = qb.matmul(&k.t()?)?;
-        if self.exclude_self {
-            let mask: Vec<f64> = (0..l * l)
-                .map(|i| {
-                    if i / l == i % l {
-                        f64::NEG_INFINITY
-                    } else {
-                        0.0
-                    }
-                })
-                .collect();
-            let mask = Tensor::from_vec(mask, (1, 1, l, l), x3.device())?.to_dtype(x3.dtype())?;
-            s = s.broadcast_add(&mask)?;
-        }
-        Ok((q, k, s))
+        hopfield_cuda::attention_scores(
+            x3,
+            &upcast(&self.wq)?,
+            &upcast(&self.wk)?,
+            &upcast(&self.beta)?,
+            self.exclude_self,
+        )
     }
 
     /// Whether the energy is identically zero: no tokens (an empty sum), or a single token with
