@@ -3,6 +3,7 @@
 //! - [`conformance`]: the conformance runner and its case format, which replays reference cases
 //!   exported from the PyTorch originals (the `conformance` binary, and the golden tests of
 //!   `cargo test --workspace`).
+//! - [`plot`]: PNG grids of 8x8 digits (query / retrieved / original pictures).
 //! - [`data`]: the synthetic data sets of hflayers' demo notebooks (bit-pattern bags, latch
 //!   sequences), used by `train_hflayers`.
 //! - At the crate root: device choice, the bundled handwritten digits, mini-batching, binary
@@ -19,6 +20,7 @@
 
 pub mod conformance;
 pub mod data;
+pub mod plot;
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Result, Tensor, Var};

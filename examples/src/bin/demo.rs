@@ -6,7 +6,9 @@
 //! (`HopfieldConfig::pure_static()`, no parameters) retrieves. A query counts as retrieved when
 //! the output is closer (L2) to its original than to any other stored pattern; the label column
 //! block counts outputs nearest to an image of the same digit. Small beta averages many
-//! memories (a metastable mixture), large beta retrieves a single one.
+//! memories (a metastable mixture), large beta retrieves a single one. A PNG shows it: for each
+//! corruption, eight queries (one per digit 0-7), what a small and a large beta retrieve, and the
+//! originals (`--out`, default `target/demo_retrieval.png`).
 //!
 //! ```text
 //! cargo run --release -p hopfield-examples --bin demo
@@ -15,6 +17,7 @@
 use candle_core::{DType, Device, ModuleT, Result, Tensor, D};
 use candle_nn::{VarBuilder, VarMap};
 use clap::Parser;
+use hopfield_examples::plot::{digit_grid, min_max, GridRow, GridSection};
 use hopfield_examples::{device, digits_path, load_digits, DeviceChoice};
 use hopfield_nn::{
     Hopfield, HopfieldConfig, HopfieldInput, HopfieldPooling, HopfieldPoolingConfig, Masks,
@@ -35,9 +38,14 @@ struct Args {
     /// Seed of the corruptions.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Where the picture goes (PNG).
+    #[arg(long, default_value = "target/demo_retrieval.png")]
+    out: PathBuf,
 }
 
 const BETAS: [f64; 5] = [1.0, 8.0, 32.0, 128.0, 512.0];
+/// The betas of the picture: a metastable mixture and single-pattern retrieval.
+const PICTURE_BETAS: [f64; 2] = [8.0, 128.0];
 
 /// How a query is made from a stored image (pixels in [0, 1], 8x8 row-major).
 #[derive(Clone, Copy)]
@@ -110,7 +118,22 @@ fn nearest(retrieved: &Tensor, stored: &Tensor) -> Result<Vec<u32>> {
     dist.argmin(D::Minus1)?.to_vec1::<u32>()
 }
 
-fn retrieval_table(images: &Tensor, labels: &[u8], dev: &Device, seed: u64) -> Result<()> {
+/// The first image of each digit 0-7: the picture's columns.
+fn examples(labels: &[u8]) -> Vec<usize> {
+    (0..8u8)
+        .filter_map(|d| labels.iter().position(|&l| l == d))
+        .collect()
+}
+
+/// Prints the accuracy table and returns the picture's sections (one per corruption).
+fn retrieval_table(
+    images: &Tensor,
+    labels: &[u8],
+    dev: &Device,
+    seed: u64,
+) -> Result<Vec<GridSection>> {
+    let shown = examples(labels);
+    let mut sections = Vec::new();
     let stored = normalize_rows(&images.to_device(dev)?)?;
     let (m, e) = stored.dims2()?;
     let rows = images.to_vec2::<f32>()?;
@@ -134,6 +157,13 @@ fn retrieval_table(images: &Tensor, labels: &[u8], dev: &Device, seed: u64) -> R
     for c in corruptions {
         let mut rng = StdRng::seed_from_u64(seed);
         let queries: Vec<f32> = rows.iter().flat_map(|r| c.apply(r, &mut rng)).collect();
+        let mut picture = vec![GridRow {
+            label: "query".into(),
+            images: shown
+                .iter()
+                .map(|&i| queries[i * e..(i + 1) * e].to_vec())
+                .collect(),
+        }];
         let queries = normalize_rows(&Tensor::from_vec(queries, (m, e), dev)?)?;
         let (mut exact, mut label) = (Vec::new(), Vec::new());
         for &beta in &BETAS {
@@ -145,7 +175,15 @@ fn retrieval_table(images: &Tensor, labels: &[u8], dev: &Device, seed: u64) -> R
             let (y, r) = (stored.unsqueeze(0)?, queries.unsqueeze(0)?);
             let retrieved =
                 memory.forward_with(HopfieldInput::from((&y, &r, &y)), Masks::default(), false)?;
-            let found = nearest(&retrieved.squeeze(0)?, &stored)?;
+            let retrieved = retrieved.squeeze(0)?;
+            if PICTURE_BETAS.contains(&beta) {
+                let out = retrieved.to_device(&Device::Cpu)?.to_vec2::<f32>()?;
+                picture.push(GridRow {
+                    label: format!("retrieved, beta {beta}"),
+                    images: shown.iter().map(|&i| min_max(&out[i])).collect(),
+                });
+            }
+            let found = nearest(&retrieved, &stored)?;
             let frac = |ok: &dyn Fn(usize, usize) -> bool| {
                 found
                     .iter()
@@ -163,8 +201,16 @@ fn retrieval_table(images: &Tensor, labels: &[u8], dev: &Device, seed: u64) -> R
             print!("  ");
         }
         println!();
+        picture.push(GridRow {
+            label: "original".into(),
+            images: shown.iter().map(|&i| rows[i].clone()).collect(),
+        });
+        sections.push(GridSection {
+            title: c.label(),
+            rows: picture,
+        });
     }
-    Ok(())
+    Ok(sections)
 }
 
 fn pooling_demo(images: &Tensor, labels: &[u8], dev: &Device) -> Result<()> {
@@ -204,7 +250,15 @@ fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     let dev = device(args.device)?;
     let (images, labels) = load_digits(args.digits.unwrap_or_else(digits_path))?;
-    retrieval_table(&images, &labels, &dev, args.seed)?;
+    let sections = retrieval_table(&images, &labels, &dev, args.seed)?;
+    digit_grid(&args.out, &sections)?;
+    println!(
+        "\nwrote {}: per corruption, 8 queries (digits 0-7), what beta {} and beta {} retrieve, \
+         and the originals",
+        args.out.display(),
+        PICTURE_BETAS[0],
+        PICTURE_BETAS[1]
+    );
     pooling_demo(&images, &labels, &dev)?;
     Ok(())
 }
