@@ -1,11 +1,13 @@
 //! `HopfieldCore`: hflayers' association module (`hflayers.HopfieldCore`, the MultiheadAttention
 //! analogue) holding the projection weights, without input LayerNorms.
 
+use crate::stage::{LogitTransform, Patterns};
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 use hopfield_core::{
-    hopfield_core_forward_mapped, hopfield_core_output, hopfield_core_output_shared, CoreConfig,
-    CoreLayout, CoreOutput, CoreWeights, InputAffine, LogitMap, Masks,
+    hopfield_core_forward, hopfield_core_forward_mapped, hopfield_core_output,
+    hopfield_core_output_shared, CoreConfig, CoreLayout, CoreOutput, CoreWeights, InputAffine,
+    LogitMap, Masks,
 };
 
 /// The association core. Its weights live under the `association_core` prefix inside
@@ -66,7 +68,7 @@ impl HopfieldCore {
         masks: Masks,
         train: bool,
     ) -> Result<CoreOutput> {
-        self.forward_batch_major_mapped(query, key, value, masks, train, None)
+        hopfield_core_forward(query, key, value, &self.weights, &self.config, masks, train)
     }
 
     /// The output of [`forward_batch_major`](Self::forward_batch_major) alone, through the fused
@@ -95,26 +97,35 @@ impl HopfieldCore {
         hopfield_core_output_shared(z, affines, &self.weights, &self.config, masks, train)
     }
 
-    /// [`forward_batch_major`](Self::forward_batch_major) with a transform of the association
-    /// logits (see [`LogitMap`]).
-    pub fn forward_batch_major_mapped(
+    /// [`forward_batch_major`](Self::forward_batch_major) on the patterns of the module's
+    /// pipeline, with the logit transform of its stage if any (see
+    /// [`PatternStage`](crate::stage::PatternStage)).
+    pub(crate) fn associate(
         &self,
-        query: &Tensor,
-        key: &Tensor,
-        value: &Tensor,
+        patterns: &Patterns,
+        logits: Option<&dyn LogitTransform>,
         masks: Masks,
         train: bool,
-        logit_map: Option<LogitMap>,
     ) -> Result<CoreOutput> {
+        let Patterns {
+            stored,
+            state,
+            projection,
+        } = patterns;
+        let Some(logits) = logits else {
+            return self.forward_batch_major(state, stored, projection, masks, train);
+        };
+        // hopfield-core takes the transform as a closure; the typed trait stops here.
+        let map = |x: &Tensor| logits.transform(x);
         hopfield_core_forward_mapped(
-            query,
-            key,
-            value,
+            state,
+            stored,
+            projection,
             &self.weights,
             &self.config,
             masks,
             train,
-            logit_map,
+            Some(&map as LogitMap),
         )
     }
 

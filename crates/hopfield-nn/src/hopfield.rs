@@ -3,6 +3,7 @@
 use crate::association_core::HopfieldCore;
 use crate::config::{HopfieldConfig, NormSpec};
 use crate::norm::LayerNorm;
+use crate::stage::{PatternStage, Patterns};
 use candle_core::{ModuleT, Result, Tensor};
 use candle_nn::VarBuilder;
 use hopfield_core::error::{expect_float, expect_shape};
@@ -149,15 +150,53 @@ impl Hopfield {
         masks: Masks,
         train: bool,
     ) -> Result<HopfieldOutput> {
-        let (stored, state, projection) = self.normalized_inputs(input)?;
-        let out = self.association_core.forward_batch_major(
-            &state,
-            &stored,
-            &projection,
+        let p = self.normalized_inputs(input)?;
+        self.finish(self.association_core.associate(&p, None, masks, train)?)
+    }
+
+    /// [`forward_full`](Self::forward_full) with `stage` between the input LayerNorms and the
+    /// association core (see [`PatternStage`]), returning the stage's report too. The stage
+    /// sees the checked, normalised, batch-major patterns; the core associates what it returns.
+    /// [`DiffusedHopfield`](crate::DiffusedHopfield) is this with diffusion as the stage.
+    ///
+    /// ```
+    /// use candle_core::{DType, Device, Result, Tensor};
+    /// use candle_nn::{VarBuilder, VarMap};
+    /// use hopfield_nn::stage::{PatternStage, Patterns, Staged};
+    /// use hopfield_nn::{Hopfield, HopfieldConfig, HopfieldInput, Masks};
+    /// /// Associates with the stored patterns' mean only.
+    /// struct MeanMemory;
+    /// impl PatternStage for MeanMemory {
+    ///     type Report = ();
+    ///     fn stage(&self, p: Patterns, _masks: Masks) -> Result<Staged<()>> {
+    ///         let stored = p.stored.mean_keepdim(1)?;
+    ///         let projection = p.projection.mean_keepdim(1)?;
+    ///         Ok(Staged::patterns(Patterns { stored, projection, ..p }, ()))
+    ///     }
+    /// }
+    /// let map = VarMap::new();
+    /// let hopfield = Hopfield::new(HopfieldConfig::new(8),
+    ///     VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu))?;
+    /// let x = Tensor::randn(0f32, 1., (2, 5, 8), &Device::Cpu)?;
+    /// let (out, ()) = hopfield.forward_staged(HopfieldInput::Single(&x), &MeanMemory, Masks::default(), false)?;
+    /// assert_eq!(out.association.dims(), &[2, 1, 5, 1]); // one memory per sample
+    /// # Ok::<(), candle_core::Error>(())
+    /// ```
+    pub fn forward_staged<S: PatternStage + ?Sized>(
+        &self,
+        input: HopfieldInput,
+        stage: &S,
+        masks: Masks,
+        train: bool,
+    ) -> Result<(HopfieldOutput, S::Report)> {
+        let staged = stage.stage(self.normalized_inputs(input)?, masks)?;
+        let out = self.association_core.associate(
+            &staged.patterns,
+            staged.logits.as_deref(),
             masks,
             train,
         )?;
-        self.finish(out)
+        Ok((self.finish(out)?, staged.report))
     }
 
     /// An input in the module's layout as `(N, T, features)` (a free transpose for
@@ -207,9 +246,9 @@ impl Hopfield {
             .map(Some)
     }
 
-    /// Checks the inputs, makes them batch-major and applies the input LayerNorms:
-    /// `(stored, state, projection)`, what the association core receives.
-    pub fn normalized_inputs(&self, input: HopfieldInput) -> Result<(Tensor, Tensor, Tensor)> {
+    /// Checks the inputs, makes them batch-major and applies the input LayerNorms: what the
+    /// association core (or a stage before it) receives.
+    fn normalized_inputs(&self, input: HopfieldInput) -> Result<Patterns> {
         let (stored, state, projection) = input.parts();
         self.check_inputs(stored, state, projection)?;
         let batch_major = |x: &Tensor| self.batch_major(x);
@@ -230,22 +269,26 @@ impl Hopfield {
                     Some(n) => n.affine(&z),
                     None => Ok(x.clone()),
                 };
-                return Ok((apply(norms[0])?, apply(norms[1])?, apply(norms[2])?));
+                return Ok(Patterns {
+                    stored: apply(norms[0])?,
+                    state: apply(norms[1])?,
+                    projection: apply(norms[2])?,
+                });
             }
         }
         let norm = |n: &Option<LayerNorm>, x: &Tensor| match n {
             Some(n) => n.forward(&batch_major(x)?),
             None => batch_major(x),
         };
-        Ok((
-            norm(&self.norm_stored_pattern, stored)?,
-            norm(&self.norm_state_pattern, state)?,
-            norm(&self.norm_pattern_projection, projection)?,
-        ))
+        Ok(Patterns {
+            stored: norm(&self.norm_stored_pattern, stored)?,
+            state: norm(&self.norm_state_pattern, state)?,
+            projection: norm(&self.norm_pattern_projection, projection)?,
+        })
     }
 
     /// Turns the core's batch-major result into the module's output: layout and activation.
-    pub fn finish(&self, out: CoreOutput) -> Result<HopfieldOutput> {
+    fn finish(&self, out: CoreOutput) -> Result<HopfieldOutput> {
         Ok(HopfieldOutput {
             output: self.finish_output(out.output)?,
             association: out.association,
@@ -380,11 +423,11 @@ impl Hopfield {
         if let Some(y) = self.forward_self_association(input, masks, train)? {
             return self.finish_output(y);
         }
-        let (stored, state, projection) = self.normalized_inputs(input)?;
+        let p = self.normalized_inputs(input)?;
         let y = self.association_core.forward_output_batch_major(
-            &state,
-            &stored,
-            &projection,
+            &p.state,
+            &p.stored,
+            &p.projection,
             masks,
             train,
         )?;

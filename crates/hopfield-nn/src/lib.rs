@@ -37,6 +37,7 @@ pub mod hopfield;
 pub mod layer;
 pub mod norm;
 pub mod pooling;
+pub mod stage;
 pub mod transformer;
 
 pub use activation::Activation;
@@ -51,6 +52,7 @@ pub use hopfield_core::{
 pub use layer::{HopfieldLayer, HopfieldLayerConfig};
 pub use norm::LayerNorm;
 pub use pooling::{HopfieldPooling, HopfieldPoolingConfig};
+pub use stage::{LogitTransform, PatternStage, Patterns, Staged};
 pub use transformer::{
     DecoderMasks, HopfieldDecoderLayer, HopfieldEncoderLayer, TransformerLayerConfig,
 };
