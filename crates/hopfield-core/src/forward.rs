@@ -200,12 +200,33 @@ pub(crate) fn retrieval_spec(
         .with_zero_association(cfg.add_zero_association))
 }
 
-/// A transform of the association logits `(N, H, L, S')`, applied at every step before the
-/// masks (e.g. diffusion of the logits over a graph of the stored patterns). `S'` includes the
-/// zero pattern of `add_zero_association`.
-pub type LogitMap<'a> = &'a dyn Fn(&Tensor) -> Result<Tensor>;
+/// A transform of the association logits `beta q k^T`, `(N, H, L, S')`, applied at every update
+/// step before the masks and the softmax (e.g. diffusion of the logits over a graph of the stored
+/// patterns, as `hopfield-nn`'s `DiffusedHopfield` does). `S'` counts the zero pattern of
+/// `add_zero_association`, so a transform that acts on the stored patterns leaves the last column
+/// alone when `S' > S`. Must keep the shape.
+///
+/// ```
+/// use candle_core::{Result, Tensor};
+/// use hopfield_core::LogitTransform;
+/// /// Sharpens every association as if beta were doubled.
+/// struct Double;
+/// impl LogitTransform for Double {
+///     fn transform(&self, logits: &Tensor) -> Result<Tensor> {
+///         logits * 2.0
+///     }
+/// }
+/// let l = Tensor::new(&[1f64, -1.], &candle_core::Device::Cpu)?;
+/// assert_eq!(Double.transform(&l)?.to_vec1::<f64>()?, vec![2., -2.]);
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+pub trait LogitTransform {
+    /// The transformed logits.
+    fn transform(&self, logits: &Tensor) -> Result<Tensor>;
+}
 
-/// [`hopfield_core_forward`] with an optional [`LogitMap`].
+/// [`hopfield_core_forward`] with an optional [`LogitTransform`] (the explicit association path:
+/// the transform needs the logits).
 #[allow(clippy::too_many_arguments)]
 pub fn hopfield_core_forward_mapped(
     query: &Tensor,
@@ -215,7 +236,7 @@ pub fn hopfield_core_forward_mapped(
     cfg: &CoreConfig,
     masks: Masks,
     train: bool,
-    logit_map: Option<LogitMap>,
+    logits: Option<&dyn LogitTransform>,
 ) -> Result<CoreOutput> {
     let Prepared {
         q,
@@ -236,7 +257,7 @@ pub fn hopfield_core_forward_mapped(
         k = Tensor::cat(&[&k, &Tensor::zeros((n, heads, 1, hd), dtype, dev)?], 2)?;
         v = Tensor::cat(&[&v, &Tensor::zeros((n, heads, 1, pd), dtype, dev)?], 2)?;
     }
-    let (xi, schedule) = explicit_updates(&q, &k, mask.as_ref(), cfg, logit_map)?;
+    let (xi, schedule) = explicit_updates(&q, &k, mask.as_ref(), cfg, logits)?;
 
     let a = if train && cfg.dropout > 0.0 {
         crate::rng::dropout(&xi, cfg.dropout)?

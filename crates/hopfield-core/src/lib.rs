@@ -46,7 +46,7 @@ pub use config::{CoreConfig, OnNoConvergence, Scaling, StepsEps, UpdateSteps};
 pub use error::HopfieldError;
 pub use forward::{
     fused_retrieval_enabled, hopfield_core_forward, hopfield_core_forward_mapped,
-    hopfield_core_output, set_fused_retrieval, CoreOutput, LogitMap,
+    hopfield_core_output, set_fused_retrieval, CoreOutput, LogitTransform,
 };
 pub use masks::Masks;
 pub use self_association::{hopfield_core_output_shared, InputAffine};

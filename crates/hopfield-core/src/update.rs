@@ -5,7 +5,7 @@
 
 use crate::config::CoreConfig;
 use crate::error::HopfieldError;
-use crate::forward::LogitMap;
+use crate::forward::LogitTransform;
 use crate::ops::masked_softmax;
 use crate::steps::Schedule;
 use candle_core::{DType, Result, Tensor};
@@ -58,7 +58,7 @@ pub(crate) fn explicit_updates(
     k: &Tensor,
     mask: Option<&Tensor>,
     cfg: &CoreConfig,
-    logit_map: Option<LogitMap>,
+    transform: Option<&dyn LogitTransform>,
 ) -> Result<(Tensor, Schedule)> {
     let (n, heads) = (q.dim(0)?, q.dim(1)?);
     let (dtype, dev) = (q.dtype(), q.device());
@@ -80,8 +80,8 @@ pub(crate) fn explicit_updates(
         // Same semantics as the fused kernel: NaN or +inf logits (inputs too large for the
         // dtype) are an error, not a softmax of infinities.
         hopfield_cuda::expect_logits_in_range(&logits, state.dims())?;
-        let logits = match logit_map {
-            Some(f) => f(&logits)?,
+        let logits = match transform {
+            Some(t) => t.transform(&logits)?,
             None => logits,
         };
         match mask {

@@ -7,7 +7,7 @@ use candle_nn::VarBuilder;
 use hopfield_core::{
     hopfield_core_forward, hopfield_core_forward_mapped, hopfield_core_output,
     hopfield_core_output_shared, CoreConfig, CoreLayout, CoreOutput, CoreWeights, InputAffine,
-    LogitMap, Masks,
+    Masks,
 };
 
 /// The association core. Its weights live under the `association_core` prefix inside
@@ -87,7 +87,7 @@ impl HopfieldCore {
     /// [`forward_output_batch_major`](Self::forward_output_batch_major) for self-association from
     /// one standardised input, the three input LayerNorms' affine parts given separately
     /// ([`hopfield_core_output_shared`]: one packed GEMM for the three projections).
-    pub fn forward_output_shared(
+    pub(crate) fn forward_output_shared(
         &self,
         z: &Tensor,
         affines: [InputAffine; 3],
@@ -115,8 +115,6 @@ impl HopfieldCore {
         let Some(logits) = logits else {
             return self.forward_batch_major(state, stored, projection, masks, train);
         };
-        // hopfield-core takes the transform as a closure; the typed trait stops here.
-        let map = |x: &Tensor| logits.transform(x);
         hopfield_core_forward_mapped(
             state,
             stored,
@@ -125,7 +123,7 @@ impl HopfieldCore {
             &self.config,
             masks,
             train,
-            Some(&map as LogitMap),
+            Some(logits),
         )
     }
 

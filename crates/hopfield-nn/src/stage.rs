@@ -22,14 +22,7 @@ pub struct Patterns {
     pub projection: Tensor,
 }
 
-/// A transform of the association logits `beta q k^T`, `(N, H, L, S')`, applied at every update
-/// step before the masks and the softmax. `S'` counts the zero pattern of
-/// `add_zero_association`, so a transform that acts on the stored patterns leaves the last
-/// column alone when `S' > S`. Must keep the shape.
-pub trait LogitTransform {
-    /// The transformed logits.
-    fn transform(&self, logits: &Tensor) -> Result<Tensor>;
-}
+pub use hopfield_core::LogitTransform;
 
 /// What a [`PatternStage`] hands on for one call.
 pub struct Staged<R> {
