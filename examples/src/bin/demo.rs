@@ -41,6 +41,9 @@ struct Args {
     /// Where the picture goes (PNG).
     #[arg(long, default_value = "target/demo_retrieval.png")]
     out: PathBuf,
+    /// Store only the first N digits, at least 32 (quick runs; default: all 1797).
+    #[arg(long)]
+    stored: Option<usize>,
 }
 
 const BETAS: [f64; 5] = [1.0, 8.0, 32.0, 128.0, 512.0];
@@ -249,7 +252,12 @@ fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
     hopfield_cuda::tune_allocator();
     let args = Args::parse();
     let dev = device(args.device)?;
-    let (images, labels) = load_digits(args.digits.unwrap_or_else(digits_path))?;
+    let (mut images, mut labels) = load_digits(args.digits.unwrap_or_else(digits_path))?;
+    if let Some(n) = args.stored {
+        let n = n.clamp(32, labels.len());
+        images = images.narrow(0, 0, n)?;
+        labels.truncate(n);
+    }
     let sections = retrieval_table(&images, &labels, &dev, args.seed)?;
     digit_grid(&args.out, &sections)?;
     println!(

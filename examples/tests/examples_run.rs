@@ -1,0 +1,87 @@
+//! The example binaries a newcomer runs first, run end to end at tiny sizes: they finish, print
+//! what they promise (the summary, the picture's path, `mil_digits`' last line) and write their
+//! PNG.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn out_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("hopfield_examples_run_{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+fn run(exe: &str, args: &[&str]) -> String {
+    let out = Command::new(exe).args(args).output().expect("binary runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{exe} {args:?} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+fn is_png(path: &PathBuf) -> bool {
+    std::fs::read(path).is_ok_and(|b| b.starts_with(b"\x89PNG\r\n\x1a\n"))
+}
+
+#[test]
+fn mil_digits_trains_both_models_and_ends_with_the_accuracy_line() {
+    let png = out_dir("mil.png");
+    let stdout = run(
+        env!("CARGO_BIN_EXE_mil_digits"),
+        &[
+            "--device",
+            "cpu",
+            "--train-bags",
+            "48",
+            "--test-bags",
+            "16",
+            "--epochs",
+            "2",
+            "--seeds",
+            "1",
+            "--max-bag",
+            "10",
+            "--out",
+            png.to_str().unwrap(),
+        ],
+    );
+    assert!(stdout.contains("HopfieldPooling") && stdout.contains("gated attention"));
+    let last = stdout.lines().last().unwrap_or_default();
+    let acc: f64 = last
+        .strip_prefix("test accuracy ")
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("last line {last:?}"));
+    assert!((0.0..=1.0).contains(&acc));
+    assert!(is_png(&png));
+}
+
+#[test]
+fn bad_bag_sizes_are_refused() {
+    let out = Command::new(env!("CARGO_BIN_EXE_mil_digits"))
+        .args(["--min-bag", "9", "--max-bag", "4"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--min-bag"));
+}
+
+#[test]
+fn demo_writes_its_picture() {
+    let png = out_dir("demo.png");
+    let stdout = run(
+        env!("CARGO_BIN_EXE_demo"),
+        &[
+            "--device",
+            "cpu",
+            "--stored",
+            "200",
+            "--out",
+            png.to_str().unwrap(),
+        ],
+    );
+    assert!(stdout.contains(&format!("wrote {}", png.display())));
+    assert!(is_png(&png));
+}
