@@ -85,3 +85,34 @@ fn demo_writes_its_picture() {
     assert!(stdout.contains(&format!("wrote {}", png.display())));
     assert!(is_png(&png));
 }
+
+#[test]
+fn paper_claims_run_and_draw() {
+    let stdout = run(
+        env!("CARGO_BIN_EXE_paper"),
+        &["--device", "cpu", "--patterns", "120", "one-step"],
+    );
+    assert!(stdout.contains("after 1 update") && stdout.contains("digits (clustered)"));
+    let (plot, pictures) = (out_dir("fixed.png"), out_dir("regimes.png"));
+    let stdout = run(
+        env!("CARGO_BIN_EXE_paper"),
+        &[
+            "--device",
+            "cpu",
+            "--patterns",
+            "120",
+            "fixed-points",
+            "--plot",
+            plot.to_str().unwrap(),
+            "--pictures",
+            pictures.to_str().unwrap(),
+        ],
+    );
+    // Large beta: every query is its own fixed point (one pattern carries the mass).
+    let last_row = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("4096"))
+        .expect("beta 4096 row");
+    assert!(last_row.contains("1.0"), "{last_row}");
+    assert!(is_png(&plot) && is_png(&pictures));
+}

@@ -1,0 +1,373 @@
+//! Claims of "Hopfield Networks is All You Need" (Ramsauer et al., 2021), measured with this
+//! library on real handwritten digits and on random patterns. One subcommand per claim:
+//!
+//! * `one-step`: the modern Hopfield update `xi <- X softmax(beta X^T xi)` retrieves a stored
+//!   pattern after one update when the patterns are well separated; clustered patterns (the
+//!   digits) need a larger beta, and further updates change little.
+//! * `fixed-points`: as beta grows the fixed points move from the global average (all patterns
+//!   share the softmax mass) through metastable states (a few similar patterns share it) to single
+//!   patterns; measured with the paper's count of the patterns that carry 90% of the mass.
+//!
+//! Every update is `Hopfield` in pure static retrieval (`HopfieldConfig::pure_static()`, no
+//! parameters), the layer users call. Results: `docs/paper.md`.
+//!
+//! ```text
+//! cargo run --release -p hopfield-examples --bin paper -- one-step
+//! cargo run --release -p hopfield-examples --bin paper -- fixed-points
+//! ```
+
+use candle_core::{DType, Device, Result, Tensor, D};
+use candle_nn::VarBuilder;
+use clap::{Parser, Subcommand};
+use hopfield_examples::plot::{digit_grid, min_max, GridRow, GridSection};
+use hopfield_examples::{device, digits_path, load_digits, DeviceChoice};
+use hopfield_nn::{Hopfield, HopfieldConfig, HopfieldInput, Masks};
+use plotters::prelude::*;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    about = "The paper's claims, measured: one-step retrieval and the three kinds of fixed points"
+)]
+struct Args {
+    /// Where to run: auto, cpu, cuda, cuda:N.
+    #[arg(long, default_value = "auto", global = true)]
+    device: DeviceChoice,
+    /// Seed of the random patterns and the query noise.
+    #[arg(long, default_value_t = 0, global = true)]
+    seed: u64,
+    /// Store only the first N digits, at least 16 (quick runs; default: all 1797).
+    #[arg(long, global = true)]
+    patterns: Option<usize>,
+    #[command(subcommand)]
+    claim: Claim,
+}
+
+#[derive(Subcommand, Debug)]
+enum Claim {
+    /// Retrieval error after 1, 2 and 3 updates, for random (well-separated) patterns and for
+    /// the digits (clustered).
+    OneStep {
+        /// Standard deviation of the Gaussian noise added to each pixel of a query (patterns
+        /// have unit norm, so 1/sqrt(64) = 0.125 is a noise as large as the pattern).
+        #[arg(long, default_value_t = 0.1)]
+        noise: f64,
+    },
+    /// The 90%-mass count as beta varies, for the digits and for random patterns, with a plot
+    /// and pictures of each regime.
+    FixedPoints {
+        /// The plot of the mean count against beta (PNG).
+        #[arg(long, default_value = "target/paper_fixed_points.png")]
+        plot: PathBuf,
+        /// The pictures of retrieved digits in each regime (PNG).
+        #[arg(long, default_value = "target/paper_regimes.png")]
+        pictures: PathBuf,
+    },
+}
+
+/// Centres every row and scales it to unit norm (the paper's patterns live on a sphere).
+fn normalize_rows(x: &Tensor) -> Result<Tensor> {
+    let c = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
+    let n = c
+        .sqr()?
+        .sum_keepdim(D::Minus1)?
+        .sqrt()?
+        .clamp(1e-6, f64::INFINITY)?;
+    c.broadcast_div(&n)
+}
+
+/// The digits (pixels in [0, 1]) and labels, the first `limit` of them when given.
+fn digits(limit: Option<usize>) -> Result<(Tensor, Vec<u8>)> {
+    let (mut images, mut labels) = load_digits(digits_path())?;
+    if let Some(n) = limit {
+        let n = n.clamp(16, labels.len());
+        images = images.narrow(0, 0, n)?;
+        labels.truncate(n);
+    }
+    Ok((images, labels))
+}
+
+/// Random patterns of the digits' size, normalised the same way.
+fn random_patterns(n: usize, d: usize, rng: &mut StdRng, dev: &Device) -> Result<Tensor> {
+    let v: Vec<f32> = (0..n * d).map(|_| rng.random::<f32>()).collect();
+    normalize_rows(&Tensor::from_vec(v, (n, d), dev)?)
+}
+
+/// `steps` updates of the states `xi` `(M, d)` against stored `x` `(N, d)`.
+fn update(x: &Tensor, xi: &Tensor, beta: f64, steps: usize) -> Result<Tensor> {
+    let memory = Hopfield::new(
+        HopfieldConfig::pure_static().with_scaling(beta),
+        VarBuilder::zeros(DType::F32, x.device()),
+    )?;
+    let y = x.unsqueeze(0)?;
+    let mut state = xi.unsqueeze(0)?;
+    for _ in 0..steps {
+        state = memory.forward_with(
+            HopfieldInput::from((&y, &state, &y)),
+            Masks::default(),
+            false,
+        )?;
+    }
+    state.squeeze(0)
+}
+
+/// Fraction of rows of `xi` whose nearest stored pattern (largest dot product: all rows of `x`
+/// have unit norm) is not the one they came from.
+fn error_rate(x: &Tensor, xi: &Tensor) -> Result<f64> {
+    let nearest = xi.matmul(&x.t()?)?.argmax(D::Minus1)?.to_vec1::<u32>()?;
+    let wrong = nearest
+        .iter()
+        .enumerate()
+        .filter(|&(i, &n)| i != n as usize)
+        .count();
+    Ok(wrong as f64 / nearest.len() as f64)
+}
+
+/// Mean distance `|xi - x_i|` of each state to the pattern it came from.
+fn mean_distance(x: &Tensor, xi: &Tensor) -> Result<f64> {
+    (xi - x)?
+        .sqr()?
+        .sum(D::Minus1)?
+        .sqrt()?
+        .mean_all()?
+        .to_dtype(DType::F64)?
+        .to_scalar()
+}
+
+fn one_step(dev: &Device, seed: u64, noise: f64, limit: Option<usize>) -> Result<()> {
+    let (images, _) = digits(limit)?;
+    let digits = normalize_rows(&images.to_device(dev)?)?;
+    let (n, d) = digits.dims2()?;
+    let mut rng = StdRng::seed_from_u64(seed);
+    let random = random_patterns(n, d, &mut rng, dev)?;
+    println!(
+        "One-step retrieval: {n} stored patterns of d = {d} (unit norm), queries = the stored"
+    );
+    println!(
+        "patterns + Gaussian noise sd {noise} per pixel, renormalised; error = nearest stored"
+    );
+    println!("pattern is not the original; distance = mean |xi - x| (patterns have norm 1)\n");
+    println!(
+        "{:<40} {:>6}  {:>17} {:>17} {:>17}",
+        "patterns", "beta", "after 1 update", "after 2", "after 3"
+    );
+    for (name, x) in [
+        ("random (well separated)", &random),
+        ("digits (clustered)", &digits),
+    ] {
+        let noisy: Vec<f32> = (0..n * d)
+            .map(|_| {
+                let (u1, u2) = (1.0 - rng.random::<f64>(), rng.random::<f64>());
+                ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos() * noise) as f32
+            })
+            .collect();
+        let queries = normalize_rows(&(x + Tensor::from_vec(noisy, (n, d), dev)?)?)?;
+        // How similar the patterns are: the mean of each pattern's largest dot product with another.
+        let sims = x.matmul(&x.t()?)?.to_vec2::<f32>()?;
+        let max_other = sims
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                r.iter()
+                    .enumerate()
+                    .filter(|&(j, _)| j != i)
+                    .fold(f32::MIN, |a, (_, &v)| a.max(v))
+            })
+            .sum::<f32>()
+            / n as f32;
+        let label = format!("{name}, max cos {max_other:.2}");
+        print!("{label:<40} {:>6}  ", "query");
+        println!(
+            "{:>17}",
+            format!(
+                "{:.3} / {:.3}",
+                error_rate(x, &queries)?,
+                mean_distance(x, &queries)?
+            )
+        );
+        for beta in [8.0, 32.0, 128.0, 512.0] {
+            print!("{:<40} {beta:>6}  ", "");
+            let mut state = queries.clone();
+            for _ in 0..3 {
+                state = update(x, &state, beta, 1)?;
+                print!(
+                    "{:>17} ",
+                    format!(
+                        "{:.3} / {:.3}",
+                        error_rate(x, &state)?,
+                        mean_distance(x, &state)?
+                    )
+                );
+            }
+            println!();
+        }
+    }
+    println!("\n(each cell: error / distance)");
+    Ok(())
+}
+
+/// For every row of the softmax `P` `(M, N)`, how many patterns carry 90% of its mass.
+fn mass_counts(p: &Tensor) -> Result<Vec<usize>> {
+    Ok(p.to_vec2::<f32>()?
+        .into_iter()
+        .map(|mut row| {
+            row.sort_by(|a, b| b.total_cmp(a));
+            let mut acc = 0.0;
+            row.iter()
+                .take_while(|&&w| {
+                    let before = acc;
+                    acc += w;
+                    before < 0.9
+                })
+                .count()
+        })
+        .collect())
+}
+
+/// The association `softmax(beta Q X^T)` of queries `q` against stored `x`.
+fn association(x: &Tensor, q: &Tensor, beta: f64) -> Result<Tensor> {
+    let memory = Hopfield::new(
+        HopfieldConfig::pure_static().with_scaling(beta),
+        VarBuilder::zeros(DType::F32, x.device()),
+    )?;
+    let (y, r) = (x.unsqueeze(0)?, q.unsqueeze(0)?);
+    memory
+        .association_matrix(HopfieldInput::from((&y, &r, &y)), Masks::default())?
+        .squeeze(0)?
+        .squeeze(0)
+}
+
+fn fixed_points(
+    dev: &Device,
+    seed: u64,
+    (plot, pictures): (&PathBuf, &PathBuf),
+    limit: Option<usize>,
+) -> std::result::Result<(), Box<dyn std::error::Error>> {
+    let (images, labels) = digits(limit)?;
+    let digits = normalize_rows(&images.to_device(dev)?)?;
+    let (n, d) = digits.dims2()?;
+    let mut rng = StdRng::seed_from_u64(seed);
+    let random = random_patterns(n, d, &mut rng, dev)?;
+    let betas: Vec<f64> = (0..=12).map(|i| 2f64.powi(i)).collect();
+    println!("Fixed points: each stored pattern is the query; after one update, how many patterns");
+    println!("carry 90% of the softmax mass (mean over the {n} queries; {n} = global average,");
+    println!("1 = a single pattern; in between: metastable states)\n");
+    println!(
+        "{:>8} {:>12} {:>12} {:>14}",
+        "beta", "digits", "random", "digits: k = 1"
+    );
+    let mut curves: [Vec<(f64, f64)>; 2] = [Vec::new(), Vec::new()];
+    for &beta in &betas {
+        let mut means = [0.0; 2];
+        let mut single = 0.0;
+        for (i, x) in [&digits, &random].into_iter().enumerate() {
+            let k = mass_counts(&association(x, x, beta)?)?;
+            means[i] = k.iter().sum::<usize>() as f64 / k.len() as f64;
+            if i == 0 {
+                single = k.iter().filter(|&&c| c == 1).count() as f64 / k.len() as f64;
+            }
+            curves[i].push((beta, means[i]));
+        }
+        println!(
+            "{beta:>8} {:>12.1} {:>12.1} {:>13.1}%",
+            means[0],
+            means[1],
+            100.0 * single
+        );
+    }
+    draw_curves(plot, &curves, n)?;
+    println!("\nwrote {}", plot.display());
+    // Pictures: the first image of each digit, retrieved (one update) in the three regimes.
+    let shown: Vec<usize> = (0..10u8)
+        .filter_map(|c| labels.iter().position(|&l| l == c))
+        .collect();
+    let idx = Tensor::new(shown.iter().map(|&i| i as u32).collect::<Vec<_>>(), dev)?;
+    let queries = digits.index_select(&idx, 0)?;
+    let pixels = images.to_vec2::<f32>()?;
+    let mut rows = vec![GridRow {
+        label: "query (stored)".into(),
+        images: shown.iter().map(|&i| pixels[i].clone()).collect(),
+    }];
+    for (beta, what) in [
+        (1.0, "global average"),
+        (16.0, "metastable"),
+        (512.0, "single pattern"),
+    ] {
+        let out = update(&digits, &queries, beta, 1)?.to_vec2::<f32>()?;
+        rows.push(GridRow {
+            label: format!("beta {beta}: {what}"),
+            images: out.iter().map(|r| min_max(r)).collect(),
+        });
+    }
+    digit_grid(
+        pictures,
+        &[GridSection {
+            title: "one update of each digit's first image, in the three regimes".into(),
+            rows,
+        }],
+    )?;
+    println!("wrote {}", pictures.display());
+    Ok(())
+}
+
+fn draw_curves(
+    path: &PathBuf,
+    curves: &[Vec<(f64, f64)>; 2],
+    n: usize,
+) -> std::result::Result<(), Box<dyn std::error::Error>> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let root = BitMapBackend::new(path, (720, 440)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let beta_max = curves[0].last().map_or(1.0, |p| p.0);
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "patterns carrying 90% of the softmax mass after one update",
+            ("sans-serif", 16),
+        )
+        .margin(15)
+        .x_label_area_size(35)
+        .y_label_area_size(55)
+        .build_cartesian_2d(
+            (1f64..beta_max).log_scale(),
+            (0.8f64..n as f64 * 1.2).log_scale(),
+        )?;
+    chart
+        .configure_mesh()
+        .x_desc("beta")
+        .y_desc("patterns (mean over queries)")
+        .draw()?;
+    for (curve, (name, color)) in curves.iter().zip([("digits", BLUE), ("random", RED)]) {
+        chart
+            .draw_series(LineSeries::new(
+                curve.iter().copied(),
+                color.stroke_width(2),
+            ))?
+            .label(name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+        chart.draw_series(curve.iter().map(|&p| Circle::new(p, 3, color.filled())))?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
+    hopfield_cuda::tune_allocator();
+    let args = Args::parse();
+    let dev = device(args.device)?;
+    match args.claim {
+        Claim::OneStep { noise } => one_step(&dev, args.seed, noise, args.patterns)?,
+        Claim::FixedPoints { plot, pictures } => {
+            fixed_points(&dev, args.seed, (&plot, &pictures), args.patterns)?
+        }
+    }
+    Ok(())
+}
