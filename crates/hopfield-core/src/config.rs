@@ -151,7 +151,7 @@ pub struct CoreConfig {
     pub max_convergence_steps: usize,
     /// What happens at the cap.
     pub on_no_convergence: OnNoConvergence,
-    /// Dropout probability on the final association (training only).
+    /// Dropout probability on the final association (training only), in [0, 1].
     pub dropout: f64,
     /// Append an all-zero stored pattern and projection (never masked).
     pub add_zero_association: bool,
@@ -216,16 +216,21 @@ impl CoreConfig {
         self.scaling.per_head(heads)?;
         self.update_steps_max.per_head(heads)?;
         self.update_steps_eps.per_head(heads)?;
-        if !(0.0..1.0).contains(&self.dropout) {
+        // torch accepts p = 1 (everything dropped in training, nothing in eval).
+        if !(0.0..=1.0).contains(&self.dropout) {
             return Err(HopfieldError::Config {
                 field: "dropout",
-                reason: format!("must be in [0, 1), got {}", self.dropout),
+                reason: format!("must be in [0, 1], got {}", self.dropout),
             });
         }
-        if self.normalize_pattern_eps.is_nan() || self.normalize_pattern_eps <= 0.0 {
+        // torch's LayerNorm accepts eps = 0 (a constant row then standardises to 0 here).
+        if !(self.normalize_pattern_eps >= 0.0 && self.normalize_pattern_eps.is_finite()) {
             return Err(HopfieldError::Config {
                 field: "normalize_pattern_eps",
-                reason: format!("must be > 0, got {}", self.normalize_pattern_eps),
+                reason: format!(
+                    "must be >= 0 and finite, got {}",
+                    self.normalize_pattern_eps
+                ),
             });
         }
         if self.max_convergence_steps == 0 {
@@ -269,6 +274,15 @@ mod tests {
                 ..
             })
         ));
-        assert!(CoreConfig::default().with_dropout(1.0).validate(1).is_err());
+        assert!(CoreConfig::default().with_dropout(1.0).validate(1).is_ok());
+        assert!(CoreConfig::default().with_dropout(1.5).validate(1).is_err());
+        assert!(CoreConfig::default()
+            .with_normalize_pattern_eps(0.0)
+            .validate(1)
+            .is_ok());
+        assert!(CoreConfig::default()
+            .with_normalize_pattern_eps(-1e-5)
+            .validate(1)
+            .is_err());
     }
 }

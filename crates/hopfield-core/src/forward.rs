@@ -8,7 +8,7 @@
 
 use crate::config::CoreConfig;
 use crate::error::{expect_float, expect_shape, HopfieldError};
-use crate::heads::{heads_major, project};
+use crate::heads::{heads_major, project, split_heads};
 use crate::masks::additive_mask;
 pub use crate::masks::Masks;
 use crate::ops::{layer_norm, linear};
@@ -313,7 +313,7 @@ fn prepare(
     } else {
         layout.head_dim
     };
-    let pd = if vs && layout.out_dim.is_none() {
+    let pd = if vs && layout.out_dim.is_none() && !layout.value_through_key() {
         value.dims().last().copied().unwrap_or(0)
     } else {
         layout.pattern_dim
@@ -323,7 +323,11 @@ fn prepare(
     expect_float("pattern projection (value)", value)?;
     let q_in = if qs { hd } else { layout.embed_dim };
     let k_in = if ks { hd } else { layout.kdim };
-    let v_in = if vs { pd } else { layout.vdim };
+    let v_in = if vs && !layout.value_through_key() {
+        pd
+    } else {
+        layout.vdim
+    };
     expect_shape(
         "state pattern (query)",
         query.dims(),
@@ -379,13 +383,17 @@ fn prepare(
     let [pq, pk, pv] = weights.projections()?;
     let mut q = project(query, &pq, heads)?;
     let mut k = project(key, &pk, heads)?;
-    let v = if layout.value_as_connected && !ks {
+    let v = if layout.value_through_key() {
         let through_k = linear(
             value,
             pk.weight.as_ref().expect("key projection"),
             pk.bias.as_ref(),
         )?;
-        project(&through_k, &pv, heads)?
+        // A static value stops there (H*hd features, hd per head).
+        match pv.weight {
+            None => split_heads(&through_k, heads)?,
+            Some(_) => project(&through_k, &pv, heads)?,
+        }
     } else {
         project(value, &pv, heads)?
     };

@@ -101,7 +101,7 @@ pub(crate) fn seeded_init(
 }
 
 /// Inverted dropout with drop probability `p` (as `candle_nn::ops::dropout`): each entry is zeroed
-/// with probability `p` and the rest scaled by `1 / (1 - p)`. The mask comes from the seeded
+/// with probability `p` and the rest scaled by `1 / (1 - p)`; `p = 1` gives zeros (as torch). The mask comes from the seeded
 /// generator after [`seed`], from candle's otherwise.
 ///
 /// ```
@@ -117,11 +117,15 @@ pub(crate) fn seeded_init(
 /// # Ok::<(), candle_core::Error>(())
 /// ```
 pub fn dropout(x: &Tensor, p: f64) -> Result<Tensor> {
-    if !(0.0..1.0).contains(&p) {
-        candle_core::bail!("dropout: the probability must be in [0, 1), got {p}");
+    if !(0.0..=1.0).contains(&p) {
+        candle_core::bail!("dropout: the probability must be in [0, 1], got {p}");
     }
     if p == 0.0 {
         return Ok(x.clone());
+    }
+    if p == 1.0 {
+        // torch: everything dropped, zero gradient.
+        return x.affine(0.0, 0.0);
     }
     let Some(keep) = draw(x.elem_count(), |r| {
         if r.random::<f64>() >= p {
@@ -151,7 +155,7 @@ pub struct Dropout {
 }
 
 impl Dropout {
-    /// Drop probability `p` (checked when applied: [0, 1)).
+    /// Drop probability `p` (checked when applied: [0, 1]).
     pub fn new(p: f64) -> Self {
         Self { p }
     }

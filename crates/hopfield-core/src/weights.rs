@@ -54,7 +54,9 @@ pub struct CoreLayout {
     /// The pattern projections (values) are used as they are (size pd, shared by the heads).
     pub value_as_static: bool,
     /// The pattern projections go through the key projection first:
-    /// `v = W_V (W_K x + b_k) + b_v` (so `v_proj_weight` takes H*hd inputs).
+    /// `v = W_V (W_K x + b_k) + b_v` (so `v_proj_weight` takes H*hd inputs), or `W_K x + b_k`
+    /// when they are also static (only while the key is projected: with a static key they are
+    /// used as they are).
     pub value_as_connected: bool,
     /// Affine Hopfield-space LayerNorm (`p_norm_weight`, `p_norm_bias`).
     pub normalize_pattern_affine: bool,
@@ -101,6 +103,21 @@ impl CoreLayout {
         self.num_heads * self.pattern_dim
     }
 
+    /// Whether the pattern projection (value) goes through the key projection.
+    pub fn value_through_key(&self) -> bool {
+        self.value_as_connected && !self.key_as_static
+    }
+
+    /// The feature size the pattern projection (value) input must have: pd for a static value
+    /// used as it is, vdim when it is projected (by its own projection or the key's).
+    pub fn value_input_dim(&self) -> usize {
+        if self.value_as_static && !self.value_through_key() {
+            self.pattern_dim
+        } else {
+            self.vdim
+        }
+    }
+
     /// Whether every input is static and nothing has weights (pure retrieval).
     pub fn is_static_execution(&self) -> bool {
         self.key_as_static
@@ -130,8 +147,15 @@ impl CoreLayout {
             reason: reason.to_string(),
         };
         self.validate_heads()?;
-        if self.head_dim == 0 || self.pattern_dim == 0 {
-            return Err(cfg("hidden_size/pattern_size", "must be >= 1"));
+        // hflayers asserts both; pattern_size = 0 it accepts (the output is out_proj.bias).
+        if self.head_dim == 0 {
+            return Err(cfg("hidden_size", "must be >= 1"));
+        }
+        if self.out_dim == Some(0) {
+            return Err(cfg(
+                "output_size",
+                "must be >= 1 (or disable_out_projection)",
+            ));
         }
         // H*hd, H*pd and the packed row count 2*H*hd + H*pd must exist as numbers before any
         // weight is sized from them.
@@ -150,14 +174,20 @@ impl CoreLayout {
                 ),
             });
         }
-        if self.value_as_connected {
-            if self.value_as_static {
-                return Err(cfg(
-                    "pattern_projection_as_connected",
-                    "cannot be combined with pattern_projection_as_static",
-                ));
+        if self.value_as_connected && !self.key_as_static {
+            // A static value still goes through the key projection (hflayers), so each head's
+            // value has hd features.
+            if self.value_as_static && self.pattern_dim != self.head_dim {
+                return Err(HopfieldError::Config {
+                    field: "pattern_size",
+                    reason: format!(
+                        "a connected static pattern projection has hidden_size = {} features per \
+                         head, got pattern_size {}",
+                        self.head_dim, self.pattern_dim
+                    ),
+                });
             }
-            if !self.key_as_static && self.kdim != self.vdim {
+            if self.kdim != self.vdim {
                 return Err(HopfieldError::Config {
                     field: "pattern_projection_as_connected",
                     reason: format!(
@@ -301,7 +331,7 @@ impl CoreWeights {
                 None
             })
         } else {
-            let v_in = if layout.value_as_connected && !ks {
+            let v_in = if layout.value_through_key() {
                 vh
             } else {
                 layout.vdim

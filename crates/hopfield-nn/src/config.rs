@@ -81,7 +81,7 @@ pub struct HopfieldConfig {
     pub batch_first: bool,
     /// Activation applied to the output.
     pub association_activation: Option<Activation>,
-    /// Dropout on the final association (training only).
+    /// Dropout on the final association (training only), in [0, 1].
     pub dropout: f64,
     /// Biases on the projections and the output projection.
     pub input_bias: bool,
@@ -278,13 +278,16 @@ impl HopfieldConfig {
         Ok(e / self.num_heads)
     }
 
+    /// A LayerNorm epsilon: torch accepts 0 (a constant row then standardises to 0 here, NaN in
+    /// torch); a negative or non-finite one is rejected (torch takes the square root of a
+    /// possibly negative number).
     fn check_eps(field: &'static str, eps: f64) -> Result<(), HopfieldError> {
-        if eps > 0.0 && eps.is_finite() {
+        if eps >= 0.0 && eps.is_finite() {
             Ok(())
         } else {
             Err(HopfieldError::Config {
                 field,
-                reason: format!("must be > 0, got {eps}"),
+                reason: format!("must be >= 0 and finite, got {eps}"),
             })
         }
     }
@@ -333,10 +336,11 @@ impl HopfieldConfig {
         ] {
             Self::check_eps(f, eps)?;
         }
-        if !(0.0..1.0).contains(&self.dropout) {
+        // torch's dropout takes p in [0, 1] (p = 1 drops everything in training).
+        if !(0.0..=1.0).contains(&self.dropout) {
             return Err(HopfieldError::Config {
                 field: "dropout",
-                reason: format!("must be in [0, 1), got {}", self.dropout),
+                reason: format!("must be in [0, 1], got {}", self.dropout),
             });
         }
         let layout = CoreLayout {
@@ -417,11 +421,7 @@ impl HopfieldConfig {
             self.normalize_pattern_projection,
             self.normalize_pattern_projection_affine,
             self.normalize_pattern_projection_eps,
-            if self.pattern_projection_as_static {
-                pd
-            } else {
-                vdim
-            },
+            layout.value_input_dim(),
             "normalize_pattern_projection",
         )?;
         Ok(Resolved {
@@ -511,15 +511,14 @@ enum ScalingKw {
     PerHead(Vec<f64>),
 }
 
-/// `update_steps_max`: a count, or one per head where a negative entry means "until
-/// convergence" (hflayers' tensor form); `null` (the outer `Option`) means until convergence.
+/// `update_steps_max`: a count, or one per head (hflayers' tensor form); a negative count means
+/// "until convergence" as in hflayers (which compares `update_steps_max < 0`), and so does `null`
+/// (the outer `Option`).
 #[derive(Deserialize)]
-#[serde(
-    untagged,
-    expecting = "a non-negative integer, a list of integers or null"
-)]
+#[serde(untagged, expecting = "an integer, a list of integers or null")]
 enum UpdateStepsKw {
     Max(usize),
+    Negative(i64),
     PerHead(Vec<i64>),
 }
 
@@ -582,6 +581,8 @@ impl HopfieldKwargs {
             c.update_steps_max = match s {
                 None => UpdateSteps::UntilConvergence,
                 Some(UpdateStepsKw::Max(k)) => UpdateSteps::Max(k),
+                Some(UpdateStepsKw::Negative(k)) if k < 0 => UpdateSteps::UntilConvergence,
+                Some(UpdateStepsKw::Negative(k)) => UpdateSteps::Max(k as usize),
                 Some(UpdateStepsKw::PerHead(ks)) => {
                     UpdateSteps::PerHead(ks.into_iter().map(|k| usize::try_from(k).ok()).collect())
                 }

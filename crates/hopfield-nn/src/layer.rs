@@ -158,7 +158,11 @@ impl HopfieldLayer {
         let lookup_weights =
             hopfield_core::checked_param(&vb, shape(lw), "lookup_weights", PATTERN_INIT)?;
         let target_weights = if config.lookup_weights_as_separated {
-            let t = if h.pattern_projection_as_static {
+            // A static target used as it is has the per-head size; one that goes through the
+            // key projection (connected, stored pattern projected) has the projection input size.
+            let used_as_is = h.pattern_projection_as_static
+                && (!h.pattern_projection_as_connected || h.stored_pattern_as_static);
+            let t = if used_as_is {
                 h.pattern_size.unwrap_or(h.head_dim()?)
             } else {
                 h.pattern_projection_size.unwrap_or(lw)

@@ -35,6 +35,11 @@ fn config_error(e: HopfieldError) -> (&'static str, String) {
 #[case(r#"{"scaling": null}"#, d())]
 #[case(r#"{"update_steps_max": 3}"#, d().with_update_steps_max(Some(3)))]
 #[case(r#"{"update_steps_max": null}"#, d().with_update_steps_max(None))]
+// hflayers compares `update_steps_max < 0`: a negative count means until convergence.
+#[case(r#"{"update_steps_max": -1}"#, d().with_update_steps_max(None))]
+#[case(r#"{"update_steps_max": 0}"#, d().with_update_steps_max(Some(0)))]
+#[case(r#"{"dropout": 1.0}"#, d().with_dropout(1.0))]
+#[case(r#"{"normalize_state_pattern_eps": 0.0}"#, d().with_normalize_state_pattern_eps(0.0))]
 #[case(r#"{"update_steps_max": [2, -1]}"#,
        HopfieldConfig { update_steps_max: UpdateSteps::PerHead(vec![Some(2), None]), ..d() })]
 #[case(r#"{"update_steps_eps": 1e-12}"#, d().with_update_steps_eps(1e-12))]
@@ -119,9 +124,9 @@ fn hopfield_kwargs_set_their_field(#[case] json: &str, #[case] want: HopfieldCon
     "expected a number, a list of numbers or null"
 )]
 #[case(
-    r#"{"update_steps_max": -1}"#,
+    r#"{"update_steps_max": 2.5}"#,
     "update_steps_max",
-    "a list of integers or null, got -1"
+    "expected an integer, a list of integers or null, got 2.5"
 )]
 #[case(r#"{"update_steps_max": [1.5]}"#, "update_steps_max", "got [1.5]")]
 #[case(
