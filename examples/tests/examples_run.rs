@@ -115,4 +115,33 @@ fn paper_claims_run_and_draw() {
         .expect("beta 4096 row");
     assert!(last_row.contains("1.0"), "{last_row}");
     assert!(is_png(&plot) && is_png(&pictures));
+    let energy_plot = out_dir("energy.png");
+    let stdout = run(
+        env!("CARGO_BIN_EXE_paper"),
+        &[
+            "--device",
+            "cpu",
+            "--patterns",
+            "120",
+            "energy",
+            "--plot",
+            energy_plot.to_str().unwrap(),
+        ],
+    );
+    // The energy never rises along the updates, and the update is a unit gradient step.
+    for beta in ["8", "32", "128"] {
+        let row = stdout
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(beta))
+            .unwrap_or_else(|| panic!("no row for beta {beta}:\n{stdout}"));
+        assert_eq!(row.split_whitespace().last(), Some("0"), "{row}");
+    }
+    let diff: f64 = stdout
+        .lines()
+        .find_map(|l| l.split("update(xi)| = ").nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("gradient-step line");
+    assert!(diff < 1e-5, "{diff}");
+    assert!(is_png(&energy_plot));
 }

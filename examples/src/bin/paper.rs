@@ -7,6 +7,9 @@
 //! * `fixed-points`: as beta grows the fixed points move from the global average (all patterns
 //!   share the softmax mass) through metastable states (a few similar patterns share it) to single
 //!   patterns; measured with the paper's count of the patterns that carry 90% of the mass.
+//! * `energy`: the energy `E(xi) = -1/beta lse(beta X^T xi) + 1/2 xi^T xi + 1/beta log N + 1/2 M^2`
+//!   decreases at every update, and the update is a gradient step of size 1 on it
+//!   (`xi - grad E(xi) = X softmax(beta X^T xi)`, checked with candle autograd).
 //!
 //! Every update is `Hopfield` in pure static retrieval (`HopfieldConfig::pure_static()`, no
 //! parameters), the layer users call. Results: `docs/paper.md`.
@@ -64,6 +67,16 @@ enum Claim {
         /// The pictures of retrieved digits in each regime (PNG).
         #[arg(long, default_value = "target/paper_regimes.png")]
         pictures: PathBuf,
+    },
+    /// The energy along 6 updates of noisy digit queries at several betas, with a plot, and the
+    /// update checked against a gradient step of size 1.
+    Energy {
+        /// Noise sd per pixel of the queries.
+        #[arg(long, default_value_t = 0.1)]
+        noise: f64,
+        /// The plot of the mean energy against the update step (PNG).
+        #[arg(long, default_value = "target/paper_energy.png")]
+        plot: PathBuf,
     },
 }
 
@@ -157,13 +170,7 @@ fn one_step(dev: &Device, seed: u64, noise: f64, limit: Option<usize>) -> Result
         ("random (well separated)", &random),
         ("digits (clustered)", &digits),
     ] {
-        let noisy: Vec<f32> = (0..n * d)
-            .map(|_| {
-                let (u1, u2) = (1.0 - rng.random::<f64>(), rng.random::<f64>());
-                ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos() * noise) as f32
-            })
-            .collect();
-        let queries = normalize_rows(&(x + Tensor::from_vec(noisy, (n, d), dev)?)?)?;
+        let queries = normalize_rows(&(x + gaussian(n, d, noise, &mut rng, dev)?)?)?;
         // How similar the patterns are: the mean of each pattern's largest dot product with another.
         let sims = x.matmul(&x.t()?)?.to_vec2::<f32>()?;
         let max_other = sims
@@ -205,6 +212,148 @@ fn one_step(dev: &Device, seed: u64, noise: f64, limit: Option<usize>) -> Result
         }
     }
     println!("\n(each cell: error / distance)");
+    Ok(())
+}
+
+/// Gaussian noise of sd `sd`, `(n, d)`.
+fn gaussian(n: usize, d: usize, sd: f64, rng: &mut StdRng, dev: &Device) -> Result<Tensor> {
+    let v: Vec<f32> = (0..n * d)
+        .map(|_| {
+            let (u1, u2) = (1.0 - rng.random::<f64>(), rng.random::<f64>());
+            ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos() * sd) as f32
+        })
+        .collect();
+    Tensor::from_vec(v, (n, d), dev)
+}
+
+/// The modern Hopfield energy of each state `xi` `(M, d)` against stored `x` `(N, d)`:
+/// `-1/beta lse(beta x xi) + 1/2 |xi|^2 + 1/beta log N + 1/2 M^2`, `M` the largest pattern norm
+/// (the constants make it non-negative; they do not change its gradient). Differentiable.
+fn modern_energy(x: &Tensor, xi: &Tensor, beta: f64) -> Result<Tensor> {
+    let n = x.dim(0)? as f64;
+    let logits = (xi.matmul(&x.t()?)? * beta)?;
+    let m = logits.max_keepdim(D::Minus1)?.detach();
+    let lse = (logits
+        .broadcast_sub(&m)?
+        .exp()?
+        .sum_keepdim(D::Minus1)?
+        .log()?
+        + &m)?
+        .squeeze(D::Minus1)?;
+    let big_m = x
+        .sqr()?
+        .sum(D::Minus1)?
+        .max(0)?
+        .to_dtype(DType::F64)?
+        .to_scalar::<f64>()?;
+    let half_sq = (xi.sqr()?.sum(D::Minus1)? * 0.5)?;
+    (half_sq - (lse / beta)?)? + (n.ln() / beta + 0.5 * big_m)
+}
+
+fn energy(
+    dev: &Device,
+    seed: u64,
+    noise: f64,
+    plot: &PathBuf,
+    limit: Option<usize>,
+) -> std::result::Result<(), Box<dyn std::error::Error>> {
+    let (images, _) = digits(limit)?;
+    let x = normalize_rows(&images.to_device(dev)?)?;
+    let (n, d) = x.dims2()?;
+    let mut rng = StdRng::seed_from_u64(seed);
+    let q = 200.min(n);
+    let queries = normalize_rows(&(x.narrow(0, 0, q)? + gaussian(q, d, noise, &mut rng, dev)?)?)?;
+    println!("Energy of {q} noisy digit queries (noise sd {noise}) against {n} stored digits,");
+    println!("mean over queries, at the query (step 0) and after each update; 'increases' counts");
+    println!("query-steps where the energy went up by more than 1e-5 (float rounding)\n");
+    let steps = 6;
+    print!("{:>6}", "beta");
+    (0..=steps).for_each(|t| print!("{:>10}", format!("step {t}")));
+    println!("{:>11}", "increases");
+    let mut curves = Vec::new();
+    for beta in [8.0, 32.0, 128.0] {
+        let mut state = queries.clone();
+        let mut e = modern_energy(&x, &state, beta)?.to_vec1::<f32>()?;
+        let mut curve = vec![e.iter().sum::<f32>() as f64 / q as f64];
+        let mut increases = 0;
+        for _ in 0..steps {
+            state = update(&x, &state, beta, 1)?;
+            let next = modern_energy(&x, &state, beta)?.to_vec1::<f32>()?;
+            increases += next
+                .iter()
+                .zip(&e)
+                .filter(|(a, b)| **a > **b + 1e-5)
+                .count();
+            curve.push(next.iter().sum::<f32>() as f64 / q as f64);
+            e = next;
+        }
+        print!("{beta:>6}");
+        curve.iter().for_each(|v| print!("{v:>10.4}"));
+        println!("{increases:>11}");
+        curves.push((beta, curve));
+    }
+    // The update is a gradient step of size 1: xi - dE/dxi = X softmax(beta X^T xi).
+    let beta = 32.0;
+    let xi = candle_core::Var::from_tensor(&queries)?;
+    let grads = modern_energy(&x, xi.as_tensor(), beta)?
+        .sum_all()?
+        .backward()?;
+    let step = (xi.as_tensor() - grads.get(&xi).ok_or("no gradient")?)?;
+    let diff = (step - update(&x, &queries, beta, 1)?)?
+        .abs()?
+        .max_all()?
+        .to_scalar::<f32>()?;
+    println!("\nbeta {beta}: max |(xi - grad E(xi)) - update(xi)| = {diff:.2e} (a gradient step of size 1 is the update)");
+    draw_energy(plot, &curves)?;
+    println!("wrote {}", plot.display());
+    Ok(())
+}
+
+fn draw_energy(
+    path: &PathBuf,
+    curves: &[(f64, Vec<f64>)],
+) -> std::result::Result<(), Box<dyn std::error::Error>> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let all = curves.iter().flat_map(|(_, c)| c.iter().copied());
+    let (lo, hi) = all.fold((f64::MAX, f64::MIN), |(a, b), v| (a.min(v), b.max(v)));
+    let pad = ((hi - lo) * 0.08).max(1e-6);
+    let steps = curves.first().map_or(1, |(_, c)| c.len() - 1) as f64;
+    let root = BitMapBackend::new(path, (720, 440)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "modern Hopfield energy along the updates (mean over queries)",
+            ("sans-serif", 16),
+        )
+        .margin(15)
+        .x_label_area_size(35)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..steps, (lo - pad)..(hi + pad))?;
+    chart
+        .configure_mesh()
+        .x_desc("update")
+        .y_desc("energy")
+        .draw()?;
+    for ((beta, curve), color) in curves.iter().zip([BLUE, GREEN, RED]) {
+        let pts: Vec<(f64, f64)> = curve
+            .iter()
+            .enumerate()
+            .map(|(t, &e)| (t as f64, e))
+            .collect();
+        chart
+            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))?
+            .label(format!("beta {beta}"))
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+        chart.draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
     Ok(())
 }
 
@@ -368,6 +517,7 @@ fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
         Claim::FixedPoints { plot, pictures } => {
             fixed_points(&dev, args.seed, (&plot, &pictures), args.patterns)?
         }
+        Claim::Energy { noise, plot } => energy(&dev, args.seed, noise, &plot, args.patterns)?,
     }
     Ok(())
 }
