@@ -5,7 +5,7 @@
 //! (`GraphBuilder` exact path: directed lists by brute force on every row, and the share of the
 //! exact symmetrised graph's edges present in the approximate one).
 //!
-//! `cargo run --release -p dahn-graph --example knn_approx -- [N] [d] [k] [sample] [pool] [--exact]`
+//! `cargo run --release -p dahn-graph --example knn_approx -- [N] [d] [k] [sample] [pool] [max_iters] [--exact]`
 //! (defaults 1000000 64 8 1000, automatic pool)
 
 use candle_core::{Device, Tensor};
@@ -32,7 +32,10 @@ fn main() -> candle_core::Result<()> {
         args.get(2).copied().unwrap_or(8),
         args.get(3).copied().unwrap_or(1000),
     );
-    let params = NnDescent::default().pool(args.get(4).copied());
+    let mut params = NnDescent::default().pool(args.get(4).copied());
+    if let Some(&iters) = args.get(5) {
+        params = params.max_iters(iters);
+    }
     // Same seeded uniform patterns as knn_scale (candle's CPU rng cannot be seeded).
     let mut rng = StdRng::seed_from_u64(0);
     let v: Vec<f32> = (0..n * d).map(|_| rng.random::<f32>() - 0.5).collect();
