@@ -13,7 +13,10 @@ A `kwargs` list for `scaling`, `update_steps_max` or `update_steps_eps` means th
 
     benches/.venv/bin/python benches/export_hflayers_edges.py [--out DIR]
 
-The tests never run this script; it is here so that the cases can be regenerated and audited.
+The tests never run this script; it is here so that the cases can be regenerated and audited. A rerun
+writes the same tensors and metadata values, but the Python safetensors writer orders the metadata in the
+header arbitrarily, so the bytes differ: keep the committed files unless a case changed. New cases go at
+the end of `cases()` (each case's seed is 9000 + its index).
 """
 
 import argparse
@@ -385,6 +388,23 @@ def cases():
         {"input_size": 6, "hidden_size": 4, "quantity": 3, "stored_pattern_as_static": True,
          "pattern_projection_size": 4, **nf}, "single",
         {"x": (N, L, 6)}, "stored_pattern_as_static: lookup_weights have hidden_size=4 features")
+    # Appended later (earlier cases keep their seeds).
+    add("hopfield_connected_static_stored_projection", "Hopfield",
+        {"input_size": 6, "pattern_projection_as_connected": True, "stored_pattern_as_static": True,
+         "pattern_projection_as_static": True}, "tuple3",
+        {"stored": (N, S, 6), "state": (N, L, 6), "projection": (N, S, 6)},
+        "connected with static stored pattern and projection (H=1): the projection is used as it is")
+    add("layer_connected_static_targets", "HopfieldLayer",
+        {"input_size": 6, "num_heads": 2, "quantity": 3, "lookup_weights_as_separated": True,
+         "pattern_projection_as_connected": True, "pattern_projection_as_static": True,
+         "disable_out_projection": True}, "single", {"x": (N, L, 6)},
+        "connected static target_weights (input_size features) go through the key projection, H=2")
+    add("hopfield_zero_assoc_steps_batch_first_false", "Hopfield",
+        {"input_size": 6, "num_heads": 2, "batch_first": False, "add_zero_association": True,
+         "update_steps_max": 2, "update_steps_eps": 1e-12}, "tuple3",
+        {"stored": (S, N, 6), "state": (L, N, 6), "projection": (S, N, 6)},
+        "sequence-first layout, add_zero_association, padding and 2 update steps",
+        masks={"stored_pattern_padding_mask": ("bool", bool_mask([[0, 0, 1, 0], [1, 1, 1, 0]]))}, steps=True)
     return c
 
 

@@ -1,8 +1,9 @@
-//! The edge values of hflayers' constructor arguments that hflayers itself crashes on (an
-//! assertion, a division by zero, torch's own argument check) or turns into NaN: each is a typed
-//! `HopfieldError::Config` naming the argument here, at parsing or at construction (listed in
-//! docs/design/hflayers-quirks.md, "Edge values"). The values hflayers handles sensibly are
-//! reference cases instead (`goldens/hflayers_edges/`, `hflayers_edges_goldens.rs`).
+//! Edge values of hflayers' constructor arguments that the reference-case format cannot express.
+//! The values hflayers itself crashes on (an assertion, a division by zero, torch's own argument
+//! check) or turns into NaN are each a typed `HopfieldError::Config` naming the argument here, at
+//! parsing or at construction (listed in docs/design/hflayers-quirks.md, "Edge values"); and
+//! `dropout = 1` in training, which the eval-only cases do not reach. The values hflayers handles
+//! sensibly in eval are reference cases (`goldens/hflayers_edges/`, `hflayers_edges_goldens.rs`).
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
@@ -36,32 +37,33 @@ fn rejected_field(module: &str, kwargs: &str) -> &'static str {
 
 /// (module, kwargs, the argument the error names), each with why hflayers fails on it.
 const CRASHING: &[(&str, &str, &str)] = &[
-    // ZeroDivisionError in hflayers (embed_dim // num_heads).
+    // V1: ZeroDivisionError in hflayers (embed_dim // num_heads).
     (
         "Hopfield",
         r#"{"input_size": 6, "num_heads": 0}"#,
         "num_heads",
     ),
-    // "at least one head needs to be active" at the first forward.
+    // V1: "at least one head needs to be active" at the first forward.
     (
         "Hopfield",
         r#"{"input_size": 6, "num_heads": 0, "hidden_size": 2}"#,
         "num_heads",
     ),
-    // "dimension of the association space has to be positive".
+    // V2: "dimension of the association space has to be positive".
     (
         "Hopfield",
         r#"{"input_size": 6, "hidden_size": 0}"#,
         "hidden_size",
     ),
-    // "output projection dimension has to be positive".
+    // V3: "output projection dimension has to be positive".
     (
         "Hopfield",
         r#"{"input_size": 6, "output_size": 0}"#,
         "output_size",
     ),
+    // V2.
     ("Hopfield", r#"{"input_size": 0}"#, "input_size"),
-    // torch: "dropout probability has to be between 0 and 1".
+    // V4: torch: "dropout probability has to be between 0 and 1".
     (
         "Hopfield",
         r#"{"input_size": 6, "dropout": 1.5}"#,
@@ -72,7 +74,7 @@ const CRASHING: &[(&str, &str, &str)] = &[
         r#"{"input_size": 6, "dropout": -0.1}"#,
         "dropout",
     ),
-    // "only positive thresholds allowed".
+    // V5: "only positive thresholds allowed".
     (
         "Hopfield",
         r#"{"input_size": 6, "update_steps_eps": 0.0}"#,
@@ -83,7 +85,7 @@ const CRASHING: &[(&str, &str, &str)] = &[
         r#"{"input_size": 6, "num_heads": 2, "update_steps_eps": [1e-3, 0.0]}"#,
         "update_steps_eps",
     ),
-    // torch takes sqrt(var + eps): NaN wherever var < -eps.
+    // V6: torch takes sqrt(var + eps): NaN wherever var < -eps.
     (
         "Hopfield",
         r#"{"input_size": 6, "normalize_state_pattern_eps": -1e-3}"#,
@@ -95,13 +97,13 @@ const CRASHING: &[(&str, &str, &str)] = &[
         "normalize_hopfield_space_eps": -1.0}"#,
         "normalize_hopfield_space_eps",
     ),
-    // "key and value need to be of same dimension".
+    // V8: "key and value need to be of same dimension".
     (
         "Hopfield",
         r#"{"input_size": 6, "pattern_projection_as_connected": true, "stored_pattern_size": 4}"#,
         "pattern_projection_as_connected",
     ),
-    // A connected static projection has hidden_size features per head (hflayers asserts
+    // V9: a connected static projection has hidden_size features per head (hflayers asserts
     // pattern_dim == head_dim).
     (
         "Hopfield",
@@ -109,13 +111,13 @@ const CRASHING: &[(&str, &str, &str)] = &[
         "pattern_projection_as_static": true, "pattern_size": 2, "disable_out_projection": true}"#,
         "pattern_size",
     ),
-    // hflayers silently applies no activation for a name torch does not have (Q9).
+    // V10: hflayers silently applies no activation for a name torch does not have (Q9).
     (
         "Hopfield",
         r#"{"input_size": 6, "association_activation": "swish"}"#,
         "association_activation",
     ),
-    // hflayers: "cannot reshape tensor of 0 elements".
+    // V11: hflayers: "cannot reshape tensor of 0 elements".
     (
         "HopfieldPooling",
         r#"{"input_size": 6, "quantity": 0}"#,
@@ -135,7 +137,7 @@ fn crashing_values_are_typed_errors() {
     }
 }
 
-/// beta NaN or infinite: NaN outputs in hflayers, a typed error here.
+/// V7: beta NaN or infinite: NaN outputs in hflayers, a typed error here.
 #[test]
 fn non_finite_scaling_is_a_typed_error() {
     for beta in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
@@ -184,5 +186,44 @@ fn fully_masked_row_retrieves_zero() -> candle_core::Result<()> {
     assert!(diff < 1e-12, "{diff}");
     let rest = y.get(1)?.flatten_all()?.to_vec1::<f64>()?;
     assert!(rest.iter().all(|v| v.is_finite()));
+    Ok(())
+}
+
+/// `dropout = 1` in training (accepted by torch): the whole association is dropped, so the
+/// output is the output projection's bias and nothing upstream receives a gradient.
+#[test]
+fn dropout_one_in_training_drops_everything() -> candle_core::Result<()> {
+    let dev = Device::Cpu;
+    let map = VarMap::new();
+    let vb = VarBuilder::from_varmap(&map, DType::F64, &dev);
+    let h = Hopfield::new(
+        HopfieldConfig::from_kwargs(r#"{"input_size": 6, "num_heads": 2, "dropout": 1.0}"#)?,
+        vb,
+    )?;
+    let x = candle_core::Var::from_tensor(&Tensor::randn(0f64, 1., (2, 3, 6), &dev)?)?;
+    let y = h.forward_with(HopfieldInput::Single(x.as_tensor()), Masks::default(), true)?;
+    let bias = map
+        .data()
+        .lock()
+        .unwrap()
+        .get("association_core.out_proj.bias")
+        .expect("out_proj.bias")
+        .as_tensor()
+        .clone();
+    let want = bias.reshape((1, 1, 6))?.broadcast_as(y.shape())?;
+    let diff = (&y - want)?.abs()?.max_all()?.to_scalar::<f64>()?;
+    assert!(diff < 1e-12, "{diff}");
+    let grads = y.sum_all()?.backward()?;
+    if let Some(g) = grads.get(x.as_tensor()) {
+        assert_eq!(g.abs()?.max_all()?.to_scalar::<f64>()?, 0.0);
+    }
+    // In eval the same module drops nothing.
+    let y_eval = h.forward_with(
+        HopfieldInput::Single(x.as_tensor()),
+        Masks::default(),
+        false,
+    )?;
+    let moved = (&y_eval - &y)?.abs()?.max_all()?.to_scalar::<f64>()?;
+    assert!(moved > 1e-6);
     Ok(())
 }
