@@ -405,6 +405,23 @@ def cases():
         {"stored": (S, N, 6), "state": (L, N, 6), "projection": (S, N, 6)},
         "sequence-first layout, add_zero_association, padding and 2 update steps",
         masks={"stored_pattern_padding_mask": ("bool", bool_mask([[0, 0, 1, 0], [1, 1, 1, 0]]))}, steps=True)
+    # Pure static retrieval (no input_size, no parameters) at its edges.
+    static = {"stored_pattern_as_static": True, "state_pattern_as_static": True,
+              "pattern_projection_as_static": True, "normalize_stored_pattern": False,
+              "normalize_stored_pattern_affine": False, "normalize_state_pattern": False,
+              "normalize_state_pattern_affine": False, "normalize_pattern_projection": False,
+              "normalize_pattern_projection_affine": False, "disable_out_projection": True}
+    add("hopfield_pure_static_heads2_n1", "Hopfield", {**static, "num_heads": 2, "scaling": 2.0}, "tuple3",
+        {"stored": (1, S, 5), "state": (1, L, 5), "projection": (1, S, 3)},
+        "pure static retrieval with two heads and one sample: both heads retrieve the same, output H*pd = 6")
+    add("hopfield_pure_static_until_convergence", "Hopfield",
+        {**static, "scaling": 2.0, "update_steps_max": None, "update_steps_eps": 1e-4}, "tuple3",
+        {"stored": (1, 6, 5), "state": (1, L, 5), "projection": (1, 6, 5)},
+        "pure static retrieval iterated until convergence (the default beta is 1, here 2), N=1", steps=True)
+    add("hopfield_pure_static_zero_assoc_padding", "Hopfield", {**static, "add_zero_association": True},
+        "tuple3", {"stored": (N, S, 5), "state": (N, L, 5), "projection": (N, S, 4)},
+        "pure static retrieval (beta 1) with add_zero_association and a fully padded sample",
+        masks={"stored_pattern_padding_mask": ("bool", bool_mask([[0, 1, 0, 0], [1, 1, 1, 1]]))})
     return c
 
 
