@@ -144,4 +144,29 @@ fn paper_claims_run_and_draw() {
         .expect("gradient-step line");
     assert!(diff < 1e-5, "{diff}");
     assert!(is_png(&energy_plot));
+    let capacity_plot = out_dir("capacity.png");
+    let stdout = run(
+        env!("CARGO_BIN_EXE_paper"),
+        &[
+            "--device",
+            "cpu",
+            "--patterns",
+            "32",
+            "capacity",
+            "--plot",
+            capacity_plot.to_str().unwrap(),
+        ],
+    );
+    // 32 random patterns in 64 units: beyond the classical network, within the modern one.
+    let row = stdout
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some("32"))
+        .expect("N = 32 row");
+    let errors: Vec<f64> = row
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().unwrap())
+        .collect();
+    assert!(errors[0] > 0.5 && errors[3] == 0.0, "{row}");
+    assert!(is_png(&capacity_plot));
 }

@@ -30,6 +30,7 @@
 pub mod activation;
 pub mod association_core;
 pub mod checkpoint;
+pub mod classical;
 pub mod config;
 pub mod diffused;
 pub mod energy;

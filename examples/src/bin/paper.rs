@@ -7,6 +7,9 @@
 //! * `fixed-points`: as beta grows the fixed points move from the global average (all patterns
 //!   share the softmax mass) through metastable states (a few similar patterns share it) to single
 //!   patterns; measured with the paper's count of the patterns that carry 90% of the mass.
+//! * `capacity`: retrieval error against the number of stored patterns, for the classical
+//!   binary Hopfield network, dense associative memories (cubic and exponential interaction) and
+//!   the modern Hopfield network, on random patterns and on the (binarised) digits.
 //! * `energy`: the energy `E(xi) = -1/beta lse(beta X^T xi) + 1/2 xi^T xi + 1/beta log N + 1/2 M^2`
 //!   decreases at every update, and the update is a gradient step of size 1 on it
 //!   (`xi - grad E(xi) = X softmax(beta X^T xi)`, checked with candle autograd).
@@ -67,6 +70,19 @@ enum Claim {
         /// The pictures of retrieved digits in each regime (PNG).
         #[arg(long, default_value = "target/paper_regimes.png")]
         pictures: PathBuf,
+    },
+    /// Retrieval error against the number of stored patterns for the classical network, dense
+    /// associative memories and the modern Hopfield network.
+    Capacity {
+        /// Fraction of a query's bits flipped.
+        #[arg(long, default_value_t = 0.1)]
+        flip: f64,
+        /// Beta of the modern Hopfield network (patterns scaled to unit norm).
+        #[arg(long, default_value_t = 32.0)]
+        beta: f64,
+        /// The plot of the error against the number of patterns (PNG).
+        #[arg(long, default_value = "target/paper_capacity.png")]
+        plot: PathBuf,
     },
     /// The energy along 6 updates of noisy digit queries at several betas, with a plot, and the
     /// update checked against a gradient step of size 1.
@@ -212,6 +228,191 @@ fn one_step(dev: &Device, seed: u64, noise: f64, limit: Option<usize>) -> Result
         }
     }
     println!("\n(each cell: error / distance)");
+    Ok(())
+}
+
+/// The memories compared by `capacity`.
+const MEMORIES: [&str; 4] = [
+    "classical (Hebb)",
+    "dense, cubic",
+    "dense, exponential",
+    "modern Hopfield",
+];
+
+/// Runs `memory` (0-3, see [`MEMORIES`]) on `±1` patterns `x` from `±1` queries; returns the
+/// fraction of queries not retrieved exactly (after up to 10 synchronous updates, or one
+/// update then `sign` for the modern network).
+fn capacity_error(memory: usize, x: &Tensor, queries: &Tensor, beta: f64) -> Result<f64> {
+    use hopfield_nn::classical::{ClassicalHopfield, DenseAssociativeMemory, Interaction};
+    let out = match memory {
+        0 | 1 | 2 => {
+            let step: Box<dyn Fn(&Tensor) -> Result<Tensor>> = match memory {
+                0 => {
+                    let net = ClassicalHopfield::store(x)?;
+                    Box::new(move |s| net.update(s))
+                }
+                1 => {
+                    let net = DenseAssociativeMemory::new(x, Interaction::Polynomial(3))?;
+                    Box::new(move |s| net.update(s))
+                }
+                _ => {
+                    let net = DenseAssociativeMemory::new(x, Interaction::Exponential)?;
+                    Box::new(move |s| net.update(s))
+                }
+            };
+            let mut s = queries.to_dtype(DType::F64)?;
+            for _ in 0..10 {
+                let next = step(&s)?;
+                let same = next
+                    .eq(&s)?
+                    .to_dtype(DType::F64)?
+                    .min_all()?
+                    .to_scalar::<f64>()?
+                    == 1.0;
+                s = next;
+                if same {
+                    break;
+                }
+            }
+            s
+        }
+        _ => {
+            // Continuous states on the unit sphere: one update, then the sign.
+            let d = x.dim(1)? as f64;
+            let xs = (x.to_dtype(DType::F32)? / d.sqrt())?;
+            let qs = (queries.to_dtype(DType::F32)? / d.sqrt())?;
+            let r = update(&xs, &qs, beta, 1)?;
+            ((r.ge(0.0)?.to_dtype(DType::F64)? * 2.0)? - 1.0)?
+        }
+    };
+    let m = queries.dim(0)?;
+    let target = x.narrow(0, 0, m)?.to_dtype(DType::F64)?;
+    let exact = out
+        .eq(&target)?
+        .to_dtype(DType::F64)?
+        .min(1)?
+        .sum_all()?
+        .to_scalar::<f64>()?;
+    Ok(1.0 - exact / m as f64)
+}
+
+/// The first `m` rows of `x` with a fraction `flip` of each row's entries negated (the same
+/// number in every row).
+fn flipped(x: &Tensor, m: usize, flip: f64, rng: &mut StdRng) -> Result<Tensor> {
+    let rows = x.narrow(0, 0, m)?.to_vec2::<f64>()?;
+    let d = rows.first().map_or(0, Vec::len);
+    let k = (flip * d as f64).round() as usize;
+    let mut out = Vec::with_capacity(m * d);
+    for mut row in rows {
+        let mut idx: Vec<usize> = (0..d).collect();
+        use rand::seq::SliceRandom;
+        idx.shuffle(rng);
+        for &i in &idx[..k] {
+            row[i] = -row[i];
+        }
+        out.extend(row);
+    }
+    Tensor::from_vec(out, (m, d), x.device())
+}
+
+fn capacity(
+    dev: &Device,
+    seed: u64,
+    (flip, beta): (f64, f64),
+    plot: &PathBuf,
+    limit: Option<usize>,
+) -> std::result::Result<(), Box<dyn std::error::Error>> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let d = 64;
+    let max_n = limit.unwrap_or(1024).clamp(16, 1024);
+    let sizes: Vec<usize> = (1..=10)
+        .map(|i| 1usize << i)
+        .filter(|&n| n <= max_n)
+        .collect();
+    let random: Vec<f64> = (0..max_n * d)
+        .map(|_| if rng.random::<bool>() { 1.0 } else { -1.0 })
+        .collect();
+    let random = Tensor::from_vec(random, (max_n, d), dev)?;
+    // The digits, binarised at half ink, in their file order (all ten classes mixed).
+    let (images, _) = digits(Some(max_n))?;
+    let binary = ((images.ge(0.5)?.to_dtype(DType::F64)? * 2.0)? - 1.0)?.to_device(dev)?;
+    println!(
+        "Storage capacity: d = {d}, queries = stored patterns with {:.0}% of their bits",
+        flip * 100.0
+    );
+    println!("flipped; error = fraction of queries (at most 100) not retrieved exactly. Modern");
+    println!(
+        "Hopfield: beta {beta} on unit-norm patterns, one update then sign.
+"
+    );
+    let mut curves = vec![Vec::new(); MEMORIES.len()];
+    for (name, x) in [("random patterns", &random), ("binarised digits", &binary)] {
+        println!("{name}");
+        print!("{:>6}", "N");
+        MEMORIES.iter().for_each(|m| print!("{m:>20}"));
+        println!();
+        for &n in sizes.iter().filter(|&&n| n <= x.dim(0).unwrap_or(0)) {
+            let xn = x.narrow(0, 0, n)?;
+            let queries = flipped(&xn, n.min(100), flip, &mut rng)?;
+            print!("{n:>6}");
+            for (k, curve) in curves.iter_mut().enumerate() {
+                let e = capacity_error(k, &xn, &queries, beta)?;
+                print!("{e:>20.3}");
+                if name.starts_with("random") {
+                    curve.push((n as f64, e));
+                }
+            }
+            println!();
+        }
+        println!();
+    }
+    draw_capacity(plot, &curves, d)?;
+    println!("wrote {}", plot.display());
+    Ok(())
+}
+
+fn draw_capacity(
+    path: &PathBuf,
+    curves: &[Vec<(f64, f64)>],
+    d: usize,
+) -> std::result::Result<(), Box<dyn std::error::Error>> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let n_max = curves.iter().flatten().fold(2f64, |a, p| a.max(p.0));
+    let root = BitMapBackend::new(path, (720, 440)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            format!("retrieval error against stored random patterns (d = {d})"),
+            ("sans-serif", 16),
+        )
+        .margin(15)
+        .x_label_area_size(35)
+        .y_label_area_size(50)
+        .build_cartesian_2d((2f64..n_max).log_scale(), -0.02f64..1.02)?;
+    chart
+        .configure_mesh()
+        .x_desc("stored patterns N")
+        .y_desc("error")
+        .draw()?;
+    for ((curve, name), color) in curves.iter().zip(MEMORIES).zip([BLACK, GREEN, BLUE, RED]) {
+        chart
+            .draw_series(LineSeries::new(
+                curve.iter().copied(),
+                color.stroke_width(2),
+            ))?
+            .label(name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+        chart.draw_series(curve.iter().map(|&p| Circle::new(p, 3, color.filled())))?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
     Ok(())
 }
 
@@ -518,6 +719,9 @@ fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
             fixed_points(&dev, args.seed, (&plot, &pictures), args.patterns)?
         }
         Claim::Energy { noise, plot } => energy(&dev, args.seed, noise, &plot, args.patterns)?,
+        Claim::Capacity { flip, beta, plot } => {
+            capacity(&dev, args.seed, (flip, beta), &plot, args.patterns)?
+        }
     }
     Ok(())
 }
