@@ -124,9 +124,11 @@ pub fn run_case(path: &Path, precision: Precision) -> Outcome {
     }
 }
 
-/// The bundled reference cases of one suite (`"hflayers"`, `"dahn"` or `"et"`):
-/// `crates/hopfield-nn/tests/data/goldens/<suite>` of this workspace. They stay beside the modules
-/// they judge (CI compares them byte for byte with the originals' export).
+/// The bundled reference cases of one suite (`"hflayers"`, `"dahn"` or `"et"`, vendored: CI
+/// compares them byte for byte with the originals' export; or `"hflayers_edges"`, this
+/// workspace's own cases for the edge values of hflayers' constructor arguments, exported by
+/// `benches/export_hflayers_edges.py`): `crates/hopfield-nn/tests/data/goldens/<suite>`. They
+/// stay beside the modules they judge.
 ///
 /// ```
 /// let dir = hopfield_examples::conformance::goldens_dir("hflayers");
