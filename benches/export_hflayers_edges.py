@@ -422,6 +422,16 @@ def cases():
         "tuple3", {"stored": (N, S, 5), "state": (N, L, 5), "projection": (N, S, 4)},
         "pure static retrieval (beta 1) with add_zero_association and a fully padded sample",
         masks={"stored_pattern_padding_mask": ("bool", bool_mask([[0, 1, 0, 0], [1, 1, 1, 1]]))})
+    # Static pooling / lookup weights with several heads and samples: every sample holds the same
+    # static tensor, so Q3's mixing of samples changes nothing.
+    add("pooling_static_state_heads2", "HopfieldPooling",
+        {"input_size": 8, "num_heads": 2, "quantity": 2, "state_pattern_as_static": True,
+         "normalize_state_pattern": False, "normalize_state_pattern_affine": False}, "single",
+        {"x": (3, S, 8)}, "static pooling weights (hidden_size 4) shared by two heads and three samples")
+    add("layer_static_stored_heads2", "HopfieldLayer",
+        {"input_size": 8, "num_heads": 2, "quantity": 3, "stored_pattern_as_static": True,
+         "pattern_projection_size": 4, **nf}, "single", {"x": (3, L, 8)},
+        "static lookup weights (hidden_size 4) shared by two heads and three samples")
     return c
 
 

@@ -8,7 +8,7 @@
 
 use hopfield_examples::conformance::{goldens_dir, run_dirs, Precision};
 
-const CASES: usize = 50;
+const CASES: usize = 52;
 
 fn assert_all_pass(precision: Precision) {
     let summary = run_dirs(&[goldens_dir("hflayers_edges")], precision).expect("read goldens");
