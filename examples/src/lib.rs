@@ -22,6 +22,12 @@ pub mod conformance;
 pub mod data;
 pub mod plot;
 
+/// Every Rust block of `docs/guide.md` runs as a doctest of this crate, so the guide's code
+/// stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/guide.md")]
+pub struct GuideDoctests;
+
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Result, Tensor, Var};
 use candle_nn::init::Init;
