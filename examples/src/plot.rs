@@ -1,5 +1,5 @@
-//! Pictures of 8x8 digits: a PNG grid of labelled image rows in sections, the examples' way of
-//! showing what a memory stored, received and retrieved.
+//! Pictures of the examples: a PNG grid of labelled rows of 8x8 digits in sections (what a memory
+//! stored, received and retrieved), and line charts of measured curves.
 //!
 //! Text is drawn with the system's sans-serif font when there is one; on a machine without fonts
 //! the picture is written without its labels (stdout of the examples says what each row is).
@@ -124,4 +124,51 @@ pub fn digit_grid(
     }
     root.present()?;
     Ok((width, height))
+}
+
+/// A PNG canvas at `path` (parent folders created), white.
+pub fn canvas(
+    path: &Path,
+    size: (u32, u32),
+) -> Result<DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>, Box<dyn std::error::Error>> {
+    if let Some(parent) = path.parent() {
+        if !parent.as_os_str().is_empty() {
+            std::fs::create_dir_all(parent)?;
+        }
+    }
+    let root = BitMapBackend::new(path, size).into_drawing_area();
+    root.fill(&WHITE)?;
+    Ok(root)
+}
+
+/// Draws `curves` (name, points) as lines with dots and a legend on a chart of any axes (linear
+/// or logarithmic), in a fixed palette.
+pub fn curves<'a, X, Y>(
+    chart: &mut ChartContext<'a, BitMapBackend<'a>, Cartesian2d<X, Y>>,
+    curves: &[(String, Vec<(f64, f64)>)],
+    legend: SeriesLabelPosition,
+) -> Result<(), Box<dyn std::error::Error + 'a>>
+where
+    X: Ranged<ValueType = f64>,
+    Y: Ranged<ValueType = f64>,
+{
+    const PALETTE: [RGBColor; 5] = [BLUE, RED, GREEN, BLACK, MAGENTA];
+    for ((name, points), color) in curves.iter().zip(PALETTE.iter().cycle()) {
+        let color = *color;
+        chart
+            .draw_series(LineSeries::new(
+                points.iter().copied(),
+                color.stroke_width(2),
+            ))?
+            .label(name.as_str())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+        chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled())))?;
+    }
+    chart
+        .configure_series_labels()
+        .position(legend)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    Ok(())
 }

@@ -149,7 +149,7 @@ impl Encoder {
 
 /// How a model pools a bag of encoded instances `(B, S, 32)` with padding mask `(B, S)`.
 enum Pool {
-    Hopfield(HopfieldPooling),
+    Hopfield(Box<HopfieldPooling>),
     Gated { v: Linear, u: Linear, w: Linear },
 }
 
@@ -167,7 +167,7 @@ impl MilModel {
         let pool = HopfieldPooling::new(HopfieldPoolingConfig::new(cfg), vb.pp("pool"))?;
         Ok(Self {
             encoder: Encoder::new(vb.pp("encoder"))?,
-            pool: Pool::Hopfield(pool),
+            pool: Pool::Hopfield(Box::new(pool)),
             head: torch_linear(32, 1, vb.pp("head"))?,
         })
     }

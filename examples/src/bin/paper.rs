@@ -25,13 +25,14 @@
 use candle_core::{DType, Device, Result, Tensor, D};
 use candle_nn::VarBuilder;
 use clap::{Parser, Subcommand};
-use hopfield_examples::plot::{digit_grid, min_max, GridRow, GridSection};
+use hopfield_examples::plot::{self, digit_grid, min_max, GridRow, GridSection};
 use hopfield_examples::{device, digits_path, load_digits, DeviceChoice};
+use hopfield_nn::classical::{ClassicalHopfield, DenseAssociativeMemory, Interaction};
 use hopfield_nn::{Hopfield, HopfieldConfig, HopfieldInput, Masks};
 use plotters::prelude::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -239,30 +240,42 @@ const MEMORIES: [&str; 4] = [
     "modern Hopfield",
 ];
 
-/// Runs `memory` (0-3, see [`MEMORIES`]) on `±1` patterns `x` from `±1` queries; returns the
-/// fraction of queries not retrieved exactly (after up to 10 synchronous updates, or one
-/// update then `sign` for the modern network).
+/// The binary memories of `capacity`: one synchronous update of a set of states.
+enum Binary {
+    Classical(ClassicalHopfield),
+    Dense(DenseAssociativeMemory),
+}
+
+impl Binary {
+    fn update(&self, s: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Classical(net) => net.update(s),
+            Self::Dense(net) => net.update(s),
+        }
+    }
+}
+
+/// Runs memory `memory` (an index into [`MEMORIES`]) on `±1` patterns `x` from `±1` queries;
+/// returns the fraction of queries not retrieved exactly (after up to 10 synchronous updates,
+/// or one update then `sign` for the modern network).
 fn capacity_error(memory: usize, x: &Tensor, queries: &Tensor, beta: f64) -> Result<f64> {
-    use hopfield_nn::classical::{ClassicalHopfield, DenseAssociativeMemory, Interaction};
-    let out = match memory {
-        0 | 1 | 2 => {
-            let step: Box<dyn Fn(&Tensor) -> Result<Tensor>> = match memory {
-                0 => {
-                    let net = ClassicalHopfield::store(x)?;
-                    Box::new(move |s| net.update(s))
-                }
-                1 => {
-                    let net = DenseAssociativeMemory::new(x, Interaction::Polynomial(3))?;
-                    Box::new(move |s| net.update(s))
-                }
-                _ => {
-                    let net = DenseAssociativeMemory::new(x, Interaction::Exponential)?;
-                    Box::new(move |s| net.update(s))
-                }
-            };
+    let binary = match memory {
+        0 => Some(Binary::Classical(ClassicalHopfield::store(x)?)),
+        1 => Some(Binary::Dense(DenseAssociativeMemory::new(
+            x,
+            Interaction::Polynomial(3),
+        )?)),
+        2 => Some(Binary::Dense(DenseAssociativeMemory::new(
+            x,
+            Interaction::Exponential,
+        )?)),
+        _ => None,
+    };
+    let out = match binary {
+        Some(net) => {
             let mut s = queries.to_dtype(DType::F64)?;
             for _ in 0..10 {
-                let next = step(&s)?;
+                let next = net.update(&s)?;
                 let same = next
                     .eq(&s)?
                     .to_dtype(DType::F64)?
@@ -276,7 +289,7 @@ fn capacity_error(memory: usize, x: &Tensor, queries: &Tensor, beta: f64) -> Res
             }
             s
         }
-        _ => {
+        None => {
             // Continuous states on the unit sphere: one update, then the sign.
             let d = x.dim(1)? as f64;
             let xs = (x.to_dtype(DType::F32)? / d.sqrt())?;
@@ -319,7 +332,7 @@ fn capacity(
     dev: &Device,
     seed: u64,
     (flip, beta): (f64, f64),
-    plot: &PathBuf,
+    plot: &Path,
     limit: Option<usize>,
 ) -> std::result::Result<(), Box<dyn std::error::Error>> {
     let mut rng = StdRng::seed_from_u64(seed);
@@ -372,16 +385,12 @@ fn capacity(
 }
 
 fn draw_capacity(
-    path: &PathBuf,
+    path: &Path,
     curves: &[Vec<(f64, f64)>],
     d: usize,
 ) -> std::result::Result<(), Box<dyn std::error::Error>> {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
+    let root = plot::canvas(path, (720, 440))?;
     let n_max = curves.iter().flatten().fold(2f64, |a, p| a.max(p.0));
-    let root = BitMapBackend::new(path, (720, 440)).into_drawing_area();
-    root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
         .caption(
             format!("retrieval error against stored random patterns (d = {d})"),
@@ -396,22 +405,12 @@ fn draw_capacity(
         .x_desc("stored patterns N")
         .y_desc("error")
         .draw()?;
-    for ((curve, name), color) in curves.iter().zip(MEMORIES).zip([BLACK, GREEN, BLUE, RED]) {
-        chart
-            .draw_series(LineSeries::new(
-                curve.iter().copied(),
-                color.stroke_width(2),
-            ))?
-            .label(name)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
-        chart.draw_series(curve.iter().map(|&p| Circle::new(p, 3, color.filled())))?;
-    }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()?;
+    let named: Vec<(String, Vec<(f64, f64)>)> = MEMORIES
+        .iter()
+        .map(|m| m.to_string())
+        .zip(curves.iter().cloned())
+        .collect();
+    plot::curves(&mut chart, &named, SeriesLabelPosition::UpperLeft).map_err(|e| e.to_string())?;
     root.present()?;
     Ok(())
 }
@@ -455,7 +454,7 @@ fn energy(
     dev: &Device,
     seed: u64,
     noise: f64,
-    plot: &PathBuf,
+    plot: &Path,
     limit: Option<usize>,
 ) -> std::result::Result<(), Box<dyn std::error::Error>> {
     let (images, _) = digits(limit)?;
@@ -511,18 +510,14 @@ fn energy(
 }
 
 fn draw_energy(
-    path: &PathBuf,
+    path: &Path,
     curves: &[(f64, Vec<f64>)],
 ) -> std::result::Result<(), Box<dyn std::error::Error>> {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
+    let root = plot::canvas(path, (720, 440))?;
     let all = curves.iter().flat_map(|(_, c)| c.iter().copied());
     let (lo, hi) = all.fold((f64::MAX, f64::MIN), |(a, b), v| (a.min(v), b.max(v)));
     let pad = ((hi - lo) * 0.08).max(1e-6);
     let steps = curves.first().map_or(1, |(_, c)| c.len() - 1) as f64;
-    let root = BitMapBackend::new(path, (720, 440)).into_drawing_area();
-    root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
         .caption(
             "modern Hopfield energy along the updates (mean over queries)",
@@ -537,23 +532,14 @@ fn draw_energy(
         .x_desc("update")
         .y_desc("energy")
         .draw()?;
-    for ((beta, curve), color) in curves.iter().zip([BLUE, GREEN, RED]) {
-        let pts: Vec<(f64, f64)> = curve
-            .iter()
-            .enumerate()
-            .map(|(t, &e)| (t as f64, e))
-            .collect();
-        chart
-            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))?
-            .label(format!("beta {beta}"))
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
-        chart.draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))?;
-    }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()?;
+    let named: Vec<(String, Vec<(f64, f64)>)> = curves
+        .iter()
+        .map(|(beta, c)| {
+            let pts = c.iter().enumerate().map(|(t, &e)| (t as f64, e)).collect();
+            (format!("beta {beta}"), pts)
+        })
+        .collect();
+    plot::curves(&mut chart, &named, SeriesLabelPosition::UpperRight).map_err(|e| e.to_string())?;
     root.present()?;
     Ok(())
 }
@@ -663,15 +649,11 @@ fn fixed_points(
 }
 
 fn draw_curves(
-    path: &PathBuf,
+    path: &Path,
     curves: &[Vec<(f64, f64)>; 2],
     n: usize,
 ) -> std::result::Result<(), Box<dyn std::error::Error>> {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    let root = BitMapBackend::new(path, (720, 440)).into_drawing_area();
-    root.fill(&WHITE)?;
+    let root = plot::canvas(path, (720, 440))?;
     let beta_max = curves[0].last().map_or(1.0, |p| p.0);
     let mut chart = ChartBuilder::on(&root)
         .caption(
@@ -690,21 +672,11 @@ fn draw_curves(
         .x_desc("beta")
         .y_desc("patterns (mean over queries)")
         .draw()?;
-    for (curve, (name, color)) in curves.iter().zip([("digits", BLUE), ("random", RED)]) {
-        chart
-            .draw_series(LineSeries::new(
-                curve.iter().copied(),
-                color.stroke_width(2),
-            ))?
-            .label(name)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
-        chart.draw_series(curve.iter().map(|&p| Circle::new(p, 3, color.filled())))?;
-    }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()?;
+    let named = vec![
+        ("digits".to_string(), curves[0].clone()),
+        ("random".to_string(), curves[1].clone()),
+    ];
+    plot::curves(&mut chart, &named, SeriesLabelPosition::UpperRight).map_err(|e| e.to_string())?;
     root.present()?;
     Ok(())
 }
