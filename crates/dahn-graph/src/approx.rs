@@ -13,6 +13,13 @@
 //! is what lifts recall@k on high-dimensional data. Work is O(N * iterations * candidates^2 * d);
 //! memory O(N (d + pool + candidates)).
 //!
+//! The steps (PyNNDescent's layout): a random-projection forest seeds the lists (all pairs in a
+//! leaf are offered; slots still empty get random ids); each iteration samples per node up to
+//! `candidates` new and old neighbours, forward and reverse (reverse lists rebuilt as a CSR by
+//! counting, not by random-access heaps), joins every (new, new) and (new, old) pair in batches
+//! (dot products in AVX2 where the CPU has it, bit for bit the portable ones), and applies the
+//! improvements per owner range of nodes (no locks). `DAHN_NND_TRACE=1` prints the phase times.
+//!
 //! Reproducibility: every random choice (initial lists, candidate sampling) is a hash of
 //! `(seed, iteration, node, neighbour)` and updates are applied per node in a fixed order, so a
 //! seed gives the same graph whatever the number of threads.
@@ -23,8 +30,10 @@ use rayon::prelude::*;
 
 /// Parameters of the NN-descent search ([`knn_approx_from_patterns`], [`crate::KnnMethod`]).
 ///
-/// The defaults reach recall@8 >= 0.9 on 10^6 uniform random 64-d patterns (the hardest case:
-/// no cluster structure; docs/dahn-performance.md); clustered data converges faster.
+/// Uniform random 64-d patterns are the hardest case (no cluster structure): there the defaults
+/// (pool 48 for k = 8) give recall@8 ~0.90 at 10^5, and 10^6 needs a longer pool (64; see
+/// docs/dahn-performance.md for the measured recall, time and memory); clustered data converges
+/// faster.
 ///
 /// ```
 /// use dahn_graph::NnDescent;
@@ -865,6 +874,10 @@ impl<'a, T: Elem> Search<'a, T> {
                         } else {
                             ok.push(k)
                         }
+                    }
+                    if nk.is_empty() {
+                        // No new neighbour: the join has no pair for this node, old ones unused.
+                        ok.clear();
                     }
                     for (keys, c) in [(&mut *nk, nc), (&mut *ok, oc)] {
                         keys.sort_unstable();
