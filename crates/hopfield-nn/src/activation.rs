@@ -21,6 +21,20 @@ pub enum Activation {
     Sigmoid,
     /// GELU (erf form, PyTorch's default).
     Gelu,
+    /// |x| (`torch.abs`).
+    Abs,
+    /// exp(x) (`torch.exp`).
+    Exp,
+    /// SELU (`torch.selu`): `scale (max(0, x) + min(0, alpha (exp(x) - 1)))`.
+    Selu,
+    /// CELU with alpha 1 (`torch.celu`): `max(0, x) + min(0, exp(x) - 1)`.
+    Celu,
+    /// x^2 (`torch.square`).
+    Square,
+    /// sin(x) (`torch.sin`).
+    Sin,
+    /// cos(x) (`torch.cos`).
+    Cos,
 }
 
 impl Activation {
@@ -32,10 +46,18 @@ impl Activation {
             "tanh" => Ok(Self::Tanh),
             "sigmoid" => Ok(Self::Sigmoid),
             "gelu" => Ok(Self::Gelu),
+            "abs" => Ok(Self::Abs),
+            "exp" => Ok(Self::Exp),
+            "selu" => Ok(Self::Selu),
+            "celu" => Ok(Self::Celu),
+            "square" => Ok(Self::Square),
+            "sin" => Ok(Self::Sin),
+            "cos" => Ok(Self::Cos),
             other => Err(HopfieldError::Config {
                 field: "activation",
                 reason: format!(
-                    "unknown activation {other:?} (expected relu, tanh, sigmoid or gelu)"
+                    "unknown activation {other:?} (expected one of relu, tanh, sigmoid, gelu, \
+                     abs, exp, selu, celu, square, sin, cos)"
                 ),
             }),
         }
@@ -43,10 +65,25 @@ impl Activation {
 
     /// Applies the activation (differentiable).
     pub fn apply(self, x: &Tensor) -> Result<Tensor> {
-        match self.candle() {
-            Some(a) => a.forward(x),
-            // candle-nn has no tanh activation.
-            None => x.tanh(),
+        if let Some(a) = self.candle() {
+            return a.forward(x);
+        }
+        // The functions candle-nn has no activation for.
+        match self {
+            Self::Tanh => x.tanh(),
+            Self::Abs => x.abs(),
+            Self::Exp => x.exp(),
+            Self::Square => x.sqr(),
+            Self::Sin => x.sin(),
+            Self::Cos => x.cos(),
+            Self::Selu => {
+                // torch's constants
+                const ALPHA: f64 = 1.673_263_242_354_377_3;
+                const SCALE: f64 = 1.050_700_987_355_480_5;
+                (x.relu()? + x.minimum(0.0)?.exp()?.affine(ALPHA, -ALPHA)?)? * SCALE
+            }
+            Self::Celu => x.relu()? + x.minimum(0.0)?.exp()?.affine(1.0, -1.0)?,
+            Self::Relu | Self::Sigmoid | Self::Gelu => unreachable!("candle-nn has these"),
         }
     }
 
@@ -64,7 +101,56 @@ impl Activation {
             Self::Sigmoid => Some(candle_nn::Activation::Sigmoid),
             // torch.nn.functional.gelu's default is the erf form, candle-nn's `Gelu`.
             Self::Gelu => Some(candle_nn::Activation::Gelu),
-            Self::Tanh => None,
+            Self::Tanh
+            | Self::Abs
+            | Self::Exp
+            | Self::Selu
+            | Self::Celu
+            | Self::Square
+            | Self::Sin
+            | Self::Cos => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// Every name against torch's formula at a few points (values from torch 2.15).
+    #[test]
+    fn torch_functions_match_torch() -> Result<()> {
+        let x = Tensor::new(&[-2f64, -0.5, 0., 1.5], &Device::Cpu)?;
+        let cases: [(&str, [f64; 4]); 7] = [
+            ("abs", [2., 0.5, 0., 1.5]),
+            ("exp", [(-2f64).exp(), (-0.5f64).exp(), 1., 1.5f64.exp()]),
+            (
+                "selu",
+                [
+                    -1.520_166_468_595_694_8,
+                    -0.691_758_187_802_871_3,
+                    0.,
+                    1.576_051_481_033_220_7,
+                ],
+            ),
+            (
+                "celu",
+                [-0.864_664_716_763_387_3, -0.393_469_340_287_366_6, 0., 1.5],
+            ),
+            ("square", [4., 0.25, 0., 2.25]),
+            ("sin", [(-2f64).sin(), (-0.5f64).sin(), 0., 1.5f64.sin()]),
+            ("cos", [(-2f64).cos(), (-0.5f64).cos(), 1., 1.5f64.cos()]),
+        ];
+        for (name, want) in cases {
+            let got = Activation::from_name(name)
+                .map_err(candle_core::Error::wrap)?
+                .apply(&x)?
+                .to_vec1::<f64>()?;
+            for (g, w) in got.iter().zip(want) {
+                assert!((g - w).abs() < 1e-12, "{name}: {got:?} vs {want:?}");
+            }
+        }
+        Ok(())
     }
 }
