@@ -78,10 +78,13 @@ enum Claim {
         /// Fraction of a query's bits flipped.
         #[arg(long, default_value_t = 0.1)]
         flip: f64,
-        /// Beta of the modern Hopfield network (patterns scaled to unit norm).
-        #[arg(long, default_value_t = 32.0)]
-        beta: f64,
-        /// The plot of the error against the number of patterns (PNG).
+        /// Betas of the modern Hopfield network (patterns scaled to unit norm), comma-separated.
+        #[arg(long, value_delimiter = ',', default_values_t = [8.0, 32.0])]
+        betas: Vec<f64>,
+        /// Pattern dimensions of the random patterns, comma-separated (the digits have 64).
+        #[arg(long, value_delimiter = ',', default_values_t = [32, 64])]
+        dims: Vec<usize>,
+        /// The plot of the error against the number of patterns, at the largest dimension (PNG).
         #[arg(long, default_value = "target/paper_capacity.png")]
         plot: PathBuf,
     },
@@ -232,13 +235,8 @@ fn one_step(dev: &Device, seed: u64, noise: f64, limit: Option<usize>) -> Result
     Ok(())
 }
 
-/// The memories compared by `capacity`.
-const MEMORIES: [&str; 4] = [
-    "classical (Hebb)",
-    "dense, cubic",
-    "dense, exponential",
-    "modern Hopfield",
-];
+/// The binary memories compared by `capacity`; the modern network follows, once per beta.
+const BINARY: [&str; 3] = ["classical (Hebb)", "dense, cubic", "dense, exponential"];
 
 /// The binary memories of `capacity`: one synchronous update of a set of states.
 enum Binary {
@@ -255,10 +253,11 @@ impl Binary {
     }
 }
 
-/// Runs memory `memory` (an index into [`MEMORIES`]) on `±1` patterns `x` from `±1` queries;
-/// returns the fraction of queries not retrieved exactly (after up to 10 synchronous updates,
-/// or one update then `sign` for the modern network).
-fn capacity_error(memory: usize, x: &Tensor, queries: &Tensor, beta: f64) -> Result<f64> {
+/// Runs memory `memory` (an index into [`BINARY`], then the modern network at `betas[memory -
+/// 3]`) on `±1` patterns `x` from `±1` queries; returns the fraction of queries not retrieved
+/// exactly (after up to 10 synchronous updates, or one update then `sign` for the modern
+/// network).
+fn capacity_error(memory: usize, x: &Tensor, queries: &Tensor, betas: &[f64]) -> Result<f64> {
     let binary = match memory {
         0 => Some(Binary::Classical(ClassicalHopfield::store(x)?)),
         1 => Some(Binary::Dense(DenseAssociativeMemory::new(
@@ -294,7 +293,7 @@ fn capacity_error(memory: usize, x: &Tensor, queries: &Tensor, beta: f64) -> Res
             let d = x.dim(1)? as f64;
             let xs = (x.to_dtype(DType::F32)? / d.sqrt())?;
             let qs = (queries.to_dtype(DType::F32)? / d.sqrt())?;
-            let r = update(&xs, &qs, beta, 1)?;
+            let r = update(&xs, &qs, betas[memory - BINARY.len()], 1)?;
             ((r.ge(0.0)?.to_dtype(DType::F64)? * 2.0)? - 1.0)?
         }
     };
@@ -331,47 +330,60 @@ fn flipped(x: &Tensor, m: usize, flip: f64, rng: &mut StdRng) -> Result<Tensor> 
 fn capacity(
     dev: &Device,
     seed: u64,
-    (flip, beta): (f64, f64),
+    (flip, betas, dims): (f64, &[f64], &[usize]),
     plot: &Path,
     limit: Option<usize>,
 ) -> std::result::Result<(), Box<dyn std::error::Error>> {
+    if betas.is_empty() || dims.is_empty() || dims.contains(&0) {
+        return Err("capacity needs at least one beta and one dimension >= 1".into());
+    }
     let mut rng = StdRng::seed_from_u64(seed);
-    let d = 64;
     let max_n = limit.unwrap_or(1024).clamp(16, 1024);
     let sizes: Vec<usize> = (1..=10)
         .map(|i| 1usize << i)
         .filter(|&n| n <= max_n)
         .collect();
-    let random: Vec<f64> = (0..max_n * d)
-        .map(|_| if rng.random::<bool>() { 1.0 } else { -1.0 })
+    let names: Vec<String> = BINARY
+        .iter()
+        .map(|m| m.to_string())
+        .chain(betas.iter().map(|b| format!("modern, beta {b}")))
         .collect();
-    let random = Tensor::from_vec(random, (max_n, d), dev)?;
+    println!(
+        "Storage capacity: queries = stored patterns with {:.0}% of their bits flipped; error =",
+        flip * 100.0
+    );
+    println!("fraction of queries (at most 100) not retrieved exactly. Modern Hopfield: unit-norm");
+    println!("patterns, one update then sign.\n");
+    let mut sets = Vec::new();
+    for &d in dims {
+        let random: Vec<f64> = (0..max_n * d)
+            .map(|_| if rng.random::<bool>() { 1.0 } else { -1.0 })
+            .collect();
+        sets.push((
+            format!("random patterns, d = {d}"),
+            d,
+            Tensor::from_vec(random, (max_n, d), dev)?,
+        ));
+    }
     // The digits, binarised at half ink, in their file order (all ten classes mixed).
     let (images, _) = digits(Some(max_n))?;
     let binary = ((images.ge(0.5)?.to_dtype(DType::F64)? * 2.0)? - 1.0)?.to_device(dev)?;
-    println!(
-        "Storage capacity: d = {d}, queries = stored patterns with {:.0}% of their bits",
-        flip * 100.0
-    );
-    println!("flipped; error = fraction of queries (at most 100) not retrieved exactly. Modern");
-    println!(
-        "Hopfield: beta {beta} on unit-norm patterns, one update then sign.
-"
-    );
-    let mut curves = vec![Vec::new(); MEMORIES.len()];
-    for (name, x) in [("random patterns", &random), ("binarised digits", &binary)] {
+    sets.push(("binarised digits, d = 64".to_string(), 64, binary));
+    let d_plot = *dims.iter().max().expect("checked non-empty");
+    let mut curves = vec![Vec::new(); names.len()];
+    for (name, d, x) in &sets {
         println!("{name}");
         print!("{:>6}", "N");
-        MEMORIES.iter().for_each(|m| print!("{m:>20}"));
+        names.iter().for_each(|m| print!("{m:>20}"));
         println!();
         for &n in sizes.iter().filter(|&&n| n <= x.dim(0).unwrap_or(0)) {
             let xn = x.narrow(0, 0, n)?;
             let queries = flipped(&xn, n.min(100), flip, &mut rng)?;
             print!("{n:>6}");
             for (k, curve) in curves.iter_mut().enumerate() {
-                let e = capacity_error(k, &xn, &queries, beta)?;
+                let e = capacity_error(k, &xn, &queries, betas)?;
                 print!("{e:>20.3}");
-                if name.starts_with("random") {
+                if name.starts_with("random") && *d == d_plot {
                     curve.push((n as f64, e));
                 }
             }
@@ -379,13 +391,14 @@ fn capacity(
         }
         println!();
     }
-    draw_capacity(plot, &curves, d)?;
+    draw_capacity(plot, &names, &curves, d_plot)?;
     println!("wrote {}", plot.display());
     Ok(())
 }
 
 fn draw_capacity(
     path: &Path,
+    names: &[String],
     curves: &[Vec<(f64, f64)>],
     d: usize,
 ) -> std::result::Result<(), Box<dyn std::error::Error>> {
@@ -405,11 +418,8 @@ fn draw_capacity(
         .x_desc("stored patterns N")
         .y_desc("error")
         .draw()?;
-    let named: Vec<(String, Vec<(f64, f64)>)> = MEMORIES
-        .iter()
-        .map(|m| m.to_string())
-        .zip(curves.iter().cloned())
-        .collect();
+    let named: Vec<(String, Vec<(f64, f64)>)> =
+        names.iter().cloned().zip(curves.iter().cloned()).collect();
     plot::curves(&mut chart, &named, SeriesLabelPosition::UpperLeft).map_err(|e| e.to_string())?;
     root.present()?;
     Ok(())
@@ -691,9 +701,12 @@ fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
             fixed_points(&dev, args.seed, (&plot, &pictures), args.patterns)?
         }
         Claim::Energy { noise, plot } => energy(&dev, args.seed, noise, &plot, args.patterns)?,
-        Claim::Capacity { flip, beta, plot } => {
-            capacity(&dev, args.seed, (flip, beta), &plot, args.patterns)?
-        }
+        Claim::Capacity {
+            flip,
+            betas,
+            dims,
+            plot,
+        } => capacity(&dev, args.seed, (flip, &betas, &dims), &plot, args.patterns)?,
     }
     Ok(())
 }
