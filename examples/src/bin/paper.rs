@@ -84,7 +84,7 @@ enum Claim {
         /// Pattern dimensions of the random patterns, comma-separated (the digits have 64).
         #[arg(long, value_delimiter = ',', default_values_t = [32, 64])]
         dims: Vec<usize>,
-        /// The plot of the error against the number of patterns, at the largest dimension (PNG).
+        /// The plot of the error against the number of patterns, at the smallest dimension (PNG).
         #[arg(long, default_value = "target/paper_capacity.png")]
         plot: PathBuf,
     },
@@ -369,7 +369,8 @@ fn capacity(
     let (images, _) = digits(Some(max_n))?;
     let binary = ((images.ge(0.5)?.to_dtype(DType::F64)? * 2.0)? - 1.0)?.to_device(dev)?;
     sets.push(("binarised digits, d = 64".to_string(), 64, binary));
-    let d_plot = *dims.iter().max().expect("checked non-empty");
+    // The smallest dimension: where the memories part ways within 1024 patterns.
+    let d_plot = *dims.iter().min().expect("checked non-empty");
     let mut curves = vec![Vec::new(); names.len()];
     for (name, d, x) in &sets {
         println!("{name}");
