@@ -155,10 +155,12 @@ impl AttentionOperator {
                 *dims.last_mut().expect("rank >= 2") = v.dim(D::Minus1)?;
                 out.reshape(dims)
             }
-            // The kernel reports non-finite logits; name the input, else the overflow.
+            // The kernel reports non-finite logits, or a beta the dtype cannot hold (finite in
+            // f64, infinite in f32): name the input, else the overflow of beta Q K^T.
             Err(e)
-                if KernelError::find(&e)
-                    .is_some_and(|k| matches!(k, KernelError::Overflow { .. })) =>
+                if KernelError::find(&e).is_some_and(|k| {
+                    matches!(k, KernelError::Overflow { .. } | KernelError::Param { .. })
+                }) =>
             {
                 validate::finite("attention: Q", q)?;
                 validate::finite("attention: K", k)?;
@@ -323,6 +325,24 @@ mod tests {
                 assert!((col(&y)? - yb)?.abs()?.max_all()?.to_scalar::<f64>()? < 1e-15);
             }
         }
+        Ok(())
+    }
+
+    /// A beta that is finite in f64 but not in the inputs' dtype is the overflow of the logits,
+    /// a typed error of this crate (as it was with the composed attention).
+    #[test]
+    fn a_beta_too_large_for_the_dtype_is_an_overflow() -> Result<()> {
+        let q = Tensor::zeros((1, 3), DType::F32, &Device::Cpu)?;
+        let e = AttentionOperator::new(1e300, AttentionMode::Dense)
+            .forward(&q, &q, &q, None)
+            .unwrap_err();
+        assert!(
+            matches!(
+                DiffusionError::find(&e),
+                Some(DiffusionError::Overflow { .. })
+            ),
+            "{e}"
+        );
         Ok(())
     }
 
