@@ -49,6 +49,42 @@ pub fn device(choice: DeviceChoice) -> Result<Device> {
     choice.device()
 }
 
+/// Centres every row of `x` `(n, d)` and scales it to unit L2 norm: the patterns of the modern
+/// Hopfield network live on a sphere, where the largest dot product is the nearest pattern (raw
+/// pixel dot products favour images with more ink).
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// let x = Tensor::new(&[[1f32, 3.]], &Device::Cpu)?;
+/// let y = hopfield_examples::normalize_rows(&x)?.to_vec2::<f32>()?;
+/// assert!((y[0][0] + 0.70710677).abs() < 1e-6 && (y[0][1] - 0.70710677).abs() < 1e-6);
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+pub fn normalize_rows(x: &Tensor) -> Result<Tensor> {
+    let centred = x.broadcast_sub(&x.mean_keepdim(candle_core::D::Minus1)?)?;
+    let norm = centred
+        .sqr()?
+        .sum_keepdim(candle_core::D::Minus1)?
+        .sqrt()?
+        .clamp(1e-6, f64::INFINITY)?;
+    centred.broadcast_div(&norm)
+}
+
+/// One standard normal draw by Box-Muller from two uniforms of `rng`, so that noise is
+/// reproducible from the seed alone.
+///
+/// ```
+/// use rand::SeedableRng;
+/// let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+/// let z = hopfield_examples::standard_normal(&mut rng);
+/// assert!(z.is_finite());
+/// ```
+pub fn standard_normal(rng: &mut StdRng) -> f64 {
+    use rand::Rng;
+    let (u1, u2) = (1.0 - rng.random::<f64>(), rng.random::<f64>());
+    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+}
+
 /// Path of the bundled UCI handwritten digits (`examples/data/digits/digits.csv.gz`, CC BY 4.0,
 /// see the README next to it).
 pub fn digits_path() -> PathBuf {

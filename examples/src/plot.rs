@@ -75,11 +75,6 @@ pub fn digit_grid(
     path: &Path,
     sections: &[GridSection],
 ) -> Result<(u32, u32), Box<dyn std::error::Error>> {
-    if let Some(parent) = path.parent() {
-        if !parent.as_os_str().is_empty() {
-            std::fs::create_dir_all(parent)?;
-        }
-    }
     let cell = 8 * PIXEL + GAP;
     let columns = sections
         .iter()
@@ -89,8 +84,7 @@ pub fn digit_grid(
     let rows: i32 = sections.iter().map(|s| s.rows.len() as i32).sum();
     let width = (LABEL_WIDTH + columns * cell + GAP).max(LABEL_WIDTH) as u32;
     let height = (sections.len() as i32 * TITLE_HEIGHT + rows * cell + GAP).max(1) as u32;
-    let root = BitMapBackend::new(path, (width, height)).into_drawing_area();
-    root.fill(&WHITE)?;
+    let root = canvas(path, (width, height))?;
     let font = ("sans-serif", 14).into_font();
     let mut y = 0;
     for section in sections {

@@ -179,7 +179,7 @@ fn check(x: &Tensor, wq: &Tensor, wk: &Tensor, beta: &Tensor) -> Result<(usize, 
     let (b, l, d) = x
         .dims3()
         .map_err(|_| shape("x", "(B, L, D)".into(), x.dims()))?;
-    let (h, z, dq) = wq
+    let (h, _, dq) = wq
         .dims3()
         .map_err(|_| shape("wq", format!("(H, Z, {d})"), wq.dims()))?;
     if dq != d {
@@ -199,7 +199,6 @@ fn check(x: &Tensor, wq: &Tensor, wk: &Tensor, beta: &Tensor) -> Result<(usize, 
             beta.dims(),
         ));
     }
-    let _ = z;
     Ok((b, l, d))
 }
 

@@ -11,7 +11,8 @@
 //!   (exponential) random patterns.
 //!
 //! Updates are synchronous (every unit at once from the same state), computed in f64 (the
-//! exponential interaction reaches `exp(d)`); `sign(0)` is `+1`.
+//! exponential interaction reaches `exp(d)`); `sign(0)` is `+1`. Patterns and states of the wrong
+//! shape or dtype, or with NaN/inf, are a [`HopfieldError`] naming the argument.
 //!
 //! ```
 //! use candle_core::{Device, Tensor};
@@ -26,6 +27,7 @@
 //! ```
 
 use candle_core::{DType, Result, Tensor, D};
+use hopfield_core::HopfieldError;
 
 /// `+1` where `x >= 0`, else `-1`.
 fn sign(x: &Tensor) -> Result<Tensor> {
@@ -33,12 +35,35 @@ fn sign(x: &Tensor) -> Result<Tensor> {
     (pos * 2.0)? - 1.0
 }
 
-/// States and patterns must be `(M, d)` / `(N, d)` with the same `d`; computed in f64.
-fn states(what: &str, s: &Tensor, d: usize) -> Result<Tensor> {
-    match s.dims() {
-        [_, k] if *k == d => s.to_dtype(DType::F64),
-        other => candle_core::bail!("{what}: expected (M, {d}) states, got {other:?}"),
+/// A float tensor `(rows, d)` (any `d` when `d` is `None`) without NaN or inf, as f64: the
+/// patterns and states of these memories; anything else is a typed error naming `arg`.
+fn checked(arg: &'static str, x: &Tensor, d: Option<usize>) -> Result<Tensor> {
+    let ok = match (x.dims(), d) {
+        ([_, k], Some(d)) => *k == d,
+        ([_, _], None) => true,
+        _ => false,
+    };
+    if !ok || !x.dtype().is_float() {
+        let expected = match d {
+            Some(d) => format!("(M, {d}) float"),
+            None => "(N, d) float".into(),
+        };
+        return Err(HopfieldError::Shape {
+            arg,
+            expected,
+            got: x.dims().to_vec(),
+        }
+        .into());
     }
+    if !hopfield_cuda::all_finite(x)? {
+        return Err(HopfieldError::NonFinite { arg }.into());
+    }
+    x.to_dtype(DType::F64)
+}
+
+/// States must be `(M, d)` for the memory's `d`.
+fn states(arg: &'static str, s: &Tensor, d: usize) -> Result<Tensor> {
+    checked(arg, s, Some(d))
 }
 
 /// The classical binary Hopfield network with Hebbian weights.
@@ -51,8 +76,8 @@ pub struct ClassicalHopfield {
 impl ClassicalHopfield {
     /// Stores the `±1` patterns `x` `(N, d)` (Hebb's rule).
     pub fn store(x: &Tensor) -> Result<Self> {
+        let x = checked("patterns", x, None)?;
         let (_, d) = x.dims2()?;
-        let x = x.to_dtype(DType::F64)?;
         let w = (x.t()?.matmul(&x)? / d.max(1) as f64)?;
         let off_diagonal = (Tensor::ones((d, d), DType::F64, x.device())?
             - Tensor::eye(d, DType::F64, x.device())?)?;
@@ -68,13 +93,13 @@ impl ClassicalHopfield {
 
     /// `E(s) = -1/2 s^T W s` for each state `s` (rows of `(M, d)`), `(M)`.
     pub fn energy(&self, s: &Tensor) -> Result<Tensor> {
-        let s = states("ClassicalHopfield::energy", s, self.w.dim(0)?)?;
+        let s = states("s", s, self.w.dim(0)?)?;
         (s.matmul(&self.w)? * &s)?.sum(D::Minus1)? * -0.5
     }
 
     /// One synchronous update `s <- sign(W s)` of each state (rows of `(M, d)`).
     pub fn update(&self, s: &Tensor) -> Result<Tensor> {
-        let s = states("ClassicalHopfield::update", s, self.w.dim(0)?)?;
+        let s = states("s", s, self.w.dim(0)?)?;
         sign(&s.matmul(&self.w)?)
     }
 }
@@ -100,21 +125,22 @@ pub struct DenseAssociativeMemory {
 impl DenseAssociativeMemory {
     /// Stores the `±1` patterns `x` `(N, d)`.
     pub fn new(x: &Tensor, f: Interaction) -> Result<Self> {
-        x.dims2()?;
+        let x = checked("patterns", x, None)?;
         if let Interaction::Polynomial(n) = f {
             if n < 1 {
-                candle_core::bail!("DenseAssociativeMemory: polynomial degree {n} must be >= 1");
+                return Err(HopfieldError::Config {
+                    field: "interaction",
+                    reason: format!("polynomial degree {n} must be >= 1"),
+                }
+                .into());
             }
         }
-        Ok(Self {
-            x: x.to_dtype(DType::F64)?,
-            f,
-        })
+        Ok(Self { x, f })
     }
 
     /// `E(s) = -sum_mu F(x_mu . s)` for each state (rows of `(M, d)`), `(M)`.
     pub fn energy(&self, s: &Tensor) -> Result<Tensor> {
-        let s = states("DenseAssociativeMemory::energy", s, self.x.dim(1)?)?;
+        let s = states("s", s, self.x.dim(1)?)?;
         let z = s.matmul(&self.x.t()?)?;
         let f = match self.f {
             // z^n of negative z with a float power is NaN: integer powers by repeated products.
@@ -127,7 +153,7 @@ impl DenseAssociativeMemory {
     /// One synchronous update of each state (rows of `(M, d)`): every unit takes the sign that
     /// gives the lower energy with the other units fixed.
     pub fn update(&self, s: &Tensor) -> Result<Tensor> {
-        let s = states("DenseAssociativeMemory::update", s, self.x.dim(1)?)?;
+        let s = states("s", s, self.x.dim(1)?)?;
         let (m, d) = s.dims2()?;
         let n = self.x.dim(0)?;
         // a[m, mu] = x_mu . s_m; without unit i: a - x_mu_i s_m_i, shape (M, N, d).
@@ -234,6 +260,29 @@ mod tests {
                 }
             }
         }
+        Ok(())
+    }
+
+    #[test]
+    fn bad_input_is_a_typed_error() -> Result<()> {
+        let x = random_patterns(4, 6, 8)?;
+        let kind = |e: candle_core::Error| HopfieldError::find(&e).map(|k| k.to_string());
+        let net = ClassicalHopfield::store(&x)?;
+        let wrong = random_patterns(2, 5, 9)?;
+        let e = kind(net.update(&wrong).unwrap_err()).expect("typed");
+        assert!(e.contains("(M, 6)") && e.contains("[2, 5]"), "{e}");
+        let nan = Tensor::full(f64::NAN, (1, 6), &Device::Cpu)?;
+        let e = kind(net.energy(&nan).unwrap_err()).expect("typed");
+        assert!(e.contains("non-finite"), "{e}");
+        let ints = Tensor::zeros((4, 6), DType::U32, &Device::Cpu)?;
+        assert!(kind(ClassicalHopfield::store(&ints).unwrap_err()).is_some());
+        let flat = Tensor::zeros(6, DType::F64, &Device::Cpu)?;
+        assert!(
+            kind(DenseAssociativeMemory::new(&flat, Interaction::Exponential).unwrap_err())
+                .is_some()
+        );
+        let e = DenseAssociativeMemory::new(&x, Interaction::Polynomial(0)).unwrap_err();
+        assert!(kind(e).expect("typed").contains("degree 0"));
         Ok(())
     }
 

@@ -18,7 +18,9 @@ use candle_core::{DType, Device, ModuleT, Result, Tensor, D};
 use candle_nn::{VarBuilder, VarMap};
 use clap::Parser;
 use hopfield_examples::plot::{digit_grid, min_max, GridRow, GridSection};
-use hopfield_examples::{device, digits_path, load_digits, DeviceChoice};
+use hopfield_examples::{
+    device, digits_path, load_digits, normalize_rows, standard_normal, DeviceChoice,
+};
 use hopfield_nn::{
     Hopfield, HopfieldConfig, HopfieldInput, HopfieldPooling, HopfieldPoolingConfig, Masks,
 };
@@ -89,27 +91,10 @@ impl Corruption {
                         p
                     }
                 }
-                Corruption::Gaussian(s) => {
-                    // Box-Muller keeps the corruption reproducible from `rng` alone.
-                    let (u1, u2) = (1.0 - rng.random::<f64>(), rng.random::<f64>());
-                    let z = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
-                    (p + (s * z) as f32).clamp(0.0, 1.0)
-                }
+                Corruption::Gaussian(s) => (p + (s * standard_normal(rng)) as f32).clamp(0.0, 1.0),
             })
             .collect()
     }
-}
-
-/// Centres every row and scales it to unit L2 norm. Raw pixel dot products favour images with
-/// more ink; on the unit sphere the largest dot product is the nearest pattern.
-fn normalize_rows(x: &Tensor) -> Result<Tensor> {
-    let centred = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
-    let norm = centred
-        .sqr()?
-        .sum_keepdim(D::Minus1)?
-        .sqrt()?
-        .clamp(1e-6, f64::INFINITY)?;
-    centred.broadcast_div(&norm)
 }
 
 /// Index of the nearest (L2) stored pattern of every retrieved row.

@@ -26,11 +26,14 @@ use candle_core::{DType, Device, Result, Tensor, D};
 use candle_nn::VarBuilder;
 use clap::{Parser, Subcommand};
 use hopfield_examples::plot::{self, digit_grid, min_max, GridRow, GridSection};
-use hopfield_examples::{device, digits_path, load_digits, DeviceChoice};
+use hopfield_examples::{
+    device, digits_path, load_digits, normalize_rows, standard_normal, DeviceChoice,
+};
 use hopfield_nn::classical::{ClassicalHopfield, DenseAssociativeMemory, Interaction};
 use hopfield_nn::{Hopfield, HopfieldConfig, HopfieldInput, Masks};
 use plotters::prelude::*;
 use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use std::path::{Path, PathBuf};
 
@@ -98,17 +101,6 @@ enum Claim {
         #[arg(long, default_value = "target/paper_energy.png")]
         plot: PathBuf,
     },
-}
-
-/// Centres every row and scales it to unit norm (the paper's patterns live on a sphere).
-fn normalize_rows(x: &Tensor) -> Result<Tensor> {
-    let c = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
-    let n = c
-        .sqr()?
-        .sum_keepdim(D::Minus1)?
-        .sqrt()?
-        .clamp(1e-6, f64::INFINITY)?;
-    c.broadcast_div(&n)
 }
 
 /// The digits (pixels in [0, 1]) and labels, the first `limit` of them when given.
@@ -317,7 +309,6 @@ fn flipped(x: &Tensor, m: usize, flip: f64, rng: &mut StdRng) -> Result<Tensor> 
     let mut out = Vec::with_capacity(m * d);
     for mut row in rows {
         let mut idx: Vec<usize> = (0..d).collect();
-        use rand::seq::SliceRandom;
         idx.shuffle(rng);
         for &i in &idx[..k] {
             row[i] = -row[i];
@@ -429,10 +420,7 @@ fn draw_capacity(
 /// Gaussian noise of sd `sd`, `(n, d)`.
 fn gaussian(n: usize, d: usize, sd: f64, rng: &mut StdRng, dev: &Device) -> Result<Tensor> {
     let v: Vec<f32> = (0..n * d)
-        .map(|_| {
-            let (u1, u2) = (1.0 - rng.random::<f64>(), rng.random::<f64>());
-            ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos() * sd) as f32
-        })
+        .map(|_| (standard_normal(rng) * sd) as f32)
         .collect();
     Tensor::from_vec(v, (n, d), dev)
 }
