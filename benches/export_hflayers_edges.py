@@ -1,5 +1,5 @@
 """Exports reference cases for the edge values of hflayers' constructor arguments (issue 9,
-"Every configuration the originals accept") into crates/hopfield-nn/tests/data/goldens/hflayers_edges/.
+"Every configuration the originals accept") into crates/hopfield-nn/tests/data/audit/hflayers_edges/.
 
 difflayers 0.1.1 (PyPI) ships hflayers' `Hopfield`, `HopfieldPooling` and `HopfieldLayer` unchanged.
 Every case is written in the format of `goldens/hflayers/` (see goldens/README.md): float64, eval mode,
@@ -34,7 +34,7 @@ from difflayers import Hopfield, HopfieldLayer, HopfieldPooling
 REFERENCE = "hflayers f56f929c95b77a070ae675ea4f56b6d54d36e730 (as shipped in difflayers 0.1.1)"
 DEFAULT_OUT = os.path.join(
     os.path.dirname(os.path.abspath(__file__)),
-    "..", "crates", "hopfield-nn", "tests", "data", "goldens", "hflayers_edges",
+    "..", "crates", "hopfield-nn", "tests", "data", "audit", "hflayers_edges",
 )
 
 torch.set_default_dtype(torch.float64)

@@ -3,7 +3,7 @@
 //! check) or turns into NaN are each a typed `HopfieldError::Config` naming the argument here, at
 //! parsing or at construction (listed in docs/design/hflayers-quirks.md, "Edge values"); and
 //! `dropout = 1` in training, which the eval-only cases do not reach. The values hflayers handles
-//! sensibly in eval are reference cases (`goldens/hflayers_edges/`, `hflayers_edges_goldens.rs`).
+//! sensibly in eval are reference cases (`audit/hflayers_edges/`, `hflayers_edges_goldens.rs`).
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};

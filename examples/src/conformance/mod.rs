@@ -124,11 +124,9 @@ pub fn run_case(path: &Path, precision: Precision) -> Outcome {
     }
 }
 
-/// The bundled reference cases of one suite (`"hflayers"`, `"dahn"` or `"et"`, vendored: CI
-/// compares them byte for byte with the originals' export; or `"hflayers_edges"`, this
-/// workspace's own cases for the edge values of hflayers' constructor arguments, exported by
-/// `benches/export_hflayers_edges.py`): `crates/hopfield-nn/tests/data/goldens/<suite>`. They
-/// stay beside the modules they judge.
+/// The vendored reference cases of one suite (`"hflayers"`, `"dahn"` or `"et"`), exported from the
+/// originals and kept byte-identical to them by CI: `crates/hopfield-nn/tests/data/goldens/<suite>`.
+/// They stay beside the modules they judge.
 ///
 /// ```
 /// let dir = hopfield_examples::conformance::goldens_dir("hflayers");
@@ -137,6 +135,21 @@ pub fn run_case(path: &Path, precision: Precision) -> Outcome {
 pub fn goldens_dir(suite: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../crates/hopfield-nn/tests/data/goldens")
+        .join(suite)
+}
+
+/// This workspace's own reference cases of one audit suite (`"hflayers_edges"`: the edge values of
+/// hflayers' constructor arguments), exported from the originals by the scripts in `benches/` in
+/// the same format as the goldens: `crates/hopfield-nn/tests/data/audit/<suite>`. They are kept
+/// apart from [`goldens_dir`] because those are vendored byte for byte.
+///
+/// ```
+/// let dir = hopfield_examples::conformance::audit_dir("hflayers_edges");
+/// assert!(dir.join("hopfield_l1.safetensors").is_file());
+/// ```
+pub fn audit_dir(suite: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../crates/hopfield-nn/tests/data/audit")
         .join(suite)
 }
 
