@@ -31,6 +31,7 @@
 //! ```
 
 pub mod config;
+pub mod energy;
 pub mod error;
 pub mod forward;
 mod heads;
