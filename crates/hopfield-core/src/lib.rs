@@ -39,6 +39,7 @@ pub mod masks;
 pub mod ops;
 pub mod rng;
 pub mod self_association;
+pub mod sharded;
 mod steps;
 mod update;
 pub mod weights;
