@@ -41,6 +41,7 @@
 mod alloc;
 mod attention_energy;
 mod device;
+mod entmax;
 mod error;
 mod finite;
 mod hopfield_energy;
@@ -60,6 +61,7 @@ pub use attention_energy::{
     attention_energy_grad, attention_energy_grad_composed, attention_scores,
 };
 pub use device::{DeviceChoice, UnknownDevice};
+pub use entmax::{entmax, entmax15, entmax_composed, entmax_learnable, sparsemax};
 pub use error::{
     bad_additive_values, expect_float, expect_logits_in_range, find_error, KernelError,
 };
