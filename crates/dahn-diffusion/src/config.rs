@@ -81,14 +81,16 @@ pub struct DiffusionConfig {
     /// Diffusion strength (step size / heat-kernel time); 0 turns diffusion off. Default 0.1.
     pub eta: f64,
     /// Operator applications per call in [`GraphCache`](crate::GraphCache)'s operators
-    /// (iterative, factored); in `DiffusedHopfield`, the number of diffuse -> attend rounds
-    /// (difflayers' `diffusion_steps`), each applying the operator once. Default 3.
+    /// (iterative, factored; 0 makes them the identity, as in difflayers); in `DiffusedHopfield`,
+    /// the number of diffuse -> attend rounds (difflayers' `diffusion_steps`; 0 runs none), each
+    /// applying the operator once. Default 3.
     pub steps: usize,
     /// Default factored.
     pub diffusion_mode: DiffusionMode,
     /// The loop attention: dense, or over each node's graph neighbours. Default dense.
     pub attention_mode: AttentionMode,
-    /// kNN degree (clamped to N - 1 at build time). Default 5.
+    /// kNN degree (clamped to N - 1 at build time; 0 gives the edgeless graph, on which every
+    /// operator is the identity, as in difflayers). Default 5.
     pub k_neighbors: usize,
     /// Normalised Laplacian for simple/iterative/spectral (factored always uses `D - W`, as
     /// difflayers, D5). Default true.
@@ -188,7 +190,8 @@ impl DiffusionConfig {
     ///   eigenvalue is at least 1 on any graph with an edge) `eta <= 2`, beyond which
     ///   `(I - eta L)` provably amplifies. Factored mode's bound depends on the degrees and is
     ///   checked when the operator is built (`FactoredDiffusion`); spectral is stable for any eta;
-    /// - `k_neighbors >= 1`, `1 <= steps <= MAX_STEPS` ([`crate::MAX_STEPS`]);
+    /// - `steps <= MAX_STEPS` ([`crate::MAX_STEPS`]); `k_neighbors` and `steps` may be 0
+    ///   (difflayers' edge values: no edges, no steps);
     /// - `adaptive_temperature`, `adaptive_threshold` finite; `energy_stop_tol >= 0`;
     /// - `logit_eta`, when given, finite and >= 0.
     pub fn validate(&self) -> Result<()> {
@@ -208,12 +211,6 @@ impl DiffusionConfig {
                 what: "Euler step on the normalised Laplacian",
             }
             .into());
-        }
-        if self.k_neighbors == 0 {
-            return bad("k_neighbors must be >= 1".into());
-        }
-        if self.steps == 0 {
-            return bad("steps must be >= 1".into());
         }
         crate::validate::steps("DiffusionConfig", self.steps)?;
         for (name, v) in [
@@ -256,8 +253,7 @@ mod tests {
     #[rstest]
     #[case(DiffusionConfig::default().eta(-0.1))]
     #[case(DiffusionConfig::default().eta(f64::NAN))]
-    #[case(DiffusionConfig::default().k_neighbors(0))]
-    #[case(DiffusionConfig::default().steps(0))]
+    #[case(DiffusionConfig::default().steps(crate::MAX_STEPS + 1))]
     #[case(DiffusionConfig::default().adaptive_temperature(f64::INFINITY))]
     #[case(DiffusionConfig::default().logit_eta(Some(-1.0)))]
     #[case(DiffusionConfig::default().energy_stop_tol(-1.0))]
@@ -265,6 +261,14 @@ mod tests {
     fn invalid_configs_are_typed_errors(#[case] c: DiffusionConfig) {
         let e = c.validate().unwrap_err();
         assert!(crate::DiffusionError::find(&e).is_some(), "{e}");
+    }
+
+    /// difflayers' edge values: k = 0 (an empty `topk`, no edges) and 0 operator steps (the
+    /// identity) are accepted.
+    #[test]
+    fn zero_k_and_zero_steps_are_accepted() -> Result<()> {
+        DiffusionConfig::default().k_neighbors(0).validate()?;
+        DiffusionConfig::default().steps(0).validate()
     }
 
     #[test]

@@ -104,10 +104,30 @@ impl GraphBuilder {
         self.method(KnnMethod::NnDescent(params))
     }
 
-    /// Builds the graph of `x` (N, d); the graph is a constant (`x` is detached). Errors: `x` not
-    /// 2-D, N = 0, NaN/inf, k = 0.
+    /// Builds the graph of `x` (N, d); the graph is a constant (`x` is detached). k = 0 gives the
+    /// edgeless graph with an (N, 0) neighbour table, as difflayers' `GraphBuilder(k=0)` (an
+    /// empty `topk`): every diffusion operator on it is the identity. Errors: `x` not 2-D, N = 0,
+    /// NaN/inf; k = 0 with [`KnnMethod::NnDescent`] (a search for no neighbours is a mistake there:
+    /// the exact method gives the edgeless graph).
+    ///
+    /// ```
+    /// use candle_core::{Device, Tensor};
+    /// use dahn_graph::GraphBuilder;
+    /// let x = Tensor::new(&[[1f64, 0.], [1., 0.2], [0.2, 1.]], &Device::Cpu)?;
+    /// let g = GraphBuilder::new().k(0).build(&x)?;
+    /// assert_eq!((g.k(), g.adjacency().nnz(), g.neighbours()?.dims()), (0, 0, &[3, 0][..]));
+    /// # Ok::<(), candle_core::Error>(())
+    /// ```
     pub fn build(&self, x: &Tensor) -> Result<Graph> {
         let (n, _) = check::patterns_2d("GraphBuilder::build: patterns", x)?;
+        if self.k == 0 && self.method == KnnMethod::Exact {
+            return Ok(Graph {
+                adjacency: Arc::new(Csr::from_triplets(n, Vec::new(), crate::Merge::Max)?),
+                k: 0,
+                dtype: x.dtype(),
+                device: x.device().clone(),
+            });
+        }
         let k = effective_k(self.k, n)?;
         let csr = match &self.method {
             KnnMethod::Exact => knn_from_patterns(x, k.max(1), self.block_rows)?,

@@ -259,10 +259,20 @@ impl DiffusedHopfieldConfig {
         Ok(c)
     }
 
-    /// Whether the diffuse -> attend loop runs.
+    /// Whether the diffuse -> attend loop runs: `eta > 0`, keys or queries diffused, and at least
+    /// one round (`diffusion_steps = 0` runs none: difflayers builds its graph and leaves it unused,
+    /// we build none).
+    ///
+    /// ```
+    /// use hopfield_nn::{DiffusedHopfieldConfig, HopfieldConfig};
+    /// let cfg = DiffusedHopfieldConfig::new(HopfieldConfig::new(8));
+    /// assert!(cfg.dynamics_active());
+    /// assert!(!cfg.clone().with_diffusion_steps(0).dynamics_active());
+    /// assert!(!cfg.with_eta(0.0).dynamics_active());
+    /// ```
     pub fn dynamics_active(&self) -> bool {
         let d = &self.diffusion;
-        d.eta > 0.0 && (d.diffuse_key || d.diffuse_query)
+        d.eta > 0.0 && (d.diffuse_key || d.diffuse_query) && d.steps > 0
     }
 
     /// The graph caches' configuration: the loop applies each operator once per round.
@@ -286,10 +296,57 @@ impl DiffusedHopfieldConfig {
                 ),
             ));
         }
+        // Edge values (docs/design/difflayers-semantics.md): each bad value names its argument.
+        // D-V1: difflayers silently turns the diffusion off for a negative or NaN eta
+        // (`eta > 0` is false) and returns NaN for an infinite one.
+        let d = &self.diffusion;
+        if !(d.eta.is_finite() && d.eta >= 0.0) {
+            return Err(cfg(
+                "eta",
+                format!("must be finite and >= 0, got {}", d.eta),
+            ));
+        }
+        // D-V4: a negative or NaN tolerance silently disables the energy stop in difflayers.
+        if !(d.energy_stop_tol.is_finite() && d.energy_stop_tol >= 0.0) {
+            return Err(cfg(
+                "energy_stop_tol",
+                format!(
+                    "must be finite and >= 0 (0 disables the energy stop), got {}",
+                    d.energy_stop_tol
+                ),
+            ));
+        }
+        // D-V5: a NaN temperature or threshold makes difflayers' adaptive eta NaN, which its 5%
+        // test then silently ignores; an infinite one saturates the sigmoid.
+        for (field, v) in [
+            ("adaptive_temperature", d.adaptive_temperature),
+            ("adaptive_threshold", d.adaptive_threshold),
+        ] {
+            if !v.is_finite() {
+                return Err(cfg(field, format!("must be finite, got {v}")));
+            }
+        }
+        // D-V6: logit_eta scales the logit diffusion (which crashes in difflayers, D2).
+        if let Some(e) = d.logit_eta.filter(|e| !(e.is_finite() && *e >= 0.0)) {
+            return Err(cfg(
+                "logit_eta",
+                format!("must be finite and >= 0, got {e}"),
+            ));
+        }
         // The round count is checked at the loop (MAX_STEPS), where it is used: with the loop
-        // off, difflayers accepts any count.
-        if self.diffusion.steps == 0 {
-            return Err(cfg("diffusion_steps", "must be >= 1".into()));
+        // off, difflayers accepts any count; 0 rounds is plain Hopfield on the normalised patterns.
+        // D-V3: with no neighbours, difflayers' graph attention reads out zeros (a softmax over
+        // nothing) in every round; dense attention with k = 0 is fine (no edges, no diffusion).
+        if self.dynamics_active()
+            && self.diffusion.attention_mode == AttentionMode::Graph
+            && self.diffusion.k_neighbors == 0
+        {
+            return Err(cfg(
+                "k_neighbors",
+                "attention_mode graph needs k_neighbors >= 1: with no neighbours every loop \
+                 readout is zero (difflayers returns zeros there)"
+                    .into(),
+            ));
         }
         if self.graph_cache_capacity == 0 {
             return Err(cfg(
@@ -297,9 +354,14 @@ impl DiffusedHopfieldConfig {
                 "must be >= 1, got 0 (use with_cache_graph(false) to not cache)".into(),
             ));
         }
-        self.operator_config()
-            .validate()
-            .map_err(|e| cfg("diffusion", e.to_string()))
+        // D-V8: an Euler step that provably amplifies is an eta too large for the mode.
+        self.operator_config().validate().map_err(|e| {
+            let field = match dahn_diffusion::DiffusionError::find(&e) {
+                Some(dahn_diffusion::DiffusionError::Unstable { .. }) => "eta",
+                _ => "diffusion",
+            };
+            cfg(field, e.to_string())
+        })
     }
 }
 

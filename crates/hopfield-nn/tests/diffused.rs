@@ -147,8 +147,11 @@ fn bad_input_and_configs_are_typed_errors() -> Result<()> {
 
     for cfg in [
         DiffusedHopfieldConfig::new(base()).with_eta(-0.1),
-        DiffusedHopfieldConfig::new(base()).with_diffusion_steps(0),
-        DiffusedHopfieldConfig::new(base()).with_k_neighbors(0),
+        // D-V3: graph attention over no neighbours (difflayers reads out zeros); k = 0 and
+        // diffusion_steps = 0 alone are accepted (audit/dahn_edges).
+        DiffusedHopfieldConfig::new(base())
+            .with_attention_mode(AttentionMode::Graph)
+            .with_k_neighbors(0),
         DiffusedHopfieldConfig::new(base()).with_logit_diffusion(true, Some(f64::NAN)),
     ] {
         assert!(

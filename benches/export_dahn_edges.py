@@ -1,0 +1,362 @@
+"""Exports reference cases for the edge values of difflayers' `DiffusedHopfield` arguments (issue 9,
+"Every configuration the originals accept") into crates/hopfield-nn/tests/data/audit/dahn_edges/.
+
+Every case is written in the format of `goldens/dahn/dh_*` (see goldens/README.md, "dahn/"): float64,
+eval mode, `module` = `difflayers.DiffusedHopfield`, its kwargs, its full state_dict (random draws),
+inputs, output, association, projected patterns, what the dynamics hand to the Hopfield core
+(`core_state`, `core_stored`), the key (and query) graph, the tracker's energies, the number of
+diffuse-attend rounds, the effective eta and the gradients of sum(y * cotangent).
+
+As for the vendored goldens, difflayers' float32 casts (`Tensor.float()`, D1/B1) are made no-ops for
+float64 tensors while the cases are computed; nothing else is changed. Every case holds for per-sample
+graphs too (N = 1, or the patterns the graphs are built on are identical across the batch), every kNN
+selection is at least 1e-5 away from a tie, and every stopping or rebuilding decision at least 3% away
+from its threshold (checked here). Only configurations that difflayers accepts and computes sensibly are
+exported; the ones it crashes on or computes garbage for are listed in docs/design/difflayers-semantics.md
+("Edge values", D-V ids) and tested in Rust instead (examples/tests/dahn_edges.rs).
+
+    benches/.venv/bin/python benches/export_dahn_edges.py [--out DIR]
+
+The tests never run this script; it is here so that the cases can be regenerated and audited. The Python
+safetensors writer orders the metadata arbitrarily, so a rerun gives equal tensors and metadata values but
+different bytes: keep the committed files unless a case changed. New cases go at the end of `cases()` (each
+case's seed is 9500 + its index).
+"""
+
+import argparse
+import json
+import os
+
+import numpy as np
+import torch
+from safetensors.numpy import save_file
+
+import difflayers
+from difflayers import DiffusedHopfield
+from difflayers import dynamics_engine as de
+from difflayers.attention_operator import AttentionOperator
+from difflayers.graph.build_graph import build_similarity_matrix
+
+REFERENCE = "difflayers 0.1.1"
+DEFAULT_OUT = os.path.join(
+    os.path.dirname(os.path.abspath(__file__)),
+    "..", "crates", "hopfield-nn", "tests", "data", "audit", "dahn_edges",
+)
+
+torch.set_default_dtype(torch.float64)
+
+# D1/B1: difflayers casts graph inputs to float32; make that a no-op for float64 (as the goldens do).
+_float = torch.Tensor.float
+torch.Tensor.float = lambda self, *a, **k: self if self.dtype == torch.float64 else _float(self, *a, **k)
+
+
+def draw_params(module, gen):
+    """Random parameter values (the goldens README's scheme), in place."""
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            leaf = name.split(".")[-1]
+            if p.dim() == 2 and leaf.endswith("weight"):
+                v = torch.randn(p.shape, generator=gen) / np.sqrt(p.shape[1])
+            elif leaf == "weight":
+                v = 1.0 + 0.2 * torch.randn(p.shape, generator=gen)
+            else:
+                v = 0.2 * torch.randn(p.shape, generator=gen)
+            p.copy_(v)
+
+
+class Recorder:
+    """Records, during one forward call, the graphs GraphCache returns (key / query cache), the
+    patterns handed to the Hopfield core, the loop attention calls and the adaptive eta."""
+
+    def __init__(self, module):
+        self.module = module
+        self.key_graphs, self.query_graphs, self.graph_inputs = [], [], []
+        self.core = None
+        self.attention_calls = 0
+        self.eta_eff = None
+
+    def __enter__(self):
+        rec, module = self, self.module
+        self._get, self._attn, self._eta = de.GraphCache.get, AttentionOperator.__call__, \
+            de.DynamicsEngine.compute_adaptive_eta
+
+        def get(cache, patterns):
+            out = rec._get(cache, patterns)
+            (rec.key_graphs if cache is module._key_cache else rec.query_graphs).append(out)
+            rec.graph_inputs.append(patterns.detach().clone())
+            return out
+
+        def attn(op, *a, **k):
+            rec.attention_calls += 1
+            return rec._attn(op, *a, **k)
+
+        def eta(engine, *a, **k):
+            rec.eta_eff = rec._eta(engine, *a, **k)
+            return rec.eta_eff
+
+        def core_hook(_mod, args, kwargs):
+            rec.core = (kwargs["query"].detach().clone(), kwargs["key"].detach().clone())
+
+        de.GraphCache.get = get
+        AttentionOperator.__call__ = attn
+        de.DynamicsEngine.compute_adaptive_eta = eta
+        self._hook = module.association_core.register_forward_pre_hook(core_hook, with_kwargs=True)
+        return self
+
+    def __exit__(self, *exc):
+        de.GraphCache.get = self._get
+        AttentionOperator.__call__ = self._attn
+        de.DynamicsEngine.compute_adaptive_eta = self._eta
+        self._hook.remove()
+
+
+def check_knn(x, k, need_order):
+    """Every kNN selection of a positive similarity is >= 1e-5 away from a tie; with neighbour tables in use, the k selected
+    weights are distinct by 1e-5 and >= 1e-3 (so their order and the padding rule D19 agree)."""
+    s = build_similarity_matrix(x)
+    n = s.shape[0]
+    k = min(k, n - 1)
+    if k <= 0:
+        return
+    vals = s.sort(dim=-1, descending=True).values
+    if k < n - 1:
+        # Ties among zero similarities select zero weights either way (B12): harmless.
+        kth, next_ = vals[:, k - 1], vals[:, k]
+        gap = torch.where(kth > 0, kth - next_, torch.ones_like(kth)).min().item()
+        assert gap >= 1e-5, f"kNN tie: gap {gap}"
+    if need_order:
+        assert vals[:, k - 1].min().item() >= 1e-3, "a node has fewer than k positive similarities"
+
+
+def to_np(t):
+    return t.detach().contiguous().numpy()
+
+
+def export(out_dir, name, kwargs, form, shapes, description, seed, masks=None, shared=(), offset=0.0):
+    """Builds, runs and writes one case.
+
+    shapes: {input name: shape}; masks: {mask name: (kind, tensor)}; shared: inputs drawn once and
+    repeated over the batch (so that per-sample graphs equal difflayers' batch-mean graph); offset:
+    adds offset * (one random direction) to every pattern (all similarities positive).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    module = DiffusedHopfield(**kwargs).double().eval()
+    draw_params(module, gen)
+    batch_first = kwargs.get("batch_first", True)
+    bdim = 0 if batch_first else 1
+    inputs = {}
+    for k, s in shapes.items():
+        if k in shared:
+            one = list(s)
+            one[bdim] = 1
+            v = torch.randn(one, generator=gen).repeat_interleave(s[bdim], dim=bdim)
+        else:
+            v = torch.randn(s, generator=gen)
+        if offset:
+            v = v + offset * torch.randn(s[-1], generator=gen)
+        inputs[k] = v.requires_grad_(True)
+    masks = masks or {}
+    mask_kw = {k: (v.bool() if kind == "bool" else v) for k, (kind, v) in masks.items()}
+    order = {"single": ["x"], "tuple3": ["stored", "state", "projection"]}[form]
+    args = inputs["x"] if form == "single" else tuple(inputs[k] for k in order)
+
+    module.invalidate_cache()
+    rec = Recorder(module)
+    with rec:
+        y = module(args, **mask_kw)
+    assert torch.isfinite(y).all(), name
+    energies = module._energy_tracker.history if module._energy_tracker is not None else None
+    association = module.get_association_matrix(args, **mask_kw)
+    projected = module.get_projected_pattern_matrix(args, **mask_kw)
+    cot = torch.randn(y.shape, generator=gen)
+    params = dict(module.named_parameters())
+    grads = torch.autograd.grad((y * cot).sum(), list(inputs.values()) + list(params.values()),
+                                allow_unused=True)
+
+    cfg = module._diff_cfg
+    graph_mode = cfg.attention_mode == "graph"
+    for x in rec.graph_inputs:
+        check_knn(x, cfg.k_neighbors, graph_mode)
+    steps_run = None
+    if rec.key_graphs:
+        steps_run = rec.attention_calls
+    if energies:
+        for a, b in zip(energies, energies[1:]):
+            assert abs(abs(b - a) / cfg.energy_stop_tol - 1) > 0.03, (name, "energy stop too close")
+    if rec.eta_eff is not None:
+        rel = abs(rec.eta_eff - cfg.eta) / (cfg.eta + 1e-9)
+        assert abs(rel / 0.05 - 1) > 0.2, (name, "adaptive eta too close to the 5% band")
+
+    tensors = {}
+    for k, p in module.state_dict().items():
+        tensors[f"params.{k}"] = to_np(p)
+    for k, v in inputs.items():
+        tensors[f"input.{k}"] = to_np(v)
+    for k, (kind, v) in masks.items():
+        tensors[f"input.{k}"] = to_np(v.to(torch.uint8) if kind == "bool" else v)
+    tensors["output.y"] = to_np(y)
+    tensors["output.association"] = to_np(association)
+    tensors["output.projected"] = to_np(projected)
+    state, stored = rec.core
+    tensors["output.core_state"] = to_np(state.transpose(0, 1))
+    tensors["output.core_stored"] = to_np(stored.transpose(0, 1))
+    # With diffusion_steps = 0 difflayers still builds the graphs but never uses them; they are
+    # not part of the result (hopfield-rs builds none), so they are not stored.
+    if rec.key_graphs and steps_run:
+        w, deg, adj, _l, _op = rec.key_graphs[0]
+        tensors["output.graph_W"] = to_np(w.to_dense())
+        tensors["output.graph_deg"] = to_np(deg)
+        if graph_mode:
+            tensors["output.graph_adj_indices"] = to_np(adj.to(torch.int64))
+    if rec.query_graphs and steps_run:
+        w, deg, _adj, _l, _op = rec.query_graphs[0]
+        tensors["output.query_graph_W"] = to_np(w.to_dense())
+        tensors["output.query_graph_deg"] = to_np(deg)
+    if energies:
+        tensors["output.energies"] = np.array(energies, dtype=np.float64)
+    tensors["grad_seed.cotangent"] = to_np(cot)
+    for (k, v), g in zip(list(inputs.items()) + list(params.items()), grads):
+        prefix = "grad.input." if k in inputs else "grad.params."
+        tensors[prefix + k] = to_np(torch.zeros_like(v) if g is None else g)
+    for k, t in tensors.items():
+        assert np.isfinite(t).all() or k.startswith("input."), (name, k)
+
+    forward = {
+        "input_form": form,
+        "inputs": list(order),
+        "masks": {k: kind for k, (kind, _) in masks.items()},
+        "batch_first": batch_first,
+        "training": False,
+        "grad": True,
+        "grad_inputs": list(order),
+        "outputs": sorted(k[len("output."):] for k in tensors if k.startswith("output.")),
+    }
+    if steps_run is not None:
+        forward["dynamics_steps_run"] = steps_run
+    if rec.eta_eff is not None:
+        forward["eta_effective"] = rec.eta_eff if abs(rec.eta_eff - cfg.eta) / (cfg.eta + 1e-9) > 0.05 \
+            else cfg.eta
+    meta = {
+        "module": "difflayers.DiffusedHopfield",
+        "kwargs": json.dumps(kwargs),
+        "forward": json.dumps(forward),
+        "description": description,
+        "tolerance": "1e-9",
+        "reference": REFERENCE,
+        "torch_version": torch.__version__,
+        "frozen_params": "[]",
+        "case": name,
+        "suite": "dahn_edges",
+        "seed": str(seed),
+    }
+    assoc_kinds = {kind for k, (kind, _) in masks.items() if "padding" not in k}
+    if assoc_kinds:
+        meta["mask_kind"] = assoc_kinds.pop()
+    os.makedirs(out_dir, exist_ok=True)
+    save_file(dict(sorted(tensors.items())), os.path.join(out_dir, f"{name}.safetensors"), metadata=meta)
+    return steps_run, energies, rec.eta_eff
+
+
+def cases():
+    """(name, kwargs, input form, shapes, description, extra) for every edge case."""
+    D, S, L = 8, 9, 5
+    t3 = lambda n, s, l: {"stored": (n, s, D), "state": (n, l, D), "projection": (n, s, D)}  # noqa: E731
+    base = {"input_size": D, "num_heads": 2}
+    c = []
+
+    def add(name, kwargs, form, shapes, description, **extra):
+        c.append((name, {**base, **kwargs}, form, shapes, description, extra))
+
+    # Graph degree at its edges.
+    add("dh_k1", {"k_neighbors": 1}, "tuple3", t3(1, S, L), "k_neighbors=1: one neighbour per node before symmetrisation (factored)")
+    add("dh_k_eq_s_minus_1", {"k_neighbors": S - 1, "diffusion_mode": "simple", "eta": 0.3}, "tuple3",
+        t3(1, S, L), "k_neighbors = S-1 = 8: every positive similarity is an edge, simple diffusion")
+    add("dh_k0", {"k_neighbors": 0}, "tuple3", t3(1, S, L),
+        "k_neighbors=0: an empty graph, the diffusion is the identity and only the loop attention acts")
+    add("dh_k0_spectral_query", {"k_neighbors": 0, "diffusion_mode": "spectral", "diffuse_query": True},
+        "tuple3", t3(1, S, L), "k_neighbors=0 with spectral diffusion of keys and queries (isolated nodes, L = 0)")
+    # Loop rounds.
+    add("dh_steps0", {"diffusion_steps": 0}, "tuple3", t3(1, S, L),
+        "diffusion_steps=0: no round runs, the core sees the normalised patterns (difflayers' unused graph is not stored)")
+    add("dh_steps1_iterative", {"diffusion_steps": 1, "diffusion_mode": "iterative", "eta": 0.4}, "tuple3",
+        t3(1, S, L), "diffusion_steps=1: one diffuse-attend round (iterative)")
+    # Sequence lengths and batch.
+    add("dh_s1", {}, "tuple3", t3(1, 1, L), "one stored pattern (S=1): a one-node graph, the loop readout is the projection")
+    add("dh_s1_l1_diffuse_query", {"diffuse_query": True, "diffusion_mode": "simple"}, "tuple3", t3(1, 1, 1),
+        "S=1 and L=1 with diffuse_query: two one-node graphs")
+    add("dh_l1_diffuse_query", {"diffuse_query": True, "diffusion_mode": "spectral"}, "tuple3", t3(1, S, 1),
+        "one state pattern (L=1) diffused over its one-node graph, S=9")
+    add("dh_batch3_shared_stored", {"diffusion_mode": "spectral", "eta": 0.5}, "tuple3", t3(3, S, L),
+        "batch of 3 with the same stored patterns, different states: every graph is the batch mean's",
+        shared=("stored",))
+    add("dh_batch2_batch_first_false_query", {"batch_first": False, "diffuse_query": True}, "tuple3",
+        {"stored": (S, 2, D), "state": (L, 2, D), "projection": (S, 2, D)},
+        "sequence-first batch of 2, keys and queries diffused (same stored and state patterns per sample)",
+        shared=("stored", "state"))
+    # Masks with the diffusion on.
+    add("dh_empty_padding_mask", {}, "tuple3", t3(2, S, L),
+        "a stored_pattern_padding_mask that masks nothing, with diffusion (batch of 2, shared stored patterns)",
+        shared=("stored",), masks={"stored_pattern_padding_mask": ("bool", torch.zeros(2, S, dtype=torch.uint8))})
+    add("dh_float_assoc_mask", {"diffusion_mode": "simple"}, "tuple3", t3(1, S, L),
+        "a float (L, S) association mask with -inf entries acts in the core only",
+        masks={"association_mask": ("float", torch.where(torch.arange(L * S).view(L, S) % 4 == 1,
+                                                         float("-inf"), 0.1 * (torch.arange(L * S).view(L, S) % 3)))})
+    add("dh_zero_association", {"add_zero_association": True}, "tuple3", t3(1, S, L),
+        "add_zero_association with diffusion: the zero pattern joins in the core only")
+    # Scaling (the loop's beta0).
+    add("dh_scaling_0", {"scaling": 0.0}, "tuple3", t3(1, S, L),
+        "scaling=0.0: uniform loop attention and core association")
+    add("dh_scaling_negative", {"scaling": -1.5, "diffusion_mode": "simple"}, "tuple3", t3(1, S, L),
+        "scaling=-1.5 in the loop attention and the core")
+    # Energy tracker, adaptive eta, cache, logit eta.
+    add("dh_energy_tol_steps1", {"energy_stop_tol": 0.5, "diffusion_steps": 1}, "tuple3", t3(1, S, L),
+        "energy_stop_tol with one round: one energy, no stop decision")
+    add("dh_adaptive_temperature0", {"adaptive_eta": True, "adaptive_temperature": 0.0}, "tuple3", t3(1, S, L),
+        "adaptive_temperature=0: sigmoid(0) halves eta, the operators are rebuilt with eta/2")
+    add("dh_cache_off", {"cache_graph": False, "diffusion_mode": "iterative"}, "tuple3", t3(1, S, L),
+        "cache_graph=False rebuilds the graph on every call: same result")
+    add("dh_logit_eta_unused", {"logit_eta": 0.7}, "tuple3", t3(1, S, L),
+        "logit_eta without use_logit_diffusion changes nothing")
+    # Graph attention at its edges (L = S, neighbours with positive weights).
+    add("dh_graph_attention_k1", {"attention_mode": "graph", "k_neighbors": 1}, "single", {"x": (1, 7, D)},
+        "graph attention with k_neighbors=1: each loop query reads one neighbour", offset=2.0)
+    add("dh_graph_attention_k_ge_n", {"attention_mode": "graph", "k_neighbors": 20}, "single",
+        {"x": (1, 6, D)}, "graph attention with k_neighbors=20 >= S=6: every other node is a neighbour", offset=2.0)
+    # eta at its edges.
+    add("dh_spectral_eta_large", {"diffusion_mode": "spectral", "eta": 10.0}, "tuple3", t3(1, S, L),
+        "spectral diffusion is stable for any eta: eta=10 (heat kernel close to the projection on the kernel of L)")
+    add("dh_simple_eta_1", {"diffusion_mode": "simple", "eta": 1.0}, "tuple3", t3(1, S, L),
+        "simple diffusion with eta=1 on the normalised Laplacian: the operator is D^-1/2 W D^-1/2")
+    add("dh_eta0_diffuse_query", {"eta": 0.0, "diffuse_query": True}, "tuple3", t3(2, S, L),
+        "eta=0 with keys and queries diffused: no graph, plain Hopfield")
+    add("dh_unnormalized_iterative", {"diffusion_mode": "iterative", "use_normalized_laplacian": False,
+                                      "eta": 0.05}, "tuple3", t3(1, S, L),
+        "iterative diffusion on the unnormalised Laplacian")
+    add("dh_no_input_norm", {"normalize_stored_pattern": False, "normalize_stored_pattern_affine": False,
+                             "normalize_state_pattern": False, "normalize_state_pattern_affine": False,
+                             "normalize_pattern_projection": False,
+                             "normalize_pattern_projection_affine": False}, "tuple3", t3(1, S, L),
+        "no input LayerNorms: the graph is built on the raw stored patterns")
+    add("dh_heads1_update_steps", {"num_heads": 1, "update_steps_max": 2, "update_steps_eps": 1e-12,
+                                   "diffuse_query": True}, "tuple3", t3(1, S, L),
+        "one head, two core update steps after the dynamics, queries diffused")
+    return c
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=DEFAULT_OUT)
+    ap.add_argument("--only", nargs="*")
+    args = ap.parse_args()
+    all_cases = cases()
+    for i, (name, kwargs, form, shapes, description, extra) in enumerate(all_cases):
+        if args.only and name not in args.only:
+            continue
+        steps, energies, eta = export(args.out, name, kwargs, form, shapes, description, seed=9500 + i, **extra)
+        print(name, f"rounds {steps}", "" if energies is None else f"energies {energies}",
+              "" if eta is None else f"eta_eff {eta}")
+    print(f"{len(all_cases)} cases in {os.path.normpath(args.out)} (difflayers {difflayers.__file__})")
+
+
+if __name__ == "__main__":
+    main()
