@@ -75,7 +75,7 @@ pub enum EnergyReport {
 ///     .with_hopfield_type(HopfieldType::Softmax)
 ///     .with_alpha(0.05);
 /// assert!(cfg.validate().is_ok());
-/// assert!(cfg.clone().with_alpha(0.0).validate().is_err());
+/// assert!(cfg.clone().with_alpha(-0.1).validate().is_err()); // ascent (E-V3)
 /// assert!(EnergyTransformerConfig::new(8, 16, 3).validate().is_err()); // 8 % 3 != 0
 /// ```
 #[derive(Debug, Clone, PartialEq)]
@@ -92,7 +92,7 @@ pub struct EnergyTransformerConfig {
     pub use_positional_embedding: bool,
     /// Default number of descent steps (`n_iters_default` in the port).
     pub n_iters: usize,
-    /// Step size, > 0.
+    /// Step size, >= 0 (0: the tokens do not move, as in the port).
     pub alpha: f64,
     /// Initial attention betas, one per head (default `1/sqrt(D/H)`, exact in f64).
     pub attn_beta: Option<Vec<f64>>,
@@ -293,8 +293,10 @@ impl EnergyTransformerConfig {
                 });
             }
         }
-        if !(self.alpha.is_finite() && self.alpha > 0.0) {
-            return bad("alpha", self.alpha.to_string(), "must be finite and > 0");
+        // E-V3: a negative step ascends the energy (the port runs it; the tokens grow without
+        // bound over the steps), NaN/inf make every token NaN.
+        if !(self.alpha.is_finite() && self.alpha >= 0.0) {
+            return bad("alpha", self.alpha.to_string(), "must be finite and >= 0");
         }
         if !(self.eps.is_finite() && self.eps > 0.0) {
             return bad("eps", self.eps.to_string(), "must be finite and > 0");

@@ -92,9 +92,6 @@ pub enum EtError {
         /// Its shape.
         shape: Vec<usize>,
     },
-    /// A run of zero steps.
-    #[error("n_iters: must be >= 1, got 0")]
-    ZeroSteps,
     /// A run of more than [`MAX_N_ITERS`](super::MAX_N_ITERS) steps (a bound no config removes).
     #[error("n_iters: {got} steps exceed the limit of {max}")]
     TooManySteps {

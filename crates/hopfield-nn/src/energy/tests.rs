@@ -328,10 +328,8 @@ fn err_of<T: std::fmt::Debug>(r: Result<T>) -> String {
 }
 
 #[rstest]
-#[case::zero_alpha(EnergyTransformerConfig::new(6, 9, 2).with_alpha(0.0), "alpha")]
 #[case::negative_alpha(EnergyTransformerConfig::new(6, 9, 2).with_alpha(-0.1), "alpha")]
 #[case::nan_alpha(EnergyTransformerConfig::new(6, 9, 2).with_alpha(f64::NAN), "alpha")]
-#[case::zero_steps(EnergyTransformerConfig::new(6, 9, 2).with_n_iters(0), "n_iters")]
 #[case::heads(EnergyTransformerConfig::new(6, 9, 4), "n_heads")]
 #[case::attn_beta_len(EnergyTransformerConfig::new(6, 9, 2).with_attn_beta(vec![1.0]), "attn_beta")]
 #[case::hopfield_beta(EnergyTransformerConfig::new(6, 9, 2).with_hopfield_beta(0.0), "hopfield_beta")]

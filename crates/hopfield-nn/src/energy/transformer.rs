@@ -374,7 +374,14 @@ impl EnergyTransformer {
                 features.push(xd);
             }
         }
-        let (features, energies) = if track {
+        let (features, energies) = if track && n == 0 {
+            // The port's empty lists: no step, no feature, no energy.
+            let dims: Vec<usize> = std::iter::once(0).chain(x.dims().iter().copied()).collect();
+            (
+                Some(Tensor::zeros(dims, x.dtype(), x.device())?),
+                Some(Tensor::zeros(0, compute_dtype(x.dtype()), x.device())?),
+            )
+        } else if track {
             (
                 Some(Tensor::stack(&features, 0)?),
                 Some(Tensor::stack(&energies, 0)?),

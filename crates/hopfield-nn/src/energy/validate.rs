@@ -207,10 +207,10 @@ fn host_memory() -> Option<u64> {
     })
 }
 
-/// A run's step count: 1 ..= [`MAX_N_ITERS`].
+/// A run's step count: 0 ..= [`MAX_N_ITERS`] (0 steps return `x + pos_embedding`, as the port's
+/// `range(0)` loop does).
 pub(crate) fn steps(n: usize) -> std::result::Result<usize, EtError> {
     match n {
-        0 => Err(EtError::ZeroSteps),
         n if n > MAX_N_ITERS => Err(EtError::TooManySteps {
             got: n,
             max: MAX_N_ITERS,

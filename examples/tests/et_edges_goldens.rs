@@ -1,0 +1,31 @@
+//! Edge values of the Energy Transformer port's constructor arguments (issue 9, "Every
+//! configuration the originals accept"): every case of `audit/et_edges/` (exported by
+//! `benches/export_et_edges.py` from the port at 34396b0, float64) must pass: outputs, features,
+//! energies, energy gradients and the second-order gradients at the file tolerance, and the
+//! float32 outputs within 1e-4. The values the port crashes on or computes garbage for are typed
+//! errors here, tested in `et_edges.rs` and listed in `docs/design/energy-transformer-port.md`
+//! ("Edge values").
+
+use hopfield_examples::conformance::{audit_dir, run_dirs, Precision};
+
+const CASES: usize = 25;
+
+fn assert_all_pass(precision: Precision) {
+    let summary = run_dirs(&[audit_dir("et_edges")], precision).expect("read the cases");
+    let lines = summary.lines();
+    for l in &lines {
+        println!("{l}");
+    }
+    assert_eq!(summary.failed, 0, "{}", lines.join("\n"));
+    assert_eq!(summary.passed, CASES, "expected {CASES} cases");
+}
+
+#[test]
+fn et_edges_f64() {
+    assert_all_pass(Precision::F64);
+}
+
+#[test]
+fn et_edges_f32() {
+    assert_all_pass(Precision::F32);
+}
