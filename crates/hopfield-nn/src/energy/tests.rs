@@ -362,7 +362,10 @@ fn bad_inputs_are_typed_errors() -> Result<()> {
     let inf = Tensor::full(f64::INFINITY, (1, 4, 6), &DEV)?;
     assert!(err_of(et.energy(&inf)).contains("g: contains NaN or infinite"));
     let x = Tensor::zeros((1, 4, 6), DType::F64, &DEV)?;
-    let e = err_of(et.forward_detailed(&x, Some(0)));
+    // Zero steps are the port's empty loop (audit/et_edges): x + pos_embedding, no error.
+    let y = et.forward_detailed(&x, Some(0))?.y;
+    assert_eq!(max_abs_diff(&y, &(&x + et.pos_embedding().unwrap())?)?, 0.0);
+    let e = err_of(et.forward_detailed(&x, Some(crate::energy::MAX_N_ITERS + 1)));
     assert!(e.contains("n_iters"), "{e}");
     let e = err_of(et.filtered_forward(&x, &Tensor::new(&[0u32, 1, 2, 4], &DEV)?, None));
     assert!(e.contains("index 4 out of range"), "{e}");
