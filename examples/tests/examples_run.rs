@@ -174,3 +174,27 @@ fn paper_claims_run_and_draw() {
     assert!(errors[0] > 0.5 && errors[3] == 0.0, "{row}");
     assert!(is_png(&capacity_plot));
 }
+
+#[test]
+fn retrieve_sharded_matches_the_single_memory() {
+    let stdout = run(
+        env!("CARGO_BIN_EXE_retrieve_sharded"),
+        &[
+            "--shards",
+            "3",
+            "--patterns-per-shard",
+            "2000",
+            "--queries",
+            "64",
+            "--seed",
+            "1",
+        ],
+    );
+    assert!(stdout.contains("3 shards of 2000"), "{stdout}");
+    let last = stdout.lines().last().unwrap_or_default();
+    let diff: f64 = last
+        .strip_prefix("max abs difference ")
+        .and_then(|d| d.parse().ok())
+        .unwrap_or_else(|| panic!("last line {last:?}"));
+    assert!(diff < 1e-5, "{diff}");
+}
