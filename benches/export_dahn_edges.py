@@ -20,7 +20,7 @@ exported; the ones it crashes on or computes garbage for are listed in docs/desi
 The tests never run this script; it is here so that the cases can be regenerated and audited. The Python
 safetensors writer orders the metadata arbitrarily, so a rerun gives equal tensors and metadata values but
 different bytes: keep the committed files unless a case changed. New cases go at the end of `cases()` (each
-case's seed is 9500 + its index).
+case's seed is 9500 + its index; in `function_cases()`, 9700 + its index).
 """
 
 import argparse
@@ -343,6 +343,210 @@ def cases():
     return c
 
 
+def export_function(out_dir, name, function, kwargs, inputs, call, description, seed, grad_inputs=(),
+                    forward_extra=None):
+    """One case of a difflayers function or class (the `function` cases of goldens/dahn/).
+
+    inputs: {name: tensor} (float tensors become leaves; integer ones are stored as I64);
+    call(inputs) -> (y, {other output: tensor}).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    ins = {k: (v.clone().requires_grad_(k in grad_inputs) if v.is_floating_point() else v)
+           for k, v in inputs.items()}
+    y, others = call(ins)
+    tensors = {f"input.{k}": to_np(v) for k, v in ins.items()}
+    tensors["output.y"] = to_np(y)
+    for k, v in others.items():
+        tensors[f"output.{k}"] = to_np(v.to_dense() if v.is_sparse else v)
+    if grad_inputs:
+        cot = torch.randn(y.shape, generator=gen)
+        tensors["grad_seed.cotangent"] = to_np(cot)
+        grads = torch.autograd.grad((y * cot).sum(), [ins[k] for k in grad_inputs], allow_unused=True)
+        for k, g in zip(grad_inputs, grads):
+            tensors[f"grad.input.{k}"] = to_np(torch.zeros_like(ins[k]) if g is None else g)
+    for k, t in tensors.items():
+        assert np.isfinite(t).all(), (name, k)
+    forward = {"inputs": list(inputs), "grad": bool(grad_inputs), "grad_inputs": list(grad_inputs),
+               **(forward_extra or {})}
+    forward["outputs"] = sorted(k[len("output."):] for k in tensors if k.startswith("output."))
+    meta = {
+        "function": "difflayers." + function,
+        "kwargs": json.dumps(kwargs),
+        "forward": json.dumps(forward),
+        "description": description,
+        "tolerance": "1e-9",
+        "reference": REFERENCE,
+        "torch_version": torch.__version__,
+        "case": name,
+        "suite": "dahn_edges",
+        "seed": str(seed),
+    }
+    os.makedirs(out_dir, exist_ok=True)
+    save_file(dict(sorted(tensors.items())), os.path.join(out_dir, f"{name}.safetensors"), metadata=meta)
+    return tuple(y.shape)
+
+
+def function_cases():
+    """(name, function, kwargs, inputs builder(gen), call, description, extra) for the operators, graph
+    builders, attention, dynamics and tracker at their edges."""
+    from difflayers import diffusion as dd
+    from difflayers.graph.builder import GraphBuilder
+    from difflayers.graph.laplacian import compute_normalized_laplacian
+    c = []
+
+    def add(name, function, kwargs, make, call, description, **extra):
+        c.append((name, function, kwargs, make, call, description, extra))
+
+    def positive(gen, n, d):
+        """Patterns sharing a direction: every similarity positive, no ties."""
+        return torch.randn(n, d, generator=gen) + 1.5 * torch.randn(d, generator=gen)
+
+    def laplacian(gen, n, normalized=True):
+        x = positive(gen, n, 5)
+        w, _deg, _adj = GraphBuilder(k=3).build(x)
+        return (compute_normalized_laplacian(w) if normalized else torch.diag(w.sum(1)) - w), w, w.sum(1)
+
+    def op_case(cls, kwargs, init):
+        def make(gen):
+            l, w, deg = laplacian(gen, 9, normalized=cls != "FactoredDiffusion")
+            x = torch.randn(9, 3, generator=gen)
+            return {"X": x, "L": l} if init == "precompute" else {"X": x, "W": w, "deg": deg}
+
+        def call(ins):
+            op = getattr(dd, cls)(**kwargs)
+            if init == "precompute":
+                op.precompute(ins["L"].detach())
+            else:
+                op.precompute_from_graph(ins["W"].detach(), ins["deg"].detach())
+            return op(ins["X"]), {}
+        graph = {"L": "L"} if init == "precompute" else {"W": "W", "deg": "deg"}
+        return make, call, {"init": init, "graph_inputs": graph}
+
+    for name, cls, kw, init, desc in [
+        ("simple_eta0", "SimpleDiffusion", {"eta": 0.0}, "precompute", "SimpleDiffusion with eta=0 returns X"),
+        ("simple_eta1", "SimpleDiffusion", {"eta": 1.0}, "precompute",
+         "SimpleDiffusion with eta=1 on L_sym: X' = D^-1/2 W D^-1/2 X"),
+        ("iterative_steps0", "IterativeDiffusion", {"eta": 0.3, "steps": 0}, "precompute",
+         "IterativeDiffusion with steps=0 returns X"),
+        ("iterative_tol0", "IterativeDiffusion", {"eta": 0.3, "steps": 4, "early_stop_tol": 0.0}, "precompute",
+         "IterativeDiffusion with early_stop_tol=0: the guard never stops the 4 steps"),
+        ("spectral_eta0", "SpectralDiffusion", {"eta": 0.0}, "precompute", "SpectralDiffusion with eta=0 returns X"),
+        ("spectral_eta50", "SpectralDiffusion", {"eta": 50.0}, "precompute",
+         "SpectralDiffusion with eta=50: the projection on the kernel of L_sym"),
+        ("factored_steps0", "FactoredDiffusion", {"eta": 0.1, "steps": 0}, "precompute_from_graph",
+         "FactoredDiffusion with steps=0 returns X"),
+        ("factored_eta0", "FactoredDiffusion", {"eta": 0.0, "steps": 2}, "precompute_from_graph",
+         "FactoredDiffusion with eta=0 returns X"),
+    ]:
+        make, call, fwd = op_case(cls, kw, init)
+        add(name, "diffusion." + cls, kw, make, call, desc, grad_inputs=("X",), forward_extra=fwd)
+
+    def builder(k, n, d=4):
+        def make(gen):
+            return {"X": positive(gen, n, d)}
+
+        def call(ins):
+            w, deg, adj = GraphBuilder(k=k, use_sparse=False).build(ins["X"])
+            return w, {"deg": deg, "adj_indices": adj.to(torch.int64)}
+        return make, call
+
+    for name, k, n, desc in [
+        ("graph_builder_k0", 0, 6, "GraphBuilder(k=0): no edges, W = 0, deg = 0, an (N, 0) neighbour table"),
+        ("graph_builder_k1", 1, 7, "GraphBuilder(k=1): each node's nearest neighbour, symmetrised"),
+        ("graph_builder_n1", 5, 1, "GraphBuilder on one pattern: a one-node graph with no edge, (1, 0) table"),
+        ("graph_builder_n2_k_ge_n", 5, 2, "GraphBuilder on two patterns with k=5: one edge"),
+    ]:
+        make, call = builder(k, n)
+        add(name, "graph.builder.GraphBuilder.build", {"k": k, "use_sparse": False}, make, call, desc)
+
+    def zero_nlap(gen):
+        return {"A": torch.zeros(5, 5)}
+    add("nlap_all_isolated", "graph.laplacian.compute_normalized_laplacian", {}, zero_nlap,
+        lambda ins: (compute_normalized_laplacian(ins["A"]), {}),
+        "normalised Laplacian of the empty graph: every node isolated, L = 0 (forward only)")
+
+    def attention(beta, mode, k=None):
+        def make(gen):
+            q, kk, v = (torch.randn(7, 4, generator=gen) for _ in range(3))
+            ins = {"Q": q, "K": kk, "V": v}
+            if mode == "graph":
+                ins["adj_indices"] = torch.stack([torch.randperm(7, generator=gen)[:k] for _ in range(7)])
+            return ins
+
+        def call(ins):
+            return AttentionOperator(beta=beta, mode=mode)(ins["Q"], ins["K"], ins["V"],
+                                                          adj_indices=ins.get("adj_indices")), {}
+        return make, call
+
+    for name, beta, mode, k, desc in [
+        ("attention_beta0", 0.0, "dense", None, "dense attention with beta=0: the mean of V"),
+        ("attention_beta_negative", -1.5, "dense", None, "dense attention with beta=-1.5"),
+        ("attention_graph_k1", 2.0, "graph", 1, "graph attention over one neighbour: the readout is that V row"),
+    ]:
+        make, call = attention(beta, mode, k)
+        grads = ("Q", "K", "V")
+        add(name, "attention_operator.AttentionOperator", {"beta": beta, "mode": mode}, make, call, desc,
+            grad_inputs=grads)
+
+    def dynamics(steps):
+        def make(gen):
+            _l, w, deg = laplacian(gen, 8, normalized=False)
+            q, k, v = (torch.randn(8, 4, generator=gen) for _ in range(3))
+            return {"Q": q, "K": k, "V": v, "W": w, "deg": deg}
+
+        def call(ins):
+            op = dd.FactoredDiffusion(eta=0.1, steps=1).precompute_from_graph(ins["W"].detach(), ins["deg"].detach())
+            tracker = de.EnergyTracker(beta=2.0, eta=0.1, tol=0.0)
+            engine = de.DynamicsEngine(op, AttentionOperator(beta=2.0, mode="dense"), steps=steps,
+                                       energy_tracker=tracker)
+            q, k = engine.run_dynamics(ins["Q"], ins["K"], ins["V"], W=ins["W"].detach(), deg=ins["deg"].detach())
+            e = torch.tensor(tracker.history, dtype=torch.float64)
+            return q, {"K": k, "energies": e}
+        kw = {"diffusion_op": {"class": "FactoredDiffusion", "args": {"eta": 0.1, "steps": 1},
+                               "init": "precompute_from_graph", "graph": {"W": "W", "deg": "deg"}},
+              "query_diffusion_op": None, "attention_op": {"beta": 2.0, "mode": "dense"}, "steps": steps,
+              "energy_tracker": {"beta": 2.0, "eta": 0.1, "tol": 0.0},
+              "run_dynamics": {"adj_indices": None, "L": None, "W": "W", "deg": "deg", "diffuse_query": True,
+                               "diffuse_key": True}}
+        return make, call, kw
+
+    for name, steps, desc in [
+        ("dynamics_steps0", 0, "run_dynamics with steps=0: Q and K unchanged, no energy"),
+        ("dynamics_steps1", 1, "run_dynamics with steps=1: one diffuse-attend round, one energy"),
+    ]:
+        make, call, kw = dynamics(steps)
+        add(name, "dynamics_engine.DynamicsEngine.run_dynamics", kw, make, call, desc,
+            grad_inputs=("Q", "K", "V"),
+            forward_extra={"graph_tensors": ["W", "deg"], "dynamics_steps_run": steps})
+
+    def make(gen):
+        return {"logits": torch.randn(1, 4, 6, generator=gen)}
+
+    def call(ins):
+        # compute_adaptive_eta uses no engine state: an engine without an operator is enough.
+        engine = de.DynamicsEngine.__new__(de.DynamicsEngine)
+        return torch.tensor(engine.compute_adaptive_eta(ins["logits"], 0.4, 0.0, 1.0), dtype=torch.float64), {}
+    add("adaptive_eta_temperature0", "dynamics_engine.DynamicsEngine.compute_adaptive_eta",
+        {"base_eta": 0.4, "temperature": 0.0, "threshold": 1.0}, make, call,
+        "compute_adaptive_eta with temperature=0: sigmoid(0) = 1/2, eta_eff = base_eta / 2")
+
+    def cache(k):
+        def make(gen):
+            return {"patterns": positive(gen, 6, 5), "X": torch.randn(6, 3, generator=gen)}
+
+        def call(ins):
+            w, deg, adj, l, op = de.GraphCache(de.DiffusionConfig(eta=0.3, diffusion_mode="simple",
+                                                                  k_neighbors=k)).get(ins["patterns"].detach())
+            return op(ins["X"]), {"W": w, "deg": deg, "adj_indices": adj.to(torch.int64), "L": l}
+        return make, call
+
+    make, call = cache(0)
+    add("graph_cache_k0", "dynamics_engine.GraphCache.get", {"eta": 0.3, "diffusion_mode": "simple", "k_neighbors": 0},
+        make, call, "GraphCache with k_neighbors=0: an empty graph, L = 0, the operator is the identity",
+        grad_inputs=("X",))
+    return c
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=DEFAULT_OUT)
@@ -355,7 +559,14 @@ def main():
         steps, energies, eta = export(args.out, name, kwargs, form, shapes, description, seed=9500 + i, **extra)
         print(name, f"rounds {steps}", "" if energies is None else f"energies {energies}",
               "" if eta is None else f"eta_eff {eta}")
-    print(f"{len(all_cases)} cases in {os.path.normpath(args.out)} (difflayers {difflayers.__file__})")
+    funcs = function_cases()
+    for i, (name, function, kwargs, make, call, description, extra) in enumerate(funcs):
+        if args.only and name not in args.only:
+            continue
+        seed = 9700 + i
+        inputs = make(torch.Generator().manual_seed(seed))
+        print(name, export_function(args.out, name, function, kwargs, inputs, call, description, seed, **extra))
+    print(f"{len(all_cases) + len(funcs)} cases in {os.path.normpath(args.out)} (difflayers {difflayers.__file__})")
 
 
 if __name__ == "__main__":
