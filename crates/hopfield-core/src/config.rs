@@ -2,6 +2,7 @@
 //! zero pattern and the Hopfield-space LayerNorm's use. The structure it runs on (sizes, heads,
 //! which inputs are projected) is [`CoreLayout`](crate::CoreLayout)'s.
 
+use crate::association::Association;
 use crate::error::HopfieldError;
 
 /// The inverse temperature beta applied to the state patterns before each association.
@@ -161,6 +162,9 @@ pub struct CoreConfig {
     pub normalize_pattern: bool,
     /// Its epsilon.
     pub normalize_pattern_eps: f64,
+    /// The association function (softmax as in hflayers, or sparsemax / alpha-entmax); anything
+    /// but softmax takes the explicit path.
+    pub association: Association,
 }
 
 impl Default for CoreConfig {
@@ -175,6 +179,7 @@ impl Default for CoreConfig {
             add_zero_association: false,
             normalize_pattern: false,
             normalize_pattern_eps: 1e-5,
+            association: Association::Softmax,
         }
     }
 }
@@ -208,6 +213,8 @@ impl CoreConfig {
         with_normalize_pattern, normalize_pattern: bool);
     with!(/// Sets `normalize_pattern_eps`.
         with_normalize_pattern_eps, normalize_pattern_eps: f64);
+    with!(/// Sets `association`.
+        with_association, association: Association);
 
     /// Checks every field for a core of `heads` heads (the layout's `num_heads`, which
     /// [`CoreLayout::validate`](crate::CoreLayout::validate) checks): per-head settings must have
@@ -216,6 +223,7 @@ impl CoreConfig {
         self.scaling.per_head(heads)?;
         self.update_steps_max.per_head(heads)?;
         self.update_steps_eps.per_head(heads)?;
+        self.association.validate(heads)?;
         // torch accepts p = 1 (everything dropped in training, nothing in eval).
         if !(0.0..=1.0).contains(&self.dropout) {
             return Err(HopfieldError::Config {

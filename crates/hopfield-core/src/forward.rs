@@ -106,10 +106,12 @@ pub(crate) fn validated_heads(weights: &CoreWeights, cfg: &CoreConfig) -> Result
     Ok(layout.num_heads)
 }
 
-/// Whether this call can take the fused path: no dropout on the association in training (it
-/// acts on the materialised association) and a dtype/device with a fused kernel.
+/// Whether this call can take the fused path: a softmax association, no dropout on the
+/// association in training (it acts on the materialised association) and a dtype/device with a
+/// fused kernel.
 pub(crate) fn fused_applies(cfg: &CoreConfig, train: bool, query: &Tensor) -> Result<bool> {
-    if !fused_retrieval_enabled() || (train && cfg.dropout > 0.0) {
+    // The fused kernel computes a softmax: other association functions take the explicit path.
+    if !fused_retrieval_enabled() || (train && cfg.dropout > 0.0) || !cfg.association.is_softmax() {
         return Ok(false);
     }
     Ok(retrieval_path(query.dtype(), query.device()) == RetrievalPath::Fused)

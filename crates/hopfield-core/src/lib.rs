@@ -30,6 +30,7 @@
 //! # Ok::<(), candle_core::Error>(())
 //! ```
 
+pub mod association;
 pub mod config;
 pub mod energy;
 pub mod error;
@@ -44,6 +45,7 @@ mod steps;
 mod update;
 pub mod weights;
 
+pub use association::Association;
 pub use config::{CoreConfig, OnNoConvergence, Scaling, StepsEps, UpdateSteps};
 pub use error::HopfieldError;
 pub use forward::{

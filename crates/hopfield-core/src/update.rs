@@ -6,7 +6,6 @@
 use crate::config::CoreConfig;
 use crate::error::HopfieldError;
 use crate::forward::LogitTransform;
-use crate::ops::masked_softmax;
 use crate::steps::Schedule;
 use candle_core::{DType, Result, Tensor};
 use hopfield_cuda::retrieval::{association_change, retrieve_with_lse, Retrieval};
@@ -85,8 +84,8 @@ pub(crate) fn explicit_updates(
             None => logits,
         };
         match mask {
-            Some(m) => masked_softmax(&logits.broadcast_add(m)?),
-            None => masked_softmax(&logits),
+            Some(m) => cfg.association.apply(&logits.broadcast_add(m)?),
+            None => cfg.association.apply(&logits),
         }
     };
 

@@ -3,7 +3,8 @@
 
 use crate::activation::Activation;
 use hopfield_core::{
-    CoreConfig, CoreLayout, HopfieldError, OnNoConvergence, Scaling, StepsEps, UpdateSteps,
+    Association, CoreConfig, CoreLayout, HopfieldError, OnNoConvergence, Scaling, StepsEps,
+    UpdateSteps,
 };
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -91,6 +92,10 @@ pub struct HopfieldConfig {
     pub add_zero_association: bool,
     /// No output projection: the output is the concatenated heads (H * pd).
     pub disable_out_projection: bool,
+    /// The association function: softmax (hflayers, the default), sparsemax or alpha-entmax
+    /// (kwarg `"association"`: `"softmax"`, `"sparsemax"`, `"entmax15"`, `{"entmax": alpha}` or
+    /// `{"entmax": [alpha per head]}`).
+    pub association: Association,
 }
 
 impl Default for HopfieldConfig {
@@ -131,6 +136,7 @@ impl Default for HopfieldConfig {
             concat_bias_pattern: false,
             add_zero_association: false,
             disable_out_projection: false,
+            association: Association::Softmax,
         }
     }
 }
@@ -218,6 +224,7 @@ impl HopfieldConfig {
         with_input_bias => input_bias: bool,
         with_concat_bias_pattern => concat_bias_pattern: bool,
         with_add_zero_association => add_zero_association: bool,
+        with_association => association: Association,
         with_disable_out_projection => disable_out_projection: bool,
     }
 
@@ -382,6 +389,7 @@ impl HopfieldConfig {
             normalize_pattern: self.normalize_hopfield_space
                 || self.normalize_hopfield_space_affine,
             normalize_pattern_eps: self.normalize_hopfield_space_eps,
+            association: self.association.clone(),
         };
         core.validate(layout.num_heads)?;
         // Input LayerNorms are sized by what actually arrives: a static input has the per-head
@@ -500,7 +508,28 @@ kwargs::kwargs_struct! {
         concat_bias_pattern: bool,
         add_zero_association: bool,
         disable_out_projection: bool,
+        association: AssociationKw,
     }
+}
+
+/// `association` (not an hflayers argument): a name, or `{"entmax": alpha}` with one alpha or
+/// one per head.
+#[derive(Deserialize)]
+#[serde(
+    untagged,
+    expecting = "\"softmax\", \"sparsemax\", \"entmax15\", {\"entmax\": alpha} or {\"entmax\": [alpha per head]}"
+)]
+enum AssociationKw {
+    Name(String),
+    Entmax { entmax: EntmaxAlphaKw },
+}
+
+/// The alpha of `{"entmax": ...}`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum EntmaxAlphaKw {
+    Scalar(f64),
+    PerHead(Vec<f64>),
 }
 
 /// `scaling`: one beta, or one per head (hflayers takes a float or a tensor).
@@ -592,6 +621,29 @@ impl HopfieldKwargs {
             c.update_steps_eps = match e {
                 StepsEpsKw::Scalar(e) => StepsEps::Scalar(e),
                 StepsEpsKw::PerHead(e) => StepsEps::PerHead(e),
+            };
+        }
+        if let Some(a) = self.association {
+            c.association = match a {
+                AssociationKw::Name(n) => match n.as_str() {
+                    "softmax" => Association::Softmax,
+                    "sparsemax" => Association::Sparsemax,
+                    "entmax15" => Association::Entmax15,
+                    other => {
+                        return Err(HopfieldError::Config {
+                            field: "association",
+                            reason: format!(
+                                "unknown association {other:?}: expected \"softmax\", \"sparsemax\", \"entmax15\" or {{\"entmax\": alpha}}"
+                            ),
+                        })
+                    }
+                },
+                AssociationKw::Entmax {
+                    entmax: EntmaxAlphaKw::Scalar(a),
+                } => Association::Entmax(a),
+                AssociationKw::Entmax {
+                    entmax: EntmaxAlphaKw::PerHead(a),
+                } => Association::EntmaxPerHead(a),
             };
         }
         if let Some(a) = self.association_activation {
@@ -907,5 +959,59 @@ mod tests {
             .unwrap();
         assert_eq!(r.norm_stored, Some((8, true, 1e-5)));
         assert_eq!(r.norm_state, Some((16, true, 1e-5)));
+    }
+
+    /// The `association` kwarg: names, one alpha or one per head; softmax when absent; unknown
+    /// names, wrong types and alphas out of range are typed errors naming the argument; the
+    /// wrappers pass it to their Hopfield.
+    #[test]
+    fn association_kwarg() {
+        let parse = |a: &str| {
+            HopfieldConfig::from_kwargs(&format!(
+                r#"{{"input_size": 8, "num_heads": 2, "association": {a}}}"#
+            ))
+        };
+        assert_eq!(
+            HopfieldConfig::from_kwargs(r#"{"input_size": 8}"#)
+                .unwrap()
+                .association,
+            Association::Softmax
+        );
+        for (a, want) in [
+            (r#""softmax""#, Association::Softmax),
+            (r#""sparsemax""#, Association::Sparsemax),
+            (r#""entmax15""#, Association::Entmax15),
+            (r#"{"entmax": 1.3}"#, Association::Entmax(1.3)),
+            (
+                r#"{"entmax": [1.2, 2.0]}"#,
+                Association::EntmaxPerHead(vec![1.2, 2.0]),
+            ),
+        ] {
+            let c = parse(a).unwrap();
+            assert_eq!(c.association, want);
+            assert_eq!(c.resolve().unwrap().core.association, want);
+        }
+        for bad in [r#""entmax""#, "1.5", r#"{"entmax": "x"}"#, "null"] {
+            let e = parse(bad).unwrap_err().to_string();
+            assert!(e.contains("`association`"), "{bad}: {e}");
+        }
+        for bad in [
+            r#"{"entmax": 2.5}"#,
+            r#"{"entmax": [1.5]}"#,
+            r#"{"entmax": [1.0, 1.5]}"#,
+        ] {
+            let e = parse(bad).unwrap().validate().unwrap_err().to_string();
+            assert!(e.contains("association"), "{bad}: {e}");
+        }
+        let p = crate::HopfieldPoolingConfig::from_kwargs(
+            r#"{"input_size": 8, "association": "sparsemax"}"#,
+        )
+        .unwrap();
+        assert_eq!(p.hopfield.association, Association::Sparsemax);
+        let l = crate::HopfieldLayerConfig::from_kwargs(
+            r#"{"input_size": 8, "association": {"entmax": 1.5}}"#,
+        )
+        .unwrap();
+        assert_eq!(l.hopfield.association, Association::Entmax(1.5));
     }
 }

@@ -47,8 +47,8 @@ pub use config::HopfieldConfig;
 pub use diffused::{DiffusedHopfield, DiffusedHopfieldConfig, DiffusedOutput, GraphScope, Graphs};
 pub use hopfield::{Hopfield, HopfieldInput, HopfieldOutput};
 pub use hopfield_core::{
-    fused_retrieval_enabled, set_fused_retrieval, HopfieldError, Masks, OnNoConvergence, Scaling,
-    StepsEps, UpdateSteps,
+    fused_retrieval_enabled, set_fused_retrieval, Association, HopfieldError, Masks,
+    OnNoConvergence, Scaling, StepsEps, UpdateSteps,
 };
 pub use layer::{HopfieldLayer, HopfieldLayerConfig};
 pub use norm::LayerNorm;
