@@ -22,6 +22,7 @@
 pub mod case;
 pub mod dahn;
 pub mod diffused;
+pub mod entmax;
 pub mod et;
 pub mod hflayers;
 pub mod module_case;
@@ -40,6 +41,8 @@ pub enum Suite {
     Dahn,
     /// The Energy Transformer.
     Et,
+    /// The `entmax` package's functions (sparsemax, entmax-1.5, alpha-entmax).
+    Entmax,
 }
 
 impl Suite {
@@ -52,6 +55,8 @@ impl Suite {
             .unwrap_or_default();
         if reference.starts_with("hflayers") {
             Some(Suite::Hflayers)
+        } else if reference.starts_with("entmax") || name.starts_with("entmax.") {
+            Some(Suite::Entmax)
         } else if reference.starts_with("difflayers") || name.starts_with("difflayers.") {
             Some(Suite::Dahn)
         } else if reference.starts_with("energy_transformer")
@@ -112,6 +117,7 @@ pub fn run_case(path: &Path, precision: Precision) -> Outcome {
         Some(Suite::Hflayers) => hflayers::run(&case, &mut report),
         Some(Suite::Dahn) => dahn::run(&case, &mut report),
         Some(Suite::Et) => et::run(&case, &mut report),
+        Some(Suite::Entmax) => entmax::run(&case, &mut report),
         None => Err(candle_core::Error::Msg(format!(
             "unsupported case: reference {:?}, module {:?}",
             case.meta("reference"),
