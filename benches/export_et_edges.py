@@ -210,6 +210,10 @@ def cases():
         (2, 3, 6), "softmax Hopfield energy with one memory: -sum h")
     add("relu_hopfield_memories1_one_token", "BaseModernHopfield", {"in_dim": 6, "hidden_dim": 1}, "energy",
         (1, 6), "ReLU Hopfield energy with one memory and one token")
+    # Appended later (earlier cases keep their seeds).
+    add("et_filtered_negative_indices", et, {"dim": 6, "hidden_dim": 10, "n_heads": 2, "context": 5,
+                                             "n_iters_default": 2}, "filtered_forward", (2, 3, 6),
+        "filtered_forward with negative indices, counted from the end by torch's indexing", indices=[-1, 0, -5])
     return c
 
 
@@ -217,6 +221,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=DEFAULT_OUT)
     ap.add_argument("--port-dir", help="a checkout of LumenPallidium/energy_transformer at 34396b0")
+    ap.add_argument("--only", nargs="*", help="export only these cases")
     args = ap.parse_args()
     if args.port_dir:
         sys.path.insert(0, args.port_dir)
@@ -224,6 +229,8 @@ def main():
 
     all_cases = cases()
     for i, (name, cls, kwargs, call, shape, description, extra) in enumerate(all_cases):
+        if args.only and name not in args.only:
+            continue
         out = export(args.out, et, name, cls, kwargs, call, shape, description, seed=9800 + i, **extra)
         print(name, out)
     print(f"{len(all_cases)} cases in {os.path.normpath(args.out)} ({et.__file__})")

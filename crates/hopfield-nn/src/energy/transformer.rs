@@ -234,7 +234,8 @@ impl EnergyTransformer {
 
     /// As [`forward_detailed`](Self::forward_detailed), adding `pos_embedding[:, indices]` (token
     /// `i` of `x` sits at position `indices[i]`); without a positional embedding nothing is added
-    /// (the port crashed). `indices`: rank 1, integer, one per token, each `< context`.
+    /// (the port crashed). `indices`: rank 1, integer, one per token, each in `-context..context`;
+    /// a negative index counts from the end, as torch's indexing in the port does.
     ///
     /// ```
     /// use candle_core::{DType, Device, Tensor};
@@ -246,6 +247,8 @@ impl EnergyTransformer {
     /// let idx = Tensor::new(&[0u32, 4, 9], &Device::Cpu)?;
     /// let y = et.filtered_forward(&x, &idx, Some(2))?.y;
     /// assert_eq!(y.dims(), &[1, 3, 8]);
+    /// let from_end = Tensor::new(&[0i64, 4, -1], &Device::Cpu)?;
+    /// assert_eq!(et.filtered_forward(&x, &from_end, Some(2))?.y.to_vec3::<f32>()?, y.to_vec3::<f32>()?);
     /// # Ok::<(), candle_core::Error>(())
     /// ```
     pub fn filtered_forward(
@@ -259,14 +262,15 @@ impl EnergyTransformer {
             None => x.clone(),
             Some(pos) => {
                 let l = x.dim(x.rank() - 2)?;
-                self.check_indices(indices, l)?;
-                add_pos(x, &pos.index_select(indices, 1)?)?
+                let indices = self.check_indices(indices, l)?;
+                add_pos(x, &pos.index_select(&indices, 1)?)?
             }
         };
         self.run(x, x0, n_iters)
     }
 
-    fn check_indices(&self, indices: &Tensor, tokens: usize) -> Result<()> {
+    /// The validated indices, negative ones counted from the end (`-1` is `context - 1`).
+    fn check_indices(&self, indices: &Tensor, tokens: usize) -> Result<Tensor> {
         let err = |reason: String| -> candle_core::Error {
             EtError::Indices {
                 reason,
@@ -289,13 +293,19 @@ impl EnergyTransformer {
             return Err(err("expected one index per token".into()));
         }
         let vals = indices.to_dtype(DType::I64)?.to_vec1::<i64>()?;
-        if let Some(v) = vals
-            .iter()
-            .find(|&&v| v < 0 || v as usize >= self.cfg.context)
-        {
+        // Contexts are allocatable parameter sizes, far below i64::MAX.
+        let context = self.cfg.context as i64;
+        if let Some(v) = vals.iter().find(|&&v| v < -context || v >= context) {
             return Err(err(format!("index {v} out of range")));
         }
-        Ok(())
+        if vals.iter().all(|&v| v >= 0) {
+            return Ok(indices.clone());
+        }
+        let wrapped: Vec<i64> = vals
+            .iter()
+            .map(|&v| if v < 0 { v + context } else { v })
+            .collect();
+        Tensor::new(wrapped, indices.device())
     }
 
     /// The descent loop from `x0` (positional embedding already added to the validated `x`).
