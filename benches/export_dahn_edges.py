@@ -340,6 +340,20 @@ def cases():
     add("dh_heads1_update_steps", {"num_heads": 1, "update_steps_max": 2, "update_steps_eps": 1e-12,
                                    "diffuse_query": True}, "tuple3", t3(1, S, L),
         "one head, two core update steps after the dynamics, queries diffused")
+    # Appended later (earlier cases keep their seeds): Hopfield arguments DiffusedHopfield forwards.
+    nf = {"normalize_stored_pattern": False, "normalize_stored_pattern_affine": False}
+    add("dh_static_stored", {"num_heads": 1, "stored_pattern_as_static": True, **nf}, "tuple3", t3(1, S, L),
+        "stored_pattern_as_static (one head): the graph and the loop see the raw stored patterns")
+    add("dh_disable_out_projection_heads4_hidden1", {"num_heads": 4, "hidden_size": 1,
+                                                    "disable_out_projection": True}, "tuple3", t3(1, S, L),
+        "four heads of hidden size 1 without output projection, after the diffusion")
+    add("dh_activation_dropout_eval", {"association_activation": "tanh", "dropout": 0.5,
+                                       "diffusion_mode": "spectral"}, "tuple3", t3(1, S, L),
+        "association_activation='tanh' and dropout=0.5 in eval mode, spectral diffusion")
+    add("dh_pattern_size_output_size", {"pattern_size": 3, "output_size": 1, "hidden_size": 5}, "tuple3",
+        t3(1, S, L), "pattern_size=3, hidden_size=5, output_size=1: the loop works in input space, the core projects")
+    add("dh_no_input_bias_connected", {"input_bias": False, "pattern_projection_as_connected": True}, "single",
+        {"x": (1, S, D)}, "no input bias and a connected pattern projection, one tensor, factored diffusion")
     return c
 
 

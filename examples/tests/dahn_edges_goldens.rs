@@ -9,7 +9,7 @@
 
 use hopfield_examples::conformance::{audit_dir, run_dirs, Precision};
 
-const CASES: usize = 48;
+const CASES: usize = 53;
 
 fn assert_all_pass(precision: Precision) {
     let summary = run_dirs(&[audit_dir("dahn_edges")], precision).expect("read the cases");
