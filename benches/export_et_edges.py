@@ -214,6 +214,11 @@ def cases():
     add("et_filtered_negative_indices", et, {"dim": 6, "hidden_dim": 10, "n_heads": 2, "context": 5,
                                              "n_iters_default": 2}, "filtered_forward", (2, 3, 6),
         "filtered_forward with negative indices, counted from the end by torch's indexing", indices=[-1, 0, -5])
+    add("et_memories0_relu_return_energy", et, {"dim": 6, "hidden_dim": 0, "n_heads": 2, "n_iters_default": 2,
+                                                "return_energy": True}, "forward", (2, 4, 6),
+        "hidden_dim=0 with the ReLU Hopfield: no memories, an attention-only block (Hopfield energy 0)")
+    add("relu_hopfield_memories0", "BaseModernHopfield", {"in_dim": 6, "hidden_dim": 0}, "energy", (2, 3, 6),
+        "ReLU Hopfield energy with no memories: 0, gradient 0")
     return c
 
 

@@ -1,7 +1,7 @@
 //! Edge values of the Energy Transformer port's arguments that the reference-case format cannot
 //! express: the values the port crashes on (a division by zero, an assertion, an index error) or
 //! turns into garbage (an ascending step, a silently empty loop, a division by a zero beta) are
-//! each a typed `EtError` naming the argument here (ids E-V1..E-V8 in
+//! each a typed `EtError` naming the argument here (ids E-V1..E-V9 in
 //! docs/design/energy-transformer-port.md, "Edge values"); and `exclude_self` with one token, an
 //! option the port does not have. The values the port handles sensibly are reference cases
 //! (`audit/et_edges/`, `et_edges_goldens.rs`).
@@ -44,6 +44,11 @@ fn garbage_arguments_are_typed_errors() {
         // E-V1: ZeroDivisionError (embed_dim // n_heads) / "embed_dim must be divisible".
         (json!({"dim": 6, "hidden_dim": 4, "n_heads": 0}), "n_heads"),
         (json!({"dim": 6, "hidden_dim": 4, "n_heads": 4}), "n_heads"),
+        // E-V9: no memories with the softmax Hopfield: its energy is -(1/beta) lse(nothing) = +inf.
+        (
+            json!({"dim": 6, "hidden_dim": 0, "n_heads": 2, "hopfield_type": "softmax"}),
+            "hidden_dim",
+        ),
         // E-V2: no token features: LayerNorm over nothing, nothing to attend with.
         (json!({"dim": 0, "hidden_dim": 4, "n_heads": 1}), "dim"),
         // E-V3: a negative step ascends the energy (tokens grow without bound over the steps).
@@ -115,7 +120,10 @@ fn zero_betas_that_are_divided_by_are_typed_errors() -> candle_core::Result<()> 
         let x = Tensor::randn(0f64, 1., (2, 3, 6), &Device::Cpu)?;
         let y = et.forward(&x)?;
         assert!(
-            y.flatten_all()?.to_vec1::<f64>()?.iter().all(|v| v.is_finite()),
+            y.flatten_all()?
+                .to_vec1::<f64>()?
+                .iter()
+                .all(|v| v.is_finite()),
             "{hopfield_type}: the beta -> 0 limit is finite"
         );
         let e = et.energy(&x).unwrap_err();

@@ -8,7 +8,7 @@
 
 use hopfield_examples::conformance::{audit_dir, run_dirs, Precision};
 
-const CASES: usize = 26;
+const CASES: usize = 28;
 
 fn assert_all_pass(precision: Precision) {
     let summary = run_dirs(&[audit_dir("et_edges")], precision).expect("read the cases");

@@ -270,8 +270,14 @@ impl EnergyTransformerConfig {
         if self.dim == 0 {
             return bad("dim", "0".into(), "must be > 0");
         }
-        if self.hidden_dim == 0 {
-            return bad("hidden_dim", "0".into(), "must be > 0");
+        // E-V9: with no memories the ReLU Hopfield energy is 0 (an attention-only block, as in the
+        // port), but the softmax one is -(1/beta) logsumexp(nothing) = +inf.
+        if self.hidden_dim == 0 && self.hopfield_type == HopfieldType::Softmax {
+            return bad(
+                "hidden_dim",
+                "0".into(),
+                "must be > 0 with the softmax Hopfield (its energy over no memories is +inf)",
+            );
         }
         if self.n_heads == 0 || self.dim % self.n_heads != 0 {
             return bad(

@@ -45,7 +45,7 @@ impl BaseModernHopfield {
         init_scale: f64,
         vb: VarBuilder,
     ) -> Result<Self> {
-        let names = check_options(in_dim, hidden_dim, beta, init_scale, &vb)?;
+        let names = check_options(in_dim, hidden_dim, true, beta, init_scale, &vb)?;
         let w = hopfield_core::checked_param(
             &vb,
             (in_dim, hidden_dim),
@@ -210,7 +210,7 @@ impl SoftmaxModernHopfield {
         init_scale: f64,
         vb: VarBuilder,
     ) -> Result<Self> {
-        let names = check_options(in_dim, hidden_dim, beta, init_scale, &vb)?;
+        let names = check_options(in_dim, hidden_dim, false, beta, init_scale, &vb)?;
         let w = hopfield_core::checked_param(
             &vb,
             (in_dim, hidden_dim),
@@ -453,13 +453,17 @@ fn check_work(x: &Tensor, w: &Tensor) -> Result<()> {
 fn check_options(
     in_dim: usize,
     hidden_dim: usize,
+    no_memories_ok: bool,
     beta: Option<f64>,
     init_scale: f64,
     vb: &VarBuilder,
 ) -> Result<[String; 2]> {
     validate::positive("in_dim", in_dim)?;
-    // No memories is a configuration mistake, rejected as the block's config rejects it.
-    validate::positive("hidden_dim", hidden_dim)?;
+    // No memories: the ReLU energy is an empty sum (0, as in the port); the softmax energy's
+    // log-sum-exp over nothing is -inf (E-V9).
+    if !no_memories_ok {
+        validate::positive("hidden_dim", hidden_dim)?;
+    }
     validate::model_dtype(vb.dtype())?;
     if let Some(b) = beta {
         validate::scalar("beta", b, false)?;
