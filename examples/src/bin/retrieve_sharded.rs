@@ -11,11 +11,12 @@
 //! ```text
 //! cargo run --release -p hopfield-examples --bin retrieve_sharded
 //! cargo run --release -p hopfield-examples --bin retrieve_sharded -- --shards 8 --patterns-per-shard 10000
+//! cargo run --release -p hopfield-examples --bin retrieve_sharded -- --sweep 8   # bytes for P = 1..8
 //! ```
 
 use candle_core::{Device, Result, Tensor};
 use clap::Parser;
-use hopfield_core::sharded::{CountingCommunicator, LocalCommunicator, ShardedMemory};
+use hopfield_core::sharded::{CountingCommunicator, LocalCommunicator, Shard, ShardedMemory};
 use hopfield_cuda::retrieval::{retrieve, Retrieval};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -46,6 +47,36 @@ struct Args {
     /// Seed of the pattern generator.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// First split the same memory into 1..=K shards and print, per P, the bytes the
+    /// collectives move, the time and the difference from the single memory.
+    #[arg(long)]
+    sweep: Option<usize>,
+}
+
+/// Largest absolute difference of two tensors.
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
+    (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()
+}
+
+/// The memory split into `p` shards, each a copy of its own (as it would be on its own device,
+/// not a view of the store), its collectives counted by `comm`.
+fn sharded(
+    store: &Tensor,
+    p: usize,
+    comm: Arc<CountingCommunicator<LocalCommunicator>>,
+) -> Result<ShardedMemory> {
+    let split = ShardedMemory::split(store, store, p, &[Device::Cpu])?;
+    let shards = split
+        .shards()
+        .iter()
+        .map(|sh| {
+            Ok(Shard {
+                keys: sh.keys.copy()?,
+                values: sh.values.copy()?,
+            })
+        })
+        .collect::<Result<_>>()?;
+    Ok(ShardedMemory::new(shards)?.with_communicator(comm))
 }
 
 /// Peak resident memory of this process (Linux), in MiB.
@@ -87,36 +118,43 @@ fn main() -> Result<()> {
     let queries = Tensor::from_vec(queries, (1, l, 1, d), &dev)?;
     let cfg = Retrieval::new(args.beta);
 
-    // Each shard a copy of its own (as it would be on its own device), not a view of the store.
+    let t = Instant::now();
+    let single = retrieve(&queries, &store, &store, &cfg)?;
+    let single_secs = t.elapsed().as_secs_f64();
+
+    if let Some(k) = args.sweep {
+        println!("P   bytes      bytes/(P-1)  broadcast  max     sums     time (s)  max abs diff");
+        for p in 1..=k {
+            let comm = Arc::new(CountingCommunicator::new(LocalCommunicator));
+            let memory = sharded(&store, p, comm.clone())?;
+            let t = Instant::now();
+            let out = memory.retrieve(&queries, &cfg)?;
+            let secs = t.elapsed().as_secs_f64();
+            let tr = comm.traffic();
+            let per = if p > 1 {
+                tr.total() / (p as u64 - 1)
+            } else {
+                0
+            };
+            println!(
+                "{p:<3} {:<10} {per:<12} {:<10} {:<7} {:<8} {secs:<9.3} {:e}",
+                tr.total(),
+                tr.broadcast,
+                tr.max,
+                tr.sum,
+                max_abs_diff(&out, &single)?
+            );
+        }
+    }
+
     let comm = Arc::new(CountingCommunicator::new(LocalCommunicator));
-    let shards = ShardedMemory::split(&store, &store, p, &[dev.clone()])?;
-    let shards = ShardedMemory::new(
-        shards
-            .shards()
-            .iter()
-            .map(|sh| {
-                Ok(hopfield_core::sharded::Shard {
-                    keys: sh.keys.copy()?,
-                    values: sh.values.copy()?,
-                })
-            })
-            .collect::<Result<_>>()?,
-    )?
-    .with_communicator(comm.clone());
+    let shards = sharded(&store, p, comm.clone())?;
 
     let t = Instant::now();
     let sharded = shards.retrieve(&queries, &cfg)?;
     let sharded_secs = t.elapsed().as_secs_f64();
-    let t = Instant::now();
-    let single = retrieve(&queries, &store, &store, &cfg)?;
-    let single_secs = t.elapsed().as_secs_f64();
     let traffic = comm.traffic();
-
-    let diff = (&sharded - &single)?
-        .abs()?
-        .flatten_all()?
-        .max(0)?
-        .to_scalar::<f32>()?;
+    let diff = max_abs_diff(&sharded, &single)?;
     let store_mib = (s * d * 4) as f64 / (1 << 20) as f64;
     println!(
         "stored patterns        {s} x {d} (f32, {store_mib:.0} MiB), beta {}",
