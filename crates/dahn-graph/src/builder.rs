@@ -23,7 +23,9 @@ pub enum KnnMethod {
     #[default]
     Exact,
     /// NN-descent ([`knn_approx_from_patterns`]): approximate, for N where the exact search is
-    /// too slow (10^6 x 64, k = 8 in minutes, recall@8 >= 0.9).
+    /// too slow. Recall depends on the data: on uniform random 64-d patterns (the hardest case)
+    /// recall@8 is ~0.90 at 10^5 and 0.65-0.74 at 10^6 (docs/dahn-performance.md, where two
+    /// HNSW crates were also measured and were 19-25x slower at 10^5).
     NnDescent(NnDescent),
 }
 
