@@ -24,8 +24,20 @@
 //! the layer's association does. `M` is taken over all patterns of the (sample, head), masked or
 //! not, so it is one value per (sample, head).
 //!
-//! The sparse associations (sparsemax, entmax) have energies of their own, with the Legendre
-//! conjugate of the Tsallis regulariser in place of the log-sum-exp; see [`EnergyAssociation`].
+//! The sparse associations ([`Association`]: sparsemax, entmax-1.5, alpha-entmax; Hu et al.
+//! 2023, "On Sparse Modern Hopfield Model") have energies of their own: the log-sum-exp is the
+//! convex conjugate of the negative Shannon entropy, and alpha-entmax puts the Tsallis entropy
+//! `H_a(p) = (1 - sum_j p_j^a) / (a (a - 1))` in its place:
+//!
+//! ```text
+//! E(xi) = -1/beta * Omega*(z) + 1/2 xi^T xi + 1/beta * H_a(uniform over S') + 1/2 M^2,
+//! z = beta X^T xi + mask,   Omega*(z) = max_p <p, z> + H_a(p) = <p, z> + H_a(p),  p = entmax_a(z)
+//! ```
+//!
+//! `H_a(uniform over S') = (1 - S'^(1-a)) / (a (a - 1))` is the largest entropy, the constant that
+//! keeps `E >= 0` as `log S'` does for softmax (its `a -> 1` limit; every term tends to the softmax
+//! energy's). By Danskin's theorem `grad Omega* = p`, so `dE/dxi = xi - X^T p` and the update
+//! `xi <- X^T entmax_a(beta X^T xi)` is again the concave-convex step: it never increases `E`.
 //!
 //! ```
 //! use candle_core::{Device, Tensor};
@@ -42,20 +54,12 @@
 //! # Ok::<(), candle_core::Error>(())
 //! ```
 
+use crate::association::Association;
 use crate::error::{expect_float, HopfieldError};
 use crate::forward::check_finite;
 use crate::masks::{additive_mask, Masks};
 use candle_core::{DType, Result, Tensor, D};
 use hopfield_cuda::retrieval::{retrieve, retrieve_with_lse, Retrieval};
-
-/// Which association the energy belongs to: the softmax of the modern Hopfield network, or a
-/// sparse one (their energies differ, see the module docs).
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
-pub enum EnergyAssociation {
-    /// `softmax`: `E = -lse(beta X^T xi)/beta + 1/2 |xi|^2 + log(S')/beta + 1/2 M^2`.
-    #[default]
-    Softmax,
-}
 
 /// Everything besides the patterns and masks that fixes the energy: beta per head, the zero
 /// pattern and the association.
@@ -71,8 +75,8 @@ pub struct EnergySpec {
     pub betas: Vec<f64>,
     /// hflayers' `add_zero_association`: a zero stored pattern that is never masked.
     pub zero_association: bool,
-    /// The association whose energy this is.
-    pub association: EnergyAssociation,
+    /// The association whose energy this is (softmax, or a sparse [`Association`]).
+    pub association: Association,
 }
 
 impl EnergySpec {
@@ -81,12 +85,12 @@ impl EnergySpec {
         Self {
             betas: vec![beta],
             zero_association: false,
-            association: EnergyAssociation::Softmax,
+            association: Association::Softmax,
         }
     }
 
     /// The energy of an association with this configuration over `heads` heads: its per-head
-    /// beta and its zero pattern.
+    /// beta, its zero pattern and its association function.
     ///
     /// ```
     /// use hopfield_core::{energy::EnergySpec, CoreConfig, Scaling};
@@ -101,7 +105,7 @@ impl EnergySpec {
         Ok(Self {
             betas: cfg.scaling.per_head(heads)?,
             zero_association: cfg.add_zero_association,
-            association: EnergyAssociation::Softmax,
+            association: cfg.association.clone(),
         })
     }
 
@@ -118,7 +122,7 @@ impl EnergySpec {
     }
 
     /// The association whose energy is computed.
-    pub fn with_association(mut self, association: EnergyAssociation) -> Self {
+    pub fn with_association(mut self, association: Association) -> Self {
         self.association = association;
         self
     }
@@ -187,6 +191,7 @@ fn check(xi: &Tensor, stored: &Tensor, spec: &EnergySpec, masks: Masks) -> Resul
         }
         .into());
     }
+    spec.association.validate(h)?;
     check_finite("state pattern (xi)", xi)?;
     check_finite("stored pattern (X)", stored)?;
     let mask = additive_mask(&masks, (n, h, l, s), false, xi.dtype())?;
@@ -248,8 +253,9 @@ pub fn hopfield_energy(
     masks: Masks,
 ) -> Result<Tensor> {
     let c = check(xi, stored, spec, masks)?;
-    match spec.association {
-        EnergyAssociation::Softmax => softmax_energy(xi, stored, &c),
+    match alphas(&spec.association, c.dims.1) {
+        None => softmax_energy(xi, stored, &c),
+        Some(alphas) => sparse_energy(xi, stored, &c, &spec.association, &alphas),
     }
 }
 
@@ -270,8 +276,23 @@ fn softmax_energy(xi: &Tensor, stored: &Tensor, c: &Checked) -> Result<Tensor> {
 }
 
 /// One Hopfield update of the state, `X^T softmax(beta X^T xi + mask)`, `(N, H, L, d)`: the
-/// layer's update step (the stored patterns as values); it never increases
-/// [`hopfield_energy`].
+/// layer's update step (the stored patterns as values), with the spec's association in place of
+/// softmax; it never increases [`hopfield_energy`]. Softmax runs on the fused retrieval kernel;
+/// the sparse associations form the `(N, H, L, S)` association.
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use hopfield_core::energy::{hopfield_energy, hopfield_update, EnergySpec};
+/// use hopfield_core::{Association, Masks};
+/// let stored = Tensor::randn(0f64, 1., (1, 2, 12, 6), &Device::Cpu)?;
+/// let state = Tensor::randn(0f64, 1., (1, 2, 3, 6), &Device::Cpu)?;
+/// let spec = EnergySpec::new(2.0).with_association(Association::Sparsemax);
+/// let e0 = hopfield_energy(&state, &stored, &spec, Masks::default())?;
+/// let next = hopfield_update(&state, &stored, &spec, Masks::default())?;
+/// let e1 = hopfield_energy(&next, &stored, &spec, Masks::default())?;
+/// assert!((e1 - e0)?.max_all()?.to_scalar::<f64>()? <= 1e-12);
+/// # Ok::<(), candle_core::Error>(())
+/// ```
 pub fn hopfield_update(
     xi: &Tensor,
     stored: &Tensor,
@@ -279,13 +300,106 @@ pub fn hopfield_update(
     masks: Masks,
 ) -> Result<Tensor> {
     let c = check(xi, stored, spec, masks)?;
-    match spec.association {
-        EnergyAssociation::Softmax => retrieve(&c.q, &c.k, &c.k, &c.retrieval)?.transpose(1, 2),
+    if spec.association.is_softmax() {
+        return retrieve(&c.q, &c.k, &c.k, &c.retrieval)?.transpose(1, 2);
     }
+    let (_, p) = sparse_association(xi, stored, &c, &spec.association)?;
+    let s = c.dims.3;
+    // The zero pattern's column retrieves nothing.
+    p.narrow(3, 0, s)?
+        .contiguous()?
+        .matmul(&stored.contiguous()?)
+}
+
+/// The entmax alpha of each of `heads` heads, `None` for softmax.
+fn alphas(association: &Association, heads: usize) -> Option<Vec<f64>> {
+    if association.is_softmax() {
+        return None;
+    }
+    Some(match association {
+        Association::Sparsemax => vec![2.0; heads],
+        Association::Entmax15 => vec![1.5; heads],
+        Association::Entmax(a) => vec![*a; heads],
+        Association::EntmaxPerHead(v) => v.clone(),
+        Association::Softmax => return None,
+    })
+}
+
+/// The logits `z = beta X^T xi + mask` `(N, H, L, S')` (the zero pattern's column last, when
+/// there is one) with masked entries set to 0, and the association `p` of `z` (0 where masked).
+fn sparse_association(
+    xi: &Tensor,
+    stored: &Tensor,
+    c: &Checked,
+    association: &Association,
+) -> Result<(Tensor, Tensor)> {
+    let (n, h, l, _) = c.dims;
+    let kt = stored.transpose(2, 3)?.contiguous()?;
+    let mut z = xi
+        .contiguous()?
+        .matmul(&kt)?
+        .broadcast_mul(&c.beta.unsqueeze(3)?)?;
+    hopfield_cuda::expect_logits_in_range(&z, xi.dims())?;
+    if let Some(m) = &c.retrieval.mask {
+        z = z.broadcast_add(m)?;
+    }
+    if c.retrieval.zero_association {
+        let zero = Tensor::zeros((n, h, l, 1), z.dtype(), z.device())?;
+        z = Tensor::cat(&[&z, &zero], 3)?;
+    }
+    let p = association.apply(&z)?;
+    // p is exactly 0 on masked entries; 0 stands in for their -inf in <p, z>.
+    let z = z.ne(f64::NEG_INFINITY)?.where_cond(&z, &z.zeros_like()?)?;
+    Ok((z, p))
+}
+
+/// `-Omega*(z)/beta + H_a(uniform)/beta + 1/2 |xi|^2 + 1/2 M^2` (module docs).
+fn sparse_energy(
+    xi: &Tensor,
+    stored: &Tensor,
+    c: &Checked,
+    association: &Association,
+    alphas: &[f64],
+) -> Result<Tensor> {
+    let dtype = xi.dtype();
+    let (z, p) = sparse_association(xi, stored, c, association)?;
+    let alpha = Tensor::new(alphas, xi.device())?
+        .to_dtype(dtype)?
+        .reshape((1, alphas.len(), 1))?;
+    let norm = alpha.affine(1.0, -1.0)?.mul(&alpha)?; // a (a - 1)
+    let inner = (&p * &z)?.sum(D::Minus1)?;
+    // sum p^a over the support (p = 0 contributes 0, and no NaN gradient through log 0).
+    let support = p.gt(0.0)?;
+    let safe = support.where_cond(&p, &p.ones_like()?)?;
+    let powered = safe.log()?.broadcast_mul(&alpha.unsqueeze(3)?)?.exp()?;
+    let sum_pa = support
+        .where_cond(&powered, &p.zeros_like()?)?
+        .sum(D::Minus1)?;
+    let entropy = sum_pa.affine(-1.0, 1.0)?.broadcast_div(&norm)?;
+    let conjugate = (inner + entropy)?;
+    let count = participating(c, dtype)?;
+    let some = count.gt(0.0)?;
+    // The largest entropy, of the uniform distribution over the S' patterns: (1 - S'^(1-a)) / (a (a-1)).
+    let one_minus_a = alpha.affine(-1.0, 1.0)?;
+    let max_entropy = count
+        .maximum(1.0)?
+        .log()?
+        .broadcast_mul(&one_minus_a)?
+        .exp()?
+        .affine(-1.0, 1.0)?
+        .broadcast_div(&norm)?;
+    let zeros = count.zeros_like()?;
+    let attraction = some
+        .where_cond(&(max_entropy - conjugate)?, &zeros)?
+        .broadcast_div(&c.beta)?;
+    let half_norm = (xi.sqr()?.sum(D::Minus1)? * 0.5)?;
+    let m2 = stored.sqr()?.sum(D::Minus1)?.max_keepdim(D::Minus1)?;
+    (attraction + half_norm)?.broadcast_add(&(m2 * 0.5)?)
 }
 
 /// The gradient `dE/dxi = xi - X^T softmax(beta X^T xi + mask)` of [`hopfield_energy`] with
-/// respect to the state, in closed form, `(N, H, L, d)`. So the update is a unit gradient
+/// respect to the state, in closed form, `(N, H, L, d)` (`entmax` in place of `softmax` for the
+/// sparse associations). So the update is a unit gradient
 /// step: `hopfield_update(xi) = xi - dE/dxi`.
 ///
 /// ```

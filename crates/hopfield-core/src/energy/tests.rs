@@ -60,6 +60,13 @@ fn hand_computed_tiny_case() -> Result<()> {
 #[case(5, 1, 4, 3, 20, 16, 0.1, false, true)]
 #[case(6, 2, 2, 6, 33, 4, 64.0, true, true)]
 fn update_is_a_descent_step(
+    #[values(
+        Association::Softmax,
+        Association::Sparsemax,
+        Association::Entmax15,
+        Association::Entmax(1.3)
+    )]
+    association: Association,
     #[case] seed: u64,
     #[case] n: usize,
     #[case] h: usize,
@@ -76,7 +83,8 @@ fn update_is_a_descent_step(
     let betas: Vec<f64> = (0..h).map(|i| beta * (1.0 + i as f64)).collect();
     let spec = EnergySpec::new(1.0)
         .with_head_betas(betas)
-        .with_zero_association(zero);
+        .with_zero_association(zero)
+        .with_association(association);
     let pad = padding(&mut rng, n, s, masked && n > 1)?;
     let masks = Masks {
         stored_pattern_padding_mask: masked.then_some(&pad),
@@ -106,6 +114,14 @@ fn update_is_a_descent_step(
 #[case(13, true, true)]
 #[case(14, false, true)]
 fn gradient_matches_autograd_and_finite_differences(
+    #[values(
+        Association::Softmax,
+        Association::Sparsemax,
+        Association::Entmax15,
+        Association::Entmax(1.3),
+        Association::EntmaxPerHead(vec![1.2, 2.0])
+    )]
+    association: Association,
     #[case] seed: u64,
     #[case] masked: bool,
     #[case] zero: bool,
@@ -116,7 +132,8 @@ fn gradient_matches_autograd_and_finite_differences(
     let xi0 = normal(&mut rng, &[n, h, l, d])?;
     let spec = EnergySpec::new(1.0)
         .with_head_betas(vec![0.7, 2.5])
-        .with_zero_association(zero);
+        .with_zero_association(zero)
+        .with_association(association);
     // An association mask per (sample, head) row, some rows fully masked.
     let mut am: Vec<u8> = (0..n * h * l * s)
         .map(|_| u8::from(rng.random::<f64>() < 0.3))
@@ -132,7 +149,8 @@ fn gradient_matches_autograd_and_finite_differences(
     let e = hopfield_energy(var.as_tensor(), &x, &spec, masks)?;
     let grads = e.sum_all()?.backward()?;
     let auto = grads.get(&var).expect("gradient of the state");
-    assert!(max_abs(&(auto - &closed)?)? < 1e-12);
+    let d = max_abs(&(auto - &closed)?)?;
+    assert!(d < 1e-10, "autograd vs closed form {d}");
     // Finite differences of the summed energy, every coordinate.
     let base = values(&xi0)?;
     let g = values(&closed)?;
@@ -277,5 +295,59 @@ fn bad_input_is_a_typed_error() -> Result<()> {
         association_mask: None,
     };
     assert!(err(hopfield_energy(&xi, &x, &spec, masks)).contains("stored_pattern_padding_mask"));
+    Ok(())
+}
+
+#[test]
+fn sparsemax_hand_computed_values() -> Result<()> {
+    // X = (+1, -1), beta = 1. At xi = 0: p = (1/2, 1/2), Omega* = 0 + (1 - 1/2)/2 = 1/4, the
+    // largest entropy over 2 patterns is 1/4 as well: E = 1/2 M^2 = 1/2. At xi = 1: z = (1, -1),
+    // p = (1, 0), Omega* = 1: E = -1 + 1/4 + 1/2 + 1/2 = 1/4, and the gradient 1 - 1 = 0.
+    let x = Tensor::new(&[[[[1f64], [-1.]]]], &Device::Cpu)?;
+    let spec = EnergySpec::new(1.0).with_association(Association::Sparsemax);
+    for (xi, e, g) in [(0.0, 0.5, 0.0), (1.0, 0.25, 0.0), (0.25, 0.0, 0.0)] {
+        let t = Tensor::new(&[[[[xi]]]], &Device::Cpu)?;
+        let energy = values(&hopfield_energy(&t, &x, &spec, Masks::default())?)?[0];
+        let grad = values(&hopfield_energy_grad(&t, &x, &spec, Masks::default())?)?[0];
+        if xi == 0.25 {
+            // z = (1/4, -1/4): p = (3/4, 1/4); Omega* = 1/8 + (1 - 10/16)/2 = 5/16;
+            // E = -5/16 + 1/4 + 1/32 + 1/2; gradient 1/4 - (3/4 - 1/4).
+            let want = -5.0 / 16.0 + 0.25 + 1.0 / 32.0 + 0.5;
+            assert!((energy - want).abs() < 1e-14, "{energy} vs {want}");
+            assert!((grad - (0.25 - 0.5)).abs() < 1e-14);
+        } else {
+            assert!((energy - e).abs() < 1e-14, "xi {xi}: {energy} vs {e}");
+            assert!((grad - g).abs() < 1e-14);
+        }
+    }
+    Ok(())
+}
+
+/// alpha-entmax's energy tends to the softmax energy as alpha -> 1 (every term does).
+#[test]
+fn entmax_energy_tends_to_softmax_energy() -> Result<()> {
+    let mut rng = StdRng::seed_from_u64(12);
+    let x = normal(&mut rng, &[2, 2, 7, 4])?;
+    let xi = normal(&mut rng, &[2, 2, 3, 4])?;
+    let spec = EnergySpec::new(0.8).with_zero_association(true);
+    let soft = hopfield_energy(&xi, &x, &spec, Masks::default())?;
+    let near = spec
+        .clone()
+        .with_association(Association::Entmax(1.0 + 1e-6));
+    let near = hopfield_energy(&xi, &x, &near, Masks::default())?;
+    let d = max_abs(&(near - soft)?)?;
+    assert!(d < 1e-4, "{d}");
+    Ok(())
+}
+
+#[test]
+fn bad_alpha_is_a_typed_error() -> Result<()> {
+    let x = Tensor::zeros((1, 2, 5, 4), DType::F64, &Device::Cpu)?;
+    let spec = EnergySpec::new(1.0).with_association(Association::Entmax(2.5));
+    let e = hopfield_energy(&x, &x, &spec, Masks::default()).unwrap_err();
+    assert!(e.to_string().contains("alpha"), "{e}");
+    let spec = EnergySpec::new(1.0).with_association(Association::EntmaxPerHead(vec![1.5]));
+    let e = hopfield_update(&x, &x, &spec, Masks::default()).unwrap_err();
+    assert!(e.to_string().contains("per head"), "{e}");
     Ok(())
 }
