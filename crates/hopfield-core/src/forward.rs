@@ -415,3 +415,31 @@ fn prepare(
         pd,
     })
 }
+
+/// The projected, head-split (and Hopfield-space normalised) state and stored patterns of an
+/// association, heads-major: `(N, H, L, hd)` and `(N, H, S, hd)`. The space the association
+/// `softmax(beta q k^T)` and its energy ([`crate::energy`]) live in; same checks as
+/// [`hopfield_core_forward`].
+///
+/// ```
+/// use candle_core::{DType, Device, Tensor};
+/// use candle_nn::{VarBuilder, VarMap};
+/// use hopfield_core::forward::projected_state_and_stored;
+/// use hopfield_core::{CoreConfig, CoreLayout, CoreWeights};
+/// let map = VarMap::new();
+/// let w = CoreWeights::load(CoreLayout::new(8, 2), VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu))?;
+/// let x = Tensor::randn(0f32, 1., (3, 5, 8), &Device::Cpu)?;
+/// let (q, k) = projected_state_and_stored(&x, &x, &x, &w, &CoreConfig::default())?;
+/// assert_eq!((q.dims(), k.dims()), (&[3, 2, 5, 4][..], &[3, 2, 5, 4][..]));
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+pub fn projected_state_and_stored(
+    query: &Tensor,
+    key: &Tensor,
+    value: &Tensor,
+    weights: &CoreWeights,
+    cfg: &CoreConfig,
+) -> Result<(Tensor, Tensor)> {
+    let p = prepare(query, key, value, weights, cfg)?;
+    Ok((heads_major(&p.q)?, heads_major(&p.k)?))
+}

@@ -248,7 +248,7 @@ impl Hopfield {
 
     /// Checks the inputs, makes them batch-major and applies the input LayerNorms: what the
     /// association core (or a stage before it) receives.
-    fn normalized_inputs(&self, input: HopfieldInput) -> Result<Patterns> {
+    pub(crate) fn normalized_inputs(&self, input: HopfieldInput) -> Result<Patterns> {
         let (stored, state, projection) = input.parts();
         self.check_inputs(stored, state, projection)?;
         let batch_major = |x: &Tensor| self.batch_major(x);

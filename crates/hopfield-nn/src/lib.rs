@@ -38,6 +38,7 @@ pub mod hopfield;
 pub mod layer;
 pub mod norm;
 pub mod pooling;
+mod retrieval_energy;
 pub mod stage;
 pub mod transformer;
 

@@ -191,7 +191,7 @@ impl HopfieldPooling {
     }
 
     /// The trainable queries expanded over the batch of `stored`.
-    fn queries(&self, stored: &Tensor) -> Result<Tensor> {
+    pub(crate) fn queries(&self, stored: &Tensor) -> Result<Tensor> {
         let mut w = self.pooling_weights.clone();
         if !self.config.trainable {
             w = w.detach();
