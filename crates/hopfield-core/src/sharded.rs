@@ -315,6 +315,7 @@ impl ShardedMemory {
             offsets.push(from);
             from += sh.len();
         }
+        let zero_rank = self.comm.rank() == 0;
         let parts: Vec<(Tensor, Tensor)> = self
             .shards
             .par_iter()
@@ -330,7 +331,7 @@ impl ShardedMemory {
                 let cfg_p = Retrieval {
                     beta: cfg.beta.clone(),
                     mask,
-                    zero_association: cfg.zero_association && p == 0,
+                    zero_association: cfg.zero_association && p == 0 && zero_rank,
                 };
                 retrieve_with_lse(qp, &sh.keys, &sh.values, &cfg_p)
             })

@@ -53,12 +53,12 @@ fn hand_computed_tiny_case() -> Result<()> {
 /// Random states, patterns, betas, masks and zero patterns: one update never increases E, and
 /// the energy is never below 0 (no additive biases) nor NaN.
 #[rstest]
-#[case(1, 1, 1, 1, 1, 1, 1.0, false, false)]
-#[case(2, 2, 3, 4, 7, 5, 0.5, false, false)]
-#[case(3, 2, 2, 5, 9, 8, 4.0, true, false)]
-#[case(4, 3, 1, 2, 6, 3, 16.0, true, true)]
-#[case(5, 1, 4, 3, 20, 16, 0.1, false, true)]
-#[case(6, 2, 2, 6, 33, 4, 64.0, true, true)]
+#[case(1, (1, 1, 1, 1, 1), 1.0, false, false)]
+#[case(2, (2, 3, 4, 7, 5), 0.5, false, false)]
+#[case(3, (2, 2, 5, 9, 8), 4.0, true, false)]
+#[case(4, (3, 1, 2, 6, 3), 16.0, true, true)]
+#[case(5, (1, 4, 3, 20, 16), 0.1, false, true)]
+#[case(6, (2, 2, 6, 33, 4), 64.0, true, true)]
 fn update_is_a_descent_step(
     #[values(
         Association::Softmax,
@@ -68,11 +68,7 @@ fn update_is_a_descent_step(
     )]
     association: Association,
     #[case] seed: u64,
-    #[case] n: usize,
-    #[case] h: usize,
-    #[case] l: usize,
-    #[case] s: usize,
-    #[case] d: usize,
+    #[case] (n, h, l, s, d): (usize, usize, usize, usize, usize),
     #[case] beta: f64,
     #[case] masked: bool,
     #[case] zero: bool,

@@ -33,6 +33,12 @@ pub trait Communicator: Send + Sync {
 
     /// The sum of `parts` (one per shard, same shape), on `root`; differentiable.
     fn reduce_sum(&self, parts: &[Tensor], root: &Device) -> Result<Tensor>;
+
+    /// This process's rank among those sharing the memory (0 where one process holds every
+    /// shard): rank 0's first shard holds the zero pattern of `add_zero_association`.
+    fn rank(&self) -> usize {
+        0
+    }
 }
 
 /// Candle's own device copies: shards on the CPU (threads) or on GPUs one process drives.
@@ -163,5 +169,9 @@ impl<C: Communicator> Communicator for CountingCommunicator<C> {
             self.sum.fetch_add(links * bytes(p), Ordering::Relaxed);
         }
         self.inner.reduce_sum(parts, root)
+    }
+
+    fn rank(&self) -> usize {
+        self.inner.rank()
     }
 }

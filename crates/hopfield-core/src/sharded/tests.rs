@@ -297,7 +297,7 @@ fn bad_shards_and_queries_are_typed_errors() -> Result<()> {
         &k,
         &k.narrow(1, 0, 7)?,
         2,
-        &[dev.clone()],
+        std::slice::from_ref(&dev),
     ));
     assert!(matches!(e, Some(ShardError::Shape { arg: "values", .. })));
 
