@@ -43,8 +43,18 @@ fn main() -> Result<()> {
             let k = Tensor::randn(0f32, 1., (n, s, h, d), &dev)?;
             let v = Tensor::randn(0f32, 1., (n, s, h, d), &dev)?;
             let cfg = Retrieval::new(1.0 / (d as f64).sqrt());
+            // KT_PASS=backward: forward and backward of the kernel (the gradient of sum(out)).
+            let backward = std::env::var("KT_PASS").as_deref() == Ok("backward");
+            let (q, k, v) = (
+                candle_core::Var::from_tensor(&q)?,
+                candle_core::Var::from_tensor(&k)?,
+                candle_core::Var::from_tensor(&v)?,
+            );
             for _ in 0..iters {
-                retrieve(&q, &k, &v, &cfg)?;
+                let out = retrieve(&q, &k, &v, &cfg)?;
+                if backward {
+                    out.sum_all()?.backward()?;
+                }
             }
         }
         return Ok(());

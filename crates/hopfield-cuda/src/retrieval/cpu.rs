@@ -216,8 +216,8 @@ fn block_logits<T: Float, const FMA: bool, const W: usize, const R: usize>(
     }
 }
 
-/// `R` (1 to 4) rows of [`block_logits`]. Separate named accumulators (not an array of rows)
-/// so that the compiler keeps them in registers and vectorises over `j`.
+/// `R` (1, 2, 4 or 8) rows of [`block_logits`]. Separate named accumulators (not an array of
+/// rows) so that the compiler keeps them in registers and vectorises over `j`.
 #[inline(always)]
 fn logits_rows<T: Float, const FMA: bool, const W: usize, const R: usize>(
     a: &[T],
@@ -230,6 +230,10 @@ fn logits_rows<T: Float, const FMA: bool, const W: usize, const R: usize>(
     let mut acc1 = [T::ZERO; W];
     let mut acc2 = [T::ZERO; W];
     let mut acc3 = [T::ZERO; W];
+    let mut acc4 = [T::ZERO; W];
+    let mut acc5 = [T::ZERO; W];
+    let mut acc6 = [T::ZERO; W];
+    let mut acc7 = [T::ZERO; W];
     let at = |i: usize, d: usize| if i < R { a[(r + i) * hd + d] } else { T::ZERO };
     for d in 0..hd {
         let row: &[T; W] = (&bt[d * W..(d + 1) * W]).try_into().unwrap();
@@ -244,8 +248,18 @@ fn logits_rows<T: Float, const FMA: bool, const W: usize, const R: usize>(
                 acc3[j] = madd::<T, FMA>(x3, row[j], acc3[j]);
             }
         }
+        if R > 4 {
+            let (x4, x5, x6, x7) = (at(4, d), at(5, d), at(6, d), at(7, d));
+            for j in 0..W {
+                acc4[j] = madd::<T, FMA>(x4, row[j], acc4[j]);
+                acc5[j] = madd::<T, FMA>(x5, row[j], acc5[j]);
+                acc6[j] = madd::<T, FMA>(x6, row[j], acc6[j]);
+                acc7[j] = madd::<T, FMA>(x7, row[j], acc7[j]);
+            }
+        }
     }
-    for (i, acc) in [acc0, acc1, acc2, acc3].iter().enumerate().take(R) {
+    let accs = [acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7];
+    for (i, acc) in accs.iter().enumerate().take(R) {
         out[(r + i) * W..(r + i + 1) * W].copy_from_slice(acc);
     }
 }
@@ -312,7 +326,7 @@ fn exp_shift_sum<T: Float, const FMA: bool>(row: &mut [T], shift: T, c: usize) -
 /// independent FMA chains (the `p` entries are broadcast straight from memory).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn block_accumulate<T: Float, const FMA: bool, const R: usize, const PT: bool>(
+fn block_accumulate<T: Float, const FMA: bool, const WIDE: bool, const R: usize, const PT: bool>(
     p: &[T],
     ps: usize,
     b: &[T],
@@ -321,12 +335,20 @@ fn block_accumulate<T: Float, const FMA: bool, const R: usize, const PT: bool>(
     cols: usize,
     out: &mut [T],
 ) {
-    let full = w / AW * AW;
+    // Tiles of 2 * AW columns first where the registers hold them (f32 on AVX-512: two vectors
+    // per row, 16 accumulators, so each broadcast of `p` feeds two FMAs), then tiles of AW.
+    let wide = WIDE && std::mem::size_of::<T>() == 4 && R == 8;
+    let full2 = if wide { w / (2 * AW) * (2 * AW) } else { 0 };
+    let full = full2 + (w - full2) / AW * AW;
     let mut r = 0;
     while r + R <= rows {
         let mut e0 = 0;
+        while e0 < full2 {
+            accumulate_tile::<T, FMA, R, PT, { 2 * AW }>(p, ps, b, w, r, e0, cols, out);
+            e0 += 2 * AW;
+        }
         while e0 < full {
-            accumulate_tile::<T, FMA, R, PT>(p, ps, b, w, r, e0, cols, out);
+            accumulate_tile::<T, FMA, R, PT, AW>(p, ps, b, w, r, e0, cols, out);
             e0 += AW;
         }
         r += R;
@@ -351,12 +373,12 @@ fn block_accumulate<T: Float, const FMA: bool, const R: usize, const PT: bool>(
 /// Output columns per accumulator of [`block_accumulate`].
 const AW: usize = 16;
 
-/// `R` (4 or 8) rows x [`AW`] columns of [`block_accumulate`] from column `e0`. Separate named
+/// `R` (4 or 8) rows x `TW` columns of [`block_accumulate`] from column `e0`. Separate named
 /// accumulators (not an array of rows) so that the compiler keeps them in registers and
 /// vectorises over the columns.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn accumulate_tile<T: Float, const FMA: bool, const R: usize, const PT: bool>(
+fn accumulate_tile<T: Float, const FMA: bool, const R: usize, const PT: bool, const TW: usize>(
     p: &[T],
     ps: usize,
     b: &[T],
@@ -366,13 +388,13 @@ fn accumulate_tile<T: Float, const FMA: bool, const R: usize, const PT: bool>(
     cols: usize,
     out: &mut [T],
 ) {
-    let load = |i: usize| -> [T; AW] {
+    let load = |i: usize| -> [T; TW] {
         if i < R {
-            (&out[(r + i) * w + e0..(r + i) * w + e0 + AW])
+            (&out[(r + i) * w + e0..(r + i) * w + e0 + TW])
                 .try_into()
                 .unwrap()
         } else {
-            [T::ZERO; AW]
+            [T::ZERO; TW]
         }
     };
     let (mut a0, mut a1, mut a2, mut a3) = (load(0), load(1), load(2), load(3));
@@ -387,9 +409,9 @@ fn accumulate_tile<T: Float, const FMA: bool, const R: usize, const PT: bool>(
         }
     };
     for j in 0..cols {
-        let br: &[T; AW] = (&b[j * w + e0..j * w + e0 + AW]).try_into().unwrap();
+        let br: &[T; TW] = (&b[j * w + e0..j * w + e0 + TW]).try_into().unwrap();
         let (x0, x1, x2, x3) = (at(0, j), at(1, j), at(2, j), at(3, j));
-        for e in 0..AW {
+        for e in 0..TW {
             a0[e] = madd::<T, FMA>(x0, br[e], a0[e]);
             a1[e] = madd::<T, FMA>(x1, br[e], a1[e]);
             a2[e] = madd::<T, FMA>(x2, br[e], a2[e]);
@@ -397,7 +419,7 @@ fn accumulate_tile<T: Float, const FMA: bool, const R: usize, const PT: bool>(
         }
         if R > 4 {
             let (x4, x5, x6, x7) = (at(4, j), at(5, j), at(6, j), at(7, j));
-            for e in 0..AW {
+            for e in 0..TW {
                 a4[e] = madd::<T, FMA>(x4, br[e], a4[e]);
                 a5[e] = madd::<T, FMA>(x5, br[e], a5[e]);
                 a6[e] = madd::<T, FMA>(x6, br[e], a6[e]);
@@ -406,7 +428,7 @@ fn accumulate_tile<T: Float, const FMA: bool, const R: usize, const PT: bool>(
         }
     }
     for (i, a) in [a0, a1, a2, a3, a4, a5, a6, a7].iter().enumerate().take(R) {
-        out[(r + i) * w + e0..(r + i) * w + e0 + AW].copy_from_slice(a);
+        out[(r + i) * w + e0..(r + i) * w + e0 + TW].copy_from_slice(a);
     }
 }
 
@@ -475,8 +497,11 @@ fn logits<T: Float, const FMA: bool, const WIDE: bool, const W: usize>(
     rows: usize,
     out: &mut [T],
 ) {
-    // R = 3 is never used: `logits_rows` handles 1, 2 and 4 rows.
+    // Rows x vectors per row = 16 accumulators on AVX-512 where they fit (f32: 8 rows of a
+    // 32-wide block, 4 of a 64-wide one). R = 3 is never used: `logits_rows` handles 1, 2, 4, 8.
+    let f32_lanes = std::mem::size_of::<T>() == 4;
     match (WIDE, W <= 64) {
+        (true, true) if f32_lanes && W <= 32 => block_logits::<T, FMA, W, 8>(a, bt, hd, rows, out),
         (true, true) => block_logits::<T, FMA, W, 4>(a, bt, hd, rows, out),
         (true, false) | (false, true) => block_logits::<T, FMA, W, 2>(a, bt, hd, rows, out),
         (false, false) => block_logits::<T, FMA, W, 1>(a, bt, hd, rows, out),
@@ -497,9 +522,9 @@ fn accumulate<T: Float, const FMA: bool, const WIDE: bool, const PT: bool>(
     out: &mut [T],
 ) {
     if WIDE {
-        block_accumulate::<T, FMA, 8, PT>(p, ps, b, w, rows, cols, out)
+        block_accumulate::<T, FMA, WIDE, 8, PT>(p, ps, b, w, rows, cols, out)
     } else {
-        block_accumulate::<T, FMA, 4, PT>(p, ps, b, w, rows, cols, out)
+        block_accumulate::<T, FMA, WIDE, 4, PT>(p, ps, b, w, rows, cols, out)
     }
 }
 
