@@ -10,6 +10,33 @@
 
 use crate::error::HopfieldError;
 use candle_core::{Result, Tensor};
+use candle_nn::{Init, VarBuilder};
+
+/// The lower bound a learnable alpha is clamped to: the alpha gradient has a `1 / (alpha - 1)^2`
+/// factor, and alpha = 1 (softmax) is where it is undefined.
+pub const MIN_LEARNABLE_ALPHA: f64 = 1.01;
+
+/// The alphas of [`Association::EntmaxLearnable`]: the initial value of every head and, once a
+/// module has loaded it, the parameter `(H,)` (`association_alpha`). Two are equal when their
+/// initial values are and they hold the same parameter tensor (or none).
+#[derive(Debug, Clone)]
+pub struct LearnableAlpha {
+    /// The value every head starts from (a fresh `VarMap`), in (1, 2].
+    pub init: f64,
+    /// The parameter, one alpha per head (used clamped to [`MIN_LEARNABLE_ALPHA`], 2).
+    pub param: Option<Tensor>,
+}
+
+impl PartialEq for LearnableAlpha {
+    fn eq(&self, other: &Self) -> bool {
+        self.init == other.init
+            && match (&self.param, &other.param) {
+                (None, None) => true,
+                (Some(a), Some(b)) => a.id() == b.id(),
+                _ => false,
+            }
+    }
+}
 
 /// The association function of [`CoreConfig`](crate::CoreConfig) (`association`).
 ///
@@ -36,6 +63,9 @@ pub enum Association {
     Entmax(f64),
     /// alpha-entmax with one alpha in `(1, 2]` per head.
     EntmaxPerHead(Vec<f64>),
+    /// alpha-entmax with one learnable alpha per head ([`Association::load`] creates or loads
+    /// the parameter `association_alpha`; without it every head uses `init`).
+    EntmaxLearnable(LearnableAlpha),
 }
 
 impl Association {
@@ -67,6 +97,18 @@ impl Association {
                 Some(a) => Err(bad(*a, "(1, 2] per head")),
                 None => Ok(()),
             },
+            Association::EntmaxLearnable(l) if !(l.init > 1.0 && l.init <= 2.0) => {
+                Err(bad(l.init, "(1, 2] (learnable)"))
+            }
+            Association::EntmaxLearnable(LearnableAlpha { param: Some(p), .. })
+                if p.dims() != [heads] =>
+            {
+                Err(HopfieldError::Shape {
+                    arg: "association_alpha",
+                    expected: format!("({heads},), one alpha per head"),
+                    got: p.dims().to_vec(),
+                })
+            }
             _ => Ok(()),
         }
     }
@@ -88,6 +130,86 @@ impl Association {
                     .reshape((1, heads, 1, 1))?;
                 hopfield_cuda::entmax_learnable(logits, &alpha)
             }
+            Association::EntmaxLearnable(l) => {
+                let heads = logits.dim(1)?;
+                self.validate(heads)?;
+                let alpha = match &l.param {
+                    Some(p) => p.to_dtype(logits.dtype())?,
+                    None => {
+                        Tensor::full(l.init, heads, logits.device())?.to_dtype(logits.dtype())?
+                    }
+                };
+                // Clamping keeps alpha in the domain; its gradient stops at the bounds.
+                let alpha = alpha
+                    .clamp(MIN_LEARNABLE_ALPHA, 2.0)?
+                    .reshape((1, heads, 1, 1))?;
+                hopfield_cuda::entmax_learnable(logits, &alpha)
+            }
+        }
+    }
+
+    /// The entmax alpha of each of `heads` heads, `None` for softmax (alpha = 1); a learnable
+    /// alpha gives its current value, clamped as [`apply`](Self::apply) uses it (a constant: no
+    /// gradient flows to the parameter from these numbers).
+    ///
+    /// ```
+    /// use hopfield_core::Association;
+    /// assert_eq!(Association::Sparsemax.head_alphas(2), Some(vec![2.0, 2.0]));
+    /// assert_eq!(Association::Entmax(1.0).head_alphas(2), None);
+    /// ```
+    pub fn head_alphas(&self, heads: usize) -> Option<Vec<f64>> {
+        if self.is_softmax() {
+            return None;
+        }
+        Some(match self {
+            Association::Sparsemax => vec![2.0; heads],
+            Association::Entmax15 => vec![1.5; heads],
+            Association::Entmax(a) => vec![*a; heads],
+            Association::EntmaxPerHead(v) => v.clone(),
+            Association::EntmaxLearnable(l) => {
+                let current = l.param.as_ref().and_then(|p| {
+                    p.to_dtype(candle_core::DType::F64)
+                        .and_then(|p| p.to_vec1::<f64>())
+                        .ok()
+                });
+                current
+                    .unwrap_or_else(|| vec![l.init; heads])
+                    .into_iter()
+                    .map(|a| a.clamp(MIN_LEARNABLE_ALPHA, 2.0))
+                    .collect()
+            }
+            Association::Softmax => return None,
+        })
+    }
+
+    /// This association with its parameter under `vb` for a core of `heads` heads: for
+    /// [`Association::EntmaxLearnable`], `association_alpha` `(heads,)` (created at `init` in a
+    /// `VarMap`, loaded from a checkpoint otherwise); every other choice has no parameter and is
+    /// returned as it is.
+    ///
+    /// ```
+    /// use candle_core::{DType, Device};
+    /// use candle_nn::{VarBuilder, VarMap};
+    /// use hopfield_core::{Association, LearnableAlpha};
+    /// let map = VarMap::new();
+    /// let vb = VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu);
+    /// let a = Association::EntmaxLearnable(LearnableAlpha { init: 1.5, param: None });
+    /// let loaded = a.load(4, &vb)?;
+    /// assert_eq!(map.data().lock().unwrap()["association_alpha"].to_vec1::<f32>()?, vec![1.5; 4]);
+    /// assert_ne!(loaded, a);
+    /// # Ok::<(), candle_core::Error>(())
+    /// ```
+    pub fn load(&self, heads: usize, vb: &VarBuilder) -> Result<Self> {
+        match self {
+            Association::EntmaxLearnable(l) if l.param.is_none() => {
+                self.validate(heads)?;
+                let p = vb.get_with_hints(heads, "association_alpha", Init::Const(l.init))?;
+                Ok(Association::EntmaxLearnable(LearnableAlpha {
+                    init: l.init,
+                    param: Some(p),
+                }))
+            }
+            other => Ok(other.clone()),
         }
     }
 }
@@ -209,5 +331,35 @@ mod tests {
             .is_err());
         let z = Tensor::zeros((1, 2, 1, 3), DType::F32, &Device::Cpu).unwrap();
         assert!(Association::EntmaxPerHead(vec![1.5]).apply(&z).is_err());
+        let learn = |init, param| Association::EntmaxLearnable(LearnableAlpha { init, param });
+        assert!(learn(1.0, None).validate(2).is_err());
+        let p = Tensor::new(&[1.5f32, 1.5, 1.5], &Device::Cpu).unwrap();
+        assert!(matches!(
+            learn(1.5, Some(p)).validate(2),
+            Err(HopfieldError::Shape {
+                arg: "association_alpha",
+                ..
+            })
+        ));
+    }
+
+    /// A learnable alpha acts per head as the fixed per-head alphas of its current values,
+    /// clamped to [MIN_LEARNABLE_ALPHA, 2].
+    #[test]
+    fn learnable_alpha_acts_per_head() -> Result<()> {
+        let dev = Device::Cpu;
+        let z = Tensor::randn(0f64, 2., (2, 3, 4, 6), &dev)?;
+        let p = Tensor::new(&[1.3f64, 2.5, 1.0], &dev)?;
+        let learn = Association::EntmaxLearnable(LearnableAlpha {
+            init: 1.5,
+            param: Some(p),
+        });
+        assert_eq!(
+            learn.head_alphas(3),
+            Some(vec![1.3, 2.0, MIN_LEARNABLE_ALPHA])
+        );
+        let fixed = Association::EntmaxPerHead(vec![1.3, 2.0, MIN_LEARNABLE_ALPHA]);
+        assert!(max_diff(&learn.apply(&z)?, &fixed.apply(&z)?) < 1e-15);
+        Ok(())
     }
 }

@@ -321,6 +321,7 @@ fn alphas(association: &Association, heads: usize) -> Option<Vec<f64>> {
         Association::Entmax15 => vec![1.5; heads],
         Association::Entmax(a) => vec![*a; heads],
         Association::EntmaxPerHead(v) => v.clone(),
+        Association::EntmaxLearnable(_) => return association.head_alphas(heads),
         Association::Softmax => return None,
     })
 }

@@ -45,7 +45,7 @@ mod steps;
 mod update;
 pub mod weights;
 
-pub use association::Association;
+pub use association::{Association, LearnableAlpha};
 pub use config::{CoreConfig, OnNoConvergence, Scaling, StepsEps, UpdateSteps};
 pub use error::HopfieldError;
 pub use forward::{

@@ -3,8 +3,8 @@
 
 use crate::activation::Activation;
 use hopfield_core::{
-    Association, CoreConfig, CoreLayout, HopfieldError, OnNoConvergence, Scaling, StepsEps,
-    UpdateSteps,
+    Association, CoreConfig, CoreLayout, HopfieldError, LearnableAlpha, OnNoConvergence, Scaling,
+    StepsEps, UpdateSteps,
 };
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -93,8 +93,9 @@ pub struct HopfieldConfig {
     /// No output projection: the output is the concatenated heads (H * pd).
     pub disable_out_projection: bool,
     /// The association function: softmax (hflayers, the default), sparsemax or alpha-entmax
-    /// (kwarg `"association"`: `"softmax"`, `"sparsemax"`, `"entmax15"`, `{"entmax": alpha}` or
-    /// `{"entmax": [alpha per head]}`).
+    /// (kwarg `"association"`: `"softmax"`, `"sparsemax"`, `"entmax15"`, `{"entmax": alpha}`,
+    /// `{"entmax": [alpha per head]}`, or `{"entmax": alpha, "learnable": true}` for one
+    /// learnable alpha per head starting at `alpha`, the parameter `association_alpha`).
     pub association: Association,
 }
 
@@ -521,7 +522,16 @@ kwargs::kwargs_struct! {
 )]
 enum AssociationKw {
     Name(String),
-    Entmax { entmax: EntmaxAlphaKw },
+    Entmax(EntmaxKw),
+}
+
+/// `{"entmax": alpha or [alpha per head], "learnable": bool}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EntmaxKw {
+    entmax: EntmaxAlphaKw,
+    #[serde(default)]
+    learnable: bool,
 }
 
 /// The alpha of `{"entmax": ...}`.
@@ -638,12 +648,32 @@ impl HopfieldKwargs {
                         })
                     }
                 },
-                AssociationKw::Entmax {
+                AssociationKw::Entmax(EntmaxKw {
                     entmax: EntmaxAlphaKw::Scalar(a),
-                } => Association::Entmax(a),
-                AssociationKw::Entmax {
+                    learnable: false,
+                }) => Association::Entmax(a),
+                AssociationKw::Entmax(EntmaxKw {
                     entmax: EntmaxAlphaKw::PerHead(a),
-                } => Association::EntmaxPerHead(a),
+                    learnable: false,
+                }) => Association::EntmaxPerHead(a),
+                AssociationKw::Entmax(EntmaxKw {
+                    entmax: EntmaxAlphaKw::Scalar(a),
+                    learnable: true,
+                }) => Association::EntmaxLearnable(LearnableAlpha {
+                    init: a,
+                    param: None,
+                }),
+                AssociationKw::Entmax(EntmaxKw {
+                    entmax: EntmaxAlphaKw::PerHead(_),
+                    learnable: true,
+                }) => {
+                    return Err(HopfieldError::Config {
+                        field: "association",
+                        reason: "a learnable alpha starts from one value for every head: \
+                                 {\"entmax\": alpha, \"learnable\": true}"
+                            .into(),
+                    })
+                }
             };
         }
         if let Some(a) = self.association_activation {
@@ -991,7 +1021,23 @@ mod tests {
             assert_eq!(c.association, want);
             assert_eq!(c.resolve().unwrap().core.association, want);
         }
-        for bad in [r#""entmax""#, "1.5", r#"{"entmax": "x"}"#, "null"] {
+        let c = parse(r#"{"entmax": 1.4, "learnable": true}"#).unwrap();
+        assert_eq!(
+            c.association,
+            Association::EntmaxLearnable(LearnableAlpha {
+                init: 1.4,
+                param: None
+            })
+        );
+        for bad in [
+            r#""entmax""#,
+            "1.5",
+            r#"{"entmax": "x"}"#,
+            "null",
+            r#"{"entmax": 1.5, "learnable": 1}"#,
+            r#"{"entmax": 1.5, "learn": true}"#,
+            r#"{"entmax": [1.5, 1.5], "learnable": true}"#,
+        ] {
             let e = parse(bad).unwrap_err().to_string();
             assert!(e.contains("`association`"), "{bad}: {e}");
         }
@@ -1013,5 +1059,55 @@ mod tests {
         )
         .unwrap();
         assert_eq!(l.hopfield.association, Association::Entmax(1.5));
+    }
+
+    /// A learnable alpha is the parameter `association_alpha` (one per head) of `Hopfield`: at
+    /// its initial value the module computes what the fixed alpha computes, and its gradient
+    /// matches finite differences of the fixed-alpha module (f64).
+    #[test]
+    fn learnable_alpha_is_a_parameter_with_the_right_gradient() -> candle_core::Result<()> {
+        use crate::{Hopfield, HopfieldInput, Masks};
+        use candle_core::{DType, Device, Tensor};
+        use candle_nn::{VarBuilder, VarMap};
+        let dev = Device::Cpu;
+        let map = VarMap::new();
+        let vb = VarBuilder::from_varmap(&map, DType::F64, &dev);
+        let base = HopfieldConfig::new(6).with_num_heads(2).with_scaling(4.0);
+        let learnable = Hopfield::new(
+            base.clone()
+                .with_association(Association::EntmaxLearnable(LearnableAlpha {
+                    init: 1.4,
+                    param: None,
+                })),
+            vb.clone(),
+        )?;
+        let alpha = map.data().lock().unwrap()["association_alpha"].clone();
+        assert_eq!(alpha.as_tensor().to_vec1::<f64>()?, vec![1.4, 1.4]);
+        let x = Tensor::randn(0f64, 1., (2, 5, 6), &dev)?;
+        let w = Tensor::randn(0f64, 1., (2, 5, 6), &dev)?;
+        let run = |m: &Hopfield| -> candle_core::Result<Tensor> {
+            (m.forward_with(HopfieldInput::from(&x), Masks::default(), false)? * &w)?.sum_all()
+        };
+        let fixed = |a: f64| {
+            Hopfield::new(
+                base.clone().with_association(Association::Entmax(a)),
+                vb.clone(),
+            )
+        };
+        let y = run(&learnable)?;
+        let want = run(&fixed(1.4)?)?.to_scalar::<f64>()?;
+        assert!((y.to_scalar::<f64>()? - want).abs() < 1e-12);
+        let g = y.backward()?;
+        let got: f64 = g
+            .get(alpha.as_tensor())
+            .expect("alpha gradient")
+            .sum_all()?
+            .to_scalar()?;
+        let h = 1e-6;
+        let fd = (run(&fixed(1.4 + h)?)?.to_scalar::<f64>()?
+            - run(&fixed(1.4 - h)?)?.to_scalar::<f64>()?)
+            / (2.0 * h);
+        assert!((fd - got).abs() < 1e-6 * fd.abs().max(1.0), "{fd} vs {got}");
+        Ok(())
     }
 }

@@ -108,7 +108,9 @@ fn build_norm(spec: NormSpec, vb: VarBuilder) -> Result<Option<LayerNorm>> {
 impl Hopfield {
     /// Builds (from a `VarMap`) or loads (from safetensors) the module under `vb`.
     pub fn new(config: HopfieldConfig, vb: VarBuilder) -> Result<Self> {
-        let r = config.resolve()?;
+        let mut r = config.resolve()?;
+        // A learnable association alpha is a parameter of the module (`association_alpha`).
+        r.core.association = r.core.association.load(r.layout.num_heads, &vb)?;
         let association_core = HopfieldCore::new(r.layout, r.core, vb.pp("association_core"))?;
         Ok(Self {
             norm_stored_pattern: build_norm(r.norm_stored, vb.pp("norm_stored_pattern"))?,
