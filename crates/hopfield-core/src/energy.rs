@@ -253,7 +253,7 @@ pub fn hopfield_energy(
     masks: Masks,
 ) -> Result<Tensor> {
     let c = check(xi, stored, spec, masks)?;
-    match alphas(&spec.association, c.dims.1) {
+    match spec.association.head_alphas(c.dims.1) {
         None => softmax_energy(xi, stored, &c),
         Some(alphas) => sparse_energy(xi, stored, &c, &spec.association, &alphas),
     }
@@ -309,21 +309,6 @@ pub fn hopfield_update(
     p.narrow(3, 0, s)?
         .contiguous()?
         .matmul(&stored.contiguous()?)
-}
-
-/// The entmax alpha of each of `heads` heads, `None` for softmax.
-fn alphas(association: &Association, heads: usize) -> Option<Vec<f64>> {
-    if association.is_softmax() {
-        return None;
-    }
-    Some(match association {
-        Association::Sparsemax => vec![2.0; heads],
-        Association::Entmax15 => vec![1.5; heads],
-        Association::Entmax(a) => vec![*a; heads],
-        Association::EntmaxPerHead(v) => v.clone(),
-        Association::EntmaxLearnable(_) => return association.head_alphas(heads),
-        Association::Softmax => return None,
-    })
 }
 
 /// The logits `z = beta X^T xi + mask` `(N, H, L, S')` (the zero pattern's column last, when

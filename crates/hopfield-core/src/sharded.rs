@@ -200,7 +200,8 @@ impl ShardedMemory {
 
     /// Splits one memory, keys `(N, S, H, hd)` and values `(N, S, H, pd)`, along its patterns
     /// into `parts` shards of near-equal size (the first `S % parts` one pattern larger), shard
-    /// `p` moved to `devices[p]`, or all to `devices[0]` when one device is given.
+    /// `p` moved to `devices[p]`, or all to `devices[0]` when one device is given. A shard on
+    /// the memory's own device is a view of it (no copy); one elsewhere receives its rows only.
     pub fn split(keys: &Tensor, values: &Tensor, parts: usize, devices: &[Device]) -> Result<Self> {
         if parts == 0 {
             return Err(ShardError::NoShards.into());
@@ -224,9 +225,19 @@ impl ShardedMemory {
         for p in 0..parts {
             let len = s / parts + usize::from(p < s % parts);
             let dev = &devices[p.min(devices.len() - 1)];
+            // On the source's device a shard is a view; elsewhere only its own rows travel
+            // (candle's `to_device` of a view copies the whole underlying buffer).
+            let place = |t: &Tensor| -> Result<Tensor> {
+                let part = t.narrow(1, from, len)?;
+                if part.device().same_device(dev) {
+                    Ok(part)
+                } else {
+                    part.force_contiguous()?.to_device(dev)
+                }
+            };
             shards.push(Shard {
-                keys: keys.narrow(1, from, len)?.to_device(dev)?,
-                values: values.narrow(1, from, len)?.to_device(dev)?,
+                keys: place(keys)?,
+                values: place(values)?,
             });
             from += len;
         }
