@@ -86,13 +86,16 @@ fn entmax15_tau(sorted: &[f64]) -> f64 {
 
 /// `sum_i [x_i - tau]_+^e` over the finite entries.
 fn mass(x: &[f64], tau: f64, e: f64) -> f64 {
-    x.iter().map(|&v| (v - tau).max(0.0).powf(e)).sum()
+    x.iter()
+        .map(|&v| if v > tau { (v - tau).powf(e) } else { 0.0 })
+        .sum()
 }
 
-/// The threshold for a general alpha in (1, 2) on `x = (alpha - 1) (z - max z)` (finite entries
-/// only): bisection between `-1` (the maximum alone has mass 1) and `-(1/n)^(alpha - 1)` (every
-/// entry has mass at most 1/n) until the midpoint equals an end in f64.
-fn bisect_tau(x: &[f64], alpha: f64) -> f64 {
+/// The threshold for a general alpha in (1, 2) on `x = (alpha - 1) (z - max z)` (the entries
+/// above -1 only): bisection between `-1` (the maximum alone has mass 1) and `-(1/n)^(alpha - 1)`
+/// (every entry has mass at most 1/n) until the midpoint equals an end in f64. `x` keeps only the
+/// entries above the threshold found.
+fn bisect_tau(x: &mut Vec<f64>, alpha: f64) -> f64 {
     let e = 1.0 / (alpha - 1.0);
     let (mut lo, mut hi) = (-1.0, -(1.0 / x.len() as f64).powf(alpha - 1.0));
     for _ in 0..200 {
@@ -102,6 +105,8 @@ fn bisect_tau(x: &[f64], alpha: f64) -> f64 {
         }
         if mass(x, mid, e) >= 1.0 {
             lo = mid;
+            // Entries at or below the threshold have no mass from here on.
+            x.retain(|v| *v > lo);
         } else {
             hi = mid;
         }
@@ -130,11 +135,13 @@ fn entmax_row<T: WithDType>(src: &[T], dst: &mut [T], alpha: f64, buf: &mut Vec<
     // Shift by the max (every entmax is shift-invariant) and scale by (alpha - 1): the
     // threshold problems above are stated for x = (alpha - 1) (z - max).
     let a1 = alpha - 1.0;
+    // The threshold is at least -1 (the maximum alone has mass 1 there), so only entries above
+    // -1 can be in the support: the rest never enter the sort or the bisection (for a sharp row
+    // that leaves a handful of the S entries).
     buf.extend(
         src.iter()
-            .map(|v| v.to_f64())
-            .filter(|v| *v > f64::NEG_INFINITY)
-            .map(|v| a1 * (v - max)),
+            .map(|v| a1 * (v.to_f64() - max))
+            .filter(|x| *x > -1.0),
     );
     let exact = alpha == 2.0 || alpha == 1.5;
     let tau = if exact {
@@ -149,8 +156,10 @@ fn entmax_row<T: WithDType>(src: &[T], dst: &mut [T], alpha: f64, buf: &mut Vec<
     };
     let e = 1.0 / a1;
     let p = |v: T| {
-        let d = (a1 * (v.to_f64() - max) - tau).max(0.0);
-        if alpha == 2.0 {
+        let d = a1 * (v.to_f64() - max) - tau;
+        if d <= 0.0 {
+            0.0
+        } else if alpha == 2.0 {
             d
         } else if alpha == 1.5 {
             d * d
@@ -163,7 +172,7 @@ fn entmax_row<T: WithDType>(src: &[T], dst: &mut [T], alpha: f64, buf: &mut Vec<
     let norm = if exact {
         1.0
     } else {
-        src.iter().map(|&v| p(v)).sum::<f64>()
+        buf.iter().map(|&x| mass(&[x], tau, e)).sum::<f64>()
     };
     for (d, &v) in dst.iter_mut().zip(src) {
         *d = T::from_f64(p(v) / norm);
