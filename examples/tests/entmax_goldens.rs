@@ -5,28 +5,16 @@
 //! associations with their exact zeros, projected patterns, every gradient); the float32 forward
 //! within 1e-4.
 
-use hopfield_examples::conformance::{audit_dir, run_dirs, Precision};
-
-const CASES: usize = 20;
-
-fn assert_all_pass(precision: Precision) {
-    let summary = run_dirs(&[audit_dir("entmax")], precision).expect("read cases");
-    let lines = summary.lines();
-    for l in &lines {
-        println!("{l}");
-    }
-    assert_eq!(summary.failed, 0, "{}", lines.join("\n"));
-    assert_eq!(summary.passed, CASES, "expected {CASES} cases");
-}
+use hopfield_examples::conformance::{assert_all_pass, audit_dir, Precision};
 
 #[test]
 fn entmax_f64() {
-    assert_all_pass(Precision::F64);
+    assert_all_pass(&audit_dir("entmax"), Precision::F64, 20);
 }
 
 #[test]
 fn entmax_f32() {
-    assert_all_pass(Precision::F32);
+    assert_all_pass(&audit_dir("entmax"), Precision::F32, 20);
 }
 
 /// The sparsity is real: wherever the `entmax` package gives an exact 0, so do we, and nowhere

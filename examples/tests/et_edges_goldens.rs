@@ -6,26 +6,14 @@
 //! errors here, tested in `et_edges.rs` and listed in `docs/design/energy-transformer-port.md`
 //! ("Edge values").
 
-use hopfield_examples::conformance::{audit_dir, run_dirs, Precision};
-
-const CASES: usize = 28;
-
-fn assert_all_pass(precision: Precision) {
-    let summary = run_dirs(&[audit_dir("et_edges")], precision).expect("read the cases");
-    let lines = summary.lines();
-    for l in &lines {
-        println!("{l}");
-    }
-    assert_eq!(summary.failed, 0, "{}", lines.join("\n"));
-    assert_eq!(summary.passed, CASES, "expected {CASES} cases");
-}
+use hopfield_examples::conformance::{assert_all_pass, audit_dir, Precision};
 
 #[test]
 fn et_edges_f64() {
-    assert_all_pass(Precision::F64);
+    assert_all_pass(&audit_dir("et_edges"), Precision::F64, 28);
 }
 
 #[test]
 fn et_edges_f32() {
-    assert_all_pass(Precision::F32);
+    assert_all_pass(&audit_dir("et_edges"), Precision::F32, 28);
 }

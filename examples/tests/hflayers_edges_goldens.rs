@@ -6,26 +6,14 @@
 //! errors here, tested in `hflayers_edges.rs` and listed in `docs/design/hflayers-quirks.md`
 //! ("Edge values").
 
-use hopfield_examples::conformance::{audit_dir, run_dirs, Precision};
-
-const CASES: usize = 52;
-
-fn assert_all_pass(precision: Precision) {
-    let summary = run_dirs(&[audit_dir("hflayers_edges")], precision).expect("read goldens");
-    let lines = summary.lines();
-    for l in &lines {
-        println!("{l}");
-    }
-    assert_eq!(summary.failed, 0, "{}", lines.join("\n"));
-    assert_eq!(summary.passed, CASES, "expected {CASES} cases");
-}
+use hopfield_examples::conformance::{assert_all_pass, audit_dir, Precision};
 
 #[test]
 fn hflayers_edges_f64() {
-    assert_all_pass(Precision::F64);
+    assert_all_pass(&audit_dir("hflayers_edges"), Precision::F64, 52);
 }
 
 #[test]
 fn hflayers_edges_f32() {
-    assert_all_pass(Precision::F32);
+    assert_all_pass(&audit_dir("hflayers_edges"), Precision::F32, 52);
 }

@@ -144,10 +144,12 @@ pub fn goldens_dir(suite: &str) -> PathBuf {
         .join(suite)
 }
 
-/// This workspace's own reference cases of one audit suite (`"hflayers_edges"`: the edge values of
-/// hflayers' constructor arguments), exported from the originals by the scripts in `benches/` in
-/// the same format as the goldens: `crates/hopfield-nn/tests/data/audit/<suite>`. They are kept
-/// apart from [`goldens_dir`] because those are vendored byte for byte.
+/// This workspace's own reference cases of one audit suite, exported from the originals by the
+/// scripts in `benches/` in the same format as the goldens: `crates/hopfield-nn/tests/data/audit/<suite>`.
+/// The suites: `"hflayers_edges"`, `"dahn_edges"` and `"et_edges"` (the edge values of the
+/// constructor arguments of hflayers, difflayers and the Energy Transformer port) and `"entmax"`
+/// (the sparse associations against the `entmax` package). They are kept apart from
+/// [`goldens_dir`] because those are vendored byte for byte.
 ///
 /// ```
 /// let dir = hopfield_examples::conformance::audit_dir("hflayers_edges");
@@ -177,6 +179,30 @@ pub fn case_files(dir: &Path) -> candle_core::Result<Vec<PathBuf>> {
     }
     files.sort();
     Ok(files)
+}
+
+/// Runs every case under `dir` and panics, printing every failure, unless all of them pass and
+/// there are exactly `expected`: the check each reference-case test of this workspace makes (a
+/// missing or extra case file fails too, so a suite cannot shrink unnoticed).
+///
+/// ```
+/// use hopfield_examples::conformance::{assert_all_pass, goldens_dir, Precision};
+/// assert_all_pass(&goldens_dir("hflayers").join("hopfield_heads2.safetensors"), Precision::F64, 1);
+/// ```
+pub fn assert_all_pass(dir: &Path, precision: Precision, expected: usize) {
+    let summary = run_dirs(&[dir], precision)
+        .unwrap_or_else(|e| panic!("cannot run the cases of {}: {e}", dir.display()));
+    let lines = summary.lines();
+    for line in &lines {
+        println!("{line}");
+    }
+    assert_eq!(summary.failed, 0, "{}", lines.join("\n"));
+    assert_eq!(
+        summary.passed,
+        expected,
+        "expected {expected} cases in {}",
+        dir.display()
+    );
 }
 
 /// Runs every case under the given folders.
