@@ -26,7 +26,8 @@ pub fn effective_k(k: usize, n: usize) -> Result<usize> {
 /// difflayers' `build_knn_graph(S, k)`: row i keeps its k' largest entries of `S` (diagonal
 /// included), `M` holds those values and zeros elsewhere, and the result is `max(M, M^T)`.
 /// Differentiable w.r.t. `s` (gradient flows to the selected entries; at `max` ties candle, like
-/// torch, splits it in half). Errors: `s` not square, NaN/inf, `k == 0`.
+/// torch, splits it in half). `k == 0` keeps nothing: the zero matrix, as difflayers' empty
+/// `topk` gives. Errors: `s` not square, NaN/inf.
 ///
 /// ```
 /// use candle_core::{Device, Tensor};
@@ -37,6 +38,9 @@ pub fn effective_k(k: usize, n: usize) -> Result<usize> {
 /// ```
 pub fn knn_graph(s: &Tensor, k: usize) -> Result<Tensor> {
     let n = check::square("knn_graph: similarity", s)?;
+    if k == 0 {
+        return s.zeros_like();
+    }
     let k = effective_k(k, n)?;
     let host = check::host_f64(s)?;
     let mut mask = check::try_vec("knn_graph: mask", n * n, 0f64)?;
@@ -77,7 +81,8 @@ pub fn default_block_rows(n: usize) -> usize {
 /// ```
 pub fn knn_from_patterns(x: &Tensor, k: usize, block_rows: Option<usize>) -> Result<Csr> {
     let (n, _) = check::patterns_2d("knn_from_patterns: patterns", x)?;
-    let k = effective_k(k, n)?;
+    // k = 0: the edgeless graph (difflayers' `GraphBuilder(k=0)`); the loop below adds nothing.
+    let k = if k == 0 { 0 } else { effective_k(k, n)? };
     let x = match x.dtype() {
         DType::F64 | DType::F32 => x.detach(),
         _ => x.detach().to_dtype(DType::F32)?,
@@ -237,7 +242,7 @@ mod tests {
     }
 
     #[test]
-    fn k_is_clamped_and_zero_k_rejected() -> Result<()> {
+    fn k_is_clamped_and_zero_k_is_edgeless() -> Result<()> {
         let x = random(5, 3, 7, 0.5)?;
         let a = knn_from_patterns(&x, 100, None)?;
         let s = cosine_similarity(&x)?;
@@ -250,10 +255,12 @@ mod tests {
                 );
             }
         }
-        let e = knn_from_patterns(&x, 0, None).unwrap_err();
-        assert_eq!(GraphError::find(&e), Some(&GraphError::InvalidK(0)));
-        let e = knn_graph(&s, 0).unwrap_err();
-        assert_eq!(GraphError::find(&e), Some(&GraphError::InvalidK(0)));
+        // k = 0 is difflayers' empty topk: no edges, a zero matrix (D-V: accepted as it does).
+        assert_eq!(knn_from_patterns(&x, 0, None)?.nnz(), 0);
+        let zero = knn_graph(&s, 0)?.flatten_all()?.to_vec1::<f64>()?;
+        assert_eq!(zero, vec![0.0; 25]);
+        let nan = Tensor::new(&[[0f64, f64::NAN], [1., 0.]], &Device::Cpu)?;
+        assert!(knn_graph(&nan, 0).is_err(), "k = 0 still checks the input");
         Ok(())
     }
 
