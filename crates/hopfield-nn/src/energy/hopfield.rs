@@ -8,6 +8,46 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 use hopfield_cuda::HopfieldEnergyKind;
 
+/// `Energy` (validated `raw_energy` / `raw_grad`) and `Module` (the port's `forward`, `dE/dx`)
+/// for the two Hopfield energies, which differ only in those raw functions.
+macro_rules! energy_and_module {
+    ($t:ty) => {
+        impl Energy for $t {
+            /// The energy; in f32 for an f16/bf16 model.
+            fn energy(&self, x: &Tensor) -> Result<Tensor> {
+                check_input(x, &self.w)?;
+                let e = self.raw_energy(x);
+                validate::result("Hopfield energy", "x", x, e, || self.check_params(true))
+            }
+            fn grad(&self, x: &Tensor) -> Result<Tensor> {
+                check_input(x, &self.w)?;
+                let g = self.raw_grad(x);
+                validate::result("Hopfield energy gradient", "x", x, g, || {
+                    self.check_params(true)
+                })
+            }
+        }
+
+        impl Module for $t {
+            /// The port's `forward`: `dE/dx`.
+            fn forward(&self, x: &Tensor) -> Result<Tensor> {
+                self.grad(x)
+            }
+        }
+    };
+}
+
+/// `dE/dx` of either energy through the fused op (f32 for f16/bf16 inputs, as the energy).
+fn fused_grad(x: &Tensor, w: &Tensor, beta: &Tensor, kind: HopfieldEnergyKind) -> Result<Tensor> {
+    if x.elem_count() == 0 {
+        return x.zeros_like();
+    }
+    let (xf, dims) = flatten_rows(&upcast(x)?)?;
+    hopfield_cuda::hopfield_energy_grad(&xf, &upcast(w)?, &upcast(beta)?, kind)?
+        .reshape(dims)?
+        .to_dtype(x.dtype())
+}
+
 /// ReLU Hopfield energy. State-dict names: `W` `(D, M)`, `beta` `(1,)` (init 1, learnable).
 ///
 /// `dE/dx = -beta relu(beta h) W^T`.
@@ -135,43 +175,11 @@ impl BaseModernHopfield {
 
     /// The gradient without input validation.
     pub(crate) fn raw_grad(&self, x: &Tensor) -> Result<Tensor> {
-        if x.elem_count() == 0 {
-            return x.zeros_like();
-        }
-        let (xf, dims) = flatten_rows(&upcast(x)?)?;
-        hopfield_cuda::hopfield_energy_grad(
-            &xf,
-            &upcast(&self.w)?,
-            &upcast(&self.beta)?,
-            HopfieldEnergyKind::Relu,
-        )?
-        .reshape(dims)?
-        .to_dtype(x.dtype())
+        fused_grad(x, &self.w, &self.beta, HopfieldEnergyKind::Relu)
     }
 }
 
-impl Energy for BaseModernHopfield {
-    /// The energy; in f32 for an f16/bf16 model.
-    fn energy(&self, x: &Tensor) -> Result<Tensor> {
-        check_input(x, &self.w)?;
-        let e = self.raw_energy(x);
-        validate::result("Hopfield energy", "x", x, e, || self.check_params(true))
-    }
-    fn grad(&self, x: &Tensor) -> Result<Tensor> {
-        check_input(x, &self.w)?;
-        let g = self.raw_grad(x);
-        validate::result("Hopfield energy gradient", "x", x, g, || {
-            self.check_params(true)
-        })
-    }
-}
-
-impl Module for BaseModernHopfield {
-    /// The port's `forward`: `dE/dx`.
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.grad(x)
-    }
-}
+energy_and_module!(BaseModernHopfield);
 
 /// Log-sum-exp Hopfield energy. State-dict names: `W` `(D, M)`, `beta` `()` (init 0.01, learnable).
 ///
@@ -298,43 +306,11 @@ impl SoftmaxModernHopfield {
 
     /// The gradient without input validation.
     pub(crate) fn raw_grad(&self, x: &Tensor) -> Result<Tensor> {
-        if x.elem_count() == 0 {
-            return x.zeros_like();
-        }
-        let (xf, dims) = flatten_rows(&upcast(x)?)?;
-        hopfield_cuda::hopfield_energy_grad(
-            &xf,
-            &upcast(&self.w)?,
-            &upcast(&self.beta)?,
-            HopfieldEnergyKind::Softmax,
-        )?
-        .reshape(dims)?
-        .to_dtype(x.dtype())
+        fused_grad(x, &self.w, &self.beta, HopfieldEnergyKind::Softmax)
     }
 }
 
-impl Energy for SoftmaxModernHopfield {
-    /// The energy; in f32 for an f16/bf16 model.
-    fn energy(&self, x: &Tensor) -> Result<Tensor> {
-        check_input(x, &self.w)?;
-        let e = self.raw_energy(x);
-        validate::result("Hopfield energy", "x", x, e, || self.check_params(true))
-    }
-    fn grad(&self, x: &Tensor) -> Result<Tensor> {
-        check_input(x, &self.w)?;
-        let g = self.raw_grad(x);
-        validate::result("Hopfield energy gradient", "x", x, g, || {
-            self.check_params(true)
-        })
-    }
-}
-
-impl Module for SoftmaxModernHopfield {
-    /// The port's `forward`: `dE/dx`.
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.grad(x)
-    }
-}
+energy_and_module!(SoftmaxModernHopfield);
 
 /// The block's Hopfield energy: ReLU or softmax, chosen by [`HopfieldType`].
 ///
