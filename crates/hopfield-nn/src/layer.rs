@@ -214,7 +214,7 @@ impl HopfieldLayer {
     }
 
     /// The lookup table (stored patterns) and targets (projections) expanded over the batch.
-    fn patterns(&self, state: &Tensor) -> Result<(Tensor, Tensor)> {
+    pub(crate) fn patterns(&self, state: &Tensor) -> Result<(Tensor, Tensor)> {
         let bf = self.config.hopfield.batch_first;
         let mut lookup = self.lookup_weights.clone();
         if !self.config.trainable {

@@ -5,6 +5,7 @@
 //! hflayers has no such method.
 
 use crate::hopfield::{Hopfield, HopfieldInput};
+use crate::layer::HopfieldLayer;
 use crate::pooling::HopfieldPooling;
 use candle_core::{Result, Tensor};
 use hopfield_core::energy::{hopfield_energy, EnergySpec};
@@ -106,6 +107,33 @@ impl HopfieldPooling {
     }
 }
 
+impl HopfieldLayer {
+    /// The energy of each state pattern against the lookup table (the stored patterns),
+    /// `(N, H, L)`, in the projected space of the layer's Hopfield module (see
+    /// [`Hopfield::energy`]): the energy the layer's update lowers.
+    ///
+    /// ```
+    /// use candle_core::{DType, Device, Tensor};
+    /// use candle_nn::{VarBuilder, VarMap};
+    /// use hopfield_nn::{HopfieldConfig, HopfieldLayer, HopfieldLayerConfig, Masks};
+    /// let map = VarMap::new();
+    /// let cfg = HopfieldLayerConfig::new(HopfieldConfig::new(8).with_num_heads(2)).with_quantity(5);
+    /// let layer = HopfieldLayer::new(cfg, VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu))?;
+    /// let x = Tensor::randn(0f32, 1., (3, 4, 8), &Device::Cpu)?;
+    /// assert_eq!(layer.energy(&x, Masks::default())?.dims(), &[3, 2, 4]);
+    /// # Ok::<(), candle_core::Error>(())
+    /// ```
+    pub fn energy(&self, state: &Tensor, masks: Masks) -> Result<Tensor> {
+        let (stored, projection) = self.patterns(state)?;
+        let input = HopfieldInput::Triple {
+            stored: &stored,
+            state,
+            projection: &projection,
+        };
+        self.hopfield().energy(input, masks)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,6 +229,34 @@ mod tests {
         let x = Tensor::zeros((2, 5, 7), DType::F32, &Device::Cpu)?;
         let e = hopfield.energy(HopfieldInput::Single(&x), Masks::default());
         assert!(e.unwrap_err().to_string().contains("[2, 5, 7]"));
+        Ok(())
+    }
+
+    /// The layer's energy is its Hopfield module's on the lookup table, and one update of the
+    /// projected state against the projected lookup table lowers it.
+    #[test]
+    fn layer_energy_is_the_lookup_tables() -> Result<()> {
+        use crate::{HopfieldLayer, HopfieldLayerConfig};
+        let dev = Device::Cpu;
+        let map = VarMap::new();
+        let cfg =
+            HopfieldLayerConfig::new(HopfieldConfig::new(6).with_num_heads(2)).with_quantity(5);
+        let layer = HopfieldLayer::new(cfg, VarBuilder::from_varmap(&map, DType::F64, &dev))?;
+        let x = Tensor::randn(0f64, 1., (2, 3, 6), &dev)?;
+        let e = layer.energy(&x, Masks::default())?;
+        assert_eq!(e.dims(), &[2, 2, 3]);
+        let (stored, projection) = layer.patterns(&x)?;
+        let input = HopfieldInput::Triple {
+            stored: &stored,
+            state: &x,
+            projection: &projection,
+        };
+        let (q, k) = layer.hopfield().projected_state_and_stored(input)?;
+        let spec = layer.hopfield().energy_spec()?;
+        assert!(max_abs(&(hopfield_energy(&q, &k, &spec, Masks::default())? - &e)?)? < 1e-12);
+        let q1 = hopfield_update(&q, &k, &spec, Masks::default())?;
+        let e1 = hopfield_energy(&q1, &k, &spec, Masks::default())?;
+        assert!((e1 - &e)?.flatten_all()?.max(0)?.to_scalar::<f64>()? <= 1e-12);
         Ok(())
     }
 }
