@@ -38,7 +38,14 @@ fn main() -> Result<()> {
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
     {
-        for (n, l, s, h, d) in SHAPES {
+        // KT_SHAPE=i: only the i-th shape (for profiling one).
+        let only = std::env::var("KT_SHAPE")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok());
+        for (i, &(n, l, s, h, d)) in SHAPES.iter().enumerate() {
+            if only.is_some_and(|o| o != i) {
+                continue;
+            }
             let q = Tensor::randn(0f32, 1., (n, l, h, d), &dev)?;
             let k = Tensor::randn(0f32, 1., (n, s, h, d), &dev)?;
             let v = Tensor::randn(0f32, 1., (n, s, h, d), &dev)?;

@@ -264,62 +264,6 @@ fn logits_rows<T: Float, const FMA: bool, const W: usize, const R: usize>(
     }
 }
 
-/// The largest of the first `c` entries; lane-wise (vectorised) over a full block.
-#[inline(always)]
-fn row_max<T: Float>(row: &[T], c: usize) -> T {
-    let mut best = T::NEG_INF;
-    if c == row.len() && c % 16 == 0 {
-        let mut lanes = [T::NEG_INF; 16];
-        for ch in row.chunks_exact(16) {
-            for (a, &b) in lanes.iter_mut().zip(ch) {
-                *a = max(*a, b);
-            }
-        }
-        // A halving tree (each step one vector op) instead of a serial chain of 15 maxima: the
-        // chain's latency was a visible share of the forward kernel (perf annotate).
-        let mut w = 8;
-        while w > 0 {
-            for i in 0..w {
-                lanes[i] = max(lanes[i], lanes[i + w]);
-            }
-            w /= 2;
-        }
-        best = lanes[0];
-    } else {
-        for &z in &row[..c] {
-            best = max(best, z);
-        }
-    }
-    best
-}
-
-/// `row[j] = exp(row[j] - shift)` over the whole block (vectorised; no reduction in the loop),
-/// then the sum of the first `c` entries with independent lanes; entries past `c` become 0.
-#[inline(always)]
-fn exp_shift_sum<T: Float, const FMA: bool>(row: &mut [T], shift: T, c: usize) -> T {
-    for z in row.iter_mut() {
-        *z = (*z - shift).exp_fma::<FMA>();
-    }
-    for z in row.iter_mut().skip(c) {
-        *z = T::ZERO;
-    }
-    let mut lanes = [T::ZERO; 8];
-    for ch in row.chunks_exact(8) {
-        for (a, &b) in lanes.iter_mut().zip(ch) {
-            *a += b;
-        }
-    }
-    // A halving tree, as in `row_max`.
-    let mut w = 4;
-    while w > 0 {
-        for i in 0..w {
-            lanes[i] += lanes[i + w];
-        }
-        w /= 2;
-    }
-    lanes[0]
-}
-
 /// `out[r][:] += sum_j p[r][j] * b[j][:]` for `rows x w`, where `p[r][j]` sits at `r * ps + j`,
 /// or at `j * ps + r` when `PT` (so a transposed `p` costs no copy), and `b` is `cols x w`.
 /// `R` rows and [`AW`] output columns at a time in local accumulators: each load of `b` feeds `R`
@@ -529,8 +473,14 @@ fn accumulate<T: Float, const FMA: bool, const WIDE: bool, const PT: bool>(
 }
 
 /// One task of the forward pass: queries `r0..r0+rows` of (sample `n`, head `h`) against stored
-/// patterns `s0..s1`. The stored-pattern blocks are the outer loop, so each block is loaded (and
-/// transposed) once per task and reused by every block of `BR` queries.
+/// patterns `s0..s1`. The stored-pattern blocks are the outer loop, so each block is loaded once
+/// per task and reused by every block of `BR` queries.
+///
+/// The logits are computed transposed, stored patterns as rows and the `BR` queries as lanes
+/// (`Z^T = K (beta q)^T`, as the backward pass does): the online softmax's row maxima, rescaling
+/// factors and sums of exponentials are then lane-wise vector operations over the block's rows,
+/// with no horizontal reduction per query (those were a sixth of the kernel at d = 16), and
+/// `P V` reads `Z^T` with swapped strides.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn forward_block<T: Float, const FMA: bool, const WIDE: bool>(
@@ -547,68 +497,88 @@ fn forward_block<T: Float, const FMA: bool, const WIDE: bool>(
     let g = &p.g;
     let (hd, pd) = (g.hd, g.pd);
     let beta = T::from_f64(p.betas[h]);
+    let blocks = rows.div_ceil(BR);
+    let padded = blocks * BR;
+    // `beta q`, transposed per block of BR queries (`hd x BR`), zero past `rows`.
     let mut qb = vec![T::ZERO; rows * hd];
     load_rows(x.q, &x.vq, n, h, r0, rows, hd, beta, &mut qb);
-    let mut kt = vec![T::ZERO; hd * BC];
+    let mut qt = vec![T::ZERO; padded * hd];
+    for (r, row) in qb.chunks_exact(hd.max(1)).enumerate().take(rows) {
+        let (blk, i) = (r / BR * BR, r % BR);
+        for (d, &v) in row.iter().enumerate() {
+            qt[blk * hd + d * BR + i] = v;
+        }
+    }
+    let mut kb = vec![T::ZERO; BC * hd];
     let mut vb = vec![T::ZERO; BC * pd];
-    let mut zb = vec![T::ZERO; BR * BC];
+    let mut zt = vec![T::ZERO; BC * BR];
     let mut o = vec![T::ZERO; rows * pd];
     // The zero pattern: logit 0, value 0, so it starts the running sum at exp(0 - 0) = 1.
     let (mut m, mut l) = if with_zero {
-        (vec![T::ZERO; rows], vec![T::ONE; rows])
+        (vec![T::ZERO; padded], vec![T::ONE; padded])
     } else {
-        (vec![T::NEG_INF; rows], vec![T::ZERO; rows])
+        (vec![T::NEG_INF; padded], vec![T::ZERO; padded])
     };
     let mut j0 = s0;
     while j0 < s1 {
         let c = BC.min(s1 - j0);
-        load_transposed(x.k, &x.vk, n, h, j0, c, hd, &mut kt);
+        load_rows(x.k, &x.vk, n, h, j0, c, hd, T::ONE, &mut kb);
         load_rows(x.v, &x.vv, n, h, j0, c, pd, T::ONE, &mut vb);
-        let mut rb = 0;
-        while rb < rows {
+        for blk in 0..blocks {
+            let rb = blk * BR;
             let rr = BR.min(rows - rb);
-            logits::<T, FMA, WIDE, BC>(&qb[rb * hd..], &kt, hd, rr, &mut zb);
-            // New running maxima and the rescaling factors of all rows first, so that the
-            // factors' exp runs as one vector pass instead of a scalar exp per row.
-            let mut mnew = [T::NEG_INF; BR];
-            for (r, mn) in mnew.iter_mut().enumerate().take(rr) {
-                let gr = rb + r;
-                let row = &mut zb[r * BC..(r + 1) * BC];
-                if x.mask.is_some() {
-                    for (j, z) in row.iter_mut().enumerate().take(c) {
-                        *z += x.mask_at(n, h, r0 + gr, j0 + j);
+            logits::<T, FMA, WIDE, BR>(&kb, &qt[rb * hd..], hd, c, &mut zt);
+            if x.mask.is_some() {
+                for j in 0..c {
+                    for i in 0..rr {
+                        zt[j * BR + i] += x.mask_at(n, h, r0 + rb + i, j0 + j);
                     }
                 }
-                *mn = max(m[rb + r], row_max(row, c));
             }
-            let mut alphas = [T::ONE; BR];
-            for (r, a) in alphas.iter_mut().enumerate().take(rr) {
-                // (-inf) - (-inf) is NaN for rows still fully masked; they are skipped below.
-                *a = (m[rb + r] - mnew[r]).exp_fma::<FMA>();
-            }
-            for r in 0..rr {
-                let gr = rb + r;
-                let row = &mut zb[r * BC..(r + 1) * BC];
-                let (mnew, alpha) = (mnew[r], alphas[r]);
-                if mnew == T::NEG_INF {
-                    // Everything so far is masked: nothing to add.
-                    row.fill(T::ZERO);
-                    continue;
+            let mb: &mut [T; BR] = (&mut m[rb..rb + BR]).try_into().unwrap();
+            let lb: &mut [T; BR] = (&mut l[rb..rb + BR]).try_into().unwrap();
+            let mut mnew = *mb;
+            for row in zt.chunks_exact(BR).take(c) {
+                for (a, &z) in mnew.iter_mut().zip(row) {
+                    *a = max(*a, z);
                 }
-                let sum = exp_shift_sum::<T, FMA>(row, mnew, c);
-                l[gr] = l[gr] * alpha + sum;
-                m[gr] = mnew;
-                if alpha != T::ONE {
-                    o[gr * pd..(gr + 1) * pd]
+            }
+            // Queries still fully masked (new maximum -inf) add nothing: shift 0 makes their
+            // exponentials exp(-inf) = 0 and their rescaling factor stays 1.
+            let mut shift = [T::ZERO; BR];
+            let mut alpha = [T::ONE; BR];
+            for i in 0..BR {
+                if mnew[i] != T::NEG_INF {
+                    shift[i] = mnew[i];
+                    alpha[i] = (mb[i] - mnew[i]).exp_fma::<FMA>();
+                }
+            }
+            let mut sum = [T::ZERO; BR];
+            for row in zt.chunks_exact_mut(BR).take(c) {
+                let row: &mut [T; BR] = row.try_into().unwrap();
+                for i in 0..BR {
+                    let e = (row[i] - shift[i]).exp_fma::<FMA>();
+                    row[i] = e;
+                    sum[i] += e;
+                }
+            }
+            for i in 0..BR {
+                lb[i] = lb[i] * alpha[i] + sum[i];
+                mb[i] = mnew[i];
+            }
+            for (i, &a) in alpha.iter().enumerate().take(rr) {
+                if a != T::ONE {
+                    o[(rb + i) * pd..(rb + i + 1) * pd]
                         .iter_mut()
-                        .for_each(|e| *e = *e * alpha);
+                        .for_each(|e| *e = *e * a);
                 }
             }
-            accumulate::<T, FMA, WIDE, false>(&zb, BC, &vb, pd, rr, c, &mut o[rb * pd..]);
-            rb += rr;
+            accumulate::<T, FMA, WIDE, true>(&zt, BR, &vb, pd, rr, c, &mut o[rb * pd..]);
         }
         j0 += c;
     }
+    m.truncate(rows);
+    l.truncate(rows);
     Partial { o, m, l }
 }
 
