@@ -85,6 +85,37 @@ pub fn standard_normal(rng: &mut StdRng) -> f64 {
     (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
 }
 
+/// `len` independent random signs (+1 or -1, one draw of `rng` each): the random binary patterns
+/// of the paper's capacity experiments and of the million-pattern examples.
+///
+/// ```
+/// use rand::SeedableRng;
+/// let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+/// let x: Vec<f32> = hopfield_examples::random_signs(&mut rng, 8);
+/// assert!(x.iter().all(|v| v.abs() == 1.0));
+/// ```
+pub fn random_signs<T: candle_core::WithDType>(rng: &mut StdRng, len: usize) -> Vec<T> {
+    use rand::Rng;
+    (0..len)
+        .map(|_| T::from_f64(if rng.random::<bool>() { 1.0 } else { -1.0 }))
+        .collect()
+}
+
+/// Peak resident memory of this process in MiB (`VmHWM` of `/proc/self/status`; `None` where
+/// that file does not exist, i.e. off Linux).
+///
+/// ```
+/// if let Some(mib) = hopfield_examples::peak_rss_mib() {
+///     assert!(mib > 0.0);
+/// }
+/// ```
+pub fn peak_rss_mib() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
 /// Path of the bundled UCI handwritten digits (`examples/data/digits/digits.csv.gz`, CC BY 4.0,
 /// see the README next to it).
 pub fn digits_path() -> PathBuf {

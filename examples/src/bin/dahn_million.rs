@@ -17,8 +17,9 @@ use candle_core::{DType, Device, Result, Tensor, D};
 use clap::Parser;
 use dahn_diffusion::{DiffusionOperator, FactoredDiffusion};
 use dahn_graph::{brute_force_rows, nn_descent, Graph, NnDescent};
+use hopfield_examples::{peak_rss_mib, random_signs};
 use rand::rngs::StdRng;
-use rand::{seq::index::sample, Rng, SeedableRng};
+use rand::{seq::index::sample, SeedableRng};
 use std::time::Instant;
 
 #[derive(Parser, Debug)]
@@ -53,13 +54,6 @@ struct Args {
     seed: u64,
 }
 
-fn vm_hwm_mib() -> Option<f64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
-}
-
 /// For each query, the index of the key with the largest dot product, by column blocks so the
 /// (L, S) score matrix is never held whole (4 GiB at L = 1024, S = 10^6).
 fn nearest(queries: &Tensor, keys: &Tensor) -> Result<Vec<usize>> {
@@ -85,9 +79,7 @@ fn main() -> Result<()> {
     let dev = Device::Cpu;
     let (s, d) = (a.patterns, a.dim);
     let mut rng = StdRng::seed_from_u64(a.seed);
-    let signs: Vec<f32> = (0..s * d)
-        .map(|_| if rng.random::<bool>() { 1.0 } else { -1.0 })
-        .collect();
+    let signs: Vec<f32> = random_signs(&mut rng, s * d);
     let x = Tensor::from_vec(signs, (s, d), &dev)?;
 
     let t = Instant::now();
@@ -161,7 +153,7 @@ fn main() -> Result<()> {
     }
     println!(
         "peak RSS {:.0} MiB (patterns {:.0} MiB), threads {}",
-        vm_hwm_mib().unwrap_or(f64::NAN),
+        peak_rss_mib().unwrap_or(f64::NAN),
         (s * d * 4) as f64 / (1 << 20) as f64,
         rayon::current_num_threads()
     );

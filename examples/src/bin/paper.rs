@@ -27,7 +27,7 @@ use candle_nn::VarBuilder;
 use clap::{Parser, Subcommand};
 use hopfield_examples::plot::{self, digit_grid, min_max, GridRow, GridSection};
 use hopfield_examples::{
-    device, digits_path, load_digits, normalize_rows, standard_normal, DeviceChoice,
+    device, digits_path, load_digits, normalize_rows, random_signs, standard_normal, DeviceChoice,
 };
 use hopfield_nn::classical::{ClassicalHopfield, DenseAssociativeMemory, Interaction};
 use hopfield_nn::{Hopfield, HopfieldConfig, HopfieldInput, Masks};
@@ -347,9 +347,7 @@ fn capacity(
     println!("patterns, one update then sign.\n");
     let mut sets = Vec::new();
     for &d in dims {
-        let random: Vec<f64> = (0..max_n * d)
-            .map(|_| if rng.random::<bool>() { 1.0 } else { -1.0 })
-            .collect();
+        let random: Vec<f64> = random_signs(&mut rng, max_n * d);
         sets.push((
             format!("random patterns, d = {d}"),
             d,

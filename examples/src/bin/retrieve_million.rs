@@ -17,6 +17,7 @@
 use candle_core::{DType, Result, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use clap::Parser;
+use hopfield_examples::{peak_rss_mib, random_signs};
 use hopfield_nn::{Hopfield, HopfieldConfig, HopfieldInput, Masks};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -48,23 +49,13 @@ struct Args {
     seed: u64,
 }
 
-/// Peak resident memory of this process (Linux), in MiB.
-fn peak_rss_mib() -> Option<f64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
-}
-
 fn main() -> Result<()> {
     let args = Args::parse();
     let dev = args.device.device()?;
     let (s, d, l) = (args.patterns, args.dim, args.queries);
     // Seeded (candle's CPU RNG cannot be).
     let mut rng = StdRng::seed_from_u64(args.seed);
-    let store: Vec<f32> = (0..s * d)
-        .map(|_| if rng.random::<bool>() { 1.0 } else { -1.0 })
-        .collect();
+    let store: Vec<f32> = random_signs(&mut rng, s * d);
     let targets: Vec<usize> = (0..l).map(|_| rng.random_range(0..s)).collect();
     let mut queries = Vec::with_capacity(l * d);
     for &t in &targets {

@@ -18,6 +18,7 @@ use candle_core::{Device, Result, Tensor};
 use clap::Parser;
 use hopfield_core::sharded::{CountingCommunicator, LocalCommunicator, Shard, ShardedMemory};
 use hopfield_cuda::retrieval::{retrieve, Retrieval};
+use hopfield_examples::{peak_rss_mib, random_signs};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::sync::Arc;
@@ -81,14 +82,6 @@ fn sharded(
     Ok(ShardedMemory::new(shards)?.with_communicator(comm))
 }
 
-/// Peak resident memory of this process (Linux), in MiB.
-fn peak_rss_mib() -> Option<f64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
-}
-
 fn main() -> Result<()> {
     let args = Args::parse();
     if args.shards == 0 || args.patterns_per_shard == 0 || args.dim == 0 || args.queries == 0 {
@@ -100,9 +93,7 @@ fn main() -> Result<()> {
     let (p, d, l) = (args.shards, args.dim, args.queries);
     let s = p * args.patterns_per_shard;
     let mut rng = StdRng::seed_from_u64(args.seed);
-    let store: Vec<f32> = (0..s * d)
-        .map(|_| if rng.random::<bool>() { 1.0 } else { -1.0 })
-        .collect();
+    let store: Vec<f32> = random_signs(&mut rng, s * d);
     let mut queries = Vec::with_capacity(l * d);
     for _ in 0..l {
         let t = rng.random_range(0..s);
