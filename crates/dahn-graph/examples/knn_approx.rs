@@ -1,12 +1,12 @@
-//! One-shot scale check of the approximate (NN-descent) kNN build: N uniform random patterns x d
+//! One-shot scale check of the approximate kNN build (large-leaf forest, then NN-descent): N uniform random patterns x d
 //! dims, k neighbours, f32 (the same data as `knn_scale`). Prints the build time, the peak
 //! resident memory (VmHWM), recall@k of the directed lists on `sample` random rows against brute
 //! force for those rows, and, with `--exact`, recall against the full exact build
 //! (`GraphBuilder` exact path: directed lists by brute force on every row, and the share of the
 //! exact symmetrised graph's edges present in the approximate one).
 //!
-//! `cargo run --release -p dahn-graph --example knn_approx -- [N] [d] [k] [sample] [pool] [max_iters] [--exact]`
-//! (defaults 1000000 64 8 1000, automatic pool)
+//! `cargo run --release -p dahn-graph --example knn_approx -- [N] [d] [k] [sample] [pool] [max_iters] [trees] [leaf] [--exact]`
+//! (defaults 1000000 64 8 1000, then `NnDescent::default()`'s; pool 0 = automatic)
 
 use candle_core::{Device, Tensor};
 use dahn_graph::{brute_force_rows, nn_descent, GraphBuilder, NnDescent};
@@ -32,9 +32,15 @@ fn main() -> candle_core::Result<()> {
         args.get(2).copied().unwrap_or(8),
         args.get(3).copied().unwrap_or(1000),
     );
-    let mut params = NnDescent::default().pool(args.get(4).copied());
+    let mut params = NnDescent::default().pool(args.get(4).copied().filter(|&p| p > 0));
     if let Some(&iters) = args.get(5) {
         params = params.max_iters(iters);
+    }
+    if let Some(&trees) = args.get(6) {
+        params = params.trees(Some(trees));
+    }
+    if let Some(&leaf) = args.get(7) {
+        params = params.leaf(leaf);
     }
     // Same seeded uniform patterns as knn_scale (candle's CPU rng cannot be seeded).
     let mut rng = StdRng::seed_from_u64(0);
@@ -52,7 +58,7 @@ fn main() -> candle_core::Result<()> {
     let truth = brute_force_rows(&x, &sample_rows, k)?;
     let recall = lists.recall(&sample_rows, &truth);
     println!(
-        "N={n} d={d} k={k} {params:?}: build {secs:.1} s (search {search:.1} s), nnz {} ({:.1} per node), \
+        "N={n} d={d} k={k} {params:?} ({trees} trees): build {secs:.1} s (search {search:.1} s), nnz {} ({:.1} per node), \
          peak RSS {:.0} MiB (before build {:.0} MiB), threads {}; recall@{k} on {} sampled rows {recall:.4} \
          (brute force {:.1} s)",
         csr.nnz(),
@@ -61,7 +67,8 @@ fn main() -> candle_core::Result<()> {
         before.unwrap_or(f64::NAN),
         rayon::current_num_threads(),
         sample_rows.len(),
-        t.elapsed().as_secs_f64()
+        t.elapsed().as_secs_f64(),
+        trees = params.tree_count(n),
     );
     if exact {
         let t = Instant::now();

@@ -10,35 +10,46 @@
 //!
 //! The search keeps a longer list than k per node (the `pool`) and reports its k best: an entry
 //! near the top of a 6k-long list is found far more reliably than the k-th of a k-long one, which
-//! is what lifts recall@k on high-dimensional data. Work is O(N * iterations * candidates^2 * d);
-//! memory O(N (d + pool + candidates)).
+//! is what lifts recall@k on high-dimensional data. Work is O(N * trees * leaf * d) for the start
+//! plus O(N * iterations * candidates^2 * d) for the descent; memory O(N (d + pool + candidates)).
 //!
-//! The steps (PyNNDescent's layout): a random-projection forest seeds the lists (all pairs in a
-//! leaf are offered; slots still empty get random ids); each iteration samples per node up to
-//! `candidates` new and old neighbours, forward and reverse (reverse lists rebuilt as a CSR by
-//! counting, not by random-access heaps), joins every (new, new) and (new, old) pair in batches
-//! (dot products in AVX2 where the CPU has it, bit for bit the portable ones), and applies the
-//! improvements per owner range of nodes (no locks). `DAHN_NND_TRACE=1` prints the phase times.
+//! The steps: a forest of `trees` partition trees with large leaves (each node split into the
+//! Voronoi cells of up to 32 random members; `leaf` ~ 10^3 points) seeds the lists, every pair
+//! in a leaf compared by a dense product and filtered against both ends' worst kept entries
+//! (`approx/leaves.rs`; on uniform 64-d data this start alone finds most neighbours, which
+//! NN-descent from random lists does not at 10^6); slots still empty get random ids. Then
+//! NN-descent (PyNNDescent's layout): each iteration samples per node up to `candidates` new and
+//! old neighbours, forward and reverse (reverse lists rebuilt as a CSR by counting, not by
+//! random-access heaps), joins every (new, new) and (new, old) pair in batches (dot products in
+//! AVX2 where the CPU has it, bit for bit the portable ones), and applies the improvements per
+//! owner range of nodes (no locks). `DAHN_NND_TRACE=1` prints the phase times.
 //!
-//! Reproducibility: every random choice (initial lists, candidate sampling) is a hash of
-//! `(seed, iteration, node, neighbour)` and updates are applied per node in a fixed order, so a
-//! seed gives the same graph whatever the number of threads.
+//! Reproducibility: every random choice (tree centres, initial lists, candidate sampling) is a
+//! hash of the seed and positions, the forest's products run in fixed shapes on one thread
+//! each, and updates are applied per node in a fixed order, so a seed gives the same graph
+//! whatever the number of threads (on a given CPU: the dense products' rounding follows the
+//! kernels `gemm` picks for it).
+
+mod leaves;
 
 use crate::{check, effective_k, normalize_rows, Csr, GraphError, Merge};
 use candle_core::{DType, Result, Tensor, WithDType};
 use rayon::prelude::*;
 
-/// Parameters of the NN-descent search ([`knn_approx_from_patterns`], [`crate::KnnMethod`]).
+/// Parameters of the approximate search ([`knn_approx_from_patterns`], [`crate::KnnMethod`]):
+/// a forest of large-leaf partition trees, then NN-descent.
 ///
 /// Uniform random 64-d patterns are the hardest case (no cluster structure): there the defaults
-/// (pool 48 for k = 8) give recall@8 ~0.90 at 10^5, and 10^6 needs a longer pool (64; see
-/// docs/dahn-performance.md for the measured recall, time and memory); clustered data converges
-/// faster.
+/// (leaf 1024, automatic tree count: 80 trees at 10^6, pool 48 for k = 8) give recall@8 ~0.95 at
+/// 10^6 (see docs/dahn-performance.md for the measured recall, time and memory); clustered data
+/// needs fewer trees. Below ~5 * 10^4 patterns the exact builder is as fast.
 ///
 /// ```
 /// use dahn_graph::NnDescent;
-/// let p = NnDescent::default().seed(7).pool(Some(32));
-/// assert_eq!((p.seed, p.pool), (7, Some(32)));
+/// let p = NnDescent::default().seed(7).pool(Some(32)).trees(Some(16));
+/// assert_eq!((p.seed, p.pool, p.trees, p.leaf), (7, Some(32), Some(16), 1024));
+/// assert_eq!(p.tree_count(1_000_000), 16);
+/// assert_eq!(NnDescent::default().tree_count(1_000_000), 80);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct NnDescent {
@@ -50,9 +61,11 @@ pub struct NnDescent {
     /// Candidates sampled per node and iteration, for new and old neighbours each; `None` =
     /// `min(pool, 32)` (at least 1).
     pub max_candidates: Option<usize>,
-    /// Random-projection trees whose leaves seed the lists (0: random start only). Default 4.
-    pub trees: usize,
-    /// Leaf size of those trees (raised to the pool length). Default 0.
+    /// Partition trees whose leaves seed the lists (`Some(0)`: random start only); `None` =
+    /// automatic, see [`NnDescent::tree_count`].
+    pub trees: Option<usize>,
+    /// Leaf size of those trees (raised to the pool length). Default 1024: all pairs of a leaf
+    /// are one dense product, fast per pair; smaller leaves need more trees for the same recall.
     pub leaf: usize,
     /// Upper bound on the iterations. Default 12.
     pub max_iters: usize,
@@ -67,8 +80,8 @@ impl Default for NnDescent {
             seed: 0,
             pool: None,
             max_candidates: None,
-            trees: 4,
-            leaf: 0,
+            trees: None,
+            leaf: 1024,
             max_iters: 12,
             delta: 0.001,
         }
@@ -94,10 +107,25 @@ impl NnDescent {
         self
     }
 
-    /// Sets the number of random-projection trees.
-    pub fn trees(mut self, trees: usize) -> Self {
+    /// Sets the number of partition trees (`None` = automatic).
+    pub fn trees(mut self, trees: Option<usize>) -> Self {
         self.trees = trees;
         self
+    }
+
+    /// The trees used for N patterns: [`NnDescent::trees`], or automatically
+    /// `ceil(3.6 (N / leaf)^0.45)` (80 for 10^6 patterns and leaves of 1024, 29 for 10^5), one
+    /// when a leaf holds all N. Why that law: a close pair survives each Voronoi split of a tree
+    /// with probability ~0.73 per halving of the cell size on uniform 64-d data (= 2^-0.45), so
+    /// it shares a leaf with probability ~(N / leaf)^-0.45, and that many trees keep the forest's
+    /// recall about the same at every N (3.6: recall@8 ~0.95 after the descent at 10^6).
+    pub fn tree_count(&self, n: usize) -> usize {
+        let leaf = self.leaf.max(2);
+        if n <= leaf {
+            return self.trees.unwrap_or(1).min(1);
+        }
+        self.trees
+            .unwrap_or_else(|| (3.6 * (n as f64 / leaf as f64).powf(0.45)).ceil() as usize)
     }
 
     /// Sets the trees' leaf size.
@@ -579,9 +607,6 @@ fn join_node<T: Elem, const AVX2: bool>(
 /// the next batch sees the improved lists (faster convergence than one update per iteration).
 const BATCH: usize = 2048;
 
-/// Tree nodes at least this large split their halves in parallel.
-const PAR_SPLIT: usize = 1 << 14;
-
 /// Nodes per join task inside a batch (one update vector each).
 const CHUNK: usize = 64;
 
@@ -690,7 +715,7 @@ impl<'a, T: Elem> Search<'a, T> {
         };
         let t0 = std::time::Instant::now();
         if s.n - 1 > 2 * s.pool {
-            s.forest(p.seed, p.trees, s.pool.max(p.leaf));
+            s.leaf_forest(p.seed, p.tree_count(n), s.pool.max(p.leaf));
         }
         let t1 = t0.elapsed().as_secs_f64();
         s.fill(p.seed);
@@ -984,105 +1009,6 @@ impl<'a, T: Elem> Search<'a, T> {
             })
             .sum::<usize>()
     }
-
-    /// Random-projection forest: `trees` trees split by random hyperplanes (through the origin,
-    /// between two random unit rows: cosine geometry) down to leaves of at most `leaf` nodes; all
-    /// pairs in a leaf are offered. Neighbours on the same side of many hyperplanes are likely
-    /// close, so the descent starts from lists far better than random ones.
-    fn forest(&mut self, seed: u64, trees: usize, leaf: usize) {
-        let n = self.n;
-        let leaf = leaf.max(2);
-        for t in 0..trees {
-            let mut order: Vec<u32> = (0..n as u32).collect();
-            let mut leaves = Vec::new();
-            self.split(
-                hash3(seed, 0xf0_0000 + t as u64, 0),
-                &mut order,
-                0,
-                leaf,
-                &mut leaves,
-            );
-            for chunk in leaves.chunks(BATCH.div_ceil(leaf)) {
-                let this = &*self;
-                let order = &order;
-                let parts: Vec<Updates<T>> = chunk
-                    .par_iter()
-                    .map(|&(lo, hi)| joins(this, 1, &|_| (&order[lo..hi], &[][..])))
-                    .collect();
-                self.apply(&parts);
-            }
-        }
-    }
-
-    /// Splits `ids` (at offset `base` of the tree's order) until leaves hold at most `leaf`
-    /// ids; appends the leaves' ranges in tree order.
-    fn split(
-        &self,
-        key: u64,
-        ids: &mut [u32],
-        base: usize,
-        leaf: usize,
-        leaves: &mut Vec<(usize, usize)>,
-    ) {
-        if ids.len() <= leaf {
-            leaves.push((base, base + ids.len()));
-            return;
-        }
-        let d = self.d;
-        let pick = |salt: u64| {
-            let r = splitmix(key ^ salt);
-            ids[((r as u128 * ids.len() as u128) >> 64) as usize] as usize
-        };
-        let (a, b) = (pick(1), pick(2));
-        let (ra, rb) = (
-            &self.data[a * d..(a + 1) * d],
-            &self.data[b * d..(b + 1) * d],
-        );
-        let normal: Vec<T> = ra.iter().zip(rb).map(|(&p, &q)| p - q).collect();
-        let side = |i: u32, salt: u64| -> bool {
-            let m = T::dot(&normal, &self.data[i as usize * d..(i as usize + 1) * d]);
-            if m == T::zero() {
-                // On the hyperplane (or a, b equal): a coin flip keeps the split balanced.
-                splitmix(key ^ salt ^ ((i as u64) << 8)) & 1 == 0
-            } else {
-                m > T::zero()
-            }
-        };
-        let mut mid = 0;
-        for p in 0..ids.len() {
-            if side(ids[p], 3) {
-                ids.swap(p, mid);
-                mid += 1;
-            }
-        }
-        if mid == 0 || mid == ids.len() {
-            // Degenerate hyperplane (duplicates, a == b): split by coin flips instead.
-            mid = 0;
-            for p in 0..ids.len() {
-                if splitmix(key ^ 5 ^ ((ids[p] as u64) << 8)) & 1 == 0 {
-                    ids.swap(p, mid);
-                    mid += 1;
-                }
-            }
-            if mid == 0 || mid == ids.len() {
-                mid = ids.len() / 2;
-            }
-        }
-        let (l, r) = ids.split_at_mut(mid);
-        let (kl, kr) = (splitmix(key ^ 11), splitmix(key ^ 13));
-        if l.len() + r.len() >= PAR_SPLIT {
-            // Big subtrees in parallel; the leaves keep the sequential order.
-            let mut right = Vec::new();
-            rayon::join(
-                || self.split(kl, l, base, leaf, leaves),
-                || self.split(kr, r, base + mid, leaf, &mut right),
-            );
-            leaves.extend(right);
-        } else {
-            self.split(kl, l, base, leaf, leaves);
-            self.split(kr, r, base + mid, leaf, leaves);
-        }
-    }
 }
 
 #[cfg(test)]
@@ -1118,10 +1044,10 @@ mod tests {
 
     #[test]
     fn forest_start_gives_every_node_distinct_neighbours() -> Result<()> {
-        // 600 uniform points in 8-d: the random start plus 4 trees, no descent.
+        // 600 uniform points in 8-d: the random start plus 4 trees of 48-point leaves, no descent.
         let (n, d, k) = (600, 8, 5);
         let x = Tensor::from_vec(values(n * d, 3), (n, d), &Device::Cpu)?;
-        let p = NnDescent::default().max_iters(0);
+        let p = NnDescent::default().max_iters(0).trees(Some(4)).leaf(48);
         let lists = nn_descent(&x, k, &p)?;
         for i in 0..n {
             let (idx, sim) = lists.row(i);
@@ -1136,7 +1062,7 @@ mod tests {
         let rows: Vec<usize> = (0..n).step_by(7).collect();
         let exact = brute_force_rows(&x, &rows, k)?;
         let forest = lists.recall(&rows, &exact);
-        let random = nn_descent(&x, k, &p.trees(0))?.recall(&rows, &exact);
+        let random = nn_descent(&x, k, &p.trees(Some(0)))?.recall(&rows, &exact);
         assert!(
             forest > 2.0 * random && forest > 0.3,
             "{forest} vs {random}"

@@ -1,5 +1,5 @@
-//! DAHN at a million patterns: an approximate (NN-descent) kNN graph over 10^6 stored random +-1
-//! patterns, factored diffusion of the stored patterns on it (`(1 - eta deg) x + eta W x`,
+//! DAHN at a million patterns: an approximate kNN graph (a forest of large-leaf partition trees,
+//! then NN-descent: `NnDescent::default()`) over 10^6 stored random +-1 patterns, factored diffusion of the stored patterns on it (`(1 - eta deg) x + eta W x`,
 //! `steps` times), and retrieval of corrupted queries with and without diffusion.
 //!
 //! Retrieval is the beta -> infinity limit of `softmax(beta q K^T) V`: the stored pattern whose
@@ -49,6 +49,12 @@ struct Args {
     /// Rows sampled for the graph's recall.
     #[arg(long, default_value_t = 1000)]
     recall_rows: usize,
+    /// Partition trees of the graph search (default: automatic, `NnDescent::tree_count`).
+    #[arg(long)]
+    trees: Option<usize>,
+    /// Leaf size of those trees (default: `NnDescent::default().leaf`).
+    #[arg(long)]
+    leaf: Option<usize>,
     /// Seed of the data, the corruption and the graph search.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -83,7 +89,10 @@ fn main() -> Result<()> {
     let x = Tensor::from_vec(signs, (s, d), &dev)?;
 
     let t = Instant::now();
-    let lists = nn_descent(&x, a.k, &NnDescent::default().seed(a.seed))?;
+    let mut params = NnDescent::default().seed(a.seed);
+    params = params.trees(a.trees.or(params.trees));
+    params = params.leaf(a.leaf.unwrap_or(params.leaf));
+    let lists = nn_descent(&x, a.k, &params)?;
     let graph = Graph::from_csr(lists.to_csr()?, a.k.min(s - 1), DType::F32, &dev)?;
     let build = t.elapsed().as_secs_f64();
     let rows = sample(&mut rng, s, a.recall_rows.min(s)).into_vec();
@@ -93,9 +102,11 @@ fn main() -> Result<()> {
     let recall_secs = t.elapsed().as_secs_f64();
     drop(lists);
     println!(
-        "graph: S={s} d={d} k={}: NN-descent build {build:.1} s, nnz {} ({:.1} per node), \
+        "graph: S={s} d={d} k={}: approximate build ({} trees, leaf {}, then NN-descent) {build:.1} s, nnz {} ({:.1} per node), \
          recall@{} on {} sampled rows {recall:.4} (brute force {recall_secs:.1} s)",
         a.k,
+        params.tree_count(s),
+        params.leaf,
         graph.adjacency().nnz(),
         graph.adjacency().nnz() as f64 / s as f64,
         a.k,
