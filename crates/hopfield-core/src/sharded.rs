@@ -19,10 +19,27 @@
 //! `exp(s - lse_p) w_p / sum w = exp(s - lse)`: the global association. So each shard computes its
 //! own `dK_p`, `dV_p` and its part of `dq` from the global normaliser, and the `dq` parts add up.
 //!
+//! The maximum `m` needs no gradient: `out` and `lse` do not depend on it (`w_p` and `sum_p w_p`
+//! both carry the factor `exp(-m)`, which cancels in `out`, and in `lse` the `m` outside the
+//! log cancels the `-m` inside: `lse = log sum_p exp(lse_p)`), so
+//! their derivatives along `m` are zero and a stop-gradient is exact; the unit tests check the
+//! invariance by shifting `m`.
+//!
+//! Across ranks (one process or thread per shard, `NcclCommunicator` under the
+//! `nccl` feature, [`ThreadCommunicator`] on a CPU), the collectives carry the gradients too:
+//! the transpose of the query broadcast is a reduce-sum of the ranks' `dq` to rank 0, that of
+//! the all-reduce of `[w_p out_p | w_p]` an all-reduce of its gradients. The gradients are those
+//! of the sum of the ranks' losses: every rank runs `backward` on a loss built the same way
+//! from its (identical) output, weighted so that the weights add up to 1 (`1/P` everywhere, or
+//! 1 on rank 0 and 0 elsewhere), because every rank must run the same transposed collectives in
+//! the same order. A zero weight must be a tensor (`loss.broadcast_mul(&zero)`), not `loss *
+//! 0.0`: candle drops a multiplication by the constant 0 from the backward pass, and with it
+//! that rank's part in the collectives, which the other ranks then wait for.
+//!
 //! What moves between devices per retrieval is the queries, one value per query row and head
 //! (the maxima), and `pd + 1` values per query row and head (the partial sums): O(L d P), not
-//! O(S). `docs/sharded-memory.md` has the byte model and its measurement by
-//! [`CountingCommunicator`].
+//! O(S); the backward pass moves the same sizes back. `docs/sharded-memory.md` has the byte
+//! model and its measurement by [`CountingCommunicator`].
 //!
 //! ```
 //! use candle_core::{Device, Tensor};
@@ -41,15 +58,19 @@
 //! # Ok::<(), candle_core::Error>(())
 //! ```
 
+mod autograd;
 mod communicator;
 mod error;
 #[cfg(feature = "nccl")]
 mod nccl;
+mod threads;
 
+pub use autograd::with_gradient;
 pub use communicator::{Communicator, CountingCommunicator, LocalCommunicator, Traffic};
 pub use error::ShardError;
 #[cfg(feature = "nccl")]
 pub use nccl::NcclCommunicator;
+pub use threads::ThreadCommunicator;
 
 use candle_core::{DType, Device, Result, Tensor};
 use hopfield_cuda::retrieval::{retrieve_with_lse, Retrieval};
@@ -282,7 +303,10 @@ impl ShardedMemory {
     /// [`hopfield_cuda::retrieval::retrieve_with_lse`] on the concatenated memory. `cfg` is that
     /// of the single memory: its mask is broadcastable to `(N, H, L, S)` over all `S` patterns
     /// (each shard gets its columns), and the zero pattern of `zero_association` is counted
-    /// once. Shards run in parallel (rayon).
+    /// once. Shards run in parallel (rayon). Across ranks (a communicator with
+    /// [`world_size`](Communicator::world_size) > 1) the memory is this rank's shard, so the
+    /// mask covers its own patterns, and rank 0's `q` is retrieved (see the module docs for the
+    /// backward pass).
     pub fn retrieve_with_lse(&self, q: &Tensor, cfg: &Retrieval) -> Result<(Tensor, Tensor)> {
         let Dims { n, h, hd, pd } = self.dims;
         let (qn, l, qh, qd) = q.dims4().map_err(|_| {

@@ -6,15 +6,18 @@
 //! threads, merged exactly from each shard's log-sum-exp) and through the single memory. Prints
 //! each time, the bytes the sharded retrieval's collectives would move between P devices (NCCL
 //! ring model, counted by `CountingCommunicator`: independent of S), peak memory, and, as its
-//! last line, the largest difference between the two answers.
+//! last line, the largest difference between the two answers. With `--backward` it also
+//! differentiates a loss through both (the gradient of the queries: each shard's part, summed
+//! on the queries' device), counts the bytes the backward pass moves and compares the gradients.
 //!
 //! ```text
 //! cargo run --release -p hopfield-examples --bin retrieve_sharded
 //! cargo run --release -p hopfield-examples --bin retrieve_sharded -- --shards 8 --patterns-per-shard 10000
 //! cargo run --release -p hopfield-examples --bin retrieve_sharded -- --sweep 8   # bytes for P = 1..8
+//! cargo run --release -p hopfield-examples --bin retrieve_sharded -- --backward --sweep 8
 //! ```
 
-use candle_core::{Device, Result, Tensor};
+use candle_core::{Device, Result, Tensor, Var};
 use clap::Parser;
 use hopfield_core::sharded::{CountingCommunicator, LocalCommunicator, Shard, ShardedMemory};
 use hopfield_cuda::retrieval::{retrieve, Retrieval};
@@ -52,6 +55,26 @@ struct Args {
     /// collectives move, the time and the difference from the single memory.
     #[arg(long)]
     sweep: Option<usize>,
+    /// Also run a backward pass (the gradient of the queries) through both and count its bytes.
+    #[arg(long)]
+    backward: bool,
+}
+
+/// The gradient of a fixed loss (each output entry weighed by a cosine of its index, so no two
+/// weigh the same) with respect to the queries, by a retrieval `f` of them.
+fn query_gradient(q: &Tensor, f: impl Fn(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
+    let q = Var::from_tensor(q)?;
+    let out = f(q.as_tensor())?;
+    let n = out.elem_count();
+    let w = Tensor::arange(0u32, n as u32, out.device())?
+        .to_dtype(out.dtype())?
+        .cos()?
+        .reshape(out.shape())?;
+    let grads = (out * w)?.sum_all()?.backward()?;
+    grads
+        .get(&q)
+        .cloned()
+        .ok_or_else(|| candle_core::Error::Msg("no gradient reached the queries".into()))
 }
 
 /// Largest absolute difference of two tensors.
@@ -116,26 +139,45 @@ fn main() -> Result<()> {
     let single_secs = t.elapsed().as_secs_f64();
     let peak_single = peak_rss_mib();
 
+    let single_dq = if args.backward {
+        Some(query_gradient(&queries, |q| {
+            retrieve(q, &store, &store, &cfg)
+        })?)
+    } else {
+        None
+    };
+
     if let Some(k) = args.sweep {
-        println!("P   bytes      bytes/(P-1)  broadcast  max     sums     time (s)  max abs diff");
+        println!(
+            "P   forward    backward   fwd/(P-1) bwd/(P-1) broadcast max     sums     dq-reduce \
+             sum-grads time (s)  max abs diff (out, dq)"
+        );
         for p in 1..=k {
             let comm = Arc::new(CountingCommunicator::new(LocalCommunicator));
             let memory = sharded(&store, p, comm.clone())?;
             let t = Instant::now();
             let out = memory.retrieve(&queries, &cfg)?;
+            let dq_diff = match &single_dq {
+                Some(one) => {
+                    let dq = query_gradient(&queries, |q| memory.retrieve(q, &cfg))?;
+                    format!("{:e}", max_abs_diff(&dq, one)?)
+                }
+                None => "-".into(),
+            };
             let secs = t.elapsed().as_secs_f64();
             let tr = comm.traffic();
-            let per = if p > 1 {
-                tr.total() / (p as u64 - 1)
-            } else {
-                0
-            };
+            let per = |b: u64| if p > 1 { b / (p as u64 - 1) } else { 0 };
             println!(
-                "{p:<3} {:<10} {per:<12} {:<10} {:<7} {:<8} {secs:<9.3} {:e}",
-                tr.total(),
+                "{p:<3} {:<10} {:<10} {:<9} {:<9} {:<9} {:<7} {:<8} {:<9} {:<9} {secs:<9.3} {:e}, {dq_diff}",
+                tr.forward(),
+                tr.backward(),
+                per(tr.forward()),
+                per(tr.backward()),
                 tr.broadcast,
                 tr.max,
                 tr.sum,
+                tr.broadcast_grad,
+                tr.sum_grad,
                 max_abs_diff(&out, &single)?
             );
         }
@@ -148,6 +190,19 @@ fn main() -> Result<()> {
     let sharded = shards.retrieve(&queries, &cfg)?;
     let sharded_secs = t.elapsed().as_secs_f64();
     let traffic = comm.traffic();
+    let backward = match &single_dq {
+        Some(one) => {
+            comm.reset();
+            let t = Instant::now();
+            let dq = query_gradient(&queries, |q| shards.retrieve(q, &cfg))?;
+            Some((
+                t.elapsed().as_secs_f64(),
+                max_abs_diff(&dq, one)?,
+                comm.traffic(),
+            ))
+        }
+        None => None,
+    };
     let diff = max_abs_diff(&sharded, &single)?;
     let store_mib = (s * d * 4) as f64 / (1 << 20) as f64;
     println!(
@@ -171,6 +226,14 @@ fn main() -> Result<()> {
         traffic.max,
         traffic.sum
     );
+    if let Some((secs, dq_diff, tr)) = backward {
+        println!(
+            "forward + backward     {secs:.3} s sharded; backward bytes {} (dq reduce {}, sum gradients {}); max abs difference of dq {dq_diff:e}",
+            tr.backward(),
+            tr.broadcast_grad,
+            tr.sum_grad
+        );
+    }
     if let (Some(single), Some(peak)) = (peak_single, peak_rss_mib()) {
         println!(
             "peak memory            {single:.0} MiB after the single retrieval, {peak:.0} MiB in all (store {store_mib:.0} MiB + shard copies {store_mib:.0} MiB)"

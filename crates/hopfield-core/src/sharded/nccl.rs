@@ -6,11 +6,15 @@
 //! and the rescaled partial sums an all-reduce sum, so every rank ends with the whole memory's
 //! output. The zero pattern of `add_zero_association` is counted by rank 0 only.
 //!
-//! Forward only: the collectives are candle ops without a backward pass, so gradients do not
-//! cross ranks (train with the [`LocalCommunicator`](super::LocalCommunicator) on the GPUs of one
-//! process). Built with the `nccl` feature (candle-core's `nccl`, cudarc's NCCL bindings, loaded
-//! at run time); compile-checked without a GPU, not run in CI.
+//! The backward pass crosses ranks too: the broadcast's transpose is a reduce-sum of the ranks'
+//! query gradients to rank 0, the all-reduce sum's an all-reduce sum of its gradients (the
+//! maxima need none, see [`sharded`](super)); the gradients are those of the sum of the ranks'
+//! losses, and every rank must run `backward` (the module docs of [`sharded`](super)). The same
+//! semantics run on CPU threads, tested, in [`ThreadCommunicator`](super::ThreadCommunicator).
+//! Built with the `nccl` feature (candle-core's `nccl`, cudarc's NCCL bindings, loaded at run
+//! time); compile-checked without a GPU, not run in CI.
 
+use super::autograd::{tracked, with_gradient};
 use super::{Communicator, ShardError};
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, DeviceRepr};
@@ -27,9 +31,11 @@ struct SendComm(Comm);
 unsafe impl Send for SendComm {}
 
 /// This rank's end of an NCCL communicator over `world_size` ranks (see the module docs).
+#[derive(Clone)]
 pub struct NcclCommunicator {
     comm: Arc<Mutex<SendComm>>,
     rank: usize,
+    world_size: usize,
     device: Device,
 }
 
@@ -62,6 +68,7 @@ impl NcclCommunicator {
         Ok(Self {
             comm: Arc::new(Mutex::new(SendComm(comm))),
             rank,
+            world_size,
             device: device.clone(),
         })
     }
@@ -74,7 +81,7 @@ impl NcclCommunicator {
         })
     }
 
-    fn local<'a>(&self, parts: &'a [Tensor]) -> Result<&'a Tensor> {
+    fn local<'a, T>(&self, parts: &'a [T]) -> Result<&'a T> {
         match parts {
             [one] => Ok(one),
             _ => Err(ShardError::Communicator {
@@ -98,8 +105,13 @@ impl Communicator for NcclCommunicator {
             }
             .into());
         }
-        let x = x.to_device(&self.device)?;
-        Ok(vec![self.run(&x, Collective::Broadcast)?])
+        let x = tracked(x.to_device(&self.device)?)?;
+        let root = self.run(&x.detach(), Collective::Broadcast)?;
+        let (this, dev) = (self.clone(), self.device.clone());
+        let y = with_gradient(&x, &root, move |g| {
+            this.broadcast_backward(std::slice::from_ref(g), &dev)
+        })?;
+        Ok(vec![y])
     }
 
     fn all_reduce_max(&self, parts: &[Tensor]) -> Result<Vec<Tensor>> {
@@ -108,12 +120,34 @@ impl Communicator for NcclCommunicator {
     }
 
     fn reduce_sum(&self, parts: &[Tensor], root: &Device) -> Result<Tensor> {
-        self.run(self.local(parts)?, Collective::Sum)?
-            .to_device(root)
+        let local = self.local(parts)?;
+        let total = self.run(&local.detach(), Collective::Sum)?;
+        let (this, dev) = (self.clone(), local.device().clone());
+        with_gradient(local, &total, move |g| {
+            Ok(this
+                .reduce_sum_backward(g, std::slice::from_ref(&dev))?
+                .remove(0))
+        })?
+        .to_device(root)
+    }
+
+    fn broadcast_backward(&self, grads: &[Tensor], root: &Device) -> Result<Tensor> {
+        let g = self.local(grads)?.to_device(&self.device)?;
+        self.run(&g, Collective::ReduceToRoot)?.to_device(root)
+    }
+
+    fn reduce_sum_backward(&self, grad: &Tensor, devices: &[Device]) -> Result<Vec<Tensor>> {
+        let dev = self.local(devices)?;
+        let g = grad.to_device(&self.device)?;
+        Ok(vec![self.run(&g, Collective::Sum)?.to_device(dev)?])
     }
 
     fn rank(&self) -> usize {
         self.rank
+    }
+
+    fn world_size(&self) -> usize {
+        self.world_size
     }
 }
 
@@ -125,6 +159,8 @@ enum Collective {
     Max,
     /// All-reduce, sum.
     Sum,
+    /// Reduce, sum, to rank 0 (zeros on the other ranks).
+    ReduceToRoot,
 }
 
 struct NcclOp {
@@ -147,6 +183,10 @@ impl NcclOp {
             }
             Collective::Max => comm.all_reduce(src, dst, &ReduceOp::Max),
             Collective::Sum => comm.all_reduce(src, dst, &ReduceOp::Sum),
+            Collective::ReduceToRoot => {
+                let recv = (self.rank == 0).then_some(dst);
+                comm.reduce(src, recv, &ReduceOp::Sum, 0)
+            }
         }
         .map(|_| ())
         .map_err(nccl_err)
