@@ -24,18 +24,18 @@ case's seed is 9500 + its index; in `function_cases()`, 9700 + its index).
 """
 
 import argparse
-import json
 import os
 
 import numpy as np
 import torch
-from safetensors.numpy import save_file
 
 import difflayers
 from difflayers import DiffusedHopfield
 from difflayers import dynamics_engine as de
 from difflayers.attention_operator import AttentionOperator
 from difflayers.graph.build_graph import build_similarity_matrix
+
+from case_export import add_grads, case_meta, case_tensors, check_finite, output_names, save_case, to_np
 
 REFERENCE = "difflayers 0.1.1"
 DEFAULT_OUT = os.path.join(
@@ -128,10 +128,6 @@ def check_knn(x, k, need_order):
         assert vals[:, k - 1].min().item() >= 1e-3, "a node has fewer than k positive similarities"
 
 
-def to_np(t):
-    return t.detach().contiguous().numpy()
-
-
 def export(out_dir, name, kwargs, form, shapes, description, seed, masks=None, shared=(), offset=0.0):
     """Builds, runs and writes one case.
 
@@ -187,13 +183,7 @@ def export(out_dir, name, kwargs, form, shapes, description, seed, masks=None, s
         rel = abs(rec.eta_eff - cfg.eta) / (cfg.eta + 1e-9)
         assert abs(rel / 0.05 - 1) > 0.2, (name, "adaptive eta too close to the 5% band")
 
-    tensors = {}
-    for k, p in module.state_dict().items():
-        tensors[f"params.{k}"] = to_np(p)
-    for k, v in inputs.items():
-        tensors[f"input.{k}"] = to_np(v)
-    for k, (kind, v) in masks.items():
-        tensors[f"input.{k}"] = to_np(v.to(torch.uint8) if kind == "bool" else v)
+    tensors = case_tensors(module, inputs, masks)
     tensors["output.y"] = to_np(y)
     tensors["output.association"] = to_np(association)
     tensors["output.projected"] = to_np(projected)
@@ -215,11 +205,8 @@ def export(out_dir, name, kwargs, form, shapes, description, seed, masks=None, s
     if energies:
         tensors["output.energies"] = np.array(energies, dtype=np.float64)
     tensors["grad_seed.cotangent"] = to_np(cot)
-    for (k, v), g in zip(list(inputs.items()) + list(params.items()), grads):
-        prefix = "grad.input." if k in inputs else "grad.params."
-        tensors[prefix + k] = to_np(torch.zeros_like(v) if g is None else g)
-    for k, t in tensors.items():
-        assert np.isfinite(t).all() or k.startswith("input."), (name, k)
+    add_grads(tensors, list(inputs.items()) + list(params.items()), grads, inputs)
+    check_finite(tensors, name, inputs_may_be_infinite=True)
 
     forward = {
         "input_form": form,
@@ -229,31 +216,19 @@ def export(out_dir, name, kwargs, form, shapes, description, seed, masks=None, s
         "training": False,
         "grad": True,
         "grad_inputs": list(order),
-        "outputs": sorted(k[len("output."):] for k in tensors if k.startswith("output.")),
+        "outputs": output_names(tensors),
     }
     if steps_run is not None:
         forward["dynamics_steps_run"] = steps_run
     if rec.eta_eff is not None:
         forward["eta_effective"] = rec.eta_eff if abs(rec.eta_eff - cfg.eta) / (cfg.eta + 1e-9) > 0.05 \
             else cfg.eta
-    meta = {
-        "module": "difflayers.DiffusedHopfield",
-        "kwargs": json.dumps(kwargs),
-        "forward": json.dumps(forward),
-        "description": description,
-        "tolerance": "1e-9",
-        "reference": REFERENCE,
-        "torch_version": torch.__version__,
-        "frozen_params": "[]",
-        "case": name,
-        "suite": "dahn_edges",
-        "seed": str(seed),
-    }
+    meta = case_meta("dahn_edges", name, seed, REFERENCE, kwargs, forward, description,
+                     module="difflayers.DiffusedHopfield", frozen_params="[]")
     assoc_kinds = {kind for k, (kind, _) in masks.items() if "padding" not in k}
     if assoc_kinds:
         meta["mask_kind"] = assoc_kinds.pop()
-    os.makedirs(out_dir, exist_ok=True)
-    save_file(dict(sorted(tensors.items())), os.path.join(out_dir, f"{name}.safetensors"), metadata=meta)
+    save_case(out_dir, name, tensors, meta)
     return steps_run, energies, rec.eta_eff
 
 
@@ -368,7 +343,7 @@ def export_function(out_dir, name, function, kwargs, inputs, call, description, 
     ins = {k: (v.clone().requires_grad_(k in grad_inputs) if v.is_floating_point() else v)
            for k, v in inputs.items()}
     y, others = call(ins)
-    tensors = {f"input.{k}": to_np(v) for k, v in ins.items()}
+    tensors = case_tensors(inputs=ins)
     tensors["output.y"] = to_np(y)
     for k, v in others.items():
         tensors[f"output.{k}"] = to_np(v.to_dense() if v.is_sparse else v)
@@ -376,27 +351,14 @@ def export_function(out_dir, name, function, kwargs, inputs, call, description, 
         cot = torch.randn(y.shape, generator=gen)
         tensors["grad_seed.cotangent"] = to_np(cot)
         grads = torch.autograd.grad((y * cot).sum(), [ins[k] for k in grad_inputs], allow_unused=True)
-        for k, g in zip(grad_inputs, grads):
-            tensors[f"grad.input.{k}"] = to_np(torch.zeros_like(ins[k]) if g is None else g)
-    for k, t in tensors.items():
-        assert np.isfinite(t).all(), (name, k)
+        add_grads(tensors, [(k, ins[k]) for k in grad_inputs], grads, grad_inputs)
+    check_finite(tensors, name)
     forward = {"inputs": list(inputs), "grad": bool(grad_inputs), "grad_inputs": list(grad_inputs),
                **(forward_extra or {})}
-    forward["outputs"] = sorted(k[len("output."):] for k in tensors if k.startswith("output."))
-    meta = {
-        "function": "difflayers." + function,
-        "kwargs": json.dumps(kwargs),
-        "forward": json.dumps(forward),
-        "description": description,
-        "tolerance": "1e-9",
-        "reference": REFERENCE,
-        "torch_version": torch.__version__,
-        "case": name,
-        "suite": "dahn_edges",
-        "seed": str(seed),
-    }
-    os.makedirs(out_dir, exist_ok=True)
-    save_file(dict(sorted(tensors.items())), os.path.join(out_dir, f"{name}.safetensors"), metadata=meta)
+    forward["outputs"] = output_names(tensors)
+    meta = case_meta("dahn_edges", name, seed, REFERENCE, kwargs, forward, description,
+                     function="difflayers." + function)
+    save_case(out_dir, name, tensors, meta)
     return tuple(y.shape)
 
 

@@ -23,13 +23,13 @@ case changed. New cases go at the end of `cases()` (each case's seed is 9800 + i
 """
 
 import argparse
-import json
 import os
 import sys
 
 import numpy as np
 import torch
-from safetensors.numpy import save_file
+
+from case_export import add_grads, case_meta, case_tensors, check_finite, output_names, save_case, to_np
 
 REFERENCE = "energy_transformer 34396b0c972782df53bbaab4dc83d57c75ef1c53"
 QUAL = "energy_transformer.energy_transformers."
@@ -69,10 +69,6 @@ def draw_params(module, gen, betas):
             p.copy_(v)
 
 
-def to_np(t):
-    return t.detach().contiguous().numpy()
-
-
 def export(out_dir, et, name, cls, kwargs, call, x_shape, description, seed, n_iters=None, indices=None,
            betas=None, x_scale=1.0):
     gen = torch.Generator().manual_seed(seed)
@@ -80,8 +76,7 @@ def export(out_dir, et, name, cls, kwargs, call, x_shape, description, seed, n_i
     draw_params(module, gen, betas or {})
     x = (x_scale * torch.randn(x_shape, generator=gen)).requires_grad_(True)
     params = dict(module.named_parameters())
-    tensors = {f"params.{k}": to_np(v) for k, v in module.state_dict().items()}
-    tensors["input.x"] = to_np(x)
+    tensors = case_tensors(module, {"x": x})
     forward = {"call": call, "inputs": ["x"], "grad": True}
     if call == "energy":
         e = module.energy(x)
@@ -112,26 +107,11 @@ def export(out_dir, et, name, cls, kwargs, call, x_shape, description, seed, n_i
     cot = torch.randn(y.shape, generator=gen)
     tensors["grad_seed.cotangent"] = to_np(cot)
     grads = torch.autograd.grad((y * cot).sum(), [x] + list(params.values()), allow_unused=True)
-    tensors["grad.input.x"] = to_np(torch.zeros_like(x) if grads[0] is None else grads[0])
-    for (k, p), g in zip(params.items(), grads[1:]):
-        tensors[f"grad.params.{k}"] = to_np(torch.zeros_like(p) if g is None else g)
-    for k, t in tensors.items():
-        assert np.isfinite(t).all(), (name, k)
-    forward["outputs"] = sorted(k[len("output."):] for k in tensors if k.startswith("output."))
-    meta = {
-        "module": QUAL + cls,
-        "kwargs": json.dumps(kwargs),
-        "forward": json.dumps(forward),
-        "description": description,
-        "tolerance": "1e-9",
-        "reference": REFERENCE,
-        "torch_version": torch.__version__,
-        "case": name,
-        "suite": "et_edges",
-        "seed": str(seed),
-    }
-    os.makedirs(out_dir, exist_ok=True)
-    save_file(dict(sorted(tensors.items())), os.path.join(out_dir, f"{name}.safetensors"), metadata=meta)
+    add_grads(tensors, [("x", x)] + list(params.items()), grads, ("x",))
+    check_finite(tensors, name)
+    forward["outputs"] = output_names(tensors)
+    meta = case_meta("et_edges", name, seed, REFERENCE, kwargs, forward, description, module=QUAL + cls)
+    save_case(out_dir, name, tensors, meta)
     return tuple(y.shape)
 
 

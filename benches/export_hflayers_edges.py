@@ -25,7 +25,8 @@ import os
 
 import numpy as np
 import torch
-from safetensors.numpy import save_file
+
+from case_export import add_grads, case_meta, case_tensors, check_finite, save_case, to_np
 
 import difflayers
 import difflayers.functional as hf_functional
@@ -125,10 +126,6 @@ def check_stopping(rec, n, heads, eps):
                 assert (c > e) == batch, "a sample would stop at another step alone (Q11)"
 
 
-def to_np(t):
-    return t.detach().contiguous().numpy()
-
-
 def export(out_dir, name, module_name, kwargs, form, shapes, description, seed,
            masks=None, frozen=(), steps=False):
     """Builds, runs and writes one case.
@@ -158,22 +155,13 @@ def export(out_dir, name, module_name, kwargs, form, shapes, description, seed,
     trainable = {k: p for k, p in params.items() if p.requires_grad}
     grads = torch.autograd.grad((y * cot).sum(), list(inputs.values()) + list(trainable.values()),
                                 allow_unused=True)
-    tensors = {}
-    for k, p in module.state_dict().items():
-        tensors[f"params.{k}"] = to_np(p)
-    for k, v in inputs.items():
-        tensors[f"input.{k}"] = to_np(v)
-    for k, (kind, v) in masks.items():
-        tensors[f"input.{k}"] = to_np(v.to(torch.uint8) if kind == "bool" else v)
+    tensors = case_tensors(module, inputs, masks)
     tensors["output.y"] = to_np(y)
     tensors["output.association"] = to_np(association)
     tensors["output.projected"] = to_np(projected)
     tensors["grad_seed.cotangent"] = to_np(cot)
-    for (k, v), g in zip(list(inputs.items()) + list(trainable.items()), grads):
-        prefix = "grad.input." if k in inputs else "grad.params."
-        tensors[prefix + k] = to_np(torch.zeros_like(v) if g is None else g)
-    for k, t in tensors.items():
-        assert np.isfinite(t).all() or k.startswith("input."), (name, k)
+    add_grads(tensors, list(inputs.items()) + list(trainable.items()), grads, inputs)
+    check_finite(tensors, name, inputs_may_be_infinite=True)
 
     batch_first = kwargs.get("batch_first", True)
     forward = {
@@ -190,25 +178,13 @@ def export(out_dir, name, module_name, kwargs, form, shapes, description, seed,
         n = association.shape[0]
         check_stopping(rec, n, heads, kwargs.get("update_steps_eps", 1e-4))
         forward["update_steps_run"] = {"": rec.steps_per_head(heads)}
-    meta = {
-        "module": module_name,
-        "kwargs": json.dumps(kwargs),
-        "forward": json.dumps(forward),
-        "description": description,
-        "tolerance": "1e-9",
-        "reference": REFERENCE,
-        "torch_version": torch.__version__,
-        "frozen_params": json.dumps(sorted(frozen)),
-        "case": name,
-        "suite": "hflayers_edges",
-        "seed": str(seed),
-    }
+    meta = case_meta("hflayers_edges", name, seed, REFERENCE, kwargs, forward, description,
+                     module=module_name, frozen_params=json.dumps(sorted(frozen)))
     assoc_kinds = {kind for k, (kind, _) in masks.items() if "padding" not in k}
     if assoc_kinds:
         assert len(assoc_kinds) == 1
         meta["mask_kind"] = assoc_kinds.pop()
-    os.makedirs(out_dir, exist_ok=True)
-    save_file(dict(sorted(tensors.items())), os.path.join(out_dir, f"{name}.safetensors"), metadata=meta)
+    save_case(out_dir, name, tensors, meta)
     return forward.get("update_steps_run")
 
 
