@@ -163,3 +163,26 @@ fn bad_input_is_a_typed_error() -> Result<()> {
     ));
     Ok(())
 }
+
+#[test]
+fn defaults_find_the_neighbours_of_uniform_high_dimensional_data() -> Result<()> {
+    // Uniform 64-d points (no structure: the case of `knn_approx`), more than a leaf: the
+    // forest (automatic tree count) and the descent together, against brute force.
+    let (n, d, k) = (4000, 64, 8);
+    let mut rng = StdRng::seed_from_u64(11);
+    let v: Vec<f32> = (0..n * d).map(|_| rng.random::<f32>() - 0.5).collect();
+    let x = Tensor::from_vec(v, (n, d), &Device::Cpu)?;
+    let p = NnDescent::default();
+    assert!(p.tree_count(n) > 1);
+    let rows: Vec<usize> = (0..n).step_by(13).collect();
+    let exact = brute_force_rows(&x, &rows, k)?;
+    let recall = nn_descent(&x, k, &p)?.recall(&rows, &exact);
+    assert!(recall >= 0.95, "recall@{k} = {recall}");
+    // The forest alone, fewer trees: worse, but far above a random start (~pool / N).
+    let forest = nn_descent(&x, k, &p.trees(Some(2)).max_iters(0))?.recall(&rows, &exact);
+    assert!(
+        forest > 0.3 && forest < recall,
+        "forest {forest}, full {recall}"
+    );
+    Ok(())
+}
