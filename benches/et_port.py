@@ -11,9 +11,11 @@ itself does (`--grad jacrev`). Prints milliseconds per step (median of repeats).
 
 `--compare` times the port (jacrev as shipped, and autograd.grad) and hopfield-rs (the
 `et_timing` binary, built in release) at batch 1 and 8 on 2 threads, alternating the two sides
-`--rounds` times in one run, and prints each round's times and the median ratios ours / port:
+`--rounds` times in one run, and prints each round's times and the median ratios ours / port
+(`--threads N` sets both sides' thread count, default 2; `--composed` also times our composed step,
+the path before the fused block step, in each round):
 
-    benches/.venv/bin/python benches/et_port.py --compare [--rounds 3]
+    benches/.venv/bin/python benches/et_port.py --compare [--rounds 3] [--threads 1] [--composed]
 """
 
 import argparse
@@ -114,21 +116,33 @@ def time_port(batch, mode):
     return median_ms(forward), median_ms(forward_backward)
 
 
-def compare(rounds):
-    torch.set_num_threads(2)
-    env = dict(os.environ, RAYON_NUM_THREADS="2")
+def compare(rounds, threads=2, composed=False):
+    torch.set_num_threads(threads)
+    env = dict(os.environ, RAYON_NUM_THREADS=str(threads))
     subprocess.run(["cargo", "build", "--release", "-q", "-p", "hopfield-benches", "--bin", "et_timing"],
                    cwd=ROOT, check=True)
     exe = os.path.join(ROOT, "target", "release", "et_timing")
     ratios = {}
-    print(f"torch {torch.__version__}, 2 threads both sides; times in ms (forward / forward+backward)")
-    for r in range(rounds):
-        ours = {}
-        out = subprocess.run([exe, "--device", "cpu"], cwd=ROOT, env=env, check=True,
+    print(f"torch {torch.__version__}, {threads} thread(s) both sides; times in ms (forward / forward+backward)")
+    def run_ours(*extra):
+        out = subprocess.run([exe, "--device", "cpu", *extra], cwd=ROOT, env=env, check=True,
                              capture_output=True, text=True).stdout
+        times = {}
         for line in out.splitlines():
             o = json.loads(line)
-            ours[o["batch"]] = (o["forward_ms"], o["forward_backward_ms"])
+            times[o["batch"]] = (o["forward_ms"], o["forward_backward_ms"])
+        return times
+
+    for r in range(rounds):
+        ours = run_ours()
+        if composed:
+            # The composed step (as before the fused block step) in the same minutes.
+            before = run_ours("--composed")
+            for batch in (1, 8):
+                b, a = before[batch], ours[batch]
+                print(f"round {r + 1} batch {batch} ours-composed {b[0]:7.3f} / {b[1]:7.3f}"
+                      f"   fused {a[0]:7.3f} / {a[1]:7.3f}   fused / composed "
+                      f"{a[0] / b[0]:.2f} / {a[1] / b[1]:.2f}")
         for batch in (1, 8):
             for mode in ("jacrev", "autograd"):
                 port = time_port(batch, mode)
@@ -148,12 +162,14 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--compare", action="store_true", help="side by side with et_timing, ratios")
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--composed", action="store_true",
+                   help="with --compare: also time our composed step (et_timing --composed)")
     p.add_argument("--grad", choices=["autograd", "jacrev"], default="autograd")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--batch", type=int, default=1, help="sequences per batch (ET_BATCH for ours)")
     args = p.parse_args()
     if args.compare:
-        compare(args.rounds)
+        compare(args.rounds, args.threads or 2, args.composed)
         return
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -5,13 +5,16 @@
 //! PyTorch port and prints the ratios.
 //!
 //! ```text
-//! cargo run --release -p hopfield-benches --bin et_timing [-- --device cpu|cuda] [--batch B]
+//! cargo run --release -p hopfield-benches --bin et_timing [-- --device cpu|cuda] [--batch B] [--composed]
 //! ```
+//!
+//! `--composed` times the composed reference step instead of the fused one
+//! ([`hopfield_nn::energy::with_fused_step`]), for before/after comparisons in one build.
 
 use candle_core::{DType, Result, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use hopfield_benches::median_ms;
-use hopfield_nn::energy::{EnergyTransformer, EnergyTransformerConfig};
+use hopfield_nn::energy::{with_fused_step, EnergyTransformer, EnergyTransformerConfig};
 
 const TOKENS: usize = 64;
 const DIM: usize = 128;
@@ -25,6 +28,7 @@ fn main() -> Result<()> {
         Some(i) => vec![args.get(i + 1).and_then(|b| b.parse().ok()).unwrap_or(1)],
         None => vec![1, 8],
     };
+    let fused = !args.iter().any(|a| a == "--composed");
     let map = VarMap::new();
     let vb = VarBuilder::from_varmap(&map, DType::F32, &dev);
     // Weights at 1/sqrt(D), as the port script's, so the block acts (timing is the same).
@@ -45,8 +49,12 @@ fn main() -> Result<()> {
             let grads = (y * &cot)?.sum_all()?.backward()?;
             dev.synchronize().map(|_| grads)
         };
-        let fwd = median_ms(3, 10, 2.0, forward)?;
-        let bwd = median_ms(3, 10, 2.0, forward_backward)?;
+        let (fwd, bwd) = with_fused_step(fused, || -> Result<(f64, f64)> {
+            Ok((
+                median_ms(3, 10, 2.0, forward)?,
+                median_ms(3, 10, 2.0, forward_backward)?,
+            ))
+        })?;
         println!(
             "{{\"batch\": {batch}, \"forward_ms\": {fwd:.4}, \"forward_backward_ms\": {bwd:.4}}}"
         );

@@ -161,7 +161,12 @@ pub fn attention_scores(
 }
 
 /// Shapes and dtypes; returns `(B, L, D)`.
-fn check(x: &Tensor, wq: &Tensor, wk: &Tensor, beta: &Tensor) -> Result<(usize, usize, usize)> {
+pub(crate) fn check(
+    x: &Tensor,
+    wq: &Tensor,
+    wk: &Tensor,
+    beta: &Tensor,
+) -> Result<(usize, usize, usize)> {
     const OP: &str = "attention_energy_grad";
     expect_float(OP, "x", x)?;
     for (arg, t) in [("wq", wq), ("wk", wk), ("beta", beta)] {
@@ -208,12 +213,12 @@ struct AttentionEnergyGrad {
 
 /// The sizes of one call.
 #[derive(Clone, Copy)]
-struct Dims {
-    b: usize,
-    l: usize,
-    d: usize,
-    h: usize,
-    z: usize,
+pub(crate) struct Dims {
+    pub b: usize,
+    pub l: usize,
+    pub d: usize,
+    pub h: usize,
+    pub z: usize,
 }
 
 impl Dims {
@@ -247,7 +252,7 @@ impl Dims {
 }
 
 /// One task: sample `b`, heads `heads`, with its slices of the inputs.
-struct Task<'a, T> {
+pub(crate) struct Task<'a, T> {
     /// The sample's tokens `(L, D)`.
     x: &'a [T],
     /// `[Wq_h; Wk_h]` of the task's heads, `(2 Z |heads|, D)`.
@@ -273,7 +278,7 @@ struct Buffers<T> {
 }
 
 impl<'a, T: Elem> Task<'a, T> {
-    fn new(
+    pub(crate) fn new(
         x: &'a [T],
         w: &'a [T],
         beta: &'a [T],
@@ -363,7 +368,7 @@ impl<'a, T: Elem> Task<'a, T> {
     }
 
     /// `-[U | V] [Wq; Wk]` of the task's heads `(L, D)`: its share of `dE/dx`.
-    fn forward(&self) -> Vec<T> {
+    pub(crate) fn forward(&self) -> Vec<T> {
         let (l, d, ld) = (self.dm.l, self.dm.d, self.ld());
         let mut bufs = self.buffers();
         let ok = self.retrieve(&mut bufs, |_, _| {});
@@ -384,7 +389,7 @@ impl<'a, T: Elem> Task<'a, T> {
     }
 
     /// The task's `dx` share `(L, D)`, `d[Wq; Wk]` of its heads from this sample and `dbeta`.
-    fn backward(&self, c: &[T]) -> TaskGrads<T> {
+    pub(crate) fn backward(&self, c: &[T]) -> TaskGrads<T> {
         let (l, d, ld) = (self.dm.l, self.dm.d, self.ld());
         let cm = Mat::row_major(c, l, d, d);
         let mut bufs = self.buffers();
@@ -434,7 +439,7 @@ impl<'a, T: Elem> Task<'a, T> {
 }
 
 /// A task's `(dx share, d[Wq; Wk] of its heads, dbeta of its heads)`.
-type TaskGrads<T> = (Vec<T>, Vec<T>, Vec<T>);
+pub(crate) type TaskGrads<T> = (Vec<T>, Vec<T>, Vec<T>);
 
 /// `out[b] = sum_g parts[b * groups + g]`, samples in parallel, groups in a fixed order.
 fn sum_groups<T: Elem>(parts: &[Vec<T>], groups: usize, len: usize) -> Vec<T> {
@@ -450,7 +455,13 @@ fn sum_groups<T: Elem>(parts: &[Vec<T>], groups: usize, len: usize) -> Vec<T> {
     out
 }
 
-fn forward<T: Elem>(x: &[T], w: &[T], beta: &[T], dm: Dims, exclude_self: bool) -> Vec<T> {
+pub(crate) fn forward<T: Elem>(
+    x: &[T],
+    w: &[T],
+    beta: &[T],
+    dm: Dims,
+    exclude_self: bool,
+) -> Vec<T> {
     let groups = dm.groups();
     let parts: Vec<Vec<T>> = (0..dm.b * groups)
         .into_par_iter()
@@ -460,7 +471,7 @@ fn forward<T: Elem>(x: &[T], w: &[T], beta: &[T], dm: Dims, exclude_self: bool) 
 }
 
 /// `(dx, d[Wq; Wk], dbeta)` for the cotangent `c` of the gradient.
-fn backward<T: Elem>(
+pub(crate) fn backward<T: Elem>(
     x: &[T],
     w: &[T],
     beta: &[T],

@@ -17,7 +17,7 @@
 //! The backward itself is not differentiable (no third derivatives); the composed path is.
 
 use crate::error::{expect_float, expect_same_dtype, KernelError};
-use crate::matmul::{gemm_into, Mat};
+use crate::matmul::{gemm_into, gemm_serial, Mat};
 use crate::rows::{cpu_contiguous, rows_per_task, storage_slice};
 use crate::softmax::{softmax_grad_rows, softmax_rows, Elem};
 use candle_core::{
@@ -111,7 +111,7 @@ pub fn hopfield_energy_grad_composed(
     }
 }
 
-fn check(x: &Tensor, w: &Tensor, beta: &Tensor) -> Result<()> {
+pub(crate) fn check(x: &Tensor, w: &Tensor, beta: &Tensor) -> Result<()> {
     const OP: &str = "hopfield_energy_grad";
     expect_float(OP, "x", x)?;
     expect_same_dtype(OP, ("w", w), ("x", x))?;
@@ -152,13 +152,13 @@ struct HopfieldEnergyGrad {
     saved: std::sync::Mutex<Option<Saved>>,
 }
 
-enum Saved {
+pub(crate) enum Saved {
     F32(Vec<f32>),
     F64(Vec<f64>),
 }
 
 /// An element type whose scores the op can keep for its backward pass.
-trait Keep: Elem {
+pub(crate) trait Keep: Elem {
     fn save(v: Vec<Self>) -> Saved;
     fn saved(s: &Saved) -> Option<&[Self]>;
 }
@@ -201,28 +201,120 @@ fn activate<T: Elem>(h: &[T], out: &mut [T], m: usize, beta: T, kind: HopfieldEn
     let chunk = rows_per_task(m) * m;
     out.par_chunks_mut(chunk)
         .zip(h.par_chunks(chunk))
-        .map(|(oc, hc)| {
-            let mut logits = vec![T::zero(); m];
-            let mut ok = true;
-            for (or, hr) in oc.chunks_mut(m).zip(hc.chunks(m)) {
-                match kind {
-                    HopfieldEnergyKind::Softmax => {
-                        for (l, &v) in logits.iter_mut().zip(hr) {
-                            *l = beta * v;
-                        }
-                        ok &= softmax_rows(&logits, or, m);
-                    }
-                    HopfieldEnergyKind::Relu => {
-                        for (o, &v) in or.iter_mut().zip(hr) {
-                            let u = beta * v;
-                            *o = if u > T::zero() { u } else { T::zero() };
-                        }
-                    }
-                }
-            }
-            ok
-        })
+        .map(|(oc, hc)| activate_rows(hc, oc, m, beta, kind))
         .reduce(|| true, |a, b| a && b)
+}
+
+/// [`activate`] of a block of rows on the calling thread.
+fn activate_rows<T: Elem>(
+    h: &[T],
+    out: &mut [T],
+    m: usize,
+    beta: T,
+    kind: HopfieldEnergyKind,
+) -> bool {
+    let mut ok = true;
+    match kind {
+        HopfieldEnergyKind::Softmax => {
+            let mut logits = vec![T::zero(); m];
+            for (or, hr) in out.chunks_mut(m).zip(h.chunks(m)) {
+                for (l, &v) in logits.iter_mut().zip(hr) {
+                    *l = beta * v;
+                }
+                ok &= softmax_rows(&logits, or, m);
+            }
+        }
+        HopfieldEnergyKind::Relu => {
+            for (o, &v) in out.iter_mut().zip(h) {
+                let u = beta * v;
+                *o = if u > T::zero() { u } else { T::zero() };
+            }
+        }
+    }
+    ok
+}
+
+/// The forward pass of a block of `n` rows `x` on the calling thread (for callers that already
+/// run one rayon task per block): `h = x W` into `h` `(n, M)`, `sign a(beta h)` into `a`, `dE/dx`
+/// into `g` `(n, D)`; `false` as [`activate`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn forward_rows<T: Elem>(
+    x: &[T],
+    w: &[T],
+    beta: T,
+    [n, d, m]: [usize; 3],
+    kind: HopfieldEnergyKind,
+    h: &mut [T],
+    a: &mut [T],
+    g: &mut [T],
+) -> bool {
+    let wm = Mat::row_major(w, d, m, m);
+    gemm_serial(h, m, Mat::row_major(x, n, d, d), wm, false);
+    let ok = activate_rows(h, a, m, beta, kind);
+    let s = sign(beta, kind);
+    a.iter_mut().for_each(|v| *v *= s);
+    gemm_serial(g, d, Mat::row_major(a, n, m, m), wm.t(), false);
+    ok
+}
+
+/// The backward pass of a block of `n` rows on the calling thread, given their scores `h` and
+/// cotangent `c`: `sign a` into `a` and `beta du` into `du` (`(n, M)`, the factors of
+/// `dW = C^T (sign a) + x^T (beta du)`, which the caller forms over all rows), `dx` into `dx`;
+/// returns this block's share of `dbeta`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn backward_rows<T: Elem>(
+    w: &[T],
+    beta: T,
+    c: &[T],
+    [n, d, m]: [usize; 3],
+    kind: HopfieldEnergyKind,
+    h: &[T],
+    a: &mut [T],
+    du: &mut [T],
+    dx: &mut [T],
+) -> T {
+    let wm = Mat::row_major(w, d, m, m);
+    activate_rows(h, a, m, beta, kind);
+    gemm_serial(du, m, Mat::row_major(c, n, d, d), wm, false);
+    let db = cotangent_rows(du, a, h, m, beta, kind);
+    du.iter_mut().for_each(|v| *v *= beta);
+    gemm_serial(dx, d, Mat::row_major(du, n, m, m), wm.t(), false);
+    let s = sign(beta, kind);
+    a.iter_mut().for_each(|v| *v *= s);
+    db
+}
+
+/// `C W` in `g` turned in place into `du` (ReLU) or `dS` (softmax), the cotangent of `beta h`
+/// over `beta`, for rows with activations `a` and scores `h`; returns their share of `dbeta`.
+fn cotangent_rows<T: Elem>(
+    g: &mut [T],
+    a: &[T],
+    h: &[T],
+    m: usize,
+    beta: T,
+    kind: HopfieldEnergyKind,
+) -> T {
+    let mut db = T::zero();
+    match kind {
+        HopfieldEnergyKind::Relu => {
+            for ((g, &r), &hv) in g.iter_mut().zip(a).zip(h) {
+                // du = -beta Cw [u > 0]; dbeta = -sum Cw r + sum du h
+                let du = if r > T::zero() { -beta * *g } else { T::zero() };
+                db += du * hv - *g * r;
+                *g = du;
+            }
+        }
+        HopfieldEnergyKind::Softmax => {
+            // dP = -C W; dS = P (dP - rowsum(P dP)); dbeta = sum dS h
+            g.iter_mut().for_each(|v| *v = -*v);
+            let dp = g.to_vec();
+            softmax_grad_rows(a, &dp, g, m);
+            for (&s, &hv) in g.iter().zip(h) {
+                db += s * hv;
+            }
+        }
+    }
+    db
 }
 
 /// The factor in front of `a W^T` in `dE/dx`: `-beta` (ReLU) or `-1` (softmax).
@@ -238,7 +330,7 @@ fn scale<T: Elem>(v: &mut [T], s: T, m: usize) {
         .for_each(|c| c.iter_mut().for_each(|x| *x *= s));
 }
 
-fn forward<T: Elem>(
+pub(crate) fn forward<T: Elem>(
     x: &[T],
     w: &[T],
     beta: T,
@@ -265,7 +357,7 @@ fn forward<T: Elem>(
 
 /// `(dx, dW, dbeta)` for cotangent `c` `(N, D)`; `h` from the forward pass when kept.
 #[allow(clippy::too_many_arguments)]
-fn backward<T: Elem>(
+pub(crate) fn backward<T: Elem>(
     x: &[T],
     w: &[T],
     beta: T,
@@ -290,29 +382,7 @@ fn backward<T: Elem>(
     let dbeta = du
         .par_chunks_mut(chunk)
         .zip(a.par_chunks(chunk).zip(h.par_chunks(chunk)))
-        .map(|(gc, (ac, hc))| {
-            let mut db = T::zero();
-            match kind {
-                HopfieldEnergyKind::Relu => {
-                    for ((g, &r), &hv) in gc.iter_mut().zip(ac).zip(hc) {
-                        // du = -beta Cw [u > 0]; dbeta = -sum Cw r + sum du h
-                        let du = if r > T::zero() { -beta * *g } else { T::zero() };
-                        db += du * hv - *g * r;
-                        *g = du;
-                    }
-                }
-                HopfieldEnergyKind::Softmax => {
-                    // dP = -C W; dS = P (dP - rowsum(P dP)); dbeta = sum dS h
-                    gc.iter_mut().for_each(|v| *v = -*v);
-                    let dp = gc.to_vec();
-                    softmax_grad_rows(ac, &dp, gc, m);
-                    for (&s, &hv) in gc.iter().zip(hc) {
-                        db += s * hv;
-                    }
-                }
-            }
-            db
-        })
+        .map(|(gc, (ac, hc))| cotangent_rows(gc, ac, hc, m, beta, kind))
         .collect::<Vec<T>>()
         .into_iter()
         .fold(T::zero(), |s, v| s + v);

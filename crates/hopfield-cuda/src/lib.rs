@@ -17,6 +17,8 @@
 //!   fused on the CPU with a fused first-order backward.
 //! - [`attention_energy_grad`]: the gradient of the Energy Transformer's attention energy (a
 //!   softmax-retrieval row and column pass per head) with its closed-form backward.
+//! - [`et_step`]: one Energy Transformer block step (norm, both energy gradients, update) as one
+//!   graph node with its closed-form backward.
 //! - [`hopfield_energy_grad`]: the gradient of a dense-associative-memory energy (ReLU or
 //!   log-sum-exp interaction) over tokens, with its closed-form backward.
 //! - [`sparse`]: a shared CSR matrix ([`sparse::CsrMatrix`], transpose cached), its product with
@@ -43,6 +45,7 @@ mod attention_energy;
 mod device;
 mod entmax;
 mod error;
+mod et_step;
 mod finite;
 mod hopfield_energy;
 mod linear;
@@ -65,6 +68,7 @@ pub use entmax::{entmax, entmax15, entmax_composed, entmax_learnable, sparsemax}
 pub use error::{
     bad_additive_values, expect_float, expect_logits_in_range, find_error, KernelError,
 };
+pub use et_step::{et_step, et_step_composed, EtStep};
 pub use finite::all_finite;
 pub use hopfield_energy::{
     hopfield_energy_grad, hopfield_energy_grad_composed, HopfieldEnergyKind,

@@ -387,6 +387,13 @@ impl HopfieldEnergy {
             Self::Softmax(h) => h.w(),
         }
     }
+    /// `beta` (`(1,)` for ReLU, 0-d for softmax) and the interaction, for the fused block step.
+    pub(crate) fn beta_and_kind(&self) -> (&Tensor, HopfieldEnergyKind) {
+        match self {
+            Self::Relu(h) => (h.beta(), HopfieldEnergyKind::Relu),
+            Self::Softmax(h) => (h.beta(), HopfieldEnergyKind::Softmax),
+        }
+    }
 }
 
 impl HopfieldEnergy {

@@ -79,7 +79,7 @@ pub use error::EtError;
 pub use hopfield::{BaseModernHopfield, HopfieldEnergy, SoftmaxModernHopfield};
 pub use mha::EnergyMHA;
 pub use norm::{EnergyLayerNorm, LayerNorm, Norm};
-pub use transformer::{EnergyTransformer, EtOutput};
+pub use transformer::{with_fused_step, EnergyTransformer, EtOutput};
 pub use validate::MAX_N_ITERS;
 
 use candle_core::{Result, Tensor, D};

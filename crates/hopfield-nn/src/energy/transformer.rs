@@ -8,6 +8,35 @@ use super::{
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
+std::thread_local! {
+    /// Whether this thread's runs use the fused block step (tests turn it off to run the
+    /// composed reference through the same public entry points).
+    static FUSED: std::cell::Cell<bool> = const { std::cell::Cell::new(true) };
+}
+
+/// Runs `f` with the fused block step ([`hopfield_cuda::et_step`], the default on the CPU for f32
+/// and f64) off (`fused = false`) or on, on this thread: the composed steps are the reference
+/// (and differentiable to any order), so tests and benches run the same entry points both ways.
+///
+/// ```
+/// use candle_core::{DType, Device, Module, Tensor};
+/// use candle_nn::{VarBuilder, VarMap};
+/// use hopfield_nn::energy::{with_fused_step, EnergyTransformer, EnergyTransformerConfig};
+/// let vb = VarBuilder::from_varmap(&VarMap::new(), DType::F64, &Device::Cpu);
+/// let et = EnergyTransformer::new(&EnergyTransformerConfig::new(8, 16, 2).with_init_scale(0.3), vb)?;
+/// let x = Tensor::randn(0f64, 1., (2, 5, 8), &Device::Cpu)?;
+/// let fused = et.forward(&x)?;
+/// let composed = with_fused_step(false, || et.forward(&x))?;
+/// assert!((fused - composed)?.abs()?.max_all()?.to_scalar::<f64>()? < 1e-12);
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+pub fn with_fused_step<R>(fused: bool, f: impl FnOnce() -> R) -> R {
+    let old = FUSED.with(|c| c.replace(fused));
+    let r = f();
+    FUSED.with(|c| c.set(old));
+    r
+}
+
 /// The result of a run.
 #[derive(Debug, Clone)]
 pub struct EtOutput {
@@ -368,12 +397,47 @@ impl EnergyTransformer {
         })
     }
 
+    /// Whether [`step`](Self::step) runs the fused block step: on the CPU in f32 and f64 (f16 and
+    /// bf16 models keep the composed path, which rounds `g` and the gradient to the model dtype).
+    fn fusable(x: &Tensor) -> bool {
+        x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)
+    }
+
+    /// One descent step `x - alpha dE/dg(norm(x))`: [`hopfield_cuda::et_step`], one graph node
+    /// with a closed-form backward, when `fused` (and [`fusable`](Self::fusable)); otherwise
+    /// the composed norm, gradients and update (the reference, differentiable to any order).
+    pub(crate) fn step(&self, x: &Tensor, fused: bool) -> Result<Tensor> {
+        if !(fused && Self::fusable(x)) {
+            let g = self.norm.raw_forward(x)?;
+            return x - (self.raw_grad(&g)? * self.cfg.alpha)?;
+        }
+        let (x3, dims) = super::as_batched(x)?;
+        let (norm_weight, norm_bias) = match &self.norm {
+            Norm::Port(n) => (n.weight(), n.bias()),
+            Norm::Energy(n) => (n.gamma(), n.delta()),
+        };
+        let (hopfield_beta, kind) = self.hopfield.beta_and_kind();
+        let p = hopfield_cuda::EtStep {
+            norm_weight,
+            norm_bias,
+            eps: self.cfg.eps,
+            wq: self.mha.wq(),
+            wk: self.mha.wk(),
+            attn_beta: self.mha.beta(),
+            exclude_self: self.cfg.exclude_self,
+            w: self.hopfield.w(),
+            hopfield_beta,
+            kind,
+            alpha: self.cfg.alpha,
+        };
+        hopfield_cuda::et_step(&x3, &p)?.reshape(dims)
+    }
+
     fn raw_run(&self, x0: Tensor, n: usize, track: bool) -> Result<EtOutput> {
         let (mut features, mut energies) = (Vec::new(), Vec::new());
         let mut x = x0;
         for _ in 0..n {
-            let g = self.norm.raw_forward(&x)?;
-            x = (&x - (self.raw_grad(&g)? * self.cfg.alpha)?)?;
+            x = self.step(&x, FUSED.with(|f| f.get()))?;
             if track {
                 let xd = x.detach();
                 let e = match self.cfg.energy_report {
