@@ -157,15 +157,20 @@ fn main() -> Result<()> {
             let memory = sharded(&store, p, comm.clone())?;
             let t = Instant::now();
             let out = memory.retrieve(&queries, &cfg)?;
+            let mut tr = comm.traffic();
             let dq_diff = match &single_dq {
                 Some(one) => {
+                    // Its own forward pass again: only the backward bytes are counted from it.
+                    comm.reset();
                     let dq = query_gradient(&queries, |q| memory.retrieve(q, &cfg))?;
+                    let back = comm.traffic();
+                    tr.broadcast_grad = back.broadcast_grad;
+                    tr.sum_grad = back.sum_grad;
                     format!("{:e}", max_abs_diff(&dq, one)?)
                 }
                 None => "-".into(),
             };
             let secs = t.elapsed().as_secs_f64();
-            let tr = comm.traffic();
             let per = |b: u64| if p > 1 { b / (p as u64 - 1) } else { 0 };
             println!(
                 "{p:<3} {:<10} {:<10} {:<9} {:<9} {:<9} {:<7} {:<8} {:<9} {:<9} {secs:<9.3} {:e}, {dq_diff}",
@@ -195,9 +200,11 @@ fn main() -> Result<()> {
             comm.reset();
             let t = Instant::now();
             let dq = query_gradient(&queries, |q| shards.retrieve(q, &cfg))?;
+            let dq_max = one.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
             Some((
                 t.elapsed().as_secs_f64(),
                 max_abs_diff(&dq, one)?,
+                dq_max,
                 comm.traffic(),
             ))
         }
@@ -226,9 +233,9 @@ fn main() -> Result<()> {
         traffic.max,
         traffic.sum
     );
-    if let Some((secs, dq_diff, tr)) = backward {
+    if let Some((secs, dq_diff, dq_max, tr)) = backward {
         println!(
-            "forward + backward     {secs:.3} s sharded; backward bytes {} (dq reduce {}, sum gradients {}); max abs difference of dq {dq_diff:e}",
+            "forward + backward     {secs:.3} s sharded; backward bytes {} (dq reduce {}, sum gradients {}); max abs difference of dq {dq_diff:e} (largest |dq| {dq_max:e})",
             tr.backward(),
             tr.broadcast_grad,
             tr.sum_grad
