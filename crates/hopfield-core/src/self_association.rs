@@ -5,7 +5,8 @@
 //! LayerNorms share one standardisation `z`; what differs is only each LayerNorm's affine part,
 //! and an affine map followed by a linear map is one linear map:
 //! `(z * g + b) W^T + c = z (W diag(g))^T + (W b + c)`. So the three projections become one GEMM
-//! of `z` against stacked, folded weights, and the fused retrieval reads queries, keys and values
+//! of `z` against stacked weights with the affine maps folded in (one graph node,
+//! [`hopfield_cuda::retrieval::fold_input_affines`]), and the fused retrieval reads queries, keys and values
 //! from that one product in place ([`hopfield_cuda::retrieval::retrieve_packed`]), handing back
 //! one gradient for it. With an output projection, the packed GEMM, the retrieval and the output
 //! projection are one graph node ([`hopfield_cuda::retrieval::retrieve_projected`]), so the two
@@ -20,9 +21,11 @@ use crate::forward::{
     validated_heads, Masks,
 };
 use crate::ops::linear;
-use crate::weights::CoreWeights;
+use crate::weights::{CoreWeights, InProjection};
 use candle_core::{Result, Tensor};
-use hopfield_cuda::retrieval::{retrieve_packed, retrieve_projected, PackedSizes, Projections};
+use hopfield_cuda::retrieval::{
+    fold_input_affines, retrieve_packed, retrieve_projected_affine, PackedSizes, Projections,
+};
 
 /// The affine part of an input LayerNorm, `z * weight + bias`, over the last dimension; either
 /// part may be absent (`InputAffine::default()` is the identity).
@@ -54,24 +57,6 @@ impl InputAffine<'_> {
             y = y.broadcast_add(b)?;
         }
         Ok(y)
-    }
-
-    /// `(W diag(weight), W bias + c)`: the projection `(w, c)` applied after this affine map.
-    fn fold(&self, w: &Tensor, c: Option<&Tensor>) -> Result<(Tensor, Option<Tensor>)> {
-        let shifted = match self.bias {
-            // `W b` as the fused linear (candle's matmul re-reads the thread count per call).
-            Some(b) => Some(linear(&b.unsqueeze(0)?, w, None)?.squeeze(0)?),
-            None => None,
-        };
-        let c = match (c, shifted) {
-            (Some(c), Some(s)) => Some((c + s)?),
-            (c, s) => c.cloned().or(s),
-        };
-        let w = match self.weight {
-            Some(g) => w.broadcast_mul(&g.unsqueeze(0)?)?,
-            None => w.clone(),
-        };
-        Ok((w, c))
     }
 }
 
@@ -140,28 +125,12 @@ pub fn hopfield_core_output_shared(
     check_finite("input", z)?;
     let (n, l, _) = z.dims3()?;
     let (hd, pd) = (layout.head_dim, layout.pattern_dim);
-    let mut ws = Vec::with_capacity(3);
-    let mut bs = Vec::with_capacity(3);
-    for ((p, w), a) in projections.iter().zip(in_weights).zip(&affines) {
-        let (w, b) = a.fold(w, p.bias.as_ref())?;
-        ws.push(w);
-        bs.push(b);
-    }
-    // Where any part has a bias, the parts without one get zeros.
-    let b = if bs.iter().any(Option::is_some) {
-        let parts = bs
-            .into_iter()
-            .zip(&ws)
-            .map(|(b, w)| match b {
-                Some(b) => Ok(b),
-                None => Tensor::zeros(w.dim(0)?, w.dtype(), w.device()),
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Some(Tensor::cat(&parts, 0)?)
-    } else {
-        None
+    let (w, b) = packed_in_projection(weights, &projections, &in_weights)?;
+    let fold = hopfield_cuda::retrieval::InputAffines {
+        rows: [heads * hd, heads * hd, heads * pd],
+        weight: affines.map(|a| a.weight),
+        bias: affines.map(|a| a.bias),
     };
-    let w = Tensor::cat(&ws, 0)?;
     let spec = retrieval_spec(cfg, &masks, (n, heads, l, l), z.dtype())?;
     let sizes = PackedSizes { heads, hd, pd };
     match &weights.out_proj_weight {
@@ -172,8 +141,40 @@ pub fn hopfield_core_output_shared(
                 w_out,
                 b_out: weights.out_proj_bias.as_ref(),
             };
-            retrieve_projected(z, proj, sizes, &spec)
+            retrieve_projected_affine(z, proj, &fold, sizes, &spec)
         }
-        None => retrieve_packed(&linear(z, &w, b.as_ref())?, sizes, &spec),
+        None => {
+            let wb = fold_input_affines(&w, b.as_ref(), &fold)?;
+            let (w, b) = (wb.narrow(1, 0, e)?, wb.narrow(1, e, 1)?.squeeze(1)?);
+            retrieve_packed(&linear(z, &w, Some(&b))?, sizes, &spec)
+        }
     }
+}
+
+/// The packed input projection `(W_in, b_in)` with rows `[q | k | v]` (no part static): hflayers'
+/// `in_proj_weight` and `in_proj_bias` as they are where the weights are packed (no copy, no
+/// graph node), else the three projections stacked, absent bias parts as zeros.
+fn packed_in_projection(
+    weights: &CoreWeights,
+    projections: &[crate::weights::Projection; 3],
+    in_weights: &[&Tensor],
+) -> Result<(Tensor, Option<Tensor>)> {
+    if let InProjection::Packed(Some(w)) = &weights.in_proj {
+        return Ok((w.clone(), weights.in_proj_bias.clone()));
+    }
+    let w = Tensor::cat(in_weights, 0)?;
+    let b = if projections.iter().any(|p| p.bias.is_some()) {
+        let parts = projections
+            .iter()
+            .zip(in_weights)
+            .map(|(p, w)| match &p.bias {
+                Some(b) => Ok(b.clone()),
+                None => Tensor::zeros(w.dim(0)?, w.dtype(), w.device()),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Some(Tensor::cat(&parts, 0)?)
+    } else {
+        None
+    };
+    Ok((w, b))
 }

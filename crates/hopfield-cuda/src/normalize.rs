@@ -23,11 +23,43 @@ impl Real for f64 {
     }
 }
 
+/// Lanes of the f64 accumulators in [`lane_sums`].
+const LANES: usize = 8;
+
+/// `(sum f(x_i), sum g(x_i, y_i))` over a row (`y` = `x` where there is no second row), in f64
+/// over [`LANES`] independent accumulators: one running sum is a chain of dependent additions
+/// (four cycles each) that the compiler may not reorder, and `perf` put the standardisation at
+/// 4.6% of the (16, 512, 256, 8) layer forward that way; independent lanes vectorise.
+#[inline(always)]
+fn lane_sums<T: Real>(
+    x: &[T],
+    y: &[T],
+    f: impl Fn(f64) -> f64,
+    g: impl Fn(f64, f64) -> f64,
+) -> (f64, f64) {
+    let (mut a, mut b) = ([0f64; LANES], [0f64; LANES]);
+    let (xc, yc) = (x.chunks_exact(LANES), y.chunks_exact(LANES));
+    let (xr, yr) = (xc.remainder(), yc.remainder());
+    for (cx, cy) in xc.zip(yc) {
+        for i in 0..LANES {
+            let (u, v) = (cx[i].into(), cy[i].into());
+            a[i] += f(u);
+            b[i] += g(u, v);
+        }
+    }
+    let (mut sa, mut sb) = (a.iter().sum::<f64>(), b.iter().sum::<f64>());
+    for (&u, &v) in xr.iter().zip(yr) {
+        sa += f(u.into());
+        sb += g(u.into(), v.into());
+    }
+    (sa, sb)
+}
+
 /// Mean and 1 / sqrt(var + eps) of a row, accumulated in f64.
 fn moments<T: Real>(x: &[T], eps: f64) -> (f64, f64) {
     let n = x.len() as f64;
-    let mean = x.iter().map(|&v| v.into()).sum::<f64>() / n;
-    let var = x.iter().map(|&v| (v.into() - mean).powi(2)).sum::<f64>() / n;
+    let mean = lane_sums(x, x, |v| v, |_, _| 0.0).0 / n;
+    let var = lane_sums(x, x, |v| (v - mean) * (v - mean), |_, _| 0.0).0 / n;
     // A constant row with eps = 0 is 0 / 0: defined as 0 (output and gradient), not NaN.
     let d = var + eps;
     (mean, if d > 0.0 { 1.0 / d.sqrt() } else { 0.0 })
@@ -46,12 +78,7 @@ fn normalize_row<T: Real>(x: &[T], y: &mut [T], eps: f64) -> bool {
 fn normalize_grad_row<T: Real>(x: &[T], g: &[T], dx: &mut [T], eps: f64) {
     let (mean, rstd) = moments(x, eps);
     let n = x.len() as f64;
-    let (mut sg, mut sgx) = (0.0, 0.0);
-    for (&v, &gv) in x.iter().zip(g) {
-        let gv: f64 = gv.into();
-        sg += gv;
-        sgx += gv * (v.into() - mean) * rstd;
-    }
+    let (sg, sgx) = lane_sums(g, x, |gv| gv, |gv, v| gv * (v - mean) * rstd);
     let (mg, mgx) = (sg / n, sgx / n);
     for ((o, &v), &gv) in dx.iter_mut().zip(x).zip(g) {
         let xhat = (v.into() - mean) * rstd;

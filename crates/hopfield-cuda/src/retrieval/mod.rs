@@ -35,9 +35,13 @@
 mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
+mod fold;
 mod op;
 mod projected;
 
+pub use fold::{
+    fold_input_affines, fold_input_affines_composed, retrieve_projected_affine, InputAffines,
+};
 pub use projected::{retrieve_projected, Projections};
 
 use crate::error::{

@@ -65,6 +65,48 @@ pub fn retrieve_projected(
     sizes: PackedSizes,
     cfg: &Retrieval,
 ) -> Result<Tensor> {
+    if !validate(z, &proj, sizes)? {
+        let qkv = linear(z, proj.w_in, proj.b_in)?;
+        let out = retrieve_packed(&qkv, sizes, cfg)?;
+        return linear(&out, proj.w_out, proj.b_out);
+    }
+    let wb_in = with_bias(proj.w_in, proj.b_in)?;
+    fused(z, &wb_in, proj, sizes, cfg)
+}
+
+/// [`retrieve_projected`] with the packed input projection given as `[W_in | b_in]`, `(F, E + 1)`
+/// (what [`super::fold_input_affines`] builds); `proj.w_in` and `proj.b_in` are only checked
+/// against `z`.
+pub(crate) fn retrieve_projected_wb(
+    z: &Tensor,
+    wb_in: &Tensor,
+    e: usize,
+    proj: Projections,
+    sizes: PackedSizes,
+    cfg: &Retrieval,
+) -> Result<Tensor> {
+    if !validate(z, &proj, sizes)? {
+        let w = wb_in.narrow(1, 0, e)?;
+        let b = wb_in.narrow(1, e, 1)?.squeeze(1)?;
+        let qkv = linear(z, &w, Some(&b))?;
+        let out = retrieve_packed(&qkv, sizes, cfg)?;
+        return linear(&out, proj.w_out, proj.b_out);
+    }
+    fused(z, wb_in, proj, sizes, cfg)
+}
+
+/// The bias as one more column of its weight (zeros where absent), so that the fused op has three
+/// inputs and each bias gradient is a column of its weight's.
+fn with_bias(w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    let b = match b {
+        Some(b) => b.unsqueeze(1)?,
+        None => Tensor::zeros((w.dim(0)?, 1), w.dtype(), w.device())?,
+    };
+    Tensor::cat(&[w, &b], 1)
+}
+
+/// Checks the shapes and dtypes of `z` and the projections; whether the fused CPU op applies.
+fn validate(z: &Tensor, proj: &Projections, sizes: PackedSizes) -> Result<bool> {
     let (n, l, e) = z
         .dims3()
         .map_err(|_| super::shape_error("input", "(N, L, E)", z))?;
@@ -98,15 +140,24 @@ pub fn retrieve_projected(
     if let Some(b) = proj.b_out {
         want(b, "b_out", &[o])?;
     }
-    let fused = z.device().is_cpu()
+    Ok(z.device().is_cpu()
         && matches!(z.dtype(), DType::F32 | DType::F64)
         && sizes.heads > 0
-        && n * l * e * f * o > 0;
-    if !fused {
-        let qkv = linear(z, proj.w_in, proj.b_in)?;
-        let out = retrieve_packed(&qkv, sizes, cfg)?;
-        return linear(&out, proj.w_out, proj.b_out);
-    }
+        && n * l * e * f * o > 0)
+}
+
+/// The fused CPU op on `[W_in | b_in]` and the output projection.
+fn fused(
+    z: &Tensor,
+    wb_in: &Tensor,
+    proj: Projections,
+    sizes: PackedSizes,
+    cfg: &Retrieval,
+) -> Result<Tensor> {
+    let (n, l, e) = z.dims3()?;
+    let f = sizes.features();
+    let pw = sizes.heads * sizes.pd;
+    let o = proj.w_out.dim(0)?;
     let g = Geometry {
         n,
         l,
@@ -116,16 +167,6 @@ pub fn retrieve_projected(
         pd: sizes.pd,
     };
     let (betas, mask) = betas_and_mask(g, z.dtype(), cfg)?;
-    // The biases ride along as one more column of their weights (zeros where absent), so that
-    // the op has three inputs and each bias gradient is a column of its weight's.
-    let with_bias = |w: &Tensor, b: Option<&Tensor>| -> Result<Tensor> {
-        let b = match b {
-            Some(b) => b.unsqueeze(1)?,
-            None => Tensor::zeros((w.dim(0)?, 1), w.dtype(), w.device())?,
-        };
-        Tensor::cat(&[w, &b], 1)
-    };
-    let wb_in = with_bias(proj.w_in, proj.b_in)?;
     let wb_out = with_bias(proj.w_out, proj.b_out)?;
     let keep = z.track_op() || wb_in.track_op() || wb_out.track_op();
     let op = Projected {
@@ -139,7 +180,7 @@ pub fn retrieve_projected(
         keep,
         saved: Mutex::new(None),
     };
-    z.contiguous()?.apply_op3(&wb_in, &wb_out, op)
+    z.contiguous()?.apply_op3(wb_in, &wb_out, op)
 }
 
 /// Row sizes: input E, packed features F, retrieval output H*pd, output O.
