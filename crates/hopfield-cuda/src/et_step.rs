@@ -20,6 +20,7 @@
 use crate::attention_energy::{self as att, Dims};
 use crate::error::{expect_float, expect_same_dtype, KernelError};
 use crate::hopfield_energy::{self as hop, HopfieldEnergyKind, Keep, Saved};
+use crate::normalize::moments;
 use crate::rows::{cpu_contiguous, rows_per_task, storage_slice};
 use crate::softmax::Elem;
 use candle_core::{
@@ -267,16 +268,6 @@ impl EtStepOp {
             z: self.z,
         })
     }
-}
-
-/// Mean and `1 / sqrt(var + eps)` of a row in f64, as [`crate::normalize`] computes them (a
-/// constant row with `eps = 0` has `rstd = 0`).
-fn moments<T: Elem>(x: &[T], eps: f64) -> (f64, f64) {
-    let n = x.len() as f64;
-    let mean = x.iter().map(|&v| v.to_f64()).sum::<f64>() / n;
-    let var = x.iter().map(|&v| (v.to_f64() - mean).powi(2)).sum::<f64>() / n;
-    let d = var + eps;
-    (mean, if d > 0.0 { 1.0 / d.sqrt() } else { 0.0 })
 }
 
 /// `g = n * nw + nb` per row of `x` into `g`, `n` the standardised row (rounded to `T` first, as

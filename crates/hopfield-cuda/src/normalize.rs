@@ -31,7 +31,7 @@ const LANES: usize = 8;
 /// (four cycles each) that the compiler may not reorder, and `perf` put the standardisation at
 /// 4.6% of the (16, 512, 256, 8) layer forward that way; independent lanes vectorise.
 #[inline(always)]
-fn lane_sums<T: Real>(
+fn lane_sums<T: Copy + Into<f64>>(
     x: &[T],
     y: &[T],
     f: impl Fn(f64) -> f64,
@@ -55,8 +55,9 @@ fn lane_sums<T: Real>(
     (sa, sb)
 }
 
-/// Mean and 1 / sqrt(var + eps) of a row, accumulated in f64.
-fn moments<T: Real>(x: &[T], eps: f64) -> (f64, f64) {
+/// Mean and 1 / sqrt(var + eps) of a row, accumulated in f64: the one definition of a row's
+/// LayerNorm statistics (the Energy Transformer's fused step uses it too).
+pub(crate) fn moments<T: Copy + Into<f64>>(x: &[T], eps: f64) -> (f64, f64) {
     let n = x.len() as f64;
     let mean = lane_sums(x, x, |v| v, |_, _| 0.0).0 / n;
     let var = lane_sums(x, x, |v| (v - mean) * (v - mean), |_, _| 0.0).0 / n;

@@ -113,7 +113,7 @@ float!(f64, f64::exp);
 /// The element types of the host kernels built on these rows (f32, f64): candle's arithmetic and
 /// this module's row operations.
 pub(crate) trait Elem:
-    candle_core::WithDType + Float + std::ops::Neg<Output = Self>
+    candle_core::WithDType + Float + std::ops::Neg<Output = Self> + Into<f64>
 {
 }
 impl Elem for f32 {}
