@@ -23,15 +23,8 @@ pub fn layer_norm(
     bias: Option<&Tensor>,
     eps: f64,
 ) -> Result<Tensor> {
-    // The standardisation is fused (with its backward); the affine part stays composed.
-    let mut y = hopfield_cuda::normalize(x, eps)?;
-    if let Some(w) = weight {
-        y = y.broadcast_mul(w)?;
-    }
-    if let Some(b) = bias {
-        y = y.broadcast_add(b)?;
-    }
-    Ok(y)
+    // The standardisation and the affine part are fused ops, each with its backward.
+    hopfield_cuda::affine(&hopfield_cuda::normalize(x, eps)?, weight, bias)
 }
 
 /// `x W^T + b`: the fused projection of `hopfield-cuda` (one autograd node, see there).

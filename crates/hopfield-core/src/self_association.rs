@@ -49,14 +49,7 @@ pub struct InputAffine<'a> {
 impl InputAffine<'_> {
     /// `z * weight + bias` (the parts present).
     pub fn apply(&self, z: &Tensor) -> Result<Tensor> {
-        let mut y = z.clone();
-        if let Some(w) = self.weight {
-            y = y.broadcast_mul(w)?;
-        }
-        if let Some(b) = self.bias {
-            y = y.broadcast_add(b)?;
-        }
-        Ok(y)
+        hopfield_cuda::affine(z, self.weight, self.bias)
     }
 }
 

@@ -14,7 +14,8 @@
 //!   backward op whose own backward is composed.
 //!
 //! - [`normalize`]: `(x - mean) / sqrt(var + eps)` per row (LayerNorm without its affine part),
-//!   fused on the CPU with a fused first-order backward.
+//!   fused on the CPU with a fused first-order backward; [`affine`]: LayerNorm's `x * w + b` as one
+//!   node (off candle's elementwise thread pool).
 //! - [`attention_energy_grad`]: the gradient of the Energy Transformer's attention energy (a
 //!   softmax-retrieval row and column pass per head) with its closed-form backward.
 //! - [`et_step`]: one Energy Transformer block step (norm, both energy gradients, update) as one
@@ -40,6 +41,7 @@
 //! # Ok::<(), candle_core::Error>(())
 //! ```
 
+mod affine;
 mod alloc;
 mod attention_energy;
 mod device;
@@ -59,6 +61,7 @@ pub mod sparse;
 #[cfg(test)]
 mod test_util;
 
+pub use affine::{affine, affine_composed};
 pub use alloc::tune_allocator;
 pub use attention_energy::{
     attention_energy_grad, attention_energy_grad_composed, attention_scores,
