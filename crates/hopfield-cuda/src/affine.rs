@@ -7,9 +7,9 @@
 //! pass adds more of them. As one op: one pass forward, one backward, on rayon.
 
 use crate::error::{expect_float, KernelError};
-use crate::rows::{cpu_contiguous, par_rows, rows_per_task, storage_slice};
+use crate::rows::{cpu_contiguous, par_rows, rows_per_task, storage_slice, tracked_grads};
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Tensor, WithDType};
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
 /// `x * weight + bias` over the last dimension (`weight` and `bias` of that size or scalars, each
@@ -156,13 +156,7 @@ impl Affine {
         let data =
             |i: usize| -> Result<&[T]> { storage_slice(&guards[i].0, guards[i].1, "affine") };
         let (dx, dw, db) = Self::backward(data(0)?, data(1)?, data(2)?);
-        let mut out = [None, None, None];
-        for ((slot, d), arg) in out.iter_mut().zip([dx, dw, db]).zip(args) {
-            if arg.track_op() {
-                *slot = Some(Tensor::from_vec(d, arg.shape(), &Device::Cpu)?);
-            }
-        }
-        Ok(out)
+        tracked_grads(args, [dx, dw, db])
     }
 }
 
@@ -217,7 +211,7 @@ impl CustomOp3 for Affine {
 mod tests {
     use super::*;
     use crate::test_util::max_diff;
-    use candle_core::Var;
+    use candle_core::{Device, Var};
 
     fn var(dims: &[usize], dtype: DType) -> Result<Var> {
         Var::from_tensor(&Tensor::randn(0f64, 1., dims, &Device::Cpu)?.to_dtype(dtype)?)

@@ -39,6 +39,25 @@ pub(crate) fn storage_slice<'a, T: candle_core::WithDType>(
     }
 }
 
+/// A custom op's gradients computed on the host, as tensors shaped like the op's inputs; `None`
+/// for the inputs that are not tracked (candle drops those anyway).
+pub(crate) fn tracked_grads<T: candle_core::WithDType, const K: usize>(
+    args: [&candle_core::Tensor; K],
+    grads: [Vec<T>; K],
+) -> Result<[Option<candle_core::Tensor>; K]> {
+    let mut out = [(); K].map(|_| None);
+    for ((slot, d), arg) in out.iter_mut().zip(grads).zip(args) {
+        if arg.track_op() {
+            *slot = Some(candle_core::Tensor::from_vec(
+                d,
+                arg.shape(),
+                &candle_core::Device::Cpu,
+            )?);
+        }
+    }
+    Ok(out)
+}
+
 /// `out[row] = f(src[row])` for every row of length `dim`, rows in parallel.
 pub(crate) fn par_rows<T: Copy + Default + Send + Sync>(
     src: &[T],

@@ -13,9 +13,9 @@
 
 use super::projected::Projections;
 use crate::error::KernelError;
-use crate::rows::{cpu_contiguous, storage_slice};
+use crate::rows::{cpu_contiguous, storage_slice, tracked_grads};
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Tensor, WithDType};
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType};
 
 /// The affine parts of the three input LayerNorms whose outputs feed the packed projection:
 /// `rows[p]` rows of `W_in` (queries, keys, values in order) see `z * weight[p] + bias[p]`; an
@@ -253,13 +253,7 @@ impl Fold {
             storage_slice(&guards[i].0, guards[i].1, "fold_input_affines")
         };
         let (dw, dc, dgb) = self.backward(data(0)?, data(1)?, data(2)?, e);
-        let mut out = [None, None, None];
-        for ((slot, d), arg) in out.iter_mut().zip([dw, dc, dgb]).zip(args) {
-            if arg.track_op() {
-                *slot = Some(Tensor::from_vec(d, arg.shape(), &Device::Cpu)?);
-            }
-        }
-        Ok(out)
+        tracked_grads(args, [dw, dc, dgb])
     }
 }
 
@@ -354,7 +348,7 @@ pub fn retrieve_projected_affine(
 mod tests {
     use super::*;
     use crate::test_util::max_diff;
-    use candle_core::Var;
+    use candle_core::{Device, Var};
 
     fn var(dims: &[usize], dtype: DType) -> Result<Var> {
         Var::from_tensor(&Tensor::randn(0f64, 1., dims, &Device::Cpu)?.to_dtype(dtype)?)
