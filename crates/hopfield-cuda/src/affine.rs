@@ -35,7 +35,7 @@ pub fn affine(x: &Tensor, weight: Option<&Tensor>, bias: Option<&Tensor>) -> Res
         || !per_feature
     {
         // A scalar weight or bias (the Energy Transformer's LayerNorm has one) broadcasts.
-        return affine_composed(x, weight, bias);
+        return compose(x, weight, bias);
     }
     let ones;
     let zeros;
@@ -73,6 +73,11 @@ pub fn affine_composed(
     bias: Option<&Tensor>,
 ) -> Result<Tensor> {
     check(x, weight, bias)?;
+    compose(x, weight, bias)
+}
+
+/// [`affine_composed`] on checked arguments.
+fn compose(x: &Tensor, weight: Option<&Tensor>, bias: Option<&Tensor>) -> Result<Tensor> {
     let mut y = x.clone();
     if let Some(w) = weight {
         y = y.broadcast_mul(w)?;
@@ -210,12 +215,8 @@ impl CustomOp3 for Affine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_util::max_diff;
-    use candle_core::{Device, Var};
-
-    fn var(dims: &[usize], dtype: DType) -> Result<Var> {
-        Var::from_tensor(&Tensor::randn(0f64, 1., dims, &Device::Cpu)?.to_dtype(dtype)?)
-    }
+    use crate::test_util::{assert_grads_match_finite_differences, max_diff, random_var as var};
+    use candle_core::Device;
 
     /// Fused and composed agree on values and on every gradient, for both parts, either part
     /// alone, f32 and f64, and more rows than one rayon task takes.
@@ -269,26 +270,7 @@ mod tests {
         let b = var(&[4], DType::F64)?;
         let cot = Tensor::randn(0f64, 1., (2, 3, 4), &Device::Cpu)?;
         let loss = |t: [&Tensor; 3]| (affine(t[0], Some(t[1]), Some(t[2]))? * &cot)?.sum_all();
-        let vars = [&x, &w, &b];
-        let grads = loss(vars.map(|v| v.as_tensor()))?.backward()?;
-        for which in 0..3 {
-            let t = vars[which].as_tensor();
-            let analytic = grads.get(t).unwrap().flatten_all()?.to_vec1::<f64>()?;
-            let base = t.flatten_all()?.to_vec1::<f64>()?;
-            for (i, &a) in analytic.iter().enumerate() {
-                let at = |delta: f64| -> Result<f64> {
-                    let mut v = base.clone();
-                    v[i] += delta;
-                    let bumped = Tensor::from_vec(v, t.shape(), &Device::Cpu)?;
-                    let mut args = vars.map(|v| v.as_tensor().clone());
-                    args[which] = bumped;
-                    loss([&args[0], &args[1], &args[2]])?.to_scalar::<f64>()
-                };
-                let numeric = (at(1e-6)? - at(-1e-6)?) / 2e-6;
-                assert!((a - numeric).abs() < 1e-7, "input {which}, element {i}");
-            }
-        }
-        Ok(())
+        assert_grads_match_finite_differences([&x, &w, &b], loss, 1e-7)
     }
 
     /// A scalar weight and bias broadcast over the features, as candle's composed ops do.

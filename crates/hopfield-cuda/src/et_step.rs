@@ -545,23 +545,7 @@ fn backward<T: Keep>(
         }
         dpack[pk.hb] = dhb;
         // dW = Cg^T (sign a) + g^T (beta du)
-        use crate::matmul::{gemm_into, Mat};
-        let mut dwv = vec![T::zero(); d * m];
-        gemm_into(
-            &mut dwv,
-            m,
-            Mat::row_major(&cg, n, d, d).t(),
-            Mat::row_major(&a, n, m, m),
-            false,
-        );
-        gemm_into(
-            &mut dwv,
-            m,
-            Mat::row_major(g, n, d, d).t(),
-            Mat::row_major(&du, n, m, m),
-            true,
-        );
-        dw = dwv;
+        dw = hop::weight_grad(&cg, g, &a, &du, [n, d, m]);
     } else {
         let chunk = rows_per_task(d) * d;
         let mut cg = vec![T::zero(); c.len()];

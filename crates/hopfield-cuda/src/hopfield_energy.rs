@@ -355,6 +355,34 @@ pub(crate) fn forward<T: Elem>(
     (g, h)
 }
 
+/// `dW = c^T a + x^T du`, `(D, M)`, for rows `c`, `x` `(N, D)` and `a`, `du` `(N, M)`: the
+/// memory weight's gradient once `a` carries the energy's sign and `du` its beta (the Energy
+/// Transformer's fused step computes it from the same pieces).
+pub(crate) fn weight_grad<T: Elem>(
+    c: &[T],
+    x: &[T],
+    a: &[T],
+    du: &[T],
+    [n, d, m]: [usize; 3],
+) -> Vec<T> {
+    let mut dw = vec![T::zero(); d * m];
+    gemm_into(
+        &mut dw,
+        m,
+        Mat::row_major(c, n, d, d).t(),
+        Mat::row_major(a, n, m, m),
+        false,
+    );
+    gemm_into(
+        &mut dw,
+        m,
+        Mat::row_major(x, n, d, d).t(),
+        Mat::row_major(du, n, m, m),
+        true,
+    );
+    dw
+}
+
 /// `(dx, dW, dbeta)` for cotangent `c` `(N, D)`; `h` from the forward pass when kept.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn backward<T: Elem>(
@@ -392,22 +420,7 @@ pub(crate) fn backward<T: Elem>(
     gemm_into(&mut dx, d, Mat::row_major(&du, n, m, m), wm.t(), false);
     // dW = sign C^T a + x^T (beta du)
     scale(&mut a, sign(beta, kind), m);
-    let mut dw = vec![T::zero(); d * m];
-    gemm_into(
-        &mut dw,
-        m,
-        Mat::row_major(c, n, d, d).t(),
-        Mat::row_major(&a, n, m, m),
-        false,
-    );
-    gemm_into(
-        &mut dw,
-        m,
-        Mat::row_major(x, n, d, d).t(),
-        Mat::row_major(&du, n, m, m),
-        true,
-    );
-    (dx, dw, dbeta)
+    (dx, weight_grad(c, x, &a, &du, [n, d, m]), dbeta)
 }
 
 fn sizes(x: &Layout, w: &Layout) -> Result<[usize; 3]> {

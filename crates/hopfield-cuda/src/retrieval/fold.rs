@@ -65,7 +65,7 @@ pub fn fold_input_affines(
 ) -> Result<Tensor> {
     let (f, e) = check(w, c, affines)?;
     if !(w.device().is_cpu() && matches!(w.dtype(), DType::F32 | DType::F64)) {
-        return fold_input_affines_composed(w, c, affines);
+        return compose(w, c, affines, (f, e));
     }
     let (dtype, dev) = (w.dtype(), w.device());
     let c = match c {
@@ -107,7 +107,17 @@ pub fn fold_input_affines_composed(
     c: Option<&Tensor>,
     affines: &InputAffines,
 ) -> Result<Tensor> {
-    let (f, e) = check(w, c, affines)?;
+    let fe = check(w, c, affines)?;
+    compose(w, c, affines, fe)
+}
+
+/// [`fold_input_affines_composed`] on checked arguments, `(F, E)` being `w`'s shape.
+fn compose(
+    w: &Tensor,
+    c: Option<&Tensor>,
+    affines: &InputAffines,
+    (f, e): (usize, usize),
+) -> Result<Tensor> {
     let mut ws = Vec::with_capacity(3);
     let mut bs = Vec::with_capacity(3);
     let mut r0 = 0;
@@ -347,12 +357,8 @@ pub fn retrieve_projected_affine(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_util::max_diff;
+    use crate::test_util::{assert_grads_match_finite_differences, max_diff, random_var as var};
     use candle_core::{Device, Var};
-
-    fn var(dims: &[usize], dtype: DType) -> Result<Var> {
-        Var::from_tensor(&Tensor::randn(0f64, 1., dims, &Device::Cpu)?.to_dtype(dtype)?)
-    }
 
     /// Fused and composed agree on values and on every gradient, with parts of unequal size
     /// (and an empty one), absent weights and biases, and with and without the projection bias.
@@ -403,7 +409,7 @@ mod tests {
         let g = var(&[e], DType::F64)?;
         let b = var(&[e], DType::F64)?;
         let cot = Tensor::randn(0f64, 1., (f, e + 1), &Device::Cpu)?;
-        let loss = |w: &Tensor, g: &Tensor, b: &Tensor| -> Result<Tensor> {
+        let loss = |[w, g, b]: [&Tensor; 3]| -> Result<Tensor> {
             let affines = InputAffines {
                 rows: [2, 1, 2],
                 weight: [Some(g), Some(g), None],
@@ -411,36 +417,7 @@ mod tests {
             };
             (fold_input_affines(w, None, &affines)? * &cot)?.sum_all()
         };
-        let grads = loss(w.as_tensor(), g.as_tensor(), b.as_tensor())?.backward()?;
-        let h = 1e-6;
-        for which in 0..3 {
-            let x = [&w, &g, &b][which].as_tensor();
-            let analytic = grads.get(x).unwrap().flatten_all()?.to_vec1::<f64>()?;
-            let base = x.flatten_all()?.to_vec1::<f64>()?;
-            for (i, &a) in analytic.iter().enumerate() {
-                let bump = |delta: f64| -> Result<f64> {
-                    let mut v = base.clone();
-                    v[i] += delta;
-                    let xi = Tensor::from_vec(v, x.shape(), &Device::Cpu)?;
-                    let args: Vec<Tensor> = (0..3)
-                        .map(|k| {
-                            if k == which {
-                                xi.clone()
-                            } else {
-                                [&w, &g, &b][k].as_tensor().clone()
-                            }
-                        })
-                        .collect();
-                    loss(&args[0], &args[1], &args[2])?.to_scalar::<f64>()
-                };
-                let numeric = (bump(h)? - bump(-h)?) / (2. * h);
-                assert!(
-                    (a - numeric).abs() < 1e-7,
-                    "input {which} element {i}: {a} vs {numeric}"
-                );
-            }
-        }
-        Ok(())
+        assert_grads_match_finite_differences([&w, &g, &b], loss, 1e-7)
     }
 
     #[test]
