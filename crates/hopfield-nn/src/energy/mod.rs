@@ -135,6 +135,11 @@ pub(crate) fn as_batched(x: &Tensor) -> Result<(Tensor, Vec<usize>)> {
     let dims = x.dims().to_vec();
     let r = dims.len();
     let (l, d) = (dims[r - 2], dims[r - 1]);
+    if r == 3 {
+        // No reshape node: in backward every view node costs candle another zeros + add of the
+        // whole token gradient, which at >= 64K elements runs on candle's spinning thread pool.
+        return Ok((x.clone(), dims));
+    }
     let b = dims[..r - 2].iter().product::<usize>();
     Ok((x.reshape((b, l, d))?, dims))
 }

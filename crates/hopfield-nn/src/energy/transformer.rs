@@ -430,7 +430,13 @@ impl EnergyTransformer {
             kind,
             alpha: self.cfg.alpha,
         };
-        hopfield_cuda::et_step(&x3, &p)?.reshape(dims)
+        let y = hopfield_cuda::et_step(&x3, &p)?;
+        // Already batched: no reshape node (see `as_batched`).
+        if y.dims() == dims.as_slice() {
+            Ok(y)
+        } else {
+            y.reshape(dims)
+        }
     }
 
     fn raw_run(&self, x0: Tensor, n: usize, track: bool) -> Result<EtOutput> {
