@@ -10,6 +10,12 @@ protocol as `hopfield_timing`.
     benches/.venv/bin/python benches/hflayers_compare.py            # PyTorch, then ours, ratios
     benches/.venv/bin/python benches/hflayers_compare.py --torch-only
     benches/.venv/bin/python benches/hflayers_compare.py --retrieval  # pure static retrieval
+    benches/.venv/bin/python benches/hflayers_compare.py --rounds 3   # interleaved, see below
+
+`--rounds R` interleaves the two sides shape by shape (PyTorch at one shape, then ours at the
+same shape, R times) and reports each round's ratio and their median: on a shared, noisy
+machine the load then moves both sides of a ratio alike, where one pass of all PyTorch shapes
+followed by all of ours can put them a minute and a load spike apart.
 
 `--retrieval` times pure static retrieval instead (hflayers' blog recipe: all inputs static, no
 LayerNorms, no output projection, scaling 8; stored patterns Y `(1, S, 64)`, queries `(1, 1024, 64)`,
@@ -48,11 +54,11 @@ def median_ms(f):
     return times[len(times) // 2]
 
 
-def time_torch():
+def time_torch(shapes=SHAPES):
     torch.set_num_threads(2)
     torch.manual_seed(0)
     out = {}
-    for n, l, e, h, k in SHAPES:
+    for n, l, e, h, k in shapes:
         model = Hopfield(input_size=e, num_heads=h, update_steps_max=k).eval()
         x = torch.randn(n, l, e)
 
@@ -96,10 +102,11 @@ def time_torch_retrieval():
     return out
 
 
-def time_ours(binary="hopfield_timing"):
+def time_ours(binary="hopfield_timing", only=None):
     # Same device as PyTorch's side: the CPU, even in a CUDA build.
     cmd = ["cargo", "run", "--quiet", "--release", "-p", "hopfield-benches", "--bin", binary, "--", "--device", "cpu"]
-    lines = subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True).stdout.splitlines()
+    env = dict(os.environ, HOPFIELD_SHAPE=only) if only else None
+    lines = subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True, env=env).stdout.splitlines()
     rows = [json.loads(line) for line in lines if line.startswith("{")]
     return {r["shape"]: (r["forward_ms"], r.get("forward_backward_ms", float("nan"))) for r in rows}
 
@@ -108,7 +115,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--torch-only", action="store_true", help="skip hopfield-rs")
     parser.add_argument("--retrieval", action="store_true", help="pure static retrieval shapes")
+    parser.add_argument("--rounds", type=int, default=0, help="interleave the sides shape by shape, R rounds")
     args = parser.parse_args()
+    if args.rounds > 0:
+        return interleaved(args.rounds)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} -> 2 threads, float32, CPU")
     theirs = time_torch_retrieval() if args.retrieval else time_torch()
     binary = "retrieval_timing" if args.retrieval else "hopfield_timing"
@@ -121,6 +131,26 @@ def main():
         else:
             print(f"{key:<22}{'-':>10}{tf:>11.3f}{'-':>7}{'-':>10}{tb:>11.3f}{'-':>7}")
     print("times in ms (median); ratio = ours / PyTorch (below 1: hopfield-rs is faster)")
+
+
+def interleaved(rounds):
+    print(f"torch {torch.__version__}, 2 threads, float32, CPU; {rounds} interleaved rounds")
+    print(f"{'shape':<22}{'round':>6}{'ours fwd':>10}{'torch fwd':>11}{'ratio':>7}{'ours f+b':>10}{'torch f+b':>11}{'ratio':>7}{'load':>6}")
+    summary = []
+    for shape in SHAPES:
+        key = shape_id(*shape)
+        fwd, fb = [], []
+        for r in range(rounds):
+            tf, tb = time_torch([shape])[key]
+            of, ob = time_ours(only=key)[key]
+            fwd.append(of / tf)
+            fb.append(ob / tb)
+            load = os.getloadavg()[0]
+            print(f"{key:<22}{r + 1:>6}{of:>10.3f}{tf:>11.3f}{of / tf:>7.2f}{ob:>10.3f}{tb:>11.3f}{ob / tb:>7.2f}{load:>6.1f}", flush=True)
+        summary.append((key, sorted(fwd)[len(fwd) // 2], sorted(fb)[len(fb) // 2], min(fwd), max(fwd), min(fb), max(fb)))
+    print("median ratio over the rounds (range): ours / PyTorch, below 1: hopfield-rs is faster")
+    for key, mf, mb, lf, hf, lb, hb in summary:
+        print(f"{key:<22} forward {mf:.2f} ({lf:.2f}-{hf:.2f})  forward+backward {mb:.2f} ({lb:.2f}-{hb:.2f})")
 
 
 if __name__ == "__main__":
