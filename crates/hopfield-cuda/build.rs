@@ -20,5 +20,6 @@ fn main() {
         };
         build(&["retrieval.cu"], "ptx.rs");
         build(&["sparse.cu"], "ptx_sparse.rs");
+        build(&["entmax.cu"], "ptx_entmax.rs");
     }
 }

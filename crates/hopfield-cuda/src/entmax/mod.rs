@@ -14,6 +14,11 @@
 //!   halvings), then divides by the sum, as the `entmax` package's `entmax_bisect` does with a
 //!   fixed 50 halvings.
 //!
+//! On CUDA (feature `cuda`) the same forward and backward run as kernels (`kernels/entmax.cu`,
+//! see [`cuda`](self::cuda)): one block per row, bisection on `tau` with the same bracket and
+//! stopping rule in the element's compute type (f32, or f64 for f64), and for sparsemax and
+//! entmax-1.5 the closed-form `tau` from the support the bisection finds.
+//!
 //! Entries at or below the threshold are exactly 0; `-inf` logits are masked (exactly 0, zero
 //! gradient) and a fully masked row is all zeros, as in [`masked_softmax`]. NaN and `+inf` logits
 //! are typed errors ([`KernelError::Values`]).
@@ -41,8 +46,22 @@ use candle_core::{
 };
 use rayon::prelude::*;
 
+#[cfg(feature = "cuda")]
+mod cuda;
+
 /// What a row holds that entmax cannot take.
 const BAD_LOGITS: &str = "NaN or +inf (entmax takes finite logits; -inf masks an entry)";
+
+/// The typed error for logits of this shape holding NaN or `+inf` (every path returns it).
+fn bad_logits(shape: &[usize]) -> candle_core::Error {
+    KernelError::Values {
+        op: "entmax",
+        arg: "logits",
+        shape: shape.to_vec(),
+        what: BAD_LOGITS,
+    }
+    .into()
+}
 
 /// The threshold of sparsemax on `x` sorted in decreasing order (finite entries only): the
 /// largest `k` with `1 + k x_k > sum_{j <= k} x_j` is the support size, and
@@ -294,12 +313,7 @@ impl CustomOp2 for Entmax {
     ) -> Result<(CpuStorage, Shape)> {
         let dim = l.dims().last().copied().unwrap_or(1);
         let al = alphas(a, la)?;
-        let bad = || KernelError::Values {
-            op: "entmax",
-            arg: "logits",
-            shape: l.dims().to_vec(),
-            what: BAD_LOGITS,
-        };
+        let bad = || bad_logits(l.dims());
         fn run<T: WithDType>(v: &[T], dim: usize, al: &[f64]) -> Option<Vec<T>> {
             par_rows_indexed(v, dim, dim, |r, s, d, buf| entmax_row(s, d, al[r], buf))
         }
@@ -313,6 +327,17 @@ impl CustomOp2 for Entmax {
             other => candle_core::bail!("entmax: unsupported dtype {:?}", other.dtype()),
         };
         Ok((out, l.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+        a: &candle_core::CudaStorage,
+        la: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        cuda::forward((s, l), (a, la))
     }
 
     fn bwd(
@@ -370,6 +395,19 @@ impl CustomOp3 for EntmaxGrad {
             _ => candle_core::bail!("entmax backward: unsupported dtypes"),
         };
         Ok((out, lp.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        p: &candle_core::CudaStorage,
+        lp: &Layout,
+        g: &candle_core::CudaStorage,
+        lg: &Layout,
+        a: &candle_core::CudaStorage,
+        la: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        cuda::backward((p, lp), (g, lg), (a, la), cuda::Grad::Logits)
     }
 
     fn bwd(
@@ -441,6 +479,19 @@ impl CustomOp3 for EntmaxAlphaGrad {
         };
         Ok((out, la.shape().clone()))
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        p: &candle_core::CudaStorage,
+        lp: &Layout,
+        g: &candle_core::CudaStorage,
+        lg: &Layout,
+        a: &candle_core::CudaStorage,
+        la: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        cuda::backward((p, lp), (g, lg), (a, la), cuda::Grad::Alpha)
+    }
 }
 
 /// `Err(KernelError::Param)` unless alpha is in `[1, 2]` (1: softmax).
@@ -471,7 +522,8 @@ fn row_shape(logits: &Tensor) -> Vec<usize> {
 /// [`masked_softmax`], `1.5` entmax-1.5 and `2` sparsemax (both exact, sort-based), anything
 /// between is bisection to f64 precision (see the module docs). `-inf` entries get exactly 0 and
 /// a fully masked row is all zeros; NaN/`+inf` logits and an alpha outside `[1, 2]` are typed
-/// errors. Fused on the CPU for f32/f64 (rows in parallel), [`entmax_composed`] elsewhere.
+/// errors. Fused on the CPU for f32/f64 (rows in parallel) and, with the `cuda` feature, on a GPU
+/// for f32/f64/f16/bf16; [`entmax_composed`] elsewhere.
 ///
 /// ```
 /// use candle_core::{Device, Tensor, Var};
@@ -563,6 +615,17 @@ pub fn entmax_learnable(logits: &Tensor, alpha: &Tensor) -> Result<Tensor> {
     apply(logits, &a.contiguous()?, true)
 }
 
+/// Whether the fused op takes these logits: f32/f64 on the CPU; with the `cuda` feature, f32,
+/// f64, f16 and bf16 on a GPU, non-empty and within the kernels' grid limits.
+fn fused_supported(logits: &Tensor) -> bool {
+    match logits.device() {
+        candle_core::Device::Cpu => matches!(logits.dtype(), DType::F32 | DType::F64),
+        #[cfg(feature = "cuda")]
+        candle_core::Device::Cuda(_) => cuda::supported(logits.dtype(), logits.dims()),
+        _ => false,
+    }
+}
+
 fn apply(logits: &Tensor, alpha_rows: &Tensor, learn_alpha: bool) -> Result<Tensor> {
     if logits.dims().is_empty() {
         return Err(KernelError::Shape {
@@ -573,11 +636,10 @@ fn apply(logits: &Tensor, alpha_rows: &Tensor, learn_alpha: bool) -> Result<Tens
         }
         .into());
     }
-    let fused = logits.device().is_cpu() && matches!(logits.dtype(), DType::F32 | DType::F64);
-    if fused {
+    if fused_supported(logits) {
         logits
             .contiguous()?
-            .apply_op2(alpha_rows, Entmax { learn_alpha })
+            .apply_op2(&alpha_rows.contiguous()?, Entmax { learn_alpha })
     } else {
         entmax_composed(logits, alpha_rows)
     }
@@ -603,13 +665,7 @@ pub fn entmax_composed(logits: &Tensor, alpha: &Tensor) -> Result<Tensor> {
         .max(0)?
         .to_scalar::<f32>()?;
     if bad != 0.0 {
-        return Err(KernelError::Values {
-            op: "entmax",
-            arg: "logits",
-            shape: logits.dims().to_vec(),
-            what: BAD_LOGITS,
-        }
-        .into());
+        return Err(bad_logits(logits.dims()));
     }
     let rows = row_shape(logits);
     let a = alpha.to_dtype(dtype)?.broadcast_as(rows.as_slice())?;

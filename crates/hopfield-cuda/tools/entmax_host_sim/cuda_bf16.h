@@ -1,0 +1,1 @@
+// Empty: the host simulation defines the half types in shim.h.
