@@ -33,24 +33,29 @@ pub fn all_finite(x: &Tensor) -> Result<bool> {
 /// The CPU scan for contiguous f32/f64 tensors; `None` where it does not apply.
 fn cpu_all_finite(x: &Tensor) -> Option<bool> {
     use candle_core::{CpuStorage, Storage};
+    use crate::simd::wide;
     use rayon::prelude::*;
     let (storage, layout) = x.storage_and_layout();
     let (a, b) = layout.contiguous_offsets()?;
     const CHUNK: usize = 1 << 16;
     // `x - x` is 0 exactly for finite x, NaN otherwise: a branch-free test that vectorises.
     match &*storage {
-        Storage::Cpu(CpuStorage::F32(v)) => Some(v[a..b].par_chunks(CHUNK).all(|c| lanes(c, 0f32))),
-        Storage::Cpu(CpuStorage::F64(v)) => Some(v[a..b].par_chunks(CHUNK).all(|c| lanes(c, 0f64))),
+        Storage::Cpu(CpuStorage::F32(v)) => Some(v[a..b].par_chunks(CHUNK).all(|c| wide(#[inline(always)] || all_finite_slice(c)))),
+        Storage::Cpu(CpuStorage::F64(v)) => Some(v[a..b].par_chunks(CHUNK).all(|c| wide(#[inline(always)] || all_finite_slice(c)))),
         _ => None,
     }
 }
 
-/// Sum of `e - e` over independent lanes (a single running sum would not vectorise).
+/// Whether every element of `c` is finite: sum of `e - e` over independent lanes (a single
+/// running sum would not vectorise). The one finiteness test of the crate's CPU code (inline,
+/// so that it is compiled into the caller's SIMD build).
 #[allow(clippy::eq_op)] // `e - e` is the test: 0 for finite e, NaN otherwise
-fn lanes<T>(c: &[T], zero: T) -> bool
+#[inline(always)]
+pub(crate) fn all_finite_slice<T>(c: &[T]) -> bool
 where
-    T: Copy + PartialEq + std::ops::Add<Output = T> + std::ops::Sub<Output = T>,
+    T: Copy + Default + PartialEq + std::ops::Add<Output = T> + std::ops::Sub<Output = T>,
 {
+    let zero = T::default();
     let mut acc = [zero; 16];
     let chunks = c.chunks_exact(16);
     let rest = chunks.remainder();

@@ -56,6 +56,7 @@ mod normalize;
 pub mod retrieval;
 mod rows;
 mod scratch;
+mod simd;
 mod softmax;
 pub mod sparse;
 #[cfg(test)]

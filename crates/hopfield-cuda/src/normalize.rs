@@ -3,6 +3,7 @@
 
 use crate::error::{expect_float, expect_param, KernelError};
 use crate::rows::{contiguous, par_rows, par_rows2};
+use crate::simd::wide;
 use candle_core::{
     backend::BackendStorage, CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape,
     Tensor, D,
@@ -57,6 +58,7 @@ fn lane_sums<T: Copy + Into<f64>>(
 
 /// Mean and 1 / sqrt(var + eps) of a row, accumulated in f64: the one definition of a row's
 /// LayerNorm statistics (the Energy Transformer's fused step uses it too).
+#[inline(always)]
 pub(crate) fn moments<T: Copy + Into<f64>>(x: &[T], eps: f64) -> (f64, f64) {
     let n = x.len() as f64;
     let mean = lane_sums(x, x, |v| v, |_, _| 0.0).0 / n;
@@ -67,6 +69,7 @@ pub(crate) fn moments<T: Copy + Into<f64>>(x: &[T], eps: f64) -> (f64, f64) {
 }
 
 /// One row; `false` when it holds NaN or inf (its statistics are then not finite).
+#[inline(always)]
 fn normalize_row<T: Real>(x: &[T], y: &mut [T], eps: f64) -> bool {
     let (mean, rstd) = moments(x, eps);
     for (o, &v) in y.iter_mut().zip(x) {
@@ -76,6 +79,7 @@ fn normalize_row<T: Real>(x: &[T], y: &mut [T], eps: f64) -> bool {
 }
 
 /// `dx = rstd (g - mean(g) - xhat mean(g xhat))`.
+#[inline(always)]
 fn normalize_grad_row<T: Real>(x: &[T], g: &[T], dx: &mut [T], eps: f64) {
     let (mean, rstd) = moments(x, eps);
     let n = x.len() as f64;
@@ -108,10 +112,10 @@ impl CustomOp1 for Normalize {
         };
         let out = match s {
             CpuStorage::F32(v) => CpuStorage::F32(par_rows(contiguous(v, l)?, dim, |a, b| {
-                row(normalize_row(a, b, eps))
+                row(wide(#[inline(always)] || normalize_row(a, b, eps)))
             })),
             CpuStorage::F64(v) => CpuStorage::F64(par_rows(contiguous(v, l)?, dim, |a, b| {
-                row(normalize_row(a, b, eps))
+                row(wide(#[inline(always)] || normalize_row(a, b, eps)))
             })),
             other => candle_core::bail!("normalize: unsupported dtype {:?}", other.dtype()),
         };
@@ -159,13 +163,13 @@ impl CustomOp2 for NormalizeGrad {
                 contiguous(x, lx)?,
                 contiguous(g, lg)?,
                 dim,
-                |a, b, c| normalize_grad_row(a, b, c, eps),
+                |a, b, c| wide(#[inline(always)] || normalize_grad_row(a, b, c, eps)),
             )),
             (CpuStorage::F64(x), CpuStorage::F64(g)) => CpuStorage::F64(par_rows2(
                 contiguous(x, lx)?,
                 contiguous(g, lg)?,
                 dim,
-                |a, b, c| normalize_grad_row(a, b, c, eps),
+                |a, b, c| wide(#[inline(always)] || normalize_grad_row(a, b, c, eps)),
             )),
             _ => candle_core::bail!("normalize backward: unsupported dtypes"),
         };
