@@ -10,6 +10,7 @@
 //!
 //! `--composed` times the composed reference step instead of the fused one
 //! ([`hopfield_nn::energy::with_fused_step`]), for before/after comparisons in one build.
+//! `ET_PASS=forward` (or `backward`) times only that pass, so that a profile holds one of them.
 
 use candle_core::{DType, Result, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
@@ -49,10 +50,20 @@ fn main() -> Result<()> {
             let grads = (y * &cot)?.sum_all()?.backward()?;
             dev.synchronize().map(|_| grads)
         };
+        // ET_PASS=forward (or backward) times only that pass (for profiling).
+        let pass = std::env::var("ET_PASS").unwrap_or_default();
         let (fwd, bwd) = with_fused_step(fused, || -> Result<(f64, f64)> {
             Ok((
-                median_ms(3, 10, 2.0, forward)?,
-                median_ms(3, 10, 2.0, forward_backward)?,
+                if pass == "backward" {
+                    f64::NAN
+                } else {
+                    median_ms(3, 10, 2.0, forward)?
+                },
+                if pass == "forward" {
+                    f64::NAN
+                } else {
+                    median_ms(3, 10, 2.0, forward_backward)?
+                },
             ))
         })?;
         println!(
