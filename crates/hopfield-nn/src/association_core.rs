@@ -127,6 +127,28 @@ impl HopfieldCore {
         )
     }
 
+    /// The output of [`associate`](Self::associate) alone: without a logit transform through
+    /// the fused retrieval where it applies ([`hopfield_core_output`]), so the association is
+    /// never formed.
+    pub(crate) fn associate_output(
+        &self,
+        patterns: &Patterns,
+        logits: Option<&dyn LogitTransform>,
+        masks: Masks,
+        train: bool,
+    ) -> Result<Tensor> {
+        match logits {
+            None => self.forward_output_batch_major(
+                &patterns.state,
+                &patterns.stored,
+                &patterns.projection,
+                masks,
+                train,
+            ),
+            Some(_) => Ok(self.associate(patterns, logits, masks, train)?.output),
+        }
+    }
+
     /// Sequence-first association, as hflayers' `HopfieldCore.forward`: inputs `(L, N, E)`,
     /// `(S, N, kdim)`, `(S, N, vdim)`; the output is `(L, N, O)` (association and projected
     /// patterns stay batch-major).

@@ -602,9 +602,18 @@ impl DiffusedHopfield {
         })
     }
 
-    /// Forward pass with masks.
+    /// Forward pass with masks: the output alone, so that the core runs the fused retrieval
+    /// where it applies (no `(N, H, L, S)` association; [`forward_full`](Self::forward_full)
+    /// returns it). Same values as `forward_full(..).hopfield.output`.
     pub fn forward_with(&self, input: HopfieldInput, masks: Masks, train: bool) -> Result<Tensor> {
-        Ok(self.forward_full(input, masks, train)?.hopfield.output)
+        let stage = Diffusion {
+            module: self,
+            graphs: None,
+        };
+        Ok(self
+            .hopfield
+            .forward_staged_output(input, &stage, masks, train)?
+            .0)
     }
 
     /// The core's association `(N, H, L, S)` after the dynamics, without gradient.

@@ -201,6 +201,50 @@ impl Hopfield {
         Ok((self.finish(out)?, staged.report))
     }
 
+    /// The output of [`forward_staged`](Self::forward_staged) alone (with the stage's report):
+    /// without a logit transform the core runs the fused retrieval, so the `(N, H, L, S)`
+    /// association is never formed (as in `Module::forward`). Same values as
+    /// `forward_staged(..).0.output`.
+    ///
+    /// ```
+    /// use candle_core::{DType, Device, Result, Tensor};
+    /// use candle_nn::{VarBuilder, VarMap};
+    /// use hopfield_nn::stage::{PatternStage, Patterns, Staged};
+    /// use hopfield_nn::{Hopfield, HopfieldConfig, HopfieldInput, Masks};
+    /// struct Identity;
+    /// impl PatternStage for Identity {
+    ///     type Report = ();
+    ///     fn stage(&self, p: Patterns, _masks: Masks) -> Result<Staged<()>> {
+    ///         Ok(Staged::patterns(p, ()))
+    ///     }
+    /// }
+    /// let map = VarMap::new();
+    /// let hopfield = Hopfield::new(HopfieldConfig::new(8),
+    ///     VarBuilder::from_varmap(&map, DType::F64, &Device::Cpu))?;
+    /// let x = Tensor::randn(0f64, 1., (2, 5, 8), &Device::Cpu)?;
+    /// let input = || HopfieldInput::Single(&x);
+    /// let (y, ()) = hopfield.forward_staged_output(input(), &Identity, Masks::default(), false)?;
+    /// let (full, ()) = hopfield.forward_staged(input(), &Identity, Masks::default(), false)?;
+    /// assert!((y - full.output)?.abs()?.max_all()?.to_scalar::<f64>()? < 1e-12);
+    /// # Ok::<(), candle_core::Error>(())
+    /// ```
+    pub fn forward_staged_output<S: PatternStage + ?Sized>(
+        &self,
+        input: HopfieldInput,
+        stage: &S,
+        masks: Masks,
+        train: bool,
+    ) -> Result<(Tensor, S::Report)> {
+        let staged = stage.stage(self.normalized_inputs(input)?, masks)?;
+        let y = self.association_core.associate_output(
+            &staged.patterns,
+            staged.logits.as_deref(),
+            masks,
+            train,
+        )?;
+        Ok((self.finish_output(y)?, staged.report))
+    }
+
     /// An input in the module's layout as `(N, T, features)` (a free transpose for
     /// `batch_first = false`).
     fn batch_major(&self, x: &Tensor) -> Result<Tensor> {

@@ -48,9 +48,63 @@ fn eta_zero_is_exactly_hopfield() -> Result<()> {
     randomize(&map)?;
     let h = Hopfield::new(base(), vb(&map))?;
     let x = Tensor::randn(0f64, 1., (2, 7, 8), &Device::Cpu)?;
-    // Equal to rounding: `Hopfield::forward_t` runs the fused retrieval, DiffusedHopfield the
-    // explicit association (its logits may be diffused).
+    // Equal to rounding: `Hopfield::forward_t` packs the three projections into one GEMM,
+    // DiffusedHopfield projects them one by one (its stage sits between norms and projections).
     assert!(max_diff(&dh.forward_t(&x, false)?, &h.forward_t(&x, false)?)? < 1e-12);
+    Ok(())
+}
+
+/// `forward_with` (the output alone: the fused retrieval where no logit transform applies)
+/// equals `forward_full`'s output (the explicit association) whatever the configuration.
+#[test]
+fn output_only_forward_equals_the_full_forward() -> Result<()> {
+    let dev = Device::Cpu;
+    let stored = Tensor::randn(0f64, 1., (3, 9, 8), &dev)?;
+    let state = Tensor::randn(0f64, 1., (3, 5, 8), &dev)?;
+    let pad = Tensor::new(
+        &[
+            [0u8, 0, 0, 0, 0, 0, 0, 1, 1],
+            [0; 9],
+            [0, 0, 0, 0, 0, 0, 0, 0, 1],
+        ],
+        &dev,
+    )?;
+    let configs = [
+        DiffusedHopfieldConfig::new(base()).with_k_neighbors(3),
+        DiffusedHopfieldConfig::new(base().with_update_steps_max(Some(2)))
+            .with_k_neighbors(3)
+            .with_diffuse(true, true),
+        DiffusedHopfieldConfig::new(base())
+            .with_k_neighbors(3)
+            .with_graph_scope(GraphScope::BatchMean),
+        DiffusedHopfieldConfig::new(base())
+            .with_k_neighbors(3)
+            .with_logit_diffusion(true, Some(0.2)),
+        DiffusedHopfieldConfig::new(base())
+            .with_k_neighbors(3)
+            .with_attention_mode(AttentionMode::Graph),
+    ];
+    for (i, cfg) in configs.into_iter().enumerate() {
+        let map = VarMap::new();
+        let dh = DiffusedHopfield::new(cfg, vb(&map))?;
+        randomize(&map)?;
+        let graph_mode = i == 4;
+        let (q, s) = if graph_mode {
+            (&stored, &stored)
+        } else {
+            (&state, &stored)
+        };
+        for padded in [false, true].into_iter().filter(|p| !p || !graph_mode) {
+            let masks = Masks {
+                stored_pattern_padding_mask: padded.then_some(&pad),
+                association_mask: None,
+            };
+            let input = || HopfieldInput::from((s, q, s));
+            let y = dh.forward_with(input(), masks, false)?;
+            let full = dh.forward_full(input(), masks, false)?.hopfield.output;
+            assert!(max_diff(&y, &full)? < 1e-12, "config {i}, padded {padded}");
+        }
+    }
     Ok(())
 }
 

@@ -48,6 +48,9 @@ pub fn run(case: &Case, report: &mut Report) -> Result<()> {
     let y = o.hopfield.output.clone();
     report.check("output.y", &y, &case.get("output.y")?)?;
     report.check("output.y", &om.hopfield.output, &case.get("output.y")?)?;
+    // The output alone through `forward_with` too: the fused retrieval where it applies.
+    let yw = dh.forward_with(input, mc.hopfield_masks(), false)?;
+    report.check("output.y", &yw, &case.get("output.y")?)?;
     let energies = match o.energies.first() {
         Some(e) if !e.is_empty() => Some(Tensor::new(e.as_slice(), &Device::Cpu)?.to_dtype(dtype)?),
         _ => None,

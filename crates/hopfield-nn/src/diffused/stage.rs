@@ -203,6 +203,19 @@ struct Group {
     energies: Vec<f64>,
 }
 
+/// The detached mean over the batch of a sequence-first `(S, B, E)` group: what its graph is
+/// built on. A group of one sample (per-sample graphs) is that sample as is: candle's strided
+/// mean over a dimension of 1 still reduced every element (3.4% of a cached (8, 256, 64)
+/// forward).
+fn batch_mean(x: &Tensor) -> Result<Tensor> {
+    let x = x.detach();
+    if x.dim(1)? == 1 {
+        x.squeeze(1)
+    } else {
+        x.mean(1)
+    }
+}
+
 impl DiffusedHopfield {
     /// The loop attention's beta: difflayers takes a scalar `scaling` as is, anything else as 1.
     fn beta0(&self) -> f64 {
@@ -240,13 +253,13 @@ impl DiffusedHopfield {
         // Graphs are built on detached batch means: constants for autograd.
         let kg = match given.key {
             Some(k) => k.clone(),
-            None => self.key_cache.get(&g.stored.detach().mean(1)?)?,
+            None => self.key_cache.get(&batch_mean(&g.stored)?)?,
         };
         let mut op_k = kg.operator.clone();
         let qg = match (c.diffuse_query && dynamics, given.query) {
             (false, _) => None,
             (true, Some(q)) => Some(q.clone()),
-            (true, None) => Some(self.query_cache.get(&g.state.detach().mean(1)?)?),
+            (true, None) => Some(self.query_cache.get(&batch_mean(&g.state)?)?),
         };
         let mut op_q = qg.as_ref().map(|q| q.operator.clone());
         if c.adaptive_eta && dynamics {
