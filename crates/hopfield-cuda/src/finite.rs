@@ -30,18 +30,54 @@ pub fn all_finite(x: &Tensor) -> Result<bool> {
     Ok(s.is_finite())
 }
 
-/// The CPU scan for contiguous f32/f64 tensors; `None` where it does not apply.
+/// The storage range `[start, start + n)` holding exactly the `n` elements of `layout`, when its
+/// strides are a permutation of contiguous ones (a transposed or permuted contiguous tensor, as
+/// the sequence-first layouts are): a scan of that range sees every element once, in some order.
+fn dense_span(layout: &candle_core::Layout) -> Option<(usize, usize)> {
+    let mut dims: Vec<(usize, usize)> = layout
+        .stride()
+        .iter()
+        .copied()
+        .zip(layout.dims().iter().copied())
+        .filter(|&(_, d)| d != 1)
+        .collect();
+    dims.sort_unstable();
+    let mut expect = 1;
+    for (stride, d) in dims {
+        if stride != expect {
+            return None;
+        }
+        expect *= d;
+    }
+    let start = layout.start_offset();
+    Some((start, start + layout.shape().elem_count()))
+}
+
+/// The CPU scan for f32/f64 tensors whose elements fill one storage range; `None` where it does
+/// not apply.
 fn cpu_all_finite(x: &Tensor) -> Option<bool> {
-    use candle_core::{CpuStorage, Storage};
     use crate::simd::wide;
+    use candle_core::{CpuStorage, Storage};
     use rayon::prelude::*;
     let (storage, layout) = x.storage_and_layout();
-    let (a, b) = layout.contiguous_offsets()?;
+    // A permuted layout too: the fallback below allocated `0 * x` and reduced it (4% of a cached
+    // batch-mean DiffusedHopfield forward, whose inputs are sequence-first views).
+    let (a, b) = dense_span(layout)?;
     const CHUNK: usize = 1 << 16;
     // `x - x` is 0 exactly for finite x, NaN otherwise: a branch-free test that vectorises.
     match &*storage {
-        Storage::Cpu(CpuStorage::F32(v)) => Some(v[a..b].par_chunks(CHUNK).all(|c| wide(#[inline(always)] || all_finite_slice(c)))),
-        Storage::Cpu(CpuStorage::F64(v)) => Some(v[a..b].par_chunks(CHUNK).all(|c| wide(#[inline(always)] || all_finite_slice(c)))),
+        Storage::Cpu(CpuStorage::F32(v)) => Some(v[a..b].par_chunks(CHUNK).all(|c| {
+            wide(
+                #[inline(always)]
+                || all_finite_slice(c),
+            )
+        })),
+        Storage::Cpu(CpuStorage::F64(v)) => Some(v[a..b].par_chunks(CHUNK).all(|c| {
+            wide(
+                #[inline(always)]
+                || all_finite_slice(c),
+            )
+        })),
         _ => None,
     }
 }
@@ -93,10 +129,33 @@ mod tests {
                 v[at] = bad;
                 let y = Tensor::from_vec(v, 200_003, &Device::Cpu)?.to_dtype(dtype)?;
                 assert!(!all_finite(&y)?, "{dtype:?} {bad} at {at}");
-                // Strided (non-contiguous) views take the reduction path.
+                // A transposed view (not contiguous) is scanned in place too.
                 assert!(!all_finite(&y.reshape((1, 200_003))?.t()?)?);
             }
         }
+        Ok(())
+    }
+
+    /// Permuted views scan their storage range in place; views with gaps (a narrowed inner
+    /// dimension) take the reduction and never see the elements outside them.
+    #[test]
+    fn permuted_and_gapped_views() -> Result<()> {
+        let mut v: Vec<f32> = (0..2 * 3 * 4).map(|i| i as f32).collect();
+        v[7] = f32::NAN; // (0, 1, 3)
+        let x = Tensor::from_vec(v, (2, 3, 4), &Device::Cpu)?;
+        let t = x.transpose(0, 1)?;
+        assert_eq!(dense_span(t.layout()), Some((0, 24)));
+        assert!(!all_finite(&t)?);
+        assert!(!all_finite(&x.permute((2, 0, 1))?)?);
+        // Columns 0..3: the NaN at column 3 is outside the view.
+        let narrow = x.narrow(2, 0, 3)?;
+        assert_eq!(dense_span(narrow.layout()), None);
+        assert!(all_finite(&narrow)?);
+        assert!(!all_finite(&x.narrow(2, 1, 3)?)?);
+        // A later sample alone: its own range only.
+        let second = x.narrow(0, 1, 1)?.transpose(1, 2)?;
+        assert_eq!(dense_span(second.layout()), Some((12, 24)));
+        assert!(all_finite(&second)?);
         Ok(())
     }
 }

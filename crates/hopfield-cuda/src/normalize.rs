@@ -112,10 +112,16 @@ impl CustomOp1 for Normalize {
         };
         let out = match s {
             CpuStorage::F32(v) => CpuStorage::F32(par_rows(contiguous(v, l)?, dim, |a, b| {
-                row(wide(#[inline(always)] || normalize_row(a, b, eps)))
+                row(wide(
+                    #[inline(always)]
+                    || normalize_row(a, b, eps),
+                ))
             })),
             CpuStorage::F64(v) => CpuStorage::F64(par_rows(contiguous(v, l)?, dim, |a, b| {
-                row(wide(#[inline(always)] || normalize_row(a, b, eps)))
+                row(wide(
+                    #[inline(always)]
+                    || normalize_row(a, b, eps),
+                ))
             })),
             other => candle_core::bail!("normalize: unsupported dtype {:?}", other.dtype()),
         };
@@ -163,13 +169,23 @@ impl CustomOp2 for NormalizeGrad {
                 contiguous(x, lx)?,
                 contiguous(g, lg)?,
                 dim,
-                |a, b, c| wide(#[inline(always)] || normalize_grad_row(a, b, c, eps)),
+                |a, b, c| {
+                    wide(
+                        #[inline(always)]
+                        || normalize_grad_row(a, b, c, eps),
+                    )
+                },
             )),
             (CpuStorage::F64(x), CpuStorage::F64(g)) => CpuStorage::F64(par_rows2(
                 contiguous(x, lx)?,
                 contiguous(g, lg)?,
                 dim,
-                |a, b, c| wide(#[inline(always)] || normalize_grad_row(a, b, c, eps)),
+                |a, b, c| {
+                    wide(
+                        #[inline(always)]
+                        || normalize_grad_row(a, b, c, eps),
+                    )
+                },
             )),
             _ => candle_core::bail!("normalize backward: unsupported dtypes"),
         };

@@ -1283,7 +1283,10 @@ mod row_tests {
             let want: Vec<f32> = src.iter().map(|x| x * 0.5).collect();
             assert_eq!(out, want);
             for bad in [f32::INFINITY, f32::NEG_INFINITY, f32::NAN] {
-                for at in [0, n / 2, n.saturating_sub(1)].into_iter().filter(|_| n > 0) {
+                for at in [0, n / 2, n.saturating_sub(1)]
+                    .into_iter()
+                    .filter(|_| n > 0)
+                {
                     let mut s = src.clone();
                     s[at] = bad;
                     assert!(!scale_row_finite(&s, 0.5, &mut out), "n {n} at {at} {bad}");
