@@ -28,9 +28,13 @@
 //! - [`tune_allocator`]: an opt-in process-wide malloc setting that removes most page-fault
 //!   overhead of large temporary tensors on Linux/glibc.
 //!
+//! - [`entmax`], [`sparsemax`], [`entmax15`], [`entmax_learnable`]: alpha-entmax over the last
+//!   dimension (exact zeros), forward and closed-form backward.
+//!
 //! Every op has a CPU implementation for f32 and f64 and falls back to composed candle ops on
-//! other dtypes and devices, so results never depend on which path ran. CUDA kernels belong behind
-//! the `cuda` feature; the composed fallback covers CUDA devices until then.
+//! other dtypes and devices, so results never depend on which path ran. With the `cuda` feature
+//! the retrieval, the sparse diffusion products and entmax have CUDA kernels (`kernels/*.cu`,
+//! compiled to PTX by `build.rs`); the other ops take the composed path on CUDA devices.
 //!
 //! ```
 //! use candle_core::{Device, Tensor};
