@@ -590,7 +590,12 @@ fn forward_block<T: Float, const FMA: bool, const WIDE: bool>(
             qt[blk * hd + d * BR + i] = v;
         }
     }
-    let mut kt = vec![T::ZERO; hd * BC];
+    // K transposed (`hd x BC`) is the layout the logits product reads fastest, but the scalar
+    // transpose costs about as much as one block of queries' logits: it pays off only when two
+    // or more blocks of queries reuse it (8 per task at (16, 512, 256, 8); one per task in the
+    // DAHN loop's S = L = 256, H = 1, where `load_transposed` was 20% of the kernel).
+    let transposed = blocks >= 2;
+    let mut kk = vec![T::ZERO; hd * BC];
     let mut vb = vec![T::ZERO; BC * pd];
     let mut zt = vec![T::ZERO; BC * BR];
     let mut o = vec![T::ZERO; rows * pd];
@@ -603,7 +608,11 @@ fn forward_block<T: Float, const FMA: bool, const WIDE: bool>(
     let mut j0 = s0;
     while j0 < s1 {
         let c = BC.min(s1 - j0);
-        load_transposed(x.k, &x.vk, n, h, j0, c, hd, &mut kt);
+        if transposed {
+            load_transposed(x.k, &x.vk, n, h, j0, c, hd, &mut kk);
+        } else {
+            load_rows(x.k, &x.vk, n, h, j0, c, hd, T::ONE, &mut kk);
+        }
         load_rows(x.v, &x.vv, n, h, j0, c, pd, T::ONE, &mut vb);
         let next = BC.min(s1 - (j0 + c));
         prefetch_rows(x.k, &x.vk, n, h, j0 + c, next, hd);
@@ -611,7 +620,11 @@ fn forward_block<T: Float, const FMA: bool, const WIDE: bool>(
         for blk in 0..blocks {
             let rb = blk * BR;
             let rr = BR.min(rows - rb);
-            logits::<T, FMA, WIDE, BR, true>(&kt, &qt[rb * hd..], hd, c, &mut zt);
+            if transposed {
+                logits::<T, FMA, WIDE, BR, true>(&kk, &qt[rb * hd..], hd, c, &mut zt);
+            } else {
+                logits::<T, FMA, WIDE, BR, false>(&kk, &qt[rb * hd..], hd, c, &mut zt);
+            }
             if x.mask.is_some() {
                 for j in 0..c {
                     for i in 0..rr {
