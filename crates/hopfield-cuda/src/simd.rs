@@ -5,7 +5,9 @@
 //! [`wide`] runs a closure through a copy compiled for AVX2+FMA when the CPU has them; the
 //! closure and the row functions it calls must be `#[inline(always)]` so that their bodies are
 //! compiled into that copy. The retrieval kernels have their own AVX-512 dispatch
-//! (`retrieval::cpu`); this is for the light row loops around them.
+//! (`retrieval::cpu`, which also instantiates const-generic tile sizes per instruction set);
+//! this is for every other row loop (softmax rows and their gradient, LayerNorm statistics, the
+//! finiteness scan, the retrieval's output scaling).
 
 /// `f()`, compiled for AVX2+FMA where the CPU has them (checked once per process), else as is.
 #[inline(always)]

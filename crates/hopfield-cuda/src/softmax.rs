@@ -2,6 +2,7 @@
 
 use crate::error::{expect_float, KernelError};
 use crate::rows::{contiguous, rows_per_task};
+use crate::simd::wide;
 use candle_core::{
     backend::BackendStorage, CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape,
     Tensor, D,
@@ -220,32 +221,19 @@ fn softmax_grad_row<T: Float>(p: &[T], g: &[T], dst: &mut [T]) {
     }
 }
 
-/// The rows of one task. On x86-64 an AVX2+FMA build of the same code is picked at run time:
-/// the default target only allows 4-wide SSE2, and the row loops are compute-bound on `exp`.
+/// The rows of one task, in an AVX2+FMA build where the CPU has them ([`wide`]): the default
+/// target only allows 4-wide SSE2, and the row loops are compute-bound on `exp`.
 pub(crate) fn softmax_rows<T: Float>(src: &[T], dst: &mut [T], dim: usize) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            // SAFETY: the features were just detected on this CPU.
-            return unsafe { softmax_rows_avx2(src, dst, dim) };
-        }
-    }
-    softmax_rows_generic(src, dst, dim)
-}
-
-#[inline(always)]
-fn softmax_rows_generic<T: Float>(src: &[T], dst: &mut [T], dim: usize) -> bool {
-    let mut ok = true;
-    for (dr, sr) in dst.chunks_mut(dim).zip(src.chunks(dim)) {
-        ok &= softmax_row(sr, dr);
-    }
-    ok
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn softmax_rows_avx2<T: Float>(src: &[T], dst: &mut [T], dim: usize) -> bool {
-    softmax_rows_generic(src, dst, dim)
+    wide(
+        #[inline(always)]
+        || {
+            let mut ok = true;
+            for (dr, sr) in dst.chunks_mut(dim).zip(src.chunks(dim)) {
+                ok &= softmax_row(sr, dr);
+            }
+            ok
+        },
+    )
 }
 
 /// The softmax of every row, or `None` when some row holds a NaN.
@@ -264,30 +252,17 @@ fn map_rows<T: Float>(src: &[T], dim: usize) -> Option<Vec<T>> {
     ok.then_some(dst)
 }
 
-#[inline(always)]
-fn grad_rows_generic<T: Float>(p: &[T], g: &[T], dst: &mut [T], dim: usize) {
-    for ((dr, pr), gr) in dst.chunks_mut(dim).zip(p.chunks(dim)).zip(g.chunks(dim)) {
-        softmax_grad_row(pr, gr, dr);
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn grad_rows_avx2<T: Float>(p: &[T], g: &[T], dst: &mut [T], dim: usize) {
-    grad_rows_generic(p, g, dst, dim);
-}
-
-/// `dst = p * (g - sum(p g))` for the rows of one task (AVX2+FMA build picked at run time).
+/// `dst = p * (g - sum(p g))` for the rows of one task, in an AVX2+FMA build where the CPU has
+/// them ([`wide`]).
 pub(crate) fn softmax_grad_rows<T: Float>(p: &[T], g: &[T], dst: &mut [T], dim: usize) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            // SAFETY: the features were just detected on this CPU.
-            unsafe { grad_rows_avx2(p, g, dst, dim) };
-            return;
-        }
-    }
-    grad_rows_generic(p, g, dst, dim);
+    wide(
+        #[inline(always)]
+        || {
+            for ((dr, pr), gr) in dst.chunks_mut(dim).zip(p.chunks(dim)).zip(g.chunks(dim)) {
+                softmax_grad_row(pr, gr, dr);
+            }
+        },
+    )
 }
 
 fn grad_rows<T: Float>(p: &[T], g: &[T], dim: usize) -> Vec<T> {

@@ -424,7 +424,7 @@ fn transpose_block<T: Float, const AVX: bool>(rows: &[T], c: usize, w: usize, ds
 /// beyond `c`. With AVX (`AVX`: the AVX2 and AVX-512 builds) and f32, whole 8 x 8 tiles go
 /// through registers ([`transpose8`]); the rest element by element, whose stores the compiler
 /// turned into scatters: ~5% of the (16, 512, 256, 8) forward kernel, 20% where one block of
-/// queries uses the block; the tiles brought that to 0.3%.
+/// queries uses the block; the tiles brought that to 0.4%.
 #[inline(always)]
 fn transpose_rows<T: Float, const AVX: bool>(
     src: &[T],
