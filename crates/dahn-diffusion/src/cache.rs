@@ -8,7 +8,8 @@
 //! stored bit patterns of the values with the query's, so a hash collision costs a rebuild, never a
 //! wrong graph. Hashing costs one host copy of the patterns (O(N d)), negligible next to the
 //! O(N^2 d) graph build; the hash is `ahash` rather than std's SipHash because a cached forward
-//! hashes every call (SipHash of the f64 bit patterns was 3.4% of a cached (8, 256, 64) forward). The config is fixed per cache.
+//! hashes every call (SipHash of the f64 bit patterns was 3.4% of a cached (8, 256, 64) forward).
+//! The config is fixed per cache.
 //!
 //! **Bound**: least-recently-used eviction at [`GraphCache::capacity`] entries
 //! ([`GraphCache::DEFAULT_CAPACITY`] unless given), so that a batch of per-sample graphs (one entry
@@ -87,14 +88,15 @@ impl Values {
         // One `write` of the whole slice (integer slices hash as their bytes).
         let values = match p.dtype() {
             DType::F32 | DType::F16 | DType::BF16 => {
+                // `into_iter` + `collect` to a type of the same size reuses the host copy.
                 let host = p.to_dtype(DType::F32)?.to_vec1::<f32>()?;
-                let bits: Vec<u32> = host.iter().map(|v| v.to_bits()).collect();
+                let bits: Vec<u32> = host.into_iter().map(f32::to_bits).collect();
                 bits.hash(&mut h);
                 Values::Bits32(bits)
             }
             _ => {
                 let host = p.to_dtype(DType::F64)?.to_vec1::<f64>()?;
-                let bits: Vec<u64> = host.iter().map(|v| v.to_bits()).collect();
+                let bits: Vec<u64> = host.into_iter().map(f64::to_bits).collect();
                 bits.hash(&mut h);
                 Values::Bits64(bits)
             }

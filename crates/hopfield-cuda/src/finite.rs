@@ -56,30 +56,38 @@ fn dense_span(layout: &candle_core::Layout) -> Option<(usize, usize)> {
 /// The CPU scan for f32/f64 tensors whose elements fill one storage range; `None` where it does
 /// not apply.
 fn cpu_all_finite(x: &Tensor) -> Option<bool> {
-    use crate::simd::wide;
     use candle_core::{CpuStorage, Storage};
-    use rayon::prelude::*;
     let (storage, layout) = x.storage_and_layout();
     // A permuted layout too: the fallback below allocated `0 * x` and reduced it (4% of a cached
     // batch-mean DiffusedHopfield forward, whose inputs are sequence-first views).
     let (a, b) = dense_span(layout)?;
-    const CHUNK: usize = 1 << 16;
-    // `x - x` is 0 exactly for finite x, NaN otherwise: a branch-free test that vectorises.
     match &*storage {
-        Storage::Cpu(CpuStorage::F32(v)) => Some(v[a..b].par_chunks(CHUNK).all(|c| {
-            wide(
-                #[inline(always)]
-                || all_finite_slice(c),
-            )
-        })),
-        Storage::Cpu(CpuStorage::F64(v)) => Some(v[a..b].par_chunks(CHUNK).all(|c| {
-            wide(
-                #[inline(always)]
-                || all_finite_slice(c),
-            )
-        })),
+        Storage::Cpu(CpuStorage::F32(v)) => Some(scan(&v[a..b])),
+        Storage::Cpu(CpuStorage::F64(v)) => Some(scan(&v[a..b])),
         _ => None,
     }
+}
+
+/// [`all_finite_slice`] over chunks in parallel, each in the AVX2 build where the CPU has it.
+fn scan<T>(v: &[T]) -> bool
+where
+    T: Copy
+        + Default
+        + PartialEq
+        + Send
+        + Sync
+        + std::ops::Add<Output = T>
+        + std::ops::Sub<Output = T>,
+{
+    use crate::simd::wide;
+    use rayon::prelude::*;
+    const CHUNK: usize = 1 << 16;
+    v.par_chunks(CHUNK).all(|c| {
+        wide(
+            #[inline(always)]
+            || all_finite_slice(c),
+        )
+    })
 }
 
 /// Whether every element of `c` is finite: sum of `e - e` over independent lanes (a single

@@ -91,6 +91,31 @@ fn normalize_grad_row<T: Real>(x: &[T], g: &[T], dx: &mut [T], eps: f64) {
     }
 }
 
+/// Every row of `x` standardised, rows in parallel, each in the AVX2 build where the CPU has it;
+/// `false` when some row holds NaN or inf.
+fn normalize_rows<T: Real + Default>(x: &[T], dim: usize, eps: f64) -> (Vec<T>, bool) {
+    let bad = AtomicBool::new(false);
+    let y = par_rows(x, dim, |a, b| {
+        if !wide(
+            #[inline(always)]
+            || normalize_row(a, b, eps),
+        ) {
+            bad.store(true, Ordering::Relaxed);
+        }
+    });
+    (y, !bad.into_inner())
+}
+
+/// [`normalize_grad_row`] of every row, rows in parallel, each in the AVX2 build where present.
+fn normalize_grad_rows<T: Real + Default>(x: &[T], g: &[T], dim: usize, eps: f64) -> Vec<T> {
+    par_rows2(x, g, dim, |a, b, c| {
+        wide(
+            #[inline(always)]
+            || normalize_grad_row(a, b, c, eps),
+        )
+    })
+}
+
 struct Normalize {
     eps: f64,
 }
@@ -102,30 +127,19 @@ impl CustomOp1 for Normalize {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let dim = l.dims().last().copied().unwrap_or(1);
-        let eps = self.eps;
         // Rows with NaN or inf would come out NaN: found for free from their statistics.
-        let bad = AtomicBool::new(false);
-        let row = |ok: bool| {
-            if !ok {
-                bad.store(true, Ordering::Relaxed);
+        let (out, ok) = match s {
+            CpuStorage::F32(v) => {
+                let (y, ok) = normalize_rows(contiguous(v, l)?, dim, self.eps);
+                (CpuStorage::F32(y), ok)
             }
-        };
-        let out = match s {
-            CpuStorage::F32(v) => CpuStorage::F32(par_rows(contiguous(v, l)?, dim, |a, b| {
-                row(wide(
-                    #[inline(always)]
-                    || normalize_row(a, b, eps),
-                ))
-            })),
-            CpuStorage::F64(v) => CpuStorage::F64(par_rows(contiguous(v, l)?, dim, |a, b| {
-                row(wide(
-                    #[inline(always)]
-                    || normalize_row(a, b, eps),
-                ))
-            })),
+            CpuStorage::F64(v) => {
+                let (y, ok) = normalize_rows(contiguous(v, l)?, dim, self.eps);
+                (CpuStorage::F64(y), ok)
+            }
             other => candle_core::bail!("normalize: unsupported dtype {:?}", other.dtype()),
         };
-        if bad.into_inner() {
+        if !ok {
             return Err(KernelError::Values {
                 op: "normalize",
                 arg: "x",
@@ -165,27 +179,17 @@ impl CustomOp2 for NormalizeGrad {
         let dim = lx.dims().last().copied().unwrap_or(1);
         let eps = self.eps;
         let out = match (x, g) {
-            (CpuStorage::F32(x), CpuStorage::F32(g)) => CpuStorage::F32(par_rows2(
+            (CpuStorage::F32(x), CpuStorage::F32(g)) => CpuStorage::F32(normalize_grad_rows(
                 contiguous(x, lx)?,
                 contiguous(g, lg)?,
                 dim,
-                |a, b, c| {
-                    wide(
-                        #[inline(always)]
-                        || normalize_grad_row(a, b, c, eps),
-                    )
-                },
+                eps,
             )),
-            (CpuStorage::F64(x), CpuStorage::F64(g)) => CpuStorage::F64(par_rows2(
+            (CpuStorage::F64(x), CpuStorage::F64(g)) => CpuStorage::F64(normalize_grad_rows(
                 contiguous(x, lx)?,
                 contiguous(g, lg)?,
                 dim,
-                |a, b, c| {
-                    wide(
-                        #[inline(always)]
-                        || normalize_grad_row(a, b, c, eps),
-                    )
-                },
+                eps,
             )),
             _ => candle_core::bail!("normalize backward: unsupported dtypes"),
         };
