@@ -1016,8 +1016,8 @@ mod tests {
     use super::*;
     use candle_core::Device;
 
-    /// Deterministic pseudo-random values in [-0.5, 0.5).
-    fn values(len: usize, seed: u64) -> Vec<f32> {
+    /// Deterministic pseudo-random values in [-0.5, 0.5) (the leaf forest's tests use them too).
+    pub(super) fn values(len: usize, seed: u64) -> Vec<f32> {
         (0..len)
             .map(|i| (splitmix(seed ^ i as u64) >> 40) as f32 / (1u64 << 24) as f32 - 0.5)
             .collect()

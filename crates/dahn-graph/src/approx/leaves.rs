@@ -486,12 +486,8 @@ mod tests {
     use super::*;
     use candle_core::{Device, Result, Tensor};
 
-    /// Uniform values in [-0.5, 0.5) (the data of `knn_approx`), deterministic.
-    fn uniform(len: usize, seed: u64) -> Vec<f32> {
-        (0..len)
-            .map(|i| (splitmix(seed ^ i as u64) >> 40) as f32 / (1u64 << 24) as f32 - 0.5)
-            .collect()
-    }
+    // Uniform values in [-0.5, 0.5) (the data of `knn_approx`), deterministic.
+    use super::super::tests::values as uniform;
 
     /// `clusters` blobs: centres uniform in [-1, 1)^d, members within +-0.15 per coordinate.
     fn clustered(n: usize, d: usize, clusters: usize, seed: u64) -> Vec<f32> {
