@@ -48,6 +48,8 @@
 mod affine;
 mod alloc;
 mod attention_energy;
+#[cfg(feature = "cuda")]
+mod cuda_view;
 mod device;
 mod entmax;
 mod error;

@@ -5,10 +5,9 @@
 //! zeros, and NaN/`+inf` logits the same typed error (the kernel flags such rows; the forward
 //! copies the flags back, one byte per row, which waits for the kernel).
 
+use crate::cuda_view::contiguous_view;
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::driver::{
-    CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
-};
+use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::{CudaDType, WrapErr};
 use candle_core::{CudaStorage, DType, Layout, Result, Shape};
 
@@ -46,14 +45,6 @@ fn suffix(dtype: DType) -> Result<&'static str> {
         DType::F16 => Ok("f16"),
         DType::BF16 => Ok("bf16"),
         other => Err(unsupported(other)),
-    }
-}
-
-/// The contiguous data of a CUDA input.
-fn view<'a, T: CudaDType>(s: &'a CudaStorage, l: &Layout) -> Result<CudaView<'a, T>> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(s.as_cuda_slice::<T>()?.slice(a..b)),
-        None => candle_core::bail!("entmax: CUDA input not contiguous"),
     }
 }
 
@@ -106,8 +97,8 @@ fn forward_typed<T: CudaDType + DeviceRepr>(
 ) -> Result<(CudaStorage, Shape)> {
     let (rows, n) = rows_of(z.1, a.1)?;
     let dev = z.0.device().clone();
-    let zs = view::<T>(z.0, z.1)?;
-    let al = view::<T>(a.0, a.1)?;
+    let zs = contiguous_view::<T>("entmax", z.0, z.1)?;
+    let al = contiguous_view::<T>("entmax", a.0, a.1)?;
     // SAFETY: the kernel writes every element of p and every row's flag.
     let p = unsafe { dev.alloc::<T>(rows * n) }?;
     let bad = unsafe { dev.alloc::<u8>(rows) }?;
@@ -163,9 +154,9 @@ fn backward_typed<T: CudaDType + DeviceRepr>(
         );
     }
     let dev = p.0.device().clone();
-    let ps = view::<T>(p.0, p.1)?;
-    let gs = view::<T>(g.0, g.1)?;
-    let al = view::<T>(a.0, a.1)?;
+    let ps = contiguous_view::<T>("entmax", p.0, p.1)?;
+    let gs = contiguous_view::<T>("entmax", g.0, g.1)?;
+    let al = contiguous_view::<T>("entmax", a.0, a.1)?;
     let (kernel, len, shape) = match which {
         Grad::Logits => ("entmax_bwd", rows * n, p.1.shape().clone()),
         Grad::Alpha => ("entmax_alpha_bwd", rows, a.1.shape().clone()),

@@ -3,6 +3,7 @@
 //! [`CsrMatrix`].
 
 use super::CsrMatrix;
+use crate::cuda_view::contiguous_view;
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{
     CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
@@ -17,14 +18,6 @@ mod ptx {
 const MODULE: &str = "hopfield_sparse";
 const THREADS: u32 = 256;
 
-/// The contiguous data of a CUDA tensor.
-fn view<'a, T: CudaDType>(s: &'a CudaStorage, l: &Layout) -> Result<CudaView<'a, T>> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(s.as_cuda_slice::<T>()?.slice(a..b)),
-        None => candle_core::bail!("sparse: CUDA input not contiguous"),
-    }
-}
-
 fn cached<'a, T: CudaDType>(
     t: &'a (impl std::ops::Deref<Target = Storage> + 'a),
     l: &Layout,
@@ -32,7 +25,7 @@ fn cached<'a, T: CudaDType>(
     let Storage::Cuda(c) = &**t else {
         candle_core::bail!("sparse: cached matrix not on the GPU")
     };
-    view::<T>(c, l)
+    contiguous_view::<T>("sparse", c, l)
 }
 
 /// `W x`, or the fused step when `step` holds `deg` and `eta`; `x` is (N, m) contiguous.
@@ -66,11 +59,11 @@ fn typed<T: CudaDType + DeviceRepr + WithDType>(
     let rp = cached::<u32>(&rp_s, rp_l)?;
     let cols = cached::<u32>(&c_s, c_l)?;
     let vals = cached::<T>(&v_s, v_l)?;
-    let xs = view::<T>(x.0, x.1)?;
+    let xs = contiguous_view::<T>("sparse", x.0, x.1)?;
     let (deg, eta, is_step) = match step {
-        Some((s, l, eta)) => (view::<T>(s, l)?, cast(eta), 1i32),
+        Some((s, l, eta)) => (contiguous_view::<T>("sparse", s, l)?, cast(eta), 1i32),
         // Never read (step = 0).
-        None => (view::<T>(x.0, x.1)?, cast(0.0), 0i32),
+        None => (contiguous_view::<T>("sparse", x.0, x.1)?, cast(0.0), 0i32),
     };
     let n = a.n() as i64;
     let m = x.1.dims().get(1).copied().unwrap_or(1) as i64;
