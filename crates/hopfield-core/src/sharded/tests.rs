@@ -47,6 +47,17 @@ struct Case {
     cfg: Retrieval,
 }
 
+impl Case {
+    /// The case's stored patterns as one memory of its shards.
+    fn memory(&self) -> Result<ShardedMemory> {
+        let shards = self.keys.iter().zip(&self.values).map(|(k, v)| Shard {
+            keys: k.as_tensor().clone(),
+            values: v.as_tensor().clone(),
+        });
+        ShardedMemory::new(shards.collect())
+    }
+}
+
 fn case(
     seed: u64,
     (n, l, s, h, hd, pd): (usize, usize, usize, usize, usize, usize),
@@ -94,16 +105,7 @@ fn case(
 /// Sharded against single memory: output, lse and the gradients of a loss through both with
 /// respect to the queries and every shard's keys and values.
 fn check_against_single(c: &Case, tol: f64) -> Result<()> {
-    let shards: Vec<Shard> = c
-        .keys
-        .iter()
-        .zip(&c.values)
-        .map(|(k, v)| Shard {
-            keys: k.as_tensor().clone(),
-            values: v.as_tensor().clone(),
-        })
-        .collect();
-    let memory = ShardedMemory::new(shards)?;
+    let memory = c.memory()?;
     let (out, lse) = memory.retrieve_with_lse(c.q.as_tensor(), &c.cfg)?;
     let k = Tensor::cat(&c.keys.iter().map(|v| v.as_tensor()).collect::<Vec<_>>(), 1)?;
     let v = Tensor::cat(
@@ -570,16 +572,7 @@ impl Communicator for Shifted {
 #[case(20.0)]
 fn merge_is_invariant_to_the_maxima(#[case] shift: f64) -> Result<()> {
     let c = case(41, (2, 4, 12, 2, 3, 3), 3, true, true)?;
-    let shards: Vec<Shard> = c
-        .keys
-        .iter()
-        .zip(&c.values)
-        .map(|(k, v)| Shard {
-            keys: k.as_tensor().clone(),
-            values: v.as_tensor().clone(),
-        })
-        .collect();
-    let memory = ShardedMemory::new(shards)?;
+    let memory = c.memory()?;
     let run = |comm: Arc<dyn Communicator>| -> Result<(Tensor, Tensor, Vec<Option<Tensor>>)> {
         let (out, lse) = memory
             .clone()
@@ -619,16 +612,7 @@ fn backward_traffic_follows_the_model() -> Result<()> {
     };
     // In one process.
     let comm = Arc::new(CountingCommunicator::new(LocalCommunicator));
-    let shards: Vec<Shard> = c
-        .keys
-        .iter()
-        .zip(&c.values)
-        .map(|(k, v)| Shard {
-            keys: k.as_tensor().clone(),
-            values: v.as_tensor().clone(),
-        })
-        .collect();
-    let memory = ShardedMemory::new(shards)?.with_communicator(comm.clone());
+    let memory = c.memory()?.with_communicator(comm.clone());
     let (out, lse) = memory.retrieve_with_lse(c.q.as_tensor(), &c.cfg)?;
     assert_eq!(comm.traffic().backward(), 0);
     weighted_loss(&out, &lse)?.backward()?;
