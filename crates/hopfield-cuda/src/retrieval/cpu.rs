@@ -6,6 +6,8 @@
 //! thread pool (a single huge memory), the stored patterns are split into chunks as well and the
 //! partial results merged on their running max and sum.
 
+#[cfg(target_arch = "x86_64")]
+use super::avx512;
 use super::op::{Params, View};
 use crate::simd::wide;
 use crate::softmax::{exp_f32, exp_f32_with};
@@ -309,7 +311,9 @@ fn block_accumulate<T: Float, const FMA: bool, const WIDE: bool, const R: usize,
     while r + R <= rows {
         let mut e0 = 0;
         while e0 < full2 {
-            accumulate_tile::<T, FMA, R, PT, { 2 * AW }>(p, ps, b, w, r, e0, cols, out);
+            if !(WIDE && accumulate_avx512::<T, PT>(p, ps, b, w, r, e0, cols, out)) {
+                accumulate_tile::<T, FMA, R, PT, { 2 * AW }>(p, ps, b, w, r, e0, cols, out);
+            }
             e0 += 2 * AW;
         }
         while e0 < full {
@@ -597,12 +601,85 @@ fn logits<T: Float, const FMA: bool, const WIDE: bool, const W: usize, const AT:
     let f32_lanes = std::mem::size_of::<T>() == 4;
     match (WIDE, W <= 64) {
         (true, true) if f32_lanes && W <= 32 => {
-            block_logits::<T, FMA, W, 8, AT>(a, bt, hd, rows, out)
+            match logits_avx512::<T, W, AT>(a, bt, hd, rows, out) {
+                0 => block_logits::<T, FMA, W, 8, AT>(a, bt, hd, rows, out),
+                done => {
+                    (done..rows).for_each(|r| logits_rows::<T, FMA, W, 1, AT>(a, bt, hd, r, out))
+                }
+            }
         }
         (true, true) => block_logits::<T, FMA, W, 4, AT>(a, bt, hd, rows, out),
         (true, false) | (false, true) => block_logits::<T, FMA, W, 2, AT>(a, bt, hd, rows, out),
         (false, false) => block_logits::<T, FMA, W, 1, AT>(a, bt, hd, rows, out),
     }
+}
+
+/// `s` as f32 when `T` is f32: the AVX-512 micro-kernels are f32 only.
+#[inline(always)]
+fn as_f32<T: Float>(s: &[T]) -> Option<&[f32]> {
+    (std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>())
+        // SAFETY: T is f32.
+        .then(|| unsafe { std::slice::from_raw_parts(s.as_ptr().cast::<f32>(), s.len()) })
+}
+
+/// [`as_f32`] of a mutable slice.
+#[inline(always)]
+fn as_f32_mut<T: Float>(s: &mut [T]) -> Option<&mut [f32]> {
+    (std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>())
+        // SAFETY: T is f32.
+        .then(|| unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr().cast::<f32>(), s.len()) })
+}
+
+/// The whole tiles of eight rows of [`block_logits`] through the AVX-512 micro-kernel where it
+/// applies (f32, 32 queries wide, `a` transposed); returns how many rows it did (0 where it
+/// does not apply). Only called from the AVX-512 build (`WIDE`).
+#[inline(always)]
+fn logits_avx512<T: Float, const W: usize, const AT: bool>(
+    a: &[T],
+    bt: &[T],
+    hd: usize,
+    rows: usize,
+    out: &mut [T],
+) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if let (true, true, Some(a), Some(bt), Some(out)) =
+        (W == avx512::W, AT, as_f32(a), as_f32(bt), as_f32_mut(out))
+    {
+        let tiles = rows / avx512::R * avx512::R;
+        for r in (0..tiles).step_by(avx512::R) {
+            // SAFETY: only the AVX-512 build calls this (the CPU has AVX-512F).
+            unsafe { avx512::logits_tile(&a[r..], BC, bt, hd, &mut out[r * W..]) };
+        }
+        return tiles;
+    }
+    let _ = (a, bt, hd, rows, out);
+    0
+}
+
+/// One 8 x 32 tile of [`block_accumulate`] (rows `r..r+8`, columns `e0..e0+32`) through the
+/// AVX-512 micro-kernel where it applies (f32); false where it does not. Only called from the
+/// AVX-512 build (`WIDE`).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn accumulate_avx512<T: Float, const PT: bool>(
+    p: &[T],
+    ps: usize,
+    b: &[T],
+    w: usize,
+    r: usize,
+    e0: usize,
+    cols: usize,
+    out: &mut [T],
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if let (Some(p), Some(b), Some(out)) = (as_f32(p), as_f32(b), as_f32_mut(out)) {
+        let p = if PT { &p[r..] } else { &p[r * ps..] };
+        // SAFETY: only the AVX-512 build calls this (the CPU has AVX-512F).
+        unsafe { avx512::accumulate_tile::<PT>(p, ps, &b[e0..], w, cols, &mut out[r * w + e0..]) };
+        return true;
+    }
+    let _ = (p, ps, b, w, r, e0, cols, out);
+    false
 }
 
 /// [`block_accumulate`] with eight rows per step where AVX-512's 32 registers hold the
@@ -711,12 +788,14 @@ fn forward_block<T: Float, const FMA: bool, const WIDE: bool>(
                 }
             }
             let mut sum = [T::ZERO; BR];
-            for row in zt.chunks_exact_mut(BR).take(c) {
-                let row: &mut [T; BR] = row.try_into().unwrap();
-                for i in 0..BR {
-                    let e = (row[i] - shift[i]).exp_fma::<FMA>();
-                    row[i] = e;
-                    sum[i] += e;
+            if !(WIDE && exp_shift_sum_avx512(&mut zt, c, &shift, &mut sum)) {
+                for row in zt.chunks_exact_mut(BR).take(c) {
+                    let row: &mut [T; BR] = row.try_into().unwrap();
+                    for i in 0..BR {
+                        let e = (row[i] - shift[i]).exp_fma::<FMA>();
+                        row[i] = e;
+                        sum[i] += e;
+                    }
                 }
             }
             for i in 0..BR {
@@ -737,6 +816,59 @@ fn forward_block<T: Float, const FMA: bool, const WIDE: bool>(
     m.truncate(rows);
     l.truncate(rows);
     Partial { o, m, l }
+}
+
+/// The forward's `z = exp(z - shift)`, summed per query, over `rows` rows of a block through the
+/// AVX-512 exponential where it applies (f32); false where it does not. Only called from the
+/// AVX-512 build (`WIDE`).
+#[inline(always)]
+fn exp_shift_sum_avx512<T: Float>(
+    z: &mut [T],
+    rows: usize,
+    shift: &[T; BR],
+    sum: &mut [T; BR],
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if let (Some(z), Some(shift), Some(sum)) = (as_f32_mut(z), as_f32(shift), as_f32_mut(sum)) {
+        // SAFETY: only the AVX-512 build calls this (the CPU has AVX-512F); BR = avx512::W.
+        unsafe {
+            avx512::exp_shift_sum(z, rows, shift.try_into().unwrap(), sum.try_into().unwrap())
+        };
+        return true;
+    }
+    let _ = (z, rows, shift, sum);
+    false
+}
+
+/// The backward's `p = exp(z - lse)`, `dS = p (dp + shift)` over `rows` rows of a block through
+/// the AVX-512 exponential where it applies (f32); false where it does not. Only called from
+/// the AVX-512 build (`WIDE`).
+#[inline(always)]
+fn exp_grad_avx512<T: Float>(
+    z: &mut [T],
+    dp: &mut [T],
+    rows: usize,
+    lse: &[T; BR],
+    shift: &[T; BR],
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if let (Some(z), Some(dp), Some(lse), Some(shift)) =
+        (as_f32_mut(z), as_f32_mut(dp), as_f32(lse), as_f32(shift))
+    {
+        // SAFETY: only the AVX-512 build calls this (the CPU has AVX-512F); BR = avx512::W.
+        unsafe {
+            avx512::exp_grad(
+                z,
+                dp,
+                rows,
+                lse.try_into().unwrap(),
+                shift.try_into().unwrap(),
+            )
+        };
+        return true;
+    }
+    let _ = (z, dp, rows, lse, shift);
+    false
 }
 
 /// Queries per forward task: as many as keep every thread busy, up to 256, so that each block
@@ -1000,20 +1132,24 @@ fn backward_chunk<T: Float, const FMA: bool, const WIDE: bool>(
             logits::<T, FMA, WIDE, BR, true>(&vt, d_ot, pd, c, &mut dpt);
             let lse: &[T; BR] = (&qs.lse[r0..r0 + BR]).try_into().unwrap();
             let shift: &[T; BR] = (&qs.shift[r0..r0 + BR]).try_into().unwrap();
-            for j in 0..c {
-                let row: &mut [T; BR] = (&mut st[j * BR..(j + 1) * BR]).try_into().unwrap();
-                if x.mask.is_some() {
-                    for (r, z) in row.iter_mut().enumerate().take(rows) {
-                        *z += x.mask_at(n, h, r0 + r, j0 + j);
+            if x.mask.is_some() {
+                for j in 0..c {
+                    for r in 0..rows {
+                        st[j * BR + r] += x.mask_at(n, h, r0 + r, j0 + j);
                     }
                 }
-                // One loop: as two, the compiler left the second (`dS`) scalar, 32 scalar
-                // multiply-adds per row where two vectors do.
-                let drow: &mut [T; BR] = (&mut dpt[j * BR..(j + 1) * BR]).try_into().unwrap();
-                for r in 0..BR {
-                    let e = (row[r] - lse[r]).exp_fma::<FMA>();
-                    row[r] = e;
-                    drow[r] = e * (drow[r] + shift[r]);
+            }
+            if !(WIDE && exp_grad_avx512(&mut st, &mut dpt, c, lse, shift)) {
+                for j in 0..c {
+                    let row: &mut [T; BR] = (&mut st[j * BR..(j + 1) * BR]).try_into().unwrap();
+                    // One loop: as two, the compiler left the second (`dS`) scalar, 32 scalar
+                    // multiply-adds per row where two vectors do.
+                    let drow: &mut [T; BR] = (&mut dpt[j * BR..(j + 1) * BR]).try_into().unwrap();
+                    for r in 0..BR {
+                        let e = (row[r] - lse[r]).exp_fma::<FMA>();
+                        row[r] = e;
+                        drow[r] = e * (drow[r] + shift[r]);
+                    }
                 }
             }
             let q_rows = &qs.q[r0 * hd..];

@@ -195,6 +195,7 @@ fn fused_matches_composed_f64(
 #[rstest]
 #[case(2, 40, 200, 4, 16, 16)]
 #[case(1, 2, 1000, 2, 64, 64)]
+#[case(2, 70, 150, 3, 32, 40)] // whole 8 x 32 tiles of the AVX-512 micro-kernels and ragged ones
 fn fused_matches_composed_f32(
     #[case] n: usize,
     #[case] l: usize,
@@ -202,7 +203,7 @@ fn fused_matches_composed_f32(
     #[case] h: usize,
     #[case] hd: usize,
     #[case] pd: usize,
-    #[values("none", "padding")] mask: &str,
+    #[values("none", "padding", "assoc")] mask: &str,
 ) {
     let c = Case { n, l, s, h, hd, pd };
     check_case(c, mask, true, true, DType::F32, 2e-5);

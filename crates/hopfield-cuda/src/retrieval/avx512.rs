@@ -1,0 +1,365 @@
+//! AVX-512 f32 micro-kernels for the retrieval's three hot loops: the logits tile, the
+//! accumulation tile and the shifted exponential of a block.
+//!
+//! The generic kernels in `cpu.rs` compile to the same FMAs, but the profile of the
+//! (16, 512, 256, 8) forward showed their inner loops at about two thirds of the FMA rate: per
+//! step of 16 FMAs the compiler kept ~11 scalar instructions (bounds checks, a pointer reloaded
+//! from the stack), ~37 instructions in all, which is what a 5-wide front end issues in the
+//! 8 cycles the FMAs need. Here one pointer walks each operand with constant offsets and the
+//! bounds are checked once per tile. The exponential uses `vrndscaleps` and `vscalefps`
+//! (14 vector operations against ~23 for the portable form, whose clamps and NaN selects stay
+//! element-wise). Same semantics as the portable loops (tested against them in `cpu.rs`).
+
+use std::arch::x86_64::*;
+
+/// Rows of a tile.
+pub(super) const R: usize = 8;
+/// Columns of a tile: two 16-lane vectors.
+pub(super) const W: usize = 32;
+
+/// `out[i][0..32] = sum_d a[d * a_stride + i] * bt[d * 32 ..][0..32]` for `i < 8`, `d < hd`
+/// (the logits of eight stored patterns, stored transposed in `a`, against 32 queries in `bt`).
+///
+/// # Safety
+/// The CPU has AVX-512F.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn logits_tile(
+    a: &[f32],
+    a_stride: usize,
+    bt: &[f32],
+    hd: usize,
+    out: &mut [f32],
+) {
+    if hd == 0 {
+        out[..R * W].fill(0.0);
+        return;
+    }
+    assert!(a.len() >= (hd - 1) * a_stride + R && bt.len() >= hd * W && out.len() >= R * W);
+    let (mut pa, mut pb) = (a.as_ptr(), bt.as_ptr());
+    let mut acc = [_mm512_setzero_ps(); 2 * R];
+    for _ in 0..hd {
+        let b0 = _mm512_loadu_ps(pb);
+        let b1 = _mm512_loadu_ps(pb.add(16));
+        for i in 0..R {
+            let x = _mm512_set1_ps(*pa.add(i));
+            acc[2 * i] = _mm512_fmadd_ps(x, b0, acc[2 * i]);
+            acc[2 * i + 1] = _mm512_fmadd_ps(x, b1, acc[2 * i + 1]);
+        }
+        pa = pa.add(a_stride);
+        pb = pb.add(W);
+    }
+    let po = out.as_mut_ptr();
+    for (i, v) in acc.iter().enumerate() {
+        _mm512_storeu_ps(po.add(i * 16), *v);
+    }
+}
+
+/// `out[i * w ..][0..32] += sum_j p(i, j) * b[j * w ..][0..32]` for `i < 8`, `j < cols`, where
+/// `p(i, j)` is `p[j * ps + i]` when `PT` and `p[i * ps + j]` otherwise (the slices start at
+/// the tile's first row and column).
+///
+/// # Safety
+/// The CPU has AVX-512F.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn accumulate_tile<const PT: bool>(
+    p: &[f32],
+    ps: usize,
+    b: &[f32],
+    w: usize,
+    cols: usize,
+    out: &mut [f32],
+) {
+    if cols == 0 {
+        return;
+    }
+    let p_len = if PT {
+        (cols - 1) * ps + R
+    } else {
+        (R - 1) * ps + cols
+    };
+    assert!(p.len() >= p_len && b.len() >= (cols - 1) * w + W && out.len() >= (R - 1) * w + W);
+    let po = out.as_mut_ptr();
+    let mut acc = [_mm512_setzero_ps(); 2 * R];
+    for i in 0..R {
+        acc[2 * i] = _mm512_loadu_ps(po.add(i * w));
+        acc[2 * i + 1] = _mm512_loadu_ps(po.add(i * w + 16));
+    }
+    let (mut pp, mut pb) = (p.as_ptr(), b.as_ptr());
+    // The step between consecutive `j` in `p`, and between consecutive rows `i`.
+    let (pj, pi) = if PT { (ps, 1) } else { (1, ps) };
+    for _ in 0..cols {
+        let b0 = _mm512_loadu_ps(pb);
+        let b1 = _mm512_loadu_ps(pb.add(16));
+        for i in 0..R {
+            let x = _mm512_set1_ps(*pp.add(i * pi));
+            acc[2 * i] = _mm512_fmadd_ps(x, b0, acc[2 * i]);
+            acc[2 * i + 1] = _mm512_fmadd_ps(x, b1, acc[2 * i + 1]);
+        }
+        pp = pp.add(pj);
+        pb = pb.add(w);
+    }
+    for i in 0..R {
+        _mm512_storeu_ps(po.add(i * w), acc[2 * i]);
+        _mm512_storeu_ps(po.add(i * w + 16), acc[2 * i + 1]);
+    }
+}
+
+/// `exp(x)` of 16 lanes with the portable `exp_f32_with`'s semantics: Cody-Waite reduction
+/// `x = n ln2 + r` with the round done by `vrndscaleps`, Cephes' degree-6 polynomial (the same
+/// constants), `2^n` applied by `vscalefps`; inputs below ln(f32::MIN_POSITIVE), `-inf`
+/// included, give exactly 0 (no subnormals, which would slow the FMAs that read them), `inf` past
+/// ln(f32::MAX) (where the portable form gives `inf` from ~88.38 on, one power of two early), NaN stays
+/// NaN (`max`/`min` return their second operand when either is NaN, and the zeroing mask is
+/// "not less than, unordered").
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn exp16(x: __m512) -> __m512 {
+    const LO: f32 = -87.336_54;
+    let keep = _mm512_cmp_ps_mask::<_CMP_NLT_UQ>(x, _mm512_set1_ps(LO));
+    let x = _mm512_max_ps(_mm512_set1_ps(LO), x);
+    // Past ln(f32::MAX) ~ 88.72 the result overflows to inf (89: n = 128 and y > 1).
+    let x = _mm512_min_ps(_mm512_set1_ps(89.0), x);
+    let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+        _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
+    );
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_359_4), x);
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.121_944_4e-4), r);
+    let r2 = _mm512_mul_ps(r, r);
+    let mut y = _mm512_set1_ps(1.987_569_1e-4);
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.398_199_9e-3));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(8.333_452e-3));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(4.166_579_6e-2));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.666_666_5e-1));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(0.5));
+    y = _mm512_add_ps(_mm512_fmadd_ps(y, r2, r), _mm512_set1_ps(1.0));
+    _mm512_maskz_scalef_ps(keep, y, n)
+}
+
+/// For each of the `rows` rows of 32 in `z`: `z = exp(z - shift)` lane-wise, summed into `sum`
+/// (the forward's online-softmax block).
+///
+/// # Safety
+/// The CPU has AVX-512F.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn exp_shift_sum(
+    z: &mut [f32],
+    rows: usize,
+    shift: &[f32; W],
+    sum: &mut [f32; W],
+) {
+    assert!(z.len() >= rows * W);
+    let (s0, s1) = (
+        _mm512_loadu_ps(shift.as_ptr()),
+        _mm512_loadu_ps(shift.as_ptr().add(16)),
+    );
+    let (mut a0, mut a1) = (
+        _mm512_loadu_ps(sum.as_ptr()),
+        _mm512_loadu_ps(sum.as_ptr().add(16)),
+    );
+    let mut pz = z.as_mut_ptr();
+    for _ in 0..rows {
+        let e0 = exp16(_mm512_sub_ps(_mm512_loadu_ps(pz), s0));
+        let e1 = exp16(_mm512_sub_ps(_mm512_loadu_ps(pz.add(16)), s1));
+        _mm512_storeu_ps(pz, e0);
+        _mm512_storeu_ps(pz.add(16), e1);
+        a0 = _mm512_add_ps(a0, e0);
+        a1 = _mm512_add_ps(a1, e1);
+        pz = pz.add(W);
+    }
+    _mm512_storeu_ps(sum.as_mut_ptr(), a0);
+    _mm512_storeu_ps(sum.as_mut_ptr().add(16), a1);
+}
+
+/// For each of the `rows` rows of 32: `p = exp(z - lse)` into `z` and `dS = p (dp + shift)`
+/// into `dp` (the backward's recomputed association and its logit gradient).
+///
+/// # Safety
+/// The CPU has AVX-512F.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn exp_grad(
+    z: &mut [f32],
+    dp: &mut [f32],
+    rows: usize,
+    lse: &[f32; W],
+    shift: &[f32; W],
+) {
+    assert!(z.len() >= rows * W && dp.len() >= rows * W);
+    let (l0, l1) = (
+        _mm512_loadu_ps(lse.as_ptr()),
+        _mm512_loadu_ps(lse.as_ptr().add(16)),
+    );
+    let (s0, s1) = (
+        _mm512_loadu_ps(shift.as_ptr()),
+        _mm512_loadu_ps(shift.as_ptr().add(16)),
+    );
+    let (mut pz, mut pd) = (z.as_mut_ptr(), dp.as_mut_ptr());
+    for _ in 0..rows {
+        for (off, l, s) in [(0, l0, s0), (16, l1, s1)] {
+            let e = exp16(_mm512_sub_ps(_mm512_loadu_ps(pz.add(off)), l));
+            _mm512_storeu_ps(pz.add(off), e);
+            let d = _mm512_add_ps(_mm512_loadu_ps(pd.add(off)), s);
+            _mm512_storeu_ps(pd.add(off), _mm512_mul_ps(e, d));
+        }
+        pz = pz.add(W);
+        pd = pd.add(W);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::softmax::exp_f32_with;
+
+    fn has_avx512() -> bool {
+        std::is_x86_feature_detected!("avx512f")
+    }
+
+    /// Deterministic values in [-1, 1).
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        (0..n as u32)
+            .map(|i| {
+                let x = (i.wrapping_mul(2_654_435_761) ^ seed).wrapping_mul(2_246_822_519);
+                (x >> 8) as f32 / (1u32 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn exp16_matches_the_portable_exp_including_the_edges() {
+        if !has_avx512() {
+            return;
+        }
+        let mut xs = vec![
+            f32::NEG_INFINITY,
+            f32::INFINITY,
+            f32::NAN,
+            -87.336_54,
+            -87.336_55,
+            -87.4,
+            -103.0,
+            88.7,
+            88.8,
+            0.0,
+            -0.0,
+            1e-30,
+        ];
+        xs.extend(values(4096, 7).iter().map(|v| v * 90.0));
+        xs.resize(xs.len().div_ceil(16) * 16, 0.5);
+        for chunk in xs.chunks(16) {
+            let mut got = [0f32; 16];
+            // SAFETY: AVX-512F checked above.
+            unsafe { _mm512_storeu_ps(got.as_mut_ptr(), exp16(_mm512_loadu_ps(chunk.as_ptr()))) };
+            for (&x, &g) in chunk.iter().zip(&got) {
+                // Near the top the portable form overflows one power of two early.
+                let want = if x > 88.0 {
+                    (x as f64).exp() as f32
+                } else {
+                    exp_f32_with::<true>(x)
+                };
+                let ok = if want.is_nan() {
+                    g.is_nan()
+                } else {
+                    g == want || ((g - want) / want).abs() <= 4.0 * f32::EPSILON
+                };
+                assert!(ok, "exp({x}) = {g}, portable {want}");
+            }
+        }
+    }
+
+    #[test]
+    fn tiles_match_their_definitions() {
+        if !has_avx512() {
+            return;
+        }
+        let (hd, stride) = (13, 21);
+        let a = values((hd - 1) * stride + R + 3, 1);
+        let bt = values(hd * W, 2);
+        let mut out = vec![0f32; R * W];
+        // SAFETY: AVX-512F checked above.
+        unsafe { logits_tile(&a, stride, &bt, hd, &mut out) };
+        for i in 0..R {
+            for j in 0..W {
+                let want: f64 = (0..hd)
+                    .map(|d| a[d * stride + i] as f64 * bt[d * W + j] as f64)
+                    .sum();
+                assert!(
+                    (out[i * W + j] as f64 - want).abs() < 1e-5,
+                    "logits ({i}, {j})"
+                );
+            }
+        }
+        let (cols, ps, w) = (11, 17, 40);
+        let b = values(cols * w, 3);
+        for pt in [false, true] {
+            let p = values(
+                if pt {
+                    (cols - 1) * ps + R
+                } else {
+                    (R - 1) * ps + cols
+                },
+                4,
+            );
+            let start = values(R * w, 5);
+            let mut out = start.clone();
+            // SAFETY: AVX-512F checked above.
+            unsafe {
+                if pt {
+                    accumulate_tile::<true>(&p, ps, &b, w, cols, &mut out)
+                } else {
+                    accumulate_tile::<false>(&p, ps, &b, w, cols, &mut out)
+                }
+            };
+            for i in 0..R {
+                for e in 0..w {
+                    let want = if e < W {
+                        start[i * w + e] as f64
+                            + (0..cols)
+                                .map(|j| {
+                                    let pij = if pt { p[j * ps + i] } else { p[i * ps + j] };
+                                    pij as f64 * b[j * w + e] as f64
+                                })
+                                .sum::<f64>()
+                    } else {
+                        start[i * w + e] as f64
+                    };
+                    let got = out[i * w + e] as f64;
+                    assert!((got - want).abs() < 1e-5, "accumulate pt={pt} ({i}, {e})");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn block_exponentials_match_the_portable_loops() {
+        if !has_avx512() {
+            return;
+        }
+        let rows = 5;
+        let mut z: Vec<f32> = values(rows * W, 6).iter().map(|v| v * 30.0).collect();
+        z[3] = f32::NEG_INFINITY;
+        let shift: [f32; W] = std::array::from_fn(|i| if i == 7 { 0.0 } else { 20.0 });
+        let lse: [f32; W] = std::array::from_fn(|i| if i == 9 { f32::INFINITY } else { 25.0 });
+        let dp = values(rows * W, 8);
+        let (mut z1, mut sum) = (z.clone(), [1f32; W]);
+        let (mut z2, mut dp2) = (z.clone(), dp.clone());
+        // SAFETY: AVX-512F checked above.
+        unsafe {
+            exp_shift_sum(&mut z1, rows, &shift, &mut sum);
+            exp_grad(&mut z2, &mut dp2, rows, &lse, &shift);
+        }
+        let close = |g: f32, w: f32| g == w || ((g - w) / w).abs() <= 4.0 * f32::EPSILON;
+        for i in 0..W {
+            let mut s = 1f32;
+            for r in 0..rows {
+                let e = exp_f32_with::<true>(z[r * W + i] - shift[i]);
+                s += e;
+                assert!(close(z1[r * W + i], e), "exp_shift_sum ({r}, {i})");
+                let p = exp_f32_with::<true>(z[r * W + i] - lse[i]);
+                assert!(close(z2[r * W + i], p), "exp_grad p ({r}, {i})");
+                let ds = p * (dp[r * W + i] + shift[i]);
+                assert!(close(dp2[r * W + i], ds), "exp_grad dS ({r}, {i})");
+            }
+            assert!(((sum[i] - s) / s).abs() < 1e-5, "sum {i}");
+        }
+    }
+}
