@@ -13,8 +13,9 @@ use crate::simd::wide;
 use crate::softmax::{exp_f32, exp_f32_with};
 use rayon::prelude::*;
 
-/// Query rows per block.
-const BR: usize = 32;
+/// Query rows per block: the lanes of the block products, four AVX-512 vectors of f32 (so that
+/// each broadcast feeds four FMAs, see `avx512::rank_k`).
+const BR: usize = 64;
 /// Stored patterns per block.
 const BC: usize = 64;
 
@@ -598,15 +599,13 @@ fn logits<T: Float, const FMA: bool, const WIDE: bool, const W: usize, const AT:
 ) {
     // Rows x vectors per row = 16 accumulators on AVX-512 where they fit (f32: 8 rows of a
     // 32-wide block, 4 of a 64-wide one). R = 3 is never used: `logits_rows` handles 1, 2, 4, 8.
+    if WIDE && logits_avx512::<T, W, AT>(a, bt, hd, rows, out) {
+        return;
+    }
     let f32_lanes = std::mem::size_of::<T>() == 4;
     match (WIDE, W <= 64) {
         (true, true) if f32_lanes && W <= 32 => {
-            match logits_avx512::<T, W, AT>(a, bt, hd, rows, out) {
-                0 => block_logits::<T, FMA, W, 8, AT>(a, bt, hd, rows, out),
-                done => {
-                    (done..rows).for_each(|r| logits_rows::<T, FMA, W, 1, AT>(a, bt, hd, r, out))
-                }
-            }
+            block_logits::<T, FMA, W, 8, AT>(a, bt, hd, rows, out)
         }
         (true, true) => block_logits::<T, FMA, W, 4, AT>(a, bt, hd, rows, out),
         (true, false) | (false, true) => block_logits::<T, FMA, W, 2, AT>(a, bt, hd, rows, out),
@@ -630,9 +629,8 @@ fn as_f32_mut<T: Float>(s: &mut [T]) -> Option<&mut [f32]> {
         .then(|| unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr().cast::<f32>(), s.len()) })
 }
 
-/// The whole tiles of eight rows of [`block_logits`] through the AVX-512 micro-kernel where it
-/// applies (f32, 32 queries wide, `a` transposed); returns how many rows it did (0 where it
-/// does not apply). Only called from the AVX-512 build (`WIDE`).
+/// [`block_logits`] through the AVX-512 micro-kernel where it applies (f32, `a` transposed, 32
+/// or 64 queries wide); false where it does not. Only called from the AVX-512 build (`WIDE`).
 #[inline(always)]
 fn logits_avx512<T: Float, const W: usize, const AT: bool>(
     a: &[T],
@@ -640,20 +638,56 @@ fn logits_avx512<T: Float, const W: usize, const AT: bool>(
     hd: usize,
     rows: usize,
     out: &mut [T],
-) -> usize {
+) -> bool {
     #[cfg(target_arch = "x86_64")]
-    if let (true, true, Some(a), Some(bt), Some(out)) =
-        (W == avx512::W, AT, as_f32(a), as_f32(bt), as_f32_mut(out))
-    {
-        let tiles = rows / avx512::R * avx512::R;
-        for r in (0..tiles).step_by(avx512::R) {
-            // SAFETY: only the AVX-512 build calls this (the CPU has AVX-512F).
-            unsafe { avx512::logits_tile(&a[r..], BC, bt, hd, &mut out[r * W..]) };
+    if let (true, Some(a), Some(bt), Some(out)) = (AT, as_f32(a), as_f32(bt), as_f32_mut(out)) {
+        // SAFETY: only the AVX-512 build calls this (the CPU has AVX-512F).
+        match W {
+            32 => unsafe { avx512::rank_k::<2, false>(a, BC, bt, hd, rows, out) },
+            64 => unsafe { avx512::rank_k::<4, false>(a, BC, bt, hd, rows, out) },
+            _ => return false,
         }
-        return tiles;
+        return true;
     }
     let _ = (a, bt, hd, rows, out);
-    0
+    false
+}
+
+/// `out^T += a^T p` for one block of queries, queries as lanes: `out` is `rows x BR` (a
+/// transposed output block), `a` is `depth x rows` row-major and `p` is `depth x BR` (the
+/// block's association or its gradient, stored patterns as rows). Through the AVX-512
+/// micro-kernel where it applies (f32); false where it does not. Only called from the AVX-512
+/// build (`WIDE`).
+#[inline(always)]
+fn accumulate_t_avx512<T: Float>(
+    a: &[T],
+    rows: usize,
+    p: &[T],
+    depth: usize,
+    out: &mut [T],
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if let (Some(a), Some(p), Some(out)) = (as_f32(a), as_f32(p), as_f32_mut(out)) {
+        const { assert!(BR == 64) };
+        // SAFETY: only the AVX-512 build calls this (the CPU has AVX-512F).
+        unsafe { avx512::rank_k::<4, true>(a, rows, p, depth, rows, out) };
+        return true;
+    }
+    let _ = (a, rows, p, depth, out);
+    false
+}
+
+/// The first `n` queries of a transposed `w x BR` block (`ot[e * BR + i]`) as row-major rows
+/// `out[i * w + e]`.
+fn untranspose_block<T: Float>(ot: &[T], w: usize, n: usize, out: &mut [T]) {
+    if w == 0 {
+        return;
+    }
+    for (i, row) in out.chunks_exact_mut(w).take(n).enumerate() {
+        for (e, o) in row.iter_mut().enumerate() {
+            *o = ot[e * BR + i];
+        }
+    }
 }
 
 /// One 8 x 32 tile of [`block_accumulate`] (rows `r..r+8`, columns `e0..e0+32`) through the
@@ -744,6 +778,11 @@ fn forward_block<T: Float, const FMA: bool, const WIDE: bool>(
     let mut vb = vec![T::ZERO; BC * pd];
     let mut zt = vec![T::ZERO; BC * BR];
     let mut o = vec![T::ZERO; rows * pd];
+    // The AVX-512 f32 build keeps the output transposed per block (`pd x BR`, queries as lanes):
+    // `O^T += V^T P^T` then runs on the same micro-kernel as the logits, and the rescaling by
+    // the running max is lane-wise.
+    let transposed = WIDE && as_f32(&o).is_some();
+    let mut ot = vec![T::ZERO; if transposed { blocks * pd * BR } else { 0 }];
     // The zero pattern: logit 0, value 0, so it starts the running sum at exp(0 - 0) = 1.
     let (mut m, mut l) = if with_zero {
         (vec![T::ZERO; padded], vec![T::ONE; padded])
@@ -802,6 +841,19 @@ fn forward_block<T: Float, const FMA: bool, const WIDE: bool>(
                 lb[i] = lb[i] * alpha[i] + sum[i];
                 mb[i] = mnew[i];
             }
+            if transposed {
+                let otb = &mut ot[blk * pd * BR..(blk + 1) * pd * BR];
+                if alpha.iter().any(|&a| a != T::ONE) {
+                    for row in otb.chunks_exact_mut(BR) {
+                        let row: &mut [T; BR] = row.try_into().unwrap();
+                        for i in 0..BR {
+                            row[i] = row[i] * alpha[i];
+                        }
+                    }
+                }
+                accumulate_t_avx512(&vb, pd, &zt, c, otb);
+                continue;
+            }
             for (i, &a) in alpha.iter().enumerate().take(rr) {
                 if a != T::ONE {
                     o[(rb + i) * pd..(rb + i + 1) * pd]
@@ -812,6 +864,12 @@ fn forward_block<T: Float, const FMA: bool, const WIDE: bool>(
             accumulate::<T, FMA, WIDE, true>(&zt, BR, &vb, pd, rr, c, &mut o[rb * pd..]);
         }
         j0 += c;
+    }
+    if transposed {
+        for blk in 0..blocks {
+            let (rb, otb) = (blk * BR, &ot[blk * pd * BR..(blk + 1) * pd * BR]);
+            untranspose_block(otb, pd, BR.min(rows - rb), &mut o[rb * pd..]);
+        }
     }
     m.truncate(rows);
     l.truncate(rows);
@@ -830,9 +888,9 @@ fn exp_shift_sum_avx512<T: Float>(
 ) -> bool {
     #[cfg(target_arch = "x86_64")]
     if let (Some(z), Some(shift), Some(sum)) = (as_f32_mut(z), as_f32(shift), as_f32_mut(sum)) {
-        // SAFETY: only the AVX-512 build calls this (the CPU has AVX-512F); BR = avx512::W.
+        // SAFETY: only the AVX-512 build calls this (the CPU has AVX-512F).
         unsafe {
-            avx512::exp_shift_sum(z, rows, shift.try_into().unwrap(), sum.try_into().unwrap())
+            avx512::exp_shift_sum::<BR>(z, rows, shift.try_into().unwrap(), sum.try_into().unwrap())
         };
         return true;
     }
@@ -855,9 +913,9 @@ fn exp_grad_avx512<T: Float>(
     if let (Some(z), Some(dp), Some(lse), Some(shift)) =
         (as_f32_mut(z), as_f32_mut(dp), as_f32(lse), as_f32(shift))
     {
-        // SAFETY: only the AVX-512 build calls this (the CPU has AVX-512F); BR = avx512::W.
+        // SAFETY: only the AVX-512 build calls this (the CPU has AVX-512F).
         unsafe {
-            avx512::exp_grad(
+            avx512::exp_grad::<BR>(
                 z,
                 dp,
                 rows,
@@ -1103,6 +1161,9 @@ fn backward_chunk<T: Float, const FMA: bool, const WIDE: bool>(
     let beta = T::from_f64(p.betas[h]);
     let qs = QueryBlocks::load(p, x, sv, delta, n, h);
     let mut dq = vec![T::ZERO; qs.lse.len() * hd];
+    // As the forward's output: dq transposed per block of queries in the AVX-512 f32 build.
+    let transposed = WIDE && as_f32(&dq).is_some();
+    let mut dqt = vec![T::ZERO; if transposed { dq.len() } else { 0 }];
     let mut kb = vec![T::ZERO; BC * hd];
     let mut kt = vec![T::ZERO; hd * BC];
     let mut vt = vec![T::ZERO; pd * BC];
@@ -1156,7 +1217,11 @@ fn backward_chunk<T: Float, const FMA: bool, const WIDE: bool>(
             let do_rows = &qs.d_o[r0 * pd..];
             accumulate::<T, FMA, WIDE, false>(&st, BR, do_rows, pd, c, rows, &mut dv);
             accumulate::<T, FMA, WIDE, false>(&dpt, BR, q_rows, hd, c, rows, &mut dk);
-            accumulate::<T, FMA, WIDE, true>(&dpt, BR, &kb, hd, rows, c, &mut dq[r0 * hd..]);
+            if !(transposed
+                && accumulate_t_avx512(&kb, hd, &dpt, c, &mut dqt[r0 * hd..(r0 + BR) * hd]))
+            {
+                accumulate::<T, FMA, WIDE, true>(&dpt, BR, &kb, hd, rows, c, &mut dq[r0 * hd..]);
+            }
             r0 += rows;
         }
         for j in 0..c {
@@ -1174,6 +1239,12 @@ fn backward_chunk<T: Float, const FMA: bool, const WIDE: bool>(
             }
         }
         j0 += c;
+    }
+    if transposed {
+        for r0 in (0..l).step_by(BR) {
+            let dqb = &dqt[r0 * hd..(r0 + BR) * hd];
+            untranspose_block(dqb, hd, BR.min(l - r0), &mut dq[r0 * hd..]);
+        }
     }
     dq.truncate(l * hd);
     dq.iter_mut().for_each(|e| *e = *e * beta);
