@@ -439,7 +439,25 @@ fn transpose_rows<T: Float, const AVX: bool>(
     w: usize,
     dst: &mut [T],
 ) {
-    assert!(dst.len() >= w * BC && (c == 0 || w == 0 || base + (c - 1) * rs + w <= src.len()));
+    transpose_rows_to::<T, AVX>(src, base, rs, c, w, dst, BC);
+}
+
+/// [`transpose_rows`] into rows `ds` apart (`c <= ds`), zero from `c` to `ds`.
+#[inline(always)]
+fn transpose_rows_to<T: Float, const AVX: bool>(
+    src: &[T],
+    base: usize,
+    rs: usize,
+    c: usize,
+    w: usize,
+    dst: &mut [T],
+    ds: usize,
+) {
+    assert!(
+        c <= ds
+            && dst.len() >= w * ds
+            && (c == 0 || w == 0 || base + (c - 1) * rs + w <= src.len())
+    );
     #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
     let (mut tc, mut tw) = (0, 0);
     #[cfg(target_arch = "x86_64")]
@@ -448,15 +466,15 @@ fn transpose_rows<T: Float, const AVX: bool>(
         for j in (0..tc).step_by(8) {
             for d in (0..tw).step_by(8) {
                 // SAFETY: `Float` is f32 or f64, so a 4-byte `T` is f32; the tile's rows
-                // `base + (j + i) * rs + d .. + 8` and `dst[(d + i) * BC + j .. + 8]` are in
+                // `base + (j + i) * rs + d .. + 8` and `dst[(d + i) * ds + j .. + 8]` are in
                 // bounds (asserted above: j + 8 <= c, d + 8 <= w); `AVX` instances run only
                 // where AVX2 (or AVX-512) was detected.
                 unsafe {
                     transpose8(
                         src.as_ptr().add(base + j * rs + d) as *const f32,
                         rs,
-                        dst.as_mut_ptr().add(d * BC + j) as *mut f32,
-                        BC,
+                        dst.as_mut_ptr().add(d * ds + j) as *mut f32,
+                        ds,
                     )
                 };
             }
@@ -467,12 +485,12 @@ fn transpose_rows<T: Float, const AVX: bool>(
         // Columns past the tiles for every row; all columns for rows past the tiles.
         let from = if j < tc { tw } else { 0 };
         for (d, &x) in row.iter().enumerate().skip(from) {
-            dst[d * BC + j] = x;
+            dst[d * ds + j] = x;
         }
     }
-    if c < BC {
+    if c < ds {
         for d in 0..w {
-            dst[d * BC + c..(d + 1) * BC].fill(T::ZERO);
+            dst[d * ds + c..(d + 1) * ds].fill(T::ZERO);
         }
     }
 }
@@ -679,15 +697,9 @@ fn accumulate_t_avx512<T: Float>(
 
 /// The first `n` queries of a transposed `w x BR` block (`ot[e * BR + i]`) as row-major rows
 /// `out[i * w + e]`.
-fn untranspose_block<T: Float>(ot: &[T], w: usize, n: usize, out: &mut [T]) {
-    if w == 0 {
-        return;
-    }
-    for (i, row) in out.chunks_exact_mut(w).take(n).enumerate() {
-        for (e, o) in row.iter_mut().enumerate() {
-            *o = ot[e * BR + i];
-        }
-    }
+#[inline(always)]
+fn untranspose_block<T: Float, const AVX: bool>(ot: &[T], w: usize, n: usize, out: &mut [T]) {
+    transpose_rows_to::<T, AVX>(ot, 0, BR, w, n, out, w);
 }
 
 /// One 8 x 32 tile of [`block_accumulate`] (rows `r..r+8`, columns `e0..e0+32`) through the
@@ -764,13 +776,13 @@ fn forward_block<T: Float, const FMA: bool, const WIDE: bool>(
     let blocks = rows.div_ceil(BR);
     let padded = blocks * BR;
     // `beta q`, transposed per block of BR queries (`hd x BR`), zero past `rows`.
-    let mut qb = vec![T::ZERO; rows * hd];
-    load_rows(x.q, &x.vq, n, h, r0, rows, hd, beta, &mut qb);
     let mut qt = vec![T::ZERO; padded * hd];
-    for (r, row) in qb.chunks_exact(hd.max(1)).enumerate().take(rows) {
-        let (blk, i) = (r / BR * BR, r % BR);
-        for (d, &v) in row.iter().enumerate() {
-            qt[blk * hd + d * BR + i] = v;
+    for rb in (0..rows).step_by(BR) {
+        let (base, rr) = (x.vq.at(n, r0 + rb, h), BR.min(rows - rb));
+        let qtb = &mut qt[rb * hd..(rb + BR) * hd];
+        transpose_rows_to::<T, FMA>(x.q, base, x.vq.strides[1], rr, hd, qtb, BR);
+        for row in qtb.chunks_exact_mut(BR) {
+            row[..rr].iter_mut().for_each(|e| *e = *e * beta);
         }
     }
     // K transposed (`hd x BC`): the layout the logits product reads fastest.
@@ -868,7 +880,7 @@ fn forward_block<T: Float, const FMA: bool, const WIDE: bool>(
     if transposed {
         for blk in 0..blocks {
             let (rb, otb) = (blk * BR, &ot[blk * pd * BR..(blk + 1) * pd * BR]);
-            untranspose_block(otb, pd, BR.min(rows - rb), &mut o[rb * pd..]);
+            untranspose_block::<T, FMA>(otb, pd, BR.min(rows - rb), &mut o[rb * pd..]);
         }
     }
     m.truncate(rows);
@@ -1095,7 +1107,14 @@ struct QueryBlocks<T> {
 }
 
 impl<T: Float> QueryBlocks<T> {
-    fn load(p: &Params, x: &Inputs<T>, sv: &Saved<T>, delta: &[T], n: usize, h: usize) -> Self {
+    fn load<const AVX: bool>(
+        p: &Params,
+        x: &Inputs<T>,
+        sv: &Saved<T>,
+        delta: &[T],
+        n: usize,
+        h: usize,
+    ) -> Self {
         let g = &p.g;
         let (hd, pd, l) = (g.hd, g.pd, g.l);
         let padded = l.div_ceil(BR) * BR;
@@ -1113,14 +1132,13 @@ impl<T: Float> QueryBlocks<T> {
             let base = ((n * l + r) * g.h + h) * pd;
             qb.d_o[r * pd..(r + 1) * pd].copy_from_slice(&sv.d_out[base..base + pd]);
         }
+        for rb in (0..padded).step_by(BR) {
+            let qt = &mut qb.qt[rb * hd..(rb + BR) * hd];
+            transpose_rows_to::<T, AVX>(&qb.q, rb * hd, hd, BR, hd, qt, BR);
+            let d_ot = &mut qb.d_ot[rb * pd..(rb + BR) * pd];
+            transpose_rows_to::<T, AVX>(&qb.d_o, rb * pd, pd, BR, pd, d_ot, BR);
+        }
         for r in 0..padded {
-            let (blk, i) = (r / BR * BR, r % BR);
-            for d in 0..hd {
-                qb.qt[blk * hd + d * BR + i] = qb.q[r * hd + d];
-            }
-            for e in 0..pd {
-                qb.d_ot[blk * pd + e * BR + i] = qb.d_o[r * pd + e];
-            }
             let li = (n * g.h + h) * l + r;
             let lse = if r < l { sv.lse[li] } else { T::NEG_INF };
             if lse == T::NEG_INF {
@@ -1159,7 +1177,7 @@ fn backward_chunk<T: Float, const FMA: bool, const WIDE: bool>(
     let g = &p.g;
     let (hd, pd, l) = (g.hd, g.pd, g.l);
     let beta = T::from_f64(p.betas[h]);
-    let qs = QueryBlocks::load(p, x, sv, delta, n, h);
+    let qs = QueryBlocks::load::<FMA>(p, x, sv, delta, n, h);
     let mut dq = vec![T::ZERO; qs.lse.len() * hd];
     // As the forward's output: dq transposed per block of queries in the AVX-512 f32 build.
     let transposed = WIDE && as_f32(&dq).is_some();
@@ -1243,7 +1261,7 @@ fn backward_chunk<T: Float, const FMA: bool, const WIDE: bool>(
     if transposed {
         for r0 in (0..l).step_by(BR) {
             let dqb = &dqt[r0 * hd..(r0 + BR) * hd];
-            untranspose_block(dqb, hd, BR.min(l - r0), &mut dq[r0 * hd..]);
+            untranspose_block::<T, FMA>(dqb, hd, BR.min(l - r0), &mut dq[r0 * hd..]);
         }
     }
     dq.truncate(l * hd);
