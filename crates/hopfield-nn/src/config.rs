@@ -276,7 +276,7 @@ impl HopfieldConfig {
                 reason: "must be >= 1".into(),
             });
         }
-        if e % self.num_heads != 0 {
+        if !e.is_multiple_of(self.num_heads) {
             return Err(HopfieldError::HeadsDoNotDivide {
                 what: "input_size",
                 size: e,

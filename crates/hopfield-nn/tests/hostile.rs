@@ -181,7 +181,7 @@ fn run_hopfield(c: &HopfieldCase) -> Result<Tensor> {
             masks.association_mask = Some(&float_mask);
         }
         2 => {
-            let v = if c.seed % 2 == 0 {
+            let v = if c.seed.is_multiple_of(2) {
                 f32::NAN
             } else {
                 f32::INFINITY

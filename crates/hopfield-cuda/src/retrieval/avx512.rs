@@ -203,7 +203,7 @@ pub(super) unsafe fn exp_shift_sum<const L: usize>(
     shift: &[f32; L],
     sum: &mut [f32; L],
 ) {
-    assert!(z.len() >= rows * L && L % 16 == 0);
+    assert!(z.len() >= rows * L && L.is_multiple_of(16));
     for v in (0..L).step_by(16) {
         let s = _mm512_loadu_ps(shift.as_ptr().add(v));
         let mut acc = _mm512_loadu_ps(sum.as_ptr().add(v));
@@ -232,7 +232,7 @@ pub(super) unsafe fn exp_grad<const L: usize>(
     lse: &[f32; L],
     shift: &[f32; L],
 ) {
-    assert!(z.len() >= rows * L && dp.len() >= rows * L && L % 16 == 0);
+    assert!(z.len() >= rows * L && dp.len() >= rows * L && L.is_multiple_of(16));
     for v in (0..L).step_by(16) {
         let l = _mm512_loadu_ps(lse.as_ptr().add(v));
         let s = _mm512_loadu_ps(shift.as_ptr().add(v));

@@ -279,7 +279,7 @@ impl EnergyTransformerConfig {
                 "must be > 0 with the softmax Hopfield (its energy over no memories is +inf)",
             );
         }
-        if self.n_heads == 0 || self.dim % self.n_heads != 0 {
+        if self.n_heads == 0 || !self.dim.is_multiple_of(self.n_heads) {
             return bad(
                 "n_heads",
                 format!("{} (dim {})", self.n_heads, self.dim),

@@ -56,7 +56,7 @@ impl EnergyMHA {
         exclude_self: bool,
         vb: VarBuilder,
     ) -> Result<Self> {
-        if embed_dim == 0 || n_heads == 0 || embed_dim % n_heads != 0 {
+        if embed_dim == 0 || n_heads == 0 || !embed_dim.is_multiple_of(n_heads) {
             return Err(EtError::Config {
                 field: "n_heads",
                 value: format!("{n_heads} (embed_dim {embed_dim})"),
