@@ -1,14 +1,16 @@
-//! AVX-512 f32 micro-kernels for the retrieval's three hot loops: the logits tile, the
-//! accumulation tile and the shifted exponential of a block.
+//! AVX-512 f32 micro-kernels for the retrieval's hot loops: the products with the queries as
+//! lanes ([`rank_k`]: the logits, and the transposed output and `dq` accumulations), the
+//! 8 x 32 accumulation tile of `dK` and `dV` ([`accumulate_tile`]), and the shifted
+//! exponentials of a block ([`exp_shift_sum`], [`exp_grad`]).
 //!
-//! The generic kernels in `cpu.rs` compile to the same FMAs, but the profile of the
-//! (16, 512, 256, 8) forward showed their inner loops at about two thirds of the FMA rate: per
-//! step of 16 FMAs the compiler kept ~11 scalar instructions (bounds checks, a pointer reloaded
-//! from the stack), ~37 instructions in all, which is what a 5-wide front end issues in the
-//! 8 cycles the FMAs need. Here one pointer walks each operand with constant offsets and the
-//! bounds are checked once per tile. The exponential uses `vrndscaleps` and `vscalefps`
-//! (14 vector operations against ~23 for the portable form, whose clamps and NaN selects stay
-//! element-wise). Same semantics as the portable loops (tested against them in `cpu.rs`).
+//! The portable kernels in `cpu.rs` compile to the same FMAs; these exist because their shape and
+//! instruction mix decide the rate on AVX-512: each broadcast of the left factor takes a slot on
+//! the FMA ports, so tiles that feed four FMAs per broadcast (six rows by four vectors) run at
+//! ~85% of the FMA rate where two per broadcast ran at ~65%, and one pointer per operand with the
+//! bounds checked once per tile keeps the loop at ~29 instructions per 24 FMAs. The exponential
+//! uses `vrndscaleps` and `vscalefps` (~15 vector operations against ~23 for the portable form).
+//! Same semantics as the portable loops, tested against their definitions below and against the
+//! composed retrieval in `tests.rs`.
 
 use std::arch::x86_64::*;
 

@@ -941,7 +941,7 @@ fn exp_grad_avx512<T: Float>(
     false
 }
 
-/// Queries per forward task: as many as keep every thread busy, up to 256, so that each block
+/// Queries per forward task: as many as keep every thread busy, up to 8 blocks, so that each block
 /// of stored patterns is loaded once for many queries.
 fn rows_per_task(heads: usize, l: usize) -> usize {
     let want = 4 * rayon::current_num_threads();
