@@ -55,6 +55,12 @@ pub(super) unsafe fn rank_k<const V: usize, const ACC: bool>(
     );
     let (pa, pb, po) = (a.as_ptr(), b.as_ptr(), out.as_mut_ptr());
     let mut r = 0;
+    // Two vectors wide, twelve rows fill the same 24 accumulators (in isolation 111-131 GFLOP/s
+    // per core against 94-118 for eight rows).
+    while V == 2 && r + 12 <= rows {
+        tile::<12, V, ACC>(pa.add(r), a_stride, pb, depth, po.add(r * lanes));
+        r += 12;
+    }
     while r + 6 <= rows {
         tile::<6, V, ACC>(pa.add(r), a_stride, pb, depth, po.add(r * lanes));
         r += 6;
@@ -344,7 +350,7 @@ mod tests {
                 }
             }
         }
-        for rows in 1..=13 {
+        for rows in (1..=13).chain([24, 31]) {
             check_rank_k::<2, false>(rows);
             check_rank_k::<4, false>(rows);
             check_rank_k::<4, true>(rows);

@@ -16,6 +16,8 @@ use rayon::prelude::*;
 /// Query rows per block: the lanes of the block products, four AVX-512 vectors of f32 (so that
 /// each broadcast feeds four FMAs, see `avx512::rank_k`).
 const BR: usize = 64;
+/// Query rows per block of the forward tasks with that many queries or fewer.
+const BR_NARROW: usize = 32;
 /// Stored patterns per block.
 const BC: usize = 64;
 
@@ -671,14 +673,15 @@ fn logits_avx512<T: Float, const W: usize, const AT: bool>(
     false
 }
 
-/// `out^T += a^T p` for one block of queries, queries as lanes: `out` is `rows x BR` (a
-/// transposed output block), `a` is `depth x rows` row-major and `p` is `depth x BR` (the
+/// `out^T += a^T p` for one block of `B` queries, queries as lanes: `out` is `rows x B` (a
+/// transposed output block), `a` is `depth x rows` (rows `a_stride` apart) and `p` is `depth x B` (the
 /// block's association or its gradient, stored patterns as rows). Through the AVX-512
 /// micro-kernel where it applies (f32); false where it does not. Only called from the AVX-512
 /// build (`WIDE`).
 #[inline(always)]
-fn accumulate_t_avx512<T: Float>(
+fn accumulate_t_avx512<T: Float, const B: usize>(
     a: &[T],
+    a_stride: usize,
     rows: usize,
     p: &[T],
     depth: usize,
@@ -686,20 +689,28 @@ fn accumulate_t_avx512<T: Float>(
 ) -> bool {
     #[cfg(target_arch = "x86_64")]
     if let (Some(a), Some(p), Some(out)) = (as_f32(a), as_f32(p), as_f32_mut(out)) {
-        const { assert!(BR == 64) };
         // SAFETY: only the AVX-512 build calls this (the CPU has AVX-512F).
-        unsafe { avx512::rank_k::<4, true>(a, rows, p, depth, rows, out) };
+        match B {
+            32 => unsafe { avx512::rank_k::<2, true>(a, a_stride, p, depth, rows, out) },
+            64 => unsafe { avx512::rank_k::<4, true>(a, a_stride, p, depth, rows, out) },
+            _ => return false,
+        }
         return true;
     }
-    let _ = (a, rows, p, depth, out);
+    let _ = (a, a_stride, rows, p, depth, out);
     false
 }
 
-/// The first `n` queries of a transposed `w x BR` block (`ot[e * BR + i]`) as row-major rows
+/// The first `n` queries of a transposed `w x B` block (`ot[e * B + i]`) as row-major rows
 /// `out[i * w + e]`.
 #[inline(always)]
-fn untranspose_block<T: Float, const AVX: bool>(ot: &[T], w: usize, n: usize, out: &mut [T]) {
-    transpose_rows_to::<T, AVX>(ot, 0, BR, w, n, out, w);
+fn untranspose_block<T: Float, const AVX: bool, const B: usize>(
+    ot: &[T],
+    w: usize,
+    n: usize,
+    out: &mut [T],
+) {
+    transpose_rows_to::<T, AVX>(ot, 0, B, w, n, out, w);
 }
 
 /// One 8 x 32 tile of [`block_accumulate`] (rows `r..r+8`, columns `e0..e0+32`) through the
@@ -759,7 +770,7 @@ fn accumulate<T: Float, const FMA: bool, const WIDE: bool, const PT: bool>(
 /// `P V` reads `Z^T` with swapped strides.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn forward_block<T: Float, const FMA: bool, const WIDE: bool>(
+fn forward_block<T: Float, const FMA: bool, const WIDE: bool, const B: usize>(
     p: &Params,
     x: &Inputs<T>,
     n: usize,
@@ -773,28 +784,30 @@ fn forward_block<T: Float, const FMA: bool, const WIDE: bool>(
     let g = &p.g;
     let (hd, pd) = (g.hd, g.pd);
     let beta = T::from_f64(p.betas[h]);
-    let blocks = rows.div_ceil(BR);
-    let padded = blocks * BR;
-    // `beta q`, transposed per block of BR queries (`hd x BR`), zero past `rows`.
+    let blocks = rows.div_ceil(B);
+    let padded = blocks * B;
+    // `beta q`, transposed per block of B queries (`hd x B`), zero past `rows`.
     let mut qt = vec![T::ZERO; padded * hd];
-    for rb in (0..rows).step_by(BR) {
-        let (base, rr) = (x.vq.at(n, r0 + rb, h), BR.min(rows - rb));
-        let qtb = &mut qt[rb * hd..(rb + BR) * hd];
-        transpose_rows_to::<T, FMA>(x.q, base, x.vq.strides[1], rr, hd, qtb, BR);
-        for row in qtb.chunks_exact_mut(BR) {
+    for rb in (0..rows).step_by(B) {
+        let (base, rr) = (x.vq.at(n, r0 + rb, h), B.min(rows - rb));
+        let qtb = &mut qt[rb * hd..(rb + B) * hd];
+        transpose_rows_to::<T, FMA>(x.q, base, x.vq.strides[1], rr, hd, qtb, B);
+        for row in qtb.chunks_exact_mut(B) {
             row[..rr].iter_mut().for_each(|e| *e = *e * beta);
         }
     }
     // K transposed (`hd x BC`): the layout the logits product reads fastest.
     let mut kt = vec![T::ZERO; hd * BC];
     let mut vb = vec![T::ZERO; BC * pd];
-    let mut zt = vec![T::ZERO; BC * BR];
+    let mut zt = vec![T::ZERO; BC * B];
     let mut o = vec![T::ZERO; rows * pd];
-    // The AVX-512 f32 build keeps the output transposed per block (`pd x BR`, queries as lanes):
+    // The AVX-512 f32 build keeps the output transposed per block (`pd x B`, queries as lanes):
     // `O^T += V^T P^T` then runs on the same micro-kernel as the logits, and the rescaling by
     // the running max is lane-wise.
-    let transposed = WIDE && as_f32(&o).is_some();
-    let mut ot = vec![T::ZERO; if transposed { blocks * pd * BR } else { 0 }];
+    // With few queries the row-major accumulation does work in proportion to them, the
+    // transposed one to the whole block (32x at one query).
+    let transposed = WIDE && as_f32(&o).is_some() && 2 * rows >= B;
+    let mut ot = vec![T::ZERO; if transposed { blocks * pd * B } else { 0 }];
     // The zero pattern: logit 0, value 0, so it starts the running sum at exp(0 - 0) = 1.
     let (mut m, mut l) = if with_zero {
         (vec![T::ZERO; padded], vec![T::ONE; padded])
@@ -810,60 +823,60 @@ fn forward_block<T: Float, const FMA: bool, const WIDE: bool>(
         prefetch_rows(x.k, &x.vk, n, h, j0 + c, next, hd);
         prefetch_rows(x.v, &x.vv, n, h, j0 + c, next, pd);
         for blk in 0..blocks {
-            let rb = blk * BR;
-            let rr = BR.min(rows - rb);
-            logits::<T, FMA, WIDE, BR, true>(&kt, &qt[rb * hd..], hd, c, &mut zt);
+            let rb = blk * B;
+            let rr = B.min(rows - rb);
+            logits::<T, FMA, WIDE, B, true>(&kt, &qt[rb * hd..], hd, c, &mut zt);
             if x.mask.is_some() {
                 for j in 0..c {
                     for i in 0..rr {
-                        zt[j * BR + i] += x.mask_at(n, h, r0 + rb + i, j0 + j);
+                        zt[j * B + i] += x.mask_at(n, h, r0 + rb + i, j0 + j);
                     }
                 }
             }
-            let mb: &mut [T; BR] = (&mut m[rb..rb + BR]).try_into().unwrap();
-            let lb: &mut [T; BR] = (&mut l[rb..rb + BR]).try_into().unwrap();
+            let mb: &mut [T; B] = (&mut m[rb..rb + B]).try_into().unwrap();
+            let lb: &mut [T; B] = (&mut l[rb..rb + B]).try_into().unwrap();
             let mut mnew = *mb;
-            for row in zt.chunks_exact(BR).take(c) {
+            for row in zt.chunks_exact(B).take(c) {
                 for (a, &z) in mnew.iter_mut().zip(row) {
                     *a = max(*a, z);
                 }
             }
             // Queries still fully masked (new maximum -inf) add nothing: shift 0 makes their
             // exponentials exp(-inf) = 0 and their rescaling factor stays 1.
-            let mut shift = [T::ZERO; BR];
-            let mut alpha = [T::ONE; BR];
-            for i in 0..BR {
+            let mut shift = [T::ZERO; B];
+            let mut alpha = [T::ONE; B];
+            for i in 0..B {
                 if mnew[i] != T::NEG_INF {
                     shift[i] = mnew[i];
                     alpha[i] = (mb[i] - mnew[i]).exp_fma::<FMA>();
                 }
             }
-            let mut sum = [T::ZERO; BR];
+            let mut sum = [T::ZERO; B];
             if !(WIDE && exp_shift_sum_avx512(&mut zt, c, &shift, &mut sum)) {
-                for row in zt.chunks_exact_mut(BR).take(c) {
-                    let row: &mut [T; BR] = row.try_into().unwrap();
-                    for i in 0..BR {
+                for row in zt.chunks_exact_mut(B).take(c) {
+                    let row: &mut [T; B] = row.try_into().unwrap();
+                    for i in 0..B {
                         let e = (row[i] - shift[i]).exp_fma::<FMA>();
                         row[i] = e;
                         sum[i] += e;
                     }
                 }
             }
-            for i in 0..BR {
+            for i in 0..B {
                 lb[i] = lb[i] * alpha[i] + sum[i];
                 mb[i] = mnew[i];
             }
             if transposed {
-                let otb = &mut ot[blk * pd * BR..(blk + 1) * pd * BR];
+                let otb = &mut ot[blk * pd * B..(blk + 1) * pd * B];
                 if alpha.iter().any(|&a| a != T::ONE) {
-                    for row in otb.chunks_exact_mut(BR) {
-                        let row: &mut [T; BR] = row.try_into().unwrap();
-                        for i in 0..BR {
+                    for row in otb.chunks_exact_mut(B) {
+                        let row: &mut [T; B] = row.try_into().unwrap();
+                        for i in 0..B {
                             row[i] = row[i] * alpha[i];
                         }
                     }
                 }
-                accumulate_t_avx512(&vb, pd, &zt, c, otb);
+                accumulate_t_avx512::<T, B>(&vb, pd, pd, &zt, c, otb);
                 continue;
             }
             for (i, &a) in alpha.iter().enumerate().take(rr) {
@@ -873,14 +886,14 @@ fn forward_block<T: Float, const FMA: bool, const WIDE: bool>(
                         .for_each(|e| *e = *e * a);
                 }
             }
-            accumulate::<T, FMA, WIDE, true>(&zt, BR, &vb, pd, rr, c, &mut o[rb * pd..]);
+            accumulate::<T, FMA, WIDE, true>(&zt, B, &vb, pd, rr, c, &mut o[rb * pd..]);
         }
         j0 += c;
     }
     if transposed {
         for blk in 0..blocks {
-            let (rb, otb) = (blk * BR, &ot[blk * pd * BR..(blk + 1) * pd * BR]);
-            untranspose_block::<T, FMA>(otb, pd, BR.min(rows - rb), &mut o[rb * pd..]);
+            let (rb, otb) = (blk * B, &ot[blk * pd * B..(blk + 1) * pd * B]);
+            untranspose_block::<T, FMA, B>(otb, pd, B.min(rows - rb), &mut o[rb * pd..]);
         }
     }
     m.truncate(rows);
@@ -892,17 +905,17 @@ fn forward_block<T: Float, const FMA: bool, const WIDE: bool>(
 /// AVX-512 exponential where it applies (f32); false where it does not. Only called from the
 /// AVX-512 build (`WIDE`).
 #[inline(always)]
-fn exp_shift_sum_avx512<T: Float>(
+fn exp_shift_sum_avx512<T: Float, const B: usize>(
     z: &mut [T],
     rows: usize,
-    shift: &[T; BR],
-    sum: &mut [T; BR],
+    shift: &[T; B],
+    sum: &mut [T; B],
 ) -> bool {
     #[cfg(target_arch = "x86_64")]
     if let (Some(z), Some(shift), Some(sum)) = (as_f32_mut(z), as_f32(shift), as_f32_mut(sum)) {
         // SAFETY: only the AVX-512 build calls this (the CPU has AVX-512F).
         unsafe {
-            avx512::exp_shift_sum::<BR>(z, rows, shift.try_into().unwrap(), sum.try_into().unwrap())
+            avx512::exp_shift_sum::<B>(z, rows, shift.try_into().unwrap(), sum.try_into().unwrap())
         };
         return true;
     }
@@ -1004,7 +1017,11 @@ pub(crate) fn forward_into<T: Float>(
                     (s0 < g.s || c == 0).then(|| {
                         let s1 = (s0 + per_chunk).min(g.s);
                         let zero = c == 0 && p.zero_association;
-                        forward_block_dispatch(p, &x, n, h, r0, rows, s0, s1, zero)
+                        if rows <= BR_NARROW {
+                            forward_block_narrow_dispatch(p, &x, n, h, r0, rows, s0, s1, zero)
+                        } else {
+                            forward_block_dispatch(p, &x, n, h, r0, rows, s0, s1, zero)
+                        }
                     })
                 })
                 .collect();
@@ -1236,7 +1253,14 @@ fn backward_chunk<T: Float, const FMA: bool, const WIDE: bool>(
             accumulate::<T, FMA, WIDE, false>(&st, BR, do_rows, pd, c, rows, &mut dv);
             accumulate::<T, FMA, WIDE, false>(&dpt, BR, q_rows, hd, c, rows, &mut dk);
             if !(transposed
-                && accumulate_t_avx512(&kb, hd, &dpt, c, &mut dqt[r0 * hd..(r0 + BR) * hd]))
+                && accumulate_t_avx512::<T, BR>(
+                    &kb,
+                    hd,
+                    hd,
+                    &dpt,
+                    c,
+                    &mut dqt[r0 * hd..(r0 + BR) * hd],
+                ))
             {
                 accumulate::<T, FMA, WIDE, true>(&dpt, BR, &kb, hd, rows, c, &mut dq[r0 * hd..]);
             }
@@ -1261,7 +1285,7 @@ fn backward_chunk<T: Float, const FMA: bool, const WIDE: bool>(
     if transposed {
         for r0 in (0..l).step_by(BR) {
             let dqb = &dqt[r0 * hd..(r0 + BR) * hd];
-            untranspose_block::<T, FMA>(dqb, hd, BR.min(l - r0), &mut dq[r0 * hd..]);
+            untranspose_block::<T, FMA, BR>(dqb, hd, BR.min(l - r0), &mut dq[r0 * hd..]);
         }
     }
     dq.truncate(l * hd);
@@ -1553,7 +1577,48 @@ macro_rules! dispatch {
     };
 }
 
-dispatch!(forward_block_dispatch, forward_block, (
+/// [`forward_block`] with blocks of [`BR`] queries.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn forward_block_wide<T: Float, const FMA: bool, const WIDE: bool>(
+    p: &Params,
+    x: &Inputs<T>,
+    n: usize,
+    h: usize,
+    r0: usize,
+    rows: usize,
+    s0: usize,
+    s1: usize,
+    with_zero: bool,
+) -> Partial<T> {
+    forward_block::<T, FMA, WIDE, BR>(p, x, n, h, r0, rows, s0, s1, with_zero)
+}
+
+/// [`forward_block`] with blocks of [`BR_NARROW`] queries, for tasks of that many queries or
+/// fewer (a few queries against many stored patterns: blocks of 64 would compute up to 64 lanes
+/// for one query, 1.8x the time of 32 at L = 1-8, S = 200,000).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn forward_block_narrow<T: Float, const FMA: bool, const WIDE: bool>(
+    p: &Params,
+    x: &Inputs<T>,
+    n: usize,
+    h: usize,
+    r0: usize,
+    rows: usize,
+    s0: usize,
+    s1: usize,
+    with_zero: bool,
+) -> Partial<T> {
+    forward_block::<T, FMA, WIDE, BR_NARROW>(p, x, n, h, r0, rows, s0, s1, with_zero)
+}
+
+dispatch!(forward_block_dispatch, forward_block_wide, (
+    p: &Params, x: &Inputs<T>, n: usize, h: usize, r0: usize, rows: usize, s0: usize, s1: usize,
+    with_zero: bool
+) -> Partial<T>);
+
+dispatch!(forward_block_narrow_dispatch, forward_block_narrow, (
     p: &Params, x: &Inputs<T>, n: usize, h: usize, r0: usize, rows: usize, s0: usize, s1: usize,
     with_zero: bool
 ) -> Partial<T>);

@@ -196,6 +196,8 @@ fn fused_matches_composed_f64(
 #[case(2, 40, 200, 4, 16, 16)]
 #[case(1, 2, 1000, 2, 64, 64)]
 #[case(2, 70, 150, 3, 32, 40)] // whole 8 x 32 tiles of the AVX-512 micro-kernels and ragged ones
+#[case(2, 24, 150, 2, 32, 40)] // a narrow (32-query) block, output transposed
+#[case(3, 5, 300, 2, 64, 24)] // a narrow block with few queries, output row-major
 fn fused_matches_composed_f32(
     #[case] n: usize,
     #[case] l: usize,
