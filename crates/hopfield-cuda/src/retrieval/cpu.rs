@@ -927,12 +927,12 @@ fn exp_shift_sum_avx512<T: Float, const B: usize>(
 /// the AVX-512 exponential where it applies (f32); false where it does not. Only called from
 /// the AVX-512 build (`WIDE`).
 #[inline(always)]
-fn exp_grad_avx512<T: Float>(
+fn exp_grad_avx512<T: Float, const B: usize>(
     z: &mut [T],
     dp: &mut [T],
     rows: usize,
-    lse: &[T; BR],
-    shift: &[T; BR],
+    lse: &[T; B],
+    shift: &[T; B],
 ) -> bool {
     #[cfg(target_arch = "x86_64")]
     if let (Some(z), Some(dp), Some(lse), Some(shift)) =
@@ -940,7 +940,7 @@ fn exp_grad_avx512<T: Float>(
     {
         // SAFETY: only the AVX-512 build calls this (the CPU has AVX-512F).
         unsafe {
-            avx512::exp_grad::<BR>(
+            avx512::exp_grad::<B>(
                 z,
                 dp,
                 rows,
@@ -1105,8 +1105,8 @@ pub(crate) struct Saved<'a, T> {
 }
 
 /// One (sample, head)'s queries and output gradients, copied once per backward task in the two
-/// layouts the block products read: row-major (`rows x d`) and transposed per block of `BR`
-/// queries (`d x BR`), zero-padded to whole blocks.
+/// layouts the block products read: row-major (`rows x d`) and transposed per block of `B`
+/// queries (`d x B`), zero-padded to whole blocks.
 struct QueryBlocks<T> {
     /// `beta q`, row-major.
     q: Vec<T>,
@@ -1124,7 +1124,7 @@ struct QueryBlocks<T> {
 }
 
 impl<T: Float> QueryBlocks<T> {
-    fn load<const AVX: bool>(
+    fn load<const AVX: bool, const B: usize>(
         p: &Params,
         x: &Inputs<T>,
         sv: &Saved<T>,
@@ -1134,7 +1134,7 @@ impl<T: Float> QueryBlocks<T> {
     ) -> Self {
         let g = &p.g;
         let (hd, pd, l) = (g.hd, g.pd, g.l);
-        let padded = l.div_ceil(BR) * BR;
+        let padded = l.div_ceil(B) * B;
         let beta = T::from_f64(p.betas[h]);
         let mut qb = Self {
             q: vec![T::ZERO; padded * hd],
@@ -1149,11 +1149,11 @@ impl<T: Float> QueryBlocks<T> {
             let base = ((n * l + r) * g.h + h) * pd;
             qb.d_o[r * pd..(r + 1) * pd].copy_from_slice(&sv.d_out[base..base + pd]);
         }
-        for rb in (0..padded).step_by(BR) {
-            let qt = &mut qb.qt[rb * hd..(rb + BR) * hd];
-            transpose_rows_to::<T, AVX>(&qb.q, rb * hd, hd, BR, hd, qt, BR);
-            let d_ot = &mut qb.d_ot[rb * pd..(rb + BR) * pd];
-            transpose_rows_to::<T, AVX>(&qb.d_o, rb * pd, pd, BR, pd, d_ot, BR);
+        for rb in (0..padded).step_by(B) {
+            let qt = &mut qb.qt[rb * hd..(rb + B) * hd];
+            transpose_rows_to::<T, AVX>(&qb.q, rb * hd, hd, B, hd, qt, B);
+            let d_ot = &mut qb.d_ot[rb * pd..(rb + B) * pd];
+            transpose_rows_to::<T, AVX>(&qb.d_o, rb * pd, pd, B, pd, d_ot, B);
         }
         for r in 0..padded {
             let li = (n * g.h + h) * l + r;
@@ -1179,7 +1179,7 @@ impl<T: Float> QueryBlocks<T> {
 /// in the loop.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn backward_chunk<T: Float, const FMA: bool, const WIDE: bool>(
+fn backward_chunk<T: Float, const FMA: bool, const WIDE: bool, const B: usize>(
     p: &Params,
     x: &Inputs<T>,
     sv: &Saved<T>,
@@ -1194,16 +1194,16 @@ fn backward_chunk<T: Float, const FMA: bool, const WIDE: bool>(
     let g = &p.g;
     let (hd, pd, l) = (g.hd, g.pd, g.l);
     let beta = T::from_f64(p.betas[h]);
-    let qs = QueryBlocks::load::<FMA>(p, x, sv, delta, n, h);
+    let qs = QueryBlocks::load::<FMA, B>(p, x, sv, delta, n, h);
     let mut dq = vec![T::ZERO; qs.lse.len() * hd];
     // As the forward's output: dq transposed per block of queries in the AVX-512 f32 build.
-    let transposed = WIDE && as_f32(&dq).is_some();
+    let transposed = WIDE && as_f32(&dq).is_some() && 2 * l >= B;
     let mut dqt = vec![T::ZERO; if transposed { dq.len() } else { 0 }];
     let mut kb = vec![T::ZERO; BC * hd];
     let mut kt = vec![T::ZERO; hd * BC];
     let mut vt = vec![T::ZERO; pd * BC];
-    let mut st = vec![T::ZERO; BC * BR];
-    let mut dpt = vec![T::ZERO; BC * BR];
+    let mut st = vec![T::ZERO; BC * B];
+    let mut dpt = vec![T::ZERO; BC * B];
     let mut dk = vec![T::ZERO; BC * hd];
     let mut dv = vec![T::ZERO; BC * pd];
     let mut j0 = s0;
@@ -1219,29 +1219,29 @@ fn backward_chunk<T: Float, const FMA: bool, const WIDE: bool>(
         dv.fill(T::ZERO);
         let mut r0 = 0;
         while r0 < l {
-            let rows = BR.min(l - r0);
+            let rows = B.min(l - r0);
             let (qt, d_ot) = (
-                &qs.qt[r0 * hd..(r0 + BR) * hd],
-                &qs.d_ot[r0 * pd..(r0 + BR) * pd],
+                &qs.qt[r0 * hd..(r0 + B) * hd],
+                &qs.d_ot[r0 * pd..(r0 + B) * pd],
             );
-            logits::<T, FMA, WIDE, BR, true>(&kt, qt, hd, c, &mut st);
-            logits::<T, FMA, WIDE, BR, true>(&vt, d_ot, pd, c, &mut dpt);
-            let lse: &[T; BR] = (&qs.lse[r0..r0 + BR]).try_into().unwrap();
-            let shift: &[T; BR] = (&qs.shift[r0..r0 + BR]).try_into().unwrap();
+            logits::<T, FMA, WIDE, B, true>(&kt, qt, hd, c, &mut st);
+            logits::<T, FMA, WIDE, B, true>(&vt, d_ot, pd, c, &mut dpt);
+            let lse: &[T; B] = (&qs.lse[r0..r0 + B]).try_into().unwrap();
+            let shift: &[T; B] = (&qs.shift[r0..r0 + B]).try_into().unwrap();
             if x.mask.is_some() {
                 for j in 0..c {
                     for r in 0..rows {
-                        st[j * BR + r] += x.mask_at(n, h, r0 + r, j0 + j);
+                        st[j * B + r] += x.mask_at(n, h, r0 + r, j0 + j);
                     }
                 }
             }
-            if !(WIDE && exp_grad_avx512(&mut st, &mut dpt, c, lse, shift)) {
+            if !(WIDE && exp_grad_avx512::<T, B>(&mut st, &mut dpt, c, lse, shift)) {
                 for j in 0..c {
-                    let row: &mut [T; BR] = (&mut st[j * BR..(j + 1) * BR]).try_into().unwrap();
+                    let row: &mut [T; B] = (&mut st[j * B..(j + 1) * B]).try_into().unwrap();
                     // One loop: as two, the compiler left the second (`dS`) scalar, 32 scalar
                     // multiply-adds per row where two vectors do.
-                    let drow: &mut [T; BR] = (&mut dpt[j * BR..(j + 1) * BR]).try_into().unwrap();
-                    for r in 0..BR {
+                    let drow: &mut [T; B] = (&mut dpt[j * B..(j + 1) * B]).try_into().unwrap();
+                    for r in 0..B {
                         let e = (row[r] - lse[r]).exp_fma::<FMA>();
                         row[r] = e;
                         drow[r] = e * (drow[r] + shift[r]);
@@ -1250,19 +1250,19 @@ fn backward_chunk<T: Float, const FMA: bool, const WIDE: bool>(
             }
             let q_rows = &qs.q[r0 * hd..];
             let do_rows = &qs.d_o[r0 * pd..];
-            accumulate::<T, FMA, WIDE, false>(&st, BR, do_rows, pd, c, rows, &mut dv);
-            accumulate::<T, FMA, WIDE, false>(&dpt, BR, q_rows, hd, c, rows, &mut dk);
+            accumulate::<T, FMA, WIDE, false>(&st, B, do_rows, pd, c, rows, &mut dv);
+            accumulate::<T, FMA, WIDE, false>(&dpt, B, q_rows, hd, c, rows, &mut dk);
             if !(transposed
-                && accumulate_t_avx512::<T, BR>(
+                && accumulate_t_avx512::<T, B>(
                     &kb,
                     hd,
                     hd,
                     &dpt,
                     c,
-                    &mut dqt[r0 * hd..(r0 + BR) * hd],
+                    &mut dqt[r0 * hd..(r0 + B) * hd],
                 ))
             {
-                accumulate::<T, FMA, WIDE, true>(&dpt, BR, &kb, hd, rows, c, &mut dq[r0 * hd..]);
+                accumulate::<T, FMA, WIDE, true>(&dpt, B, &kb, hd, rows, c, &mut dq[r0 * hd..]);
             }
             r0 += rows;
         }
@@ -1283,9 +1283,9 @@ fn backward_chunk<T: Float, const FMA: bool, const WIDE: bool>(
         j0 += c;
     }
     if transposed {
-        for r0 in (0..l).step_by(BR) {
-            let dqb = &dqt[r0 * hd..(r0 + BR) * hd];
-            untranspose_block::<T, FMA, BR>(dqb, hd, BR.min(l - r0), &mut dq[r0 * hd..]);
+        for r0 in (0..l).step_by(B) {
+            let dqb = &dqt[r0 * hd..(r0 + B) * hd];
+            untranspose_block::<T, FMA, B>(dqb, hd, B.min(l - r0), &mut dq[r0 * hd..]);
         }
     }
     dq.truncate(l * hd);
@@ -1349,7 +1349,11 @@ pub(crate) fn backward_into<T: Float>(
             }
             let s1 = (s0 + per_chunk).min(g.s);
             let (n, h) = (nh / g.h, nh % g.h);
-            let dq = backward_chunk_dispatch(p, &x, sv, &delta, n, h, s0, s1, ptr, out);
+            let dq = if g.l <= BR_NARROW {
+                backward_chunk_narrow_dispatch(p, &x, sv, &delta, n, h, s0, s1, ptr, out)
+            } else {
+                backward_chunk_dispatch(p, &x, sv, &delta, n, h, s0, s1, ptr, out)
+            };
             Some((nh, dq))
         })
         .collect();
@@ -1623,7 +1627,49 @@ dispatch!(forward_block_narrow_dispatch, forward_block_narrow, (
     with_zero: bool
 ) -> Partial<T>);
 
-dispatch!(backward_chunk_dispatch, backward_chunk, (
+/// [`backward_chunk`] with blocks of [`BR`] queries.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn backward_chunk_wide<T: Float, const FMA: bool, const WIDE: bool>(
+    p: &Params,
+    x: &Inputs<T>,
+    sv: &Saved<T>,
+    delta: &[T],
+    n: usize,
+    h: usize,
+    s0: usize,
+    s1: usize,
+    flat: SharedMut<T>,
+    out: [View; 3],
+) -> Vec<T> {
+    backward_chunk::<T, FMA, WIDE, BR>(p, x, sv, delta, n, h, s0, s1, flat, out)
+}
+
+/// [`backward_chunk`] with blocks of [`BR_NARROW`] queries, for [`BR_NARROW`] queries or fewer
+/// (a pooling layer's one learned query: blocks of 64 padded it 64-fold).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn backward_chunk_narrow<T: Float, const FMA: bool, const WIDE: bool>(
+    p: &Params,
+    x: &Inputs<T>,
+    sv: &Saved<T>,
+    delta: &[T],
+    n: usize,
+    h: usize,
+    s0: usize,
+    s1: usize,
+    flat: SharedMut<T>,
+    out: [View; 3],
+) -> Vec<T> {
+    backward_chunk::<T, FMA, WIDE, BR_NARROW>(p, x, sv, delta, n, h, s0, s1, flat, out)
+}
+
+dispatch!(backward_chunk_narrow_dispatch, backward_chunk_narrow, (
+    p: &Params, x: &Inputs<T>, sv: &Saved<T>, delta: &[T], n: usize, h: usize,
+    s0: usize, s1: usize, flat: SharedMut<T>, out: [View; 3]
+) -> Vec<T>);
+
+dispatch!(backward_chunk_dispatch, backward_chunk_wide, (
     p: &Params, x: &Inputs<T>, sv: &Saved<T>, delta: &[T], n: usize, h: usize,
     s0: usize, s1: usize, flat: SharedMut<T>, out: [View; 3]
 ) -> Vec<T>);
