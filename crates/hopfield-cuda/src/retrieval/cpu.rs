@@ -1552,9 +1552,10 @@ fn detected_isa() -> Isa {
 }
 
 /// The same kernel code compiled for AVX-512 and for AVX2+FMA (picked at run time; the default
-/// x86-64 target only allows SSE2 and no FMA) and generic for everything else.
+/// x86-64 target only allows SSE2 and no FMA) and generic for everything else; `inner::<C>`
+/// passes const arguments after the instruction-set ones (the query block width).
 macro_rules! dispatch {
-    ($name:ident, $inner:ident, ($($arg:ident: $ty:ty),*) -> $ret:ty) => {
+    ($name:ident, $inner:ident $(::<$($c:ident),+>)?, ($($arg:ident: $ty:ty),*) -> $ret:ty) => {
         #[allow(clippy::too_many_arguments)]
         fn $name<T: Float>($($arg: $ty),*) -> $ret {
             #[cfg(target_arch = "x86_64")]
@@ -1562,12 +1563,12 @@ macro_rules! dispatch {
                 #[target_feature(enable = "avx512f,avx2,fma")]
                 #[allow(clippy::too_many_arguments)]
                 unsafe fn avx512<T: Float>($($arg: $ty),*) -> $ret {
-                    $inner::<T, true, true>($($arg),*)
+                    $inner::<T, true, true $($(, $c)+)?>($($arg),*)
                 }
                 #[target_feature(enable = "avx2,fma")]
                 #[allow(clippy::too_many_arguments)]
                 unsafe fn avx2<T: Float>($($arg: $ty),*) -> $ret {
-                    $inner::<T, true, false>($($arg),*)
+                    $inner::<T, true, false $($(, $c)+)?>($($arg),*)
                 }
                 match isa() {
                     // SAFETY: the features were detected on this CPU.
@@ -1576,100 +1577,30 @@ macro_rules! dispatch {
                     Isa::Generic => {}
                 }
             }
-            $inner::<T, false, false>($($arg),*)
+            $inner::<T, false, false $($(, $c)+)?>($($arg),*)
         }
     };
 }
 
-/// [`forward_block`] with blocks of [`BR`] queries.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn forward_block_wide<T: Float, const FMA: bool, const WIDE: bool>(
-    p: &Params,
-    x: &Inputs<T>,
-    n: usize,
-    h: usize,
-    r0: usize,
-    rows: usize,
-    s0: usize,
-    s1: usize,
-    with_zero: bool,
-) -> Partial<T> {
-    forward_block::<T, FMA, WIDE, BR>(p, x, n, h, r0, rows, s0, s1, with_zero)
-}
-
-/// [`forward_block`] with blocks of [`BR_NARROW`] queries, for tasks of that many queries or
-/// fewer (a few queries against many stored patterns: blocks of 64 would compute up to 64 lanes
-/// for one query, 1.8x the time of 32 at L = 1-8, S = 200,000).
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn forward_block_narrow<T: Float, const FMA: bool, const WIDE: bool>(
-    p: &Params,
-    x: &Inputs<T>,
-    n: usize,
-    h: usize,
-    r0: usize,
-    rows: usize,
-    s0: usize,
-    s1: usize,
-    with_zero: bool,
-) -> Partial<T> {
-    forward_block::<T, FMA, WIDE, BR_NARROW>(p, x, n, h, r0, rows, s0, s1, with_zero)
-}
-
-dispatch!(forward_block_dispatch, forward_block_wide, (
+dispatch!(forward_block_dispatch, forward_block::<BR>, (
     p: &Params, x: &Inputs<T>, n: usize, h: usize, r0: usize, rows: usize, s0: usize, s1: usize,
     with_zero: bool
 ) -> Partial<T>);
 
-dispatch!(forward_block_narrow_dispatch, forward_block_narrow, (
+// Tasks of BR_NARROW queries or fewer run blocks of that many (a few queries against many stored
+// patterns: blocks of 64 computed up to 64 lanes for one query, 1.8x the time of 32 at L = 1-8,
+// S = 200,000; the backward padded a pooling layer's one query 64-fold).
+dispatch!(forward_block_narrow_dispatch, forward_block::<BR_NARROW>, (
     p: &Params, x: &Inputs<T>, n: usize, h: usize, r0: usize, rows: usize, s0: usize, s1: usize,
     with_zero: bool
 ) -> Partial<T>);
 
-/// [`backward_chunk`] with blocks of [`BR`] queries.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn backward_chunk_wide<T: Float, const FMA: bool, const WIDE: bool>(
-    p: &Params,
-    x: &Inputs<T>,
-    sv: &Saved<T>,
-    delta: &[T],
-    n: usize,
-    h: usize,
-    s0: usize,
-    s1: usize,
-    flat: SharedMut<T>,
-    out: [View; 3],
-) -> Vec<T> {
-    backward_chunk::<T, FMA, WIDE, BR>(p, x, sv, delta, n, h, s0, s1, flat, out)
-}
-
-/// [`backward_chunk`] with blocks of [`BR_NARROW`] queries, for [`BR_NARROW`] queries or fewer
-/// (a pooling layer's one learned query: blocks of 64 padded it 64-fold).
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn backward_chunk_narrow<T: Float, const FMA: bool, const WIDE: bool>(
-    p: &Params,
-    x: &Inputs<T>,
-    sv: &Saved<T>,
-    delta: &[T],
-    n: usize,
-    h: usize,
-    s0: usize,
-    s1: usize,
-    flat: SharedMut<T>,
-    out: [View; 3],
-) -> Vec<T> {
-    backward_chunk::<T, FMA, WIDE, BR_NARROW>(p, x, sv, delta, n, h, s0, s1, flat, out)
-}
-
-dispatch!(backward_chunk_narrow_dispatch, backward_chunk_narrow, (
+dispatch!(backward_chunk_narrow_dispatch, backward_chunk::<BR_NARROW>, (
     p: &Params, x: &Inputs<T>, sv: &Saved<T>, delta: &[T], n: usize, h: usize,
     s0: usize, s1: usize, flat: SharedMut<T>, out: [View; 3]
 ) -> Vec<T>);
 
-dispatch!(backward_chunk_dispatch, backward_chunk_wide, (
+dispatch!(backward_chunk_dispatch, backward_chunk::<BR>, (
     p: &Params, x: &Inputs<T>, sv: &Saved<T>, delta: &[T], n: usize, h: usize,
     s0: usize, s1: usize, flat: SharedMut<T>, out: [View; 3]
 ) -> Vec<T>);
