@@ -157,8 +157,12 @@ fn check_case(c: Case, mask: &str, zero: bool, per_head: bool, dtype: DType, tol
         assert!(a == b || (a - b).abs() < tol, "lse {a} vs {b}");
     }
     for (i, (a, b)) in g1.iter().zip(&g2).enumerate() {
+        // Relative to the gradient's size: f32 sums over S stored patterns in two different
+        // orders differ by a few ulps of their largest terms (an absolute 2e-5 failed about once
+        // in a dozen full-suite runs, at 2.0027e-5, for a case whose gradients reach ~3-4).
+        let scale = 1.0 + max_diff(b, &b.zeros_like().unwrap());
         let d = max_diff(a, b);
-        assert!(d < tol, "grad {i}: {d}");
+        assert!(d < tol * scale, "grad {i}: {d} (scale {scale})");
     }
     assert!(o1
         .flatten_all()
