@@ -772,14 +772,38 @@ mod tests {
     }
 
     /// The backward pass is the step's derivative: central finite differences of
-    /// `sum(C * step(x + t dx, params + t dp))` along a random direction of every input.
+    /// `sum(C * step(x + t dx, params + t dp))` along a random direction of every input. The
+    /// ReLU energy's step has kinks (a score crossing 0 between `t = -eps` and `eps` makes the
+    /// difference quotient miss the derivative: seen once in ~40 runs, 29.5 vs 30.4), so a
+    /// mismatch there is retried once with fresh random inputs; a wrong backward fails both.
     #[rstest]
-    fn backward_matches_finite_differences(#[values(false, true)] per_sample: bool) -> Result<()> {
+    fn backward_matches_finite_differences(
+        #[values(false, true)] per_sample: bool,
+        #[values(HopfieldEnergyKind::Relu, HopfieldEnergyKind::Softmax)] kind: HopfieldEnergyKind,
+    ) -> Result<()> {
+        let tries = if kind == HopfieldEnergyKind::Relu {
+            2
+        } else {
+            1
+        };
+        let mut last = (0.0, 0.0);
+        for _ in 0..tries {
+            last = fd_and_analytic(per_sample, kind)?;
+            let (fd, analytic) = last;
+            if (fd - analytic).abs() < 1e-6 * (1.0 + analytic.abs()) {
+                return Ok(());
+            }
+        }
+        panic!("{} vs {}", last.0, last.1);
+    }
+
+    /// One draw of [`backward_matches_finite_differences`]: `(finite difference, backward)`.
+    fn fd_and_analytic(per_sample: bool, kind: HopfieldEnergyKind) -> Result<(f64, f64)> {
         let dev = Device::Cpu;
         let p = Params::new(8, 2, 5, false)?;
         let x = Var::randn(0f64, 1., (2, 4, 8), &dev)?;
         let cot = Tensor::randn(0f64, 1., (2, 4, 8), &dev)?;
-        let s = p.step(false, HopfieldEnergyKind::Relu);
+        let s = p.step(false, kind);
         let grads = (fused_step(&x, &s, per_sample)? * &cot)?
             .sum_all()?
             .backward()?;
@@ -815,11 +839,7 @@ mod tests {
         };
         let eps = 1e-5;
         let fd = (at(eps)? - at(-eps)?) / (2.0 * eps);
-        assert!(
-            (fd - analytic).abs() < 1e-6 * (1.0 + analytic.abs()),
-            "{fd} vs {analytic}"
-        );
-        Ok(())
+        Ok((fd, analytic))
     }
 
     #[test]
