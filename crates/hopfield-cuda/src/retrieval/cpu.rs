@@ -633,10 +633,16 @@ fn logits<T: Float, const FMA: bool, const WIDE: bool, const W: usize, const AT:
     }
 }
 
-/// `s` as f32 when `T` is f32: the AVX-512 micro-kernels are f32 only.
+/// Whether `T` is f32: the AVX-512 micro-kernels are f32 only.
+#[inline(always)]
+fn is_f32<T: Float>() -> bool {
+    std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
+}
+
+/// `s` as f32 when `T` is f32.
 #[inline(always)]
 fn as_f32<T: Float>(s: &[T]) -> Option<&[f32]> {
-    (std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>())
+    is_f32::<T>()
         // SAFETY: T is f32.
         .then(|| unsafe { std::slice::from_raw_parts(s.as_ptr().cast::<f32>(), s.len()) })
 }
@@ -644,7 +650,7 @@ fn as_f32<T: Float>(s: &[T]) -> Option<&[f32]> {
 /// [`as_f32`] of a mutable slice.
 #[inline(always)]
 fn as_f32_mut<T: Float>(s: &mut [T]) -> Option<&mut [f32]> {
-    (std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>())
+    is_f32::<T>()
         // SAFETY: T is f32.
         .then(|| unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr().cast::<f32>(), s.len()) })
 }
@@ -659,58 +665,60 @@ fn logits_avx512<T: Float, const W: usize, const AT: bool>(
     rows: usize,
     out: &mut [T],
 ) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    if let (true, Some(a), Some(bt), Some(out)) = (AT, as_f32(a), as_f32(bt), as_f32_mut(out)) {
-        // SAFETY: only the AVX-512 build calls this (the CPU has AVX-512F).
-        match W {
-            32 => unsafe { avx512::rank_k::<2, false>(a, BC, bt, hd, rows, out) },
-            64 => unsafe { avx512::rank_k::<4, false>(a, BC, bt, hd, rows, out) },
-            _ => return false,
-        }
-        return true;
-    }
-    let _ = (a, bt, hd, rows, out);
-    false
+    AT && rank_k_avx512::<T, W, false>(a, BC, bt, hd, rows, out)
 }
 
-/// `out^T += a^T p` for one block of `B` queries, queries as lanes: `out` is `rows x B` (a
-/// transposed output block), `a` is `depth x rows` (rows `a_stride` apart) and `p` is `depth x B` (the
-/// block's association or its gradient, stored patterns as rows). Through the AVX-512
-/// micro-kernel where it applies (f32); false where it does not. Only called from the AVX-512
-/// build (`WIDE`).
+/// `out[i][..] (+)= sum_k a[k * a_stride + i] * p[k][..]` (`+=` when `ACC`) for rows of `B`
+/// query lanes: the logits (`a` = K transposed, `p` = a block of queries transposed) and the
+/// transposed accumulations `O^T += V^T P^T`, `dq^T += K^T dS^T` (`a` = V or K row-major, `p` =
+/// the block's association or its gradient). Through `avx512::rank_k` where it applies (f32,
+/// 32 or 64 lanes); false where it does not. Only called from the AVX-512 build (`WIDE`).
 #[inline(always)]
-fn accumulate_t_avx512<T: Float, const B: usize>(
+fn rank_k_avx512<T: Float, const B: usize, const ACC: bool>(
     a: &[T],
     a_stride: usize,
-    rows: usize,
     p: &[T],
     depth: usize,
+    rows: usize,
     out: &mut [T],
 ) -> bool {
     #[cfg(target_arch = "x86_64")]
     if let (Some(a), Some(p), Some(out)) = (as_f32(a), as_f32(p), as_f32_mut(out)) {
         // SAFETY: only the AVX-512 build calls this (the CPU has AVX-512F).
         match B {
-            32 => unsafe { avx512::rank_k::<2, true>(a, a_stride, p, depth, rows, out) },
-            64 => unsafe { avx512::rank_k::<4, true>(a, a_stride, p, depth, rows, out) },
+            32 => unsafe { avx512::rank_k::<2, ACC>(a, a_stride, p, depth, rows, out) },
+            64 => unsafe { avx512::rank_k::<4, ACC>(a, a_stride, p, depth, rows, out) },
             _ => return false,
         }
         return true;
     }
-    let _ = (a, a_stride, rows, p, depth, out);
+    let _ = (a, a_stride, p, depth, rows, out);
     false
 }
 
-/// The first `n` queries of a transposed `w x B` block (`ot[e * B + i]`) as row-major rows
-/// `out[i * w + e]`.
+/// Whether a task of `rows` queries keeps its output (or dq) transposed per block of `B`, queries
+/// as lanes, so that its accumulation runs on [`rank_k_avx512`] and the rescaling by the running
+/// maximum is lane-wise: the AVX-512 f32 build, from half a block of queries on (below, the
+/// row-major accumulation does work in proportion to the queries, the transposed one to the
+/// whole block: 32x at one query).
 #[inline(always)]
-fn untranspose_block<T: Float, const AVX: bool, const B: usize>(
+fn queries_as_lanes<T: Float, const WIDE: bool, const B: usize>(rows: usize) -> bool {
+    WIDE && is_f32::<T>() && 2 * rows >= B
+}
+
+/// The first `n` queries of blocks of `B` transposed (`w x B` each, `ot[blk * w * B + e * B + i]`)
+/// as row-major rows `out[(blk * B + i) * w + e]`.
+#[inline(always)]
+fn untranspose_blocks<T: Float, const AVX: bool, const B: usize>(
     ot: &[T],
     w: usize,
     n: usize,
     out: &mut [T],
 ) {
-    transpose_rows_to::<T, AVX>(ot, 0, B, w, n, out, w);
+    for r0 in (0..n).step_by(B) {
+        let block = &ot[r0 * w..(r0 + B) * w];
+        transpose_rows_to::<T, AVX>(block, 0, B, w, B.min(n - r0), &mut out[r0 * w..], w);
+    }
 }
 
 /// One 8 x 32 tile of [`block_accumulate`] (rows `r..r+8`, columns `e0..e0+32`) through the
@@ -801,12 +809,8 @@ fn forward_block<T: Float, const FMA: bool, const WIDE: bool, const B: usize>(
     let mut vb = vec![T::ZERO; BC * pd];
     let mut zt = vec![T::ZERO; BC * B];
     let mut o = vec![T::ZERO; rows * pd];
-    // The AVX-512 f32 build keeps the output transposed per block (`pd x B`, queries as lanes):
-    // `O^T += V^T P^T` then runs on the same micro-kernel as the logits, and the rescaling by
-    // the running max is lane-wise.
-    // With few queries the row-major accumulation does work in proportion to them, the
-    // transposed one to the whole block (32x at one query).
-    let transposed = WIDE && as_f32(&o).is_some() && 2 * rows >= B;
+    // The output transposed per block (`pd x B`) where [`queries_as_lanes`] says so.
+    let transposed = queries_as_lanes::<T, WIDE, B>(rows);
     let mut ot = vec![T::ZERO; if transposed { blocks * pd * B } else { 0 }];
     // The zero pattern: logit 0, value 0, so it starts the running sum at exp(0 - 0) = 1.
     let (mut m, mut l) = if with_zero {
@@ -876,7 +880,7 @@ fn forward_block<T: Float, const FMA: bool, const WIDE: bool, const B: usize>(
                         }
                     }
                 }
-                accumulate_t_avx512::<T, B>(&vb, pd, pd, &zt, c, otb);
+                rank_k_avx512::<T, B, true>(&vb, pd, &zt, c, pd, otb);
                 continue;
             }
             for (i, &a) in alpha.iter().enumerate().take(rr) {
@@ -891,10 +895,7 @@ fn forward_block<T: Float, const FMA: bool, const WIDE: bool, const B: usize>(
         j0 += c;
     }
     if transposed {
-        for blk in 0..blocks {
-            let (rb, otb) = (blk * B, &ot[blk * pd * B..(blk + 1) * pd * B]);
-            untranspose_block::<T, FMA, B>(otb, pd, B.min(rows - rb), &mut o[rb * pd..]);
-        }
+        untranspose_blocks::<T, FMA, B>(&ot, pd, rows, &mut o);
     }
     m.truncate(rows);
     l.truncate(rows);
@@ -1196,8 +1197,8 @@ fn backward_chunk<T: Float, const FMA: bool, const WIDE: bool, const B: usize>(
     let beta = T::from_f64(p.betas[h]);
     let qs = QueryBlocks::load::<FMA, B>(p, x, sv, delta, n, h);
     let mut dq = vec![T::ZERO; qs.lse.len() * hd];
-    // As the forward's output: dq transposed per block of queries in the AVX-512 f32 build.
-    let transposed = WIDE && as_f32(&dq).is_some() && 2 * l >= B;
+    // dq transposed per block (`hd x B`) where [`queries_as_lanes`] says so.
+    let transposed = queries_as_lanes::<T, WIDE, B>(l);
     let mut dqt = vec![T::ZERO; if transposed { dq.len() } else { 0 }];
     let mut kb = vec![T::ZERO; BC * hd];
     let mut kt = vec![T::ZERO; hd * BC];
@@ -1252,16 +1253,11 @@ fn backward_chunk<T: Float, const FMA: bool, const WIDE: bool, const B: usize>(
             let do_rows = &qs.d_o[r0 * pd..];
             accumulate::<T, FMA, WIDE, false>(&st, B, do_rows, pd, c, rows, &mut dv);
             accumulate::<T, FMA, WIDE, false>(&dpt, B, q_rows, hd, c, rows, &mut dk);
-            if !(transposed
-                && accumulate_t_avx512::<T, B>(
-                    &kb,
-                    hd,
-                    hd,
-                    &dpt,
-                    c,
-                    &mut dqt[r0 * hd..(r0 + B) * hd],
-                ))
-            {
+            let dq_done = transposed && {
+                let block = &mut dqt[r0 * hd..(r0 + B) * hd];
+                rank_k_avx512::<T, B, true>(&kb, hd, &dpt, c, hd, block)
+            };
+            if !dq_done {
                 accumulate::<T, FMA, WIDE, true>(&dpt, B, &kb, hd, rows, c, &mut dq[r0 * hd..]);
             }
             r0 += rows;
@@ -1283,10 +1279,7 @@ fn backward_chunk<T: Float, const FMA: bool, const WIDE: bool, const B: usize>(
         j0 += c;
     }
     if transposed {
-        for r0 in (0..l).step_by(B) {
-            let dqb = &dqt[r0 * hd..(r0 + B) * hd];
-            untranspose_block::<T, FMA, B>(dqb, hd, B.min(l - r0), &mut dq[r0 * hd..]);
-        }
+        untranspose_blocks::<T, FMA, B>(&dqt, hd, l, &mut dq);
     }
     dq.truncate(l * hd);
     dq.iter_mut().for_each(|e| *e = *e * beta);
