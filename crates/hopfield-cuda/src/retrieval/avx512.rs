@@ -58,42 +58,87 @@ pub(super) unsafe fn rank_k<const V: usize, const ACC: bool>(
     // Two vectors wide, twelve rows fill the same 24 accumulators (in isolation 111-131 GFLOP/s
     // per core against 94-118 for eight rows).
     while V == 2 && r + 12 <= rows {
-        tile::<12, V, ACC>(pa.add(r), a_stride, pb, depth, po.add(r * lanes));
+        tile::<12, V, ACC>(
+            pa.add(r),
+            [a_stride, 1],
+            pb,
+            lanes,
+            depth,
+            po.add(r * lanes),
+            lanes,
+        );
         r += 12;
     }
     while r + 6 <= rows {
-        tile::<6, V, ACC>(pa.add(r), a_stride, pb, depth, po.add(r * lanes));
+        tile::<6, V, ACC>(
+            pa.add(r),
+            [a_stride, 1],
+            pb,
+            lanes,
+            depth,
+            po.add(r * lanes),
+            lanes,
+        );
         r += 6;
     }
     if r + 4 <= rows {
-        tile::<4, V, ACC>(pa.add(r), a_stride, pb, depth, po.add(r * lanes));
+        tile::<4, V, ACC>(
+            pa.add(r),
+            [a_stride, 1],
+            pb,
+            lanes,
+            depth,
+            po.add(r * lanes),
+            lanes,
+        );
         r += 4;
     }
     if r + 2 <= rows {
-        tile::<2, V, ACC>(pa.add(r), a_stride, pb, depth, po.add(r * lanes));
+        tile::<2, V, ACC>(
+            pa.add(r),
+            [a_stride, 1],
+            pb,
+            lanes,
+            depth,
+            po.add(r * lanes),
+            lanes,
+        );
         r += 2;
     }
     if r < rows {
-        tile::<1, V, ACC>(pa.add(r), a_stride, pb, depth, po.add(r * lanes));
+        tile::<1, V, ACC>(
+            pa.add(r),
+            [a_stride, 1],
+            pb,
+            lanes,
+            depth,
+            po.add(r * lanes),
+            lanes,
+        );
     }
 }
 
-/// `TR` rows of [`rank_k`]; the caller checked the bounds.
+/// `TR` rows of `16 V` lanes: `out[i][..] (+)= sum_k a(k, i) * b[k][..]`, where `a(k, i)` is
+/// at `pa + k * a_step[0] + i * a_step[1]`, and rows of `b` and `out` are `b_stride` and
+/// `out_stride` apart. The one tile of [`rank_k`] (`a_step = [a_stride, 1]`, which the compiler
+/// folds in once this is inlined) and [`accumulate_tile`]; the caller checked the bounds.
 #[inline]
 #[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
 unsafe fn tile<const TR: usize, const V: usize, const ACC: bool>(
     mut pa: *const f32,
-    a_stride: usize,
+    a_step: [usize; 2],
     mut pb: *const f32,
+    b_stride: usize,
     depth: usize,
     po: *mut f32,
+    out_stride: usize,
 ) {
-    let lanes = 16 * V;
     let mut acc = [[_mm512_setzero_ps(); V]; TR];
     if ACC {
         for (i, row) in acc.iter_mut().enumerate() {
             for (v, x) in row.iter_mut().enumerate() {
-                *x = _mm512_loadu_ps(po.add(i * lanes + 16 * v));
+                *x = _mm512_loadu_ps(po.add(i * out_stride + 16 * v));
             }
         }
     }
@@ -103,17 +148,17 @@ unsafe fn tile<const TR: usize, const V: usize, const ACC: bool>(
             *x = _mm512_loadu_ps(pb.add(16 * v));
         }
         for (i, row) in acc.iter_mut().enumerate() {
-            let x = _mm512_set1_ps(*pa.add(i));
+            let x = _mm512_set1_ps(*pa.add(i * a_step[1]));
             for (v, y) in row.iter_mut().enumerate() {
                 *y = _mm512_fmadd_ps(x, bv[v], *y);
             }
         }
-        pa = pa.add(a_stride);
-        pb = pb.add(lanes);
+        pa = pa.add(a_step[0]);
+        pb = pb.add(b_stride);
     }
     for (i, row) in acc.iter().enumerate() {
         for (v, x) in row.iter().enumerate() {
-            _mm512_storeu_ps(po.add(i * lanes + 16 * v), *x);
+            _mm512_storeu_ps(po.add(i * out_stride + 16 * v), *x);
         }
     }
 }
@@ -142,30 +187,9 @@ pub(super) unsafe fn accumulate_tile<const PT: bool>(
         (R - 1) * ps + cols
     };
     assert!(p.len() >= p_len && b.len() >= (cols - 1) * w + W && out.len() >= (R - 1) * w + W);
-    let po = out.as_mut_ptr();
-    let mut acc = [_mm512_setzero_ps(); 2 * R];
-    for i in 0..R {
-        acc[2 * i] = _mm512_loadu_ps(po.add(i * w));
-        acc[2 * i + 1] = _mm512_loadu_ps(po.add(i * w + 16));
-    }
-    let (mut pp, mut pb) = (p.as_ptr(), b.as_ptr());
     // The step between consecutive `j` in `p`, and between consecutive rows `i`.
-    let (pj, pi) = if PT { (ps, 1) } else { (1, ps) };
-    for _ in 0..cols {
-        let b0 = _mm512_loadu_ps(pb);
-        let b1 = _mm512_loadu_ps(pb.add(16));
-        for i in 0..R {
-            let x = _mm512_set1_ps(*pp.add(i * pi));
-            acc[2 * i] = _mm512_fmadd_ps(x, b0, acc[2 * i]);
-            acc[2 * i + 1] = _mm512_fmadd_ps(x, b1, acc[2 * i + 1]);
-        }
-        pp = pp.add(pj);
-        pb = pb.add(w);
-    }
-    for i in 0..R {
-        _mm512_storeu_ps(po.add(i * w), acc[2 * i]);
-        _mm512_storeu_ps(po.add(i * w + 16), acc[2 * i + 1]);
-    }
+    let a_step = if PT { [ps, 1] } else { [1, ps] };
+    tile::<R, 2, true>(p.as_ptr(), a_step, b.as_ptr(), w, cols, out.as_mut_ptr(), w);
 }
 
 /// `exp(x)` of 16 lanes with the portable `exp_f32_with`'s semantics: Cody-Waite reduction
