@@ -154,12 +154,16 @@ impl<T> SharedMut<T> {
     }
 }
 
-/// Unnormalised partial result of a block of queries over a range of stored patterns.
+/// Partial result of a block of queries over a range of stored patterns: unnormalised, or the
+/// final one where the range was the task's only chunk (see [`finish_rows`]).
 struct Partial<T> {
-    /// `rows x pd`, `sum_j exp(z_j - m) v_j`.
+    /// `rows x pd`, `sum_j exp(z_j - m) v_j`; divided by `l` once finished.
     o: Vec<T>,
     m: Vec<T>,
+    /// The running sums; the log-sum-exp per query once finished.
     l: Vec<T>,
+    /// `Some(rows that overflowed)` once finished.
+    finished: Option<usize>,
 }
 
 struct Inputs<'a, T> {
@@ -170,10 +174,25 @@ struct Inputs<'a, T> {
     vk: View,
     vv: View,
     mask: Option<(&'a [T], View)>,
+    /// Per-feature biases of q, k and v (`H * w` each, head by head), added as the kernels load
+    /// them: the projected op's packed input bias, left out of its GEMM (see
+    /// [`Bias`]).
+    bias: Bias<'a, T>,
 }
 
+/// Biases of q, k and v (`H * hd`, `H * hd`, `H * pd`), `None` where absent. The projected
+/// self-association adds its packed input bias here, as the kernels load each block, instead of
+/// writing it into every row of the `(N*L, 3*H*hd)` projection before its GEMM: that fill and
+/// the GEMM's read of it were ~4% of the (16, 512, 256, 8) forward.
+pub(crate) type Bias<'a, T> = [Option<&'a [T]>; 3];
+
 impl<'a, T: Float> Inputs<'a, T> {
-    fn new(data: [&'a [T]; 3], views: [View; 3], mask: Option<(&'a [T], View)>) -> Self {
+    fn new(
+        data: [&'a [T]; 3],
+        views: [View; 3],
+        mask: Option<(&'a [T], View)>,
+        bias: Bias<'a, T>,
+    ) -> Self {
         Self {
             q: data[0],
             k: data[1],
@@ -182,7 +201,14 @@ impl<'a, T: Float> Inputs<'a, T> {
             vk: views[1],
             vv: views[2],
             mask,
+            bias,
         }
+    }
+
+    /// Head `h`'s `w` biases of input `i` (0: q, 1: k, 2: v).
+    #[inline(always)]
+    fn bias(&self, i: usize, h: usize, w: usize) -> Option<&'a [T]> {
+        self.bias[i].map(|b| &b[h * w..(h + 1) * w])
     }
 
     #[inline(always)]
@@ -405,7 +431,7 @@ fn accumulate_tile<T: Float, const FMA: bool, const R: usize, const PT: bool, co
 }
 
 /// Loads rows `j0..j0+c` of head `h` of sample `n` of a `(N, S, H, w)` view transposed into
-/// `w x BC` (zero beyond `c`).
+/// `w x BC` (zero beyond `c`), plus `bias` per feature where given.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn load_transposed<T: Float, const AVX: bool>(
@@ -416,9 +442,15 @@ fn load_transposed<T: Float, const AVX: bool>(
     j0: usize,
     c: usize,
     w: usize,
+    bias: Option<&[T]>,
     dst: &mut [T],
 ) {
     transpose_rows::<T, AVX>(src, view.at(n, j0, h), view.strides[1], c, w, dst);
+    if let Some(bias) = bias {
+        for (row, &b) in dst.chunks_exact_mut(BC).zip(bias) {
+            row[..c].iter_mut().for_each(|e| *e += b);
+        }
+    }
 }
 
 /// `c x w` rows (`c <= BC`) as `w x BC`, zero beyond `c`: the layout [`block_logits`] reads fastest.
@@ -536,7 +568,8 @@ unsafe fn transpose8(src: *const f32, ss: usize, dst: *mut f32, ds: usize) {
     }
 }
 
-/// Loads rows `j0..j0+c` of head `h` of sample `n` as `c x w`, optionally scaled.
+/// Loads rows `j0..j0+c` of head `h` of sample `n` as `c x w`, plus `bias` per feature where
+/// given, times `scale`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn load_rows<T: Float>(
@@ -548,6 +581,7 @@ fn load_rows<T: Float>(
     c: usize,
     w: usize,
     scale: T,
+    bias: Option<&[T]>,
     dst: &mut [T],
 ) {
     if w == 0 {
@@ -556,8 +590,18 @@ fn load_rows<T: Float>(
     // Whole-row slices (no per-element bounds checks), so that rows of 16 are one vector move.
     for (j, row) in dst.chunks_exact_mut(w).take(c).enumerate() {
         let base = view.at(n, j0 + j, h);
-        for (o, &x) in row.iter_mut().zip(&src[base..base + w]) {
-            *o = x * scale;
+        let src = &src[base..base + w];
+        match bias {
+            Some(bias) => {
+                for ((o, &x), &b) in row.iter_mut().zip(src).zip(bias) {
+                    *o = (x + b) * scale;
+                }
+            }
+            None => {
+                for (o, &x) in row.iter_mut().zip(src) {
+                    *o = x * scale;
+                }
+            }
         }
     }
 }
@@ -788,6 +832,7 @@ fn forward_block<T: Float, const FMA: bool, const WIDE: bool, const B: usize>(
     s0: usize,
     s1: usize,
     with_zero: bool,
+    finish: bool,
 ) -> Partial<T> {
     let g = &p.g;
     let (hd, pd) = (g.hd, g.pd);
@@ -800,8 +845,17 @@ fn forward_block<T: Float, const FMA: bool, const WIDE: bool, const B: usize>(
         let (base, rr) = (x.vq.at(n, r0 + rb, h), B.min(rows - rb));
         let qtb = &mut qt[rb * hd..(rb + B) * hd];
         transpose_rows_to::<T, FMA>(x.q, base, x.vq.strides[1], rr, hd, qtb, B);
-        for row in qtb.chunks_exact_mut(B) {
-            row[..rr].iter_mut().for_each(|e| *e = *e * beta);
+        match x.bias(0, h, hd) {
+            Some(bias) => {
+                for (row, &b) in qtb.chunks_exact_mut(B).zip(bias) {
+                    row[..rr].iter_mut().for_each(|e| *e = (*e + b) * beta);
+                }
+            }
+            None => {
+                for row in qtb.chunks_exact_mut(B) {
+                    row[..rr].iter_mut().for_each(|e| *e = *e * beta);
+                }
+            }
         }
     }
     // K transposed (`hd x BC`): the layout the logits product reads fastest.
@@ -821,8 +875,19 @@ fn forward_block<T: Float, const FMA: bool, const WIDE: bool, const B: usize>(
     let mut j0 = s0;
     while j0 < s1 {
         let c = BC.min(s1 - j0);
-        load_transposed::<T, FMA>(x.k, &x.vk, n, h, j0, c, hd, &mut kt);
-        load_rows(x.v, &x.vv, n, h, j0, c, pd, T::ONE, &mut vb);
+        load_transposed::<T, FMA>(x.k, &x.vk, n, h, j0, c, hd, x.bias(1, h, hd), &mut kt);
+        load_rows(
+            x.v,
+            &x.vv,
+            n,
+            h,
+            j0,
+            c,
+            pd,
+            T::ONE,
+            x.bias(2, h, pd),
+            &mut vb,
+        );
         let next = BC.min(s1 - (j0 + c));
         prefetch_rows(x.k, &x.vk, n, h, j0 + c, next, hd);
         prefetch_rows(x.v, &x.vv, n, h, j0 + c, next, pd);
@@ -899,7 +964,45 @@ fn forward_block<T: Float, const FMA: bool, const WIDE: bool, const B: usize>(
     }
     m.truncate(rows);
     l.truncate(rows);
-    Partial { o, m, l }
+    let finished = finish.then(|| finish_rows(&mut o, &m, &mut l, pd));
+    Partial { o, m, l, finished }
+}
+
+/// The softmax's last step for a task whose stored patterns were one chunk: every row of `o`
+/// divided by its sum `l`, `l` replaced by the log-sum-exp `m + ln l`, fully masked rows (`m`
+/// `-inf`) zero with log-sum-exp `-inf`. Returns how many rows are not finite (see
+/// [`forward_into`]). Inline, so that it runs in the caller's SIMD build: as a per-row step after
+/// the tasks (one dispatched call per row of `pd` values) it was 5% of the (16, 512, 256, 8)
+/// forward.
+#[inline(always)]
+fn finish_rows<T: Float>(o: &mut [T], m: &[T], l: &mut [T], pd: usize) -> usize {
+    for (row, (&m, &l)) in o.chunks_exact_mut(pd.max(1)).zip(m.iter().zip(l.iter())) {
+        let inv = if m == T::NEG_INF { T::ZERO } else { T::ONE / l };
+        for e in row.iter_mut() {
+            *e = *e * inv;
+        }
+    }
+    let finite = crate::finite::all_finite_slice(o);
+    let mut overflowed = 0;
+    for (r, (&m, l)) in m.iter().zip(l.iter_mut()).enumerate() {
+        let row = &mut o[r * pd..(r + 1) * pd];
+        if m == T::NEG_INF {
+            // 0 * inf among the values would leave NaN here.
+            row.fill(T::ZERO);
+            *l = T::NEG_INF;
+            continue;
+        }
+        let lse = m + l.ln();
+        *l = lse;
+        // NaN, or +inf: the only ways a row's log-sum-exp is neither finite nor -inf.
+        if (!finite && !crate::finite::all_finite_slice(row))
+            || lse.to_f64().is_nan()
+            || lse == T::ZERO - T::NEG_INF
+        {
+            overflowed += 1;
+        }
+    }
+    overflowed
 }
 
 /// The forward's `z = exp(z - shift)`, summed per query, over `rows` rows of a block through the
@@ -976,7 +1079,7 @@ pub(crate) fn forward<T: Float>(
 ) -> (Vec<T>, usize) {
     let g = p.g;
     let mut flat = vec![T::ZERO; g.n * g.l * g.h * g.pd + g.n * g.h * g.l];
-    let overflowed = forward_into(p, data, views, mask, &mut flat);
+    let overflowed = forward_into(p, data, views, mask, [None; 3], &mut flat);
     (flat, overflowed)
 }
 
@@ -984,16 +1087,18 @@ pub(crate) fn forward<T: Float>(
 /// writes, so `flat` may hold anything before (a reused scratch buffer). Returns how many query
 /// rows are not finite: a logit `beta q k` that is NaN or `+inf` (inputs too large for the
 /// dtype, or not finite) makes its row's log-sum-exp NaN, and NaN or inf among the values makes
-/// its output so; both cost a comparison per row or output element, no extra pass.
+/// its output so; both cost a comparison per row or output element, no extra pass. `bias` is
+/// added to q, k and v as they are read.
 pub(crate) fn forward_into<T: Float>(
     p: &Params,
     data: [&[T]; 3],
     views: [View; 3],
     mask: Option<(&[T], View)>,
+    bias: Bias<T>,
     flat: &mut [T],
 ) -> usize {
     let g = p.g;
-    let x = Inputs::new(data, views, mask);
+    let x = Inputs::new(data, views, mask, bias);
     let bq = rows_per_task(g.n * g.h, g.l);
     let qblocks = g.l.div_ceil(bq);
     let tasks = g.n * g.h * qblocks;
@@ -1018,14 +1123,36 @@ pub(crate) fn forward_into<T: Float>(
                     (s0 < g.s || c == 0).then(|| {
                         let s1 = (s0 + per_chunk).min(g.s);
                         let zero = c == 0 && p.zero_association;
+                        let finish = chunks == 1;
                         if rows <= BR_NARROW {
-                            forward_block_narrow_dispatch(p, &x, n, h, r0, rows, s0, s1, zero)
+                            forward_block_narrow_dispatch(
+                                p, &x, n, h, r0, rows, s0, s1, zero, finish,
+                            )
                         } else {
-                            forward_block_dispatch(p, &x, n, h, r0, rows, s0, s1, zero)
+                            forward_block_dispatch(p, &x, n, h, r0, rows, s0, s1, zero, finish)
                         }
                     })
                 })
                 .collect();
+            if let [Partial {
+                o,
+                l: lse,
+                finished: Some(overflowed),
+                ..
+            }] = parts.as_slice()
+            {
+                for r in 0..rows {
+                    let out_base = ((n * g.l + r0 + r) * g.h + h) * g.pd;
+                    // SAFETY: (n, h, r0 + r) is written by this task only; its `pd` outputs
+                    // are contiguous.
+                    unsafe {
+                        std::slice::from_raw_parts_mut(ptr.at(out_base), g.pd)
+                            .copy_from_slice(&o[r * g.pd..(r + 1) * g.pd]);
+                        *ptr.at(no + (n * g.h + h) * g.l + r0 + r) = lse[r];
+                    }
+                }
+                return *overflowed;
+            }
             // One merge buffer per task (not one allocation per query row).
             let mut acc = vec![T::ZERO; g.pd];
             let mut overflowed = 0;
@@ -1145,7 +1272,18 @@ impl<T: Float> QueryBlocks<T> {
             lse: vec![T::ZERO; padded],
             shift: vec![T::ZERO; padded],
         };
-        load_rows(x.q, &x.vq, n, h, 0, l, hd, beta, &mut qb.q);
+        load_rows(
+            x.q,
+            &x.vq,
+            n,
+            h,
+            0,
+            l,
+            hd,
+            beta,
+            x.bias(0, h, hd),
+            &mut qb.q,
+        );
         for r in 0..l {
             let base = ((n * l + r) * g.h + h) * pd;
             qb.d_o[r * pd..(r + 1) * pd].copy_from_slice(&sv.d_out[base..base + pd]);
@@ -1210,9 +1348,20 @@ fn backward_chunk<T: Float, const FMA: bool, const WIDE: bool, const B: usize>(
     let mut j0 = s0;
     while j0 < s1 {
         let c = BC.min(s1 - j0);
-        load_rows(x.k, &x.vk, n, h, j0, c, hd, T::ONE, &mut kb);
+        load_rows(
+            x.k,
+            &x.vk,
+            n,
+            h,
+            j0,
+            c,
+            hd,
+            T::ONE,
+            x.bias(1, h, hd),
+            &mut kb,
+        );
         transpose_block::<T, FMA>(&kb, c, hd, &mut kt);
-        load_transposed::<T, FMA>(x.v, &x.vv, n, h, j0, c, pd, &mut vt);
+        load_transposed::<T, FMA>(x.v, &x.vv, n, h, j0, c, pd, x.bias(2, h, pd), &mut vt);
         let next = BC.min(s1 - (j0 + c));
         prefetch_rows(x.k, &x.vk, n, h, j0 + c, next, hd);
         prefetch_rows(x.v, &x.vv, n, h, j0 + c, next, pd);
@@ -1299,24 +1448,26 @@ pub(crate) fn backward<T: Float>(
     len: usize,
 ) -> Vec<T> {
     let mut flat = vec![T::ZERO; len];
-    backward_into(p, data, views, mask, sv, out, &mut flat);
+    backward_into(p, data, views, mask, [None; 3], sv, out, &mut flat);
     flat
 }
 
 /// [`backward`] into `flat`: writes every element of the three gradient views (and nothing
-/// else), so their elements may hold anything before.
+/// else), so their elements may hold anything before. `bias` is added to q, k and v as they
+/// are read (the forward's).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn backward_into<T: Float>(
     p: &Params,
     data: [&[T]; 3],
     views: [View; 3],
     mask: Option<(&[T], View)>,
+    bias: Bias<T>,
     sv: &Saved<T>,
     out: [View; 3],
     flat: &mut [T],
 ) {
     let g = p.g;
-    let x = Inputs::new(data, views, mask);
+    let x = Inputs::new(data, views, mask, bias);
     // D_i = dO_i . O_i, per (n, h, l), laid out like the lse.
     let mut delta = vec![T::ZERO; g.n * g.h * g.l];
     delta.par_iter_mut().enumerate().for_each(|(i, d)| {
@@ -1398,8 +1549,8 @@ fn change_task<T: Float, const FMA: bool, const WIDE: bool>(
     let beta = T::from_f64(p.betas[h]);
     let mut qa = vec![T::ZERO; l * hd];
     let mut qb = vec![T::ZERO; l * hd];
-    load_rows(x.q, &x.vq, n, h, 0, l, hd, beta, &mut qa);
-    load_rows(b, vb, n, h, 0, l, hd, beta, &mut qb);
+    load_rows(x.q, &x.vq, n, h, 0, l, hd, beta, x.bias(0, h, hd), &mut qa);
+    load_rows(b, vb, n, h, 0, l, hd, beta, None, &mut qb);
     // +inf for fully masked rows, so that exp(z - lse) is exactly 0 there.
     let shift = |lse: &[T], r: usize| {
         let v = lse[(n * g.h + h) * l + r];
@@ -1425,7 +1576,7 @@ fn change_task<T: Float, const FMA: bool, const WIDE: bool>(
     let mut j0 = 0;
     while j0 < g.s {
         let c = BC.min(g.s - j0);
-        load_transposed::<T, FMA>(x.k, &x.vk, n, h, j0, c, hd, &mut kt);
+        load_transposed::<T, FMA>(x.k, &x.vk, n, h, j0, c, hd, x.bias(1, h, hd), &mut kt);
         let mut r0 = 0;
         while r0 < l {
             let rows = BR.min(l - r0);
@@ -1474,7 +1625,7 @@ pub(crate) fn association_change<T: Float>(
     lse_b: &[T],
 ) -> Vec<f64> {
     let g = p.g;
-    let x = Inputs::new(data, views, mask);
+    let x = Inputs::new(data, views, mask, [None; 3]);
     let (b, vb) = (data[2], views[2]);
     (0..g.n * g.h)
         .into_par_iter()
@@ -1577,7 +1728,7 @@ macro_rules! dispatch {
 
 dispatch!(forward_block_dispatch, forward_block::<BR>, (
     p: &Params, x: &Inputs<T>, n: usize, h: usize, r0: usize, rows: usize, s0: usize, s1: usize,
-    with_zero: bool
+    with_zero: bool, finish: bool
 ) -> Partial<T>);
 
 // Tasks of BR_NARROW queries or fewer run blocks of that many (a few queries against many stored
@@ -1585,7 +1736,7 @@ dispatch!(forward_block_dispatch, forward_block::<BR>, (
 // S = 200,000; the backward padded a pooling layer's one query 64-fold).
 dispatch!(forward_block_narrow_dispatch, forward_block::<BR_NARROW>, (
     p: &Params, x: &Inputs<T>, n: usize, h: usize, r0: usize, rows: usize, s0: usize, s1: usize,
-    with_zero: bool
+    with_zero: bool, finish: bool
 ) -> Partial<T>);
 
 dispatch!(backward_chunk_narrow_dispatch, backward_chunk::<BR_NARROW>, (

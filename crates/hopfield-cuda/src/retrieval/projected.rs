@@ -272,6 +272,13 @@ fn column<T: Copy>(m: &[T], rows: usize, ld: usize, c: usize) -> Vec<T> {
 }
 
 impl Projected {
+    /// The packed input bias `[b_q | b_k | b_v]` split into the kernel's three biases.
+    fn bias<'a, T>(&self, b_in: &'a [T]) -> cpu::Bias<'a, T> {
+        let qk = self.sizes.f - self.p.g.h * self.p.g.pd;
+        let (q, k) = (&b_in[..qk / 2], &b_in[qk / 2..qk]);
+        [Some(q), Some(k), Some(&b_in[qk..])]
+    }
+
     fn views(&self) -> [super::op::View; 3] {
         let g = &self.p.g;
         packed_views_at(0, [g.l * self.sizes.f, self.sizes.f], g)
@@ -281,10 +288,11 @@ impl Projected {
         let g = self.p.g;
         let Sizes { e, f, pw, o } = self.sizes;
         let m = g.n * g.l;
+        // The input bias is added as the kernel loads q, k and v (see `cpu::Bias`).
         let mut qkv = scratch::take::<T>(m * f);
-        fill_rows(&mut qkv, &column(wb_in, f, e + 1, e));
         let w_in = Mat::row_major(wb_in, f, e, e + 1);
-        gemm_into(&mut qkv, f, Mat::row_major(z, m, e, e), w_in.t(), true);
+        gemm_into(&mut qkv, f, Mat::row_major(z, m, e, e), w_in.t(), false);
+        let b_in = column(wb_in, f, e + 1, e);
         let no = m * pw;
         let mut flat = scratch::take::<T>(no + g.n * g.h * g.l);
         let views = self.views();
@@ -295,6 +303,7 @@ impl Projected {
                 [&qkv, &qkv, &qkv],
                 views,
                 mask,
+                self.bias(&b_in),
                 &mut flat,
             ))
         })?;
@@ -361,6 +370,7 @@ impl Projected {
         );
         let mut d_qkv = scratch::take::<T>(m * f);
         let views = self.views();
+        let b_in = column(wb_in, f, e + 1, e);
         let saved = Saved {
             out: &flat[..no],
             lse: &flat[no..],
@@ -374,6 +384,7 @@ impl Projected {
                 [qkv, qkv, qkv],
                 views,
                 mask,
+                self.bias(&b_in),
                 &saved,
                 views,
                 &mut d_qkv,

@@ -671,6 +671,10 @@ fn cuda_matches_cpu() {
 #[case(3, 70, 7, 4, 6, 10, 9, "full", true, false, DType::F64, 1e-12)]
 #[case(1, 5, 3, 1, 3, 2, 1, "assoc", false, true, DType::F64, 1e-12)]
 #[case(2, 130, 16, 2, 16, 16, 16, "padding", true, true, DType::F32, 2e-4)]
+// Few tasks over many stored patterns: each task's patterns split into chunks merged afterwards
+// (the input bias added as the chunks load their blocks).
+#[case(1, 300, 8, 1, 8, 8, 4, "none", false, true, DType::F64, 1e-12)]
+#[case(1, 300, 32, 1, 32, 32, 8, "assoc", true, true, DType::F32, 2e-4)]
 fn projected_matches_steps(
     #[case] n: usize,
     #[case] l: usize,
