@@ -190,6 +190,7 @@ pub(crate) unsafe fn product(
 ///
 /// # Safety
 /// AVX must be present, and the 8 rows of 8 at `src` and at `dst` must be in bounds.
+#[inline]
 #[target_feature(enable = "avx")]
 pub(crate) unsafe fn transpose8(src: *const f32, ss: usize, dst: *mut f32, ds: usize) {
     let r: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(src.add(i * ss)));

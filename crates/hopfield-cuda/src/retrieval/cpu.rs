@@ -20,6 +20,9 @@ const BR: usize = 64;
 const BR_NARROW: usize = 32;
 /// Stored patterns per block.
 const BC: usize = 64;
+/// How far a block's logits may exceed the forward's running maximum before it moves (see
+/// `forward_block`): exponentials up to e^8 ~ 3e3 against the old maximum.
+const LAZY_MAX: f64 = 8.0;
 
 pub(crate) trait Float:
     Copy
@@ -833,6 +836,7 @@ fn forward_block<T: Float, const FMA: bool, const WIDE: bool, const B: usize>(
     } else {
         (vec![T::NEG_INF; padded], vec![T::ZERO; padded])
     };
+    let lazy = T::from_f64(LAZY_MAX);
     let mut j0 = s0;
     while j0 < s1 {
         let c = BC.min(s1 - j0);
@@ -871,14 +875,22 @@ fn forward_block<T: Float, const FMA: bool, const WIDE: bool, const B: usize>(
                     *a = max(*a, z);
                 }
             }
-            // Queries still fully masked (new maximum -inf) add nothing: shift 0 makes their
-            // exponentials exp(-inf) = 0 and their rescaling factor stays 1.
+            // The running maximum moves only where the block's exceeds it by more than
+            // `LAZY_MAX`: below that, the block's exponentials are taken against the old one (at
+            // most e^LAZY_MAX, far from overflow), and the rescaling of the sums and outputs with
+            // its scalar exponential is skipped, which after the first blocks is nearly always.
+            // The log-sum-exp is `m + ln l` for whichever `m` the sums were taken against, so
+            // the results are the same up to rounding. Queries still fully masked (maximum
+            // -inf) add nothing: shift 0 makes their exponentials exp(-inf) = 0.
             let mut shift = [T::ZERO; B];
             let mut alpha = [T::ONE; B];
             for i in 0..B {
-                if mnew[i] != T::NEG_INF {
-                    shift[i] = mnew[i];
+                if mnew[i] > mb[i] + lazy {
                     alpha[i] = (mb[i] - mnew[i]).exp_fma::<FMA>();
+                    mb[i] = mnew[i];
+                }
+                if mb[i] != T::NEG_INF {
+                    shift[i] = mb[i];
                 }
             }
             let mut sum = [T::ZERO; B];
@@ -894,7 +906,6 @@ fn forward_block<T: Float, const FMA: bool, const WIDE: bool, const B: usize>(
             }
             for i in 0..B {
                 lb[i] = lb[i] * alpha[i] + sum[i];
-                mb[i] = mnew[i];
             }
             if transposed {
                 let otb = &mut ot[blk * pd * B..(blk + 1) * pd * B];

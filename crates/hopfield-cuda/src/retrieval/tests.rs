@@ -882,3 +882,47 @@ fn projected_overflow_is_an_error_and_recovers() -> Result<()> {
     assert!(crate::all_finite(&y)?);
     Ok(())
 }
+
+/// The forward's running maximum moves lazily (only once a block's logits exceed it by more than
+/// 8): logits that climb slowly across the stored-pattern blocks (the maximum lags behind for a
+/// few blocks), climb fast (it moves every block), or fall, all give the composed results.
+#[rstest]
+#[case(0.05, DType::F64, 1e-12)]
+#[case(0.6, DType::F64, 1e-12)]
+#[case(-0.3, DType::F64, 1e-12)]
+#[case(0.05, DType::F32, 2e-5)]
+#[case(0.6, DType::F32, 2e-5)]
+fn lazy_running_maximum_matches_composed(
+    #[case] step: f64,
+    #[case] dtype: DType,
+    #[case] tol: f64,
+) -> Result<()> {
+    let (n, l, s, h, d) = (1, 70, 400, 2, 8);
+    let dev = Device::Cpu;
+    // Query rows near the first axis; key j along it with length step * j, so the logits of
+    // every query grow (or fall) linearly over the stored patterns.
+    let q = (det((n, l, h, d), 1, DType::F64) * 0.1)?.broadcast_add(&Tensor::from_vec(
+        (0..d).map(|i| f64::from(u8::from(i == 0))).collect(),
+        (1, 1, 1, d),
+        &dev,
+    )?)?;
+    let ramp = Tensor::from_vec(
+        (0..s).map(|j| step * j as f64).collect::<Vec<f64>>(),
+        (1, s, 1, 1),
+        &dev,
+    )?;
+    let k = (det((n, s, h, d), 2, DType::F64) * 0.1)?.broadcast_add(&ramp)?;
+    let v = det((n, s, h, d), 3, DType::F64);
+    let [q, k, v] = [q, k, v].map(|t| t.to_dtype(dtype).unwrap());
+    let cfg = Retrieval::new(1.0);
+    let (o1, l1) = retrieve_with_lse(&q, &k, &v, &cfg)?;
+    let (o2, l2) = retrieve_composed(&q, &k, &v, &cfg)?;
+    let scale = 1.0 + max_diff(&l2, &l2.zeros_like()?);
+    assert!(max_diff(&o1, &o2) < tol, "output {}", max_diff(&o1, &o2));
+    assert!(
+        max_diff(&l1, &l2) < tol * scale,
+        "lse {}",
+        max_diff(&l1, &l2)
+    );
+    Ok(())
+}
