@@ -260,3 +260,49 @@ fn padded_stored_patterns_never_change_the_result() -> Result<()> {
     }
     Ok(())
 }
+
+/// A batch-mean graph with nothing else coupling the samples runs each sample's loop as its own
+/// task on the shared graph: the same results as the whole batch as one group (still the path
+/// with an energy stop, here one that never fires), one graph built, one report entry.
+#[test]
+fn batch_mean_samples_split_over_the_shared_graph_as_one_group() -> Result<()> {
+    let dev = Device::Cpu;
+    let stored = Tensor::randn(0f64, 1., (4, 9, 8), &dev)?;
+    let state = Tensor::randn(0f64, 1., (4, 6, 8), &dev)?;
+    let mean = DiffusedHopfieldConfig::new(base())
+        .with_k_neighbors(3)
+        .with_eta(0.3)
+        .with_diffusion_steps(3)
+        .with_graph_scope(GraphScope::BatchMean);
+    let configs = [
+        mean.clone(),
+        mean.clone().with_diffuse(true, true),
+        mean.clone().with_logit_diffusion(true, Some(0.2)),
+    ];
+    for (i, cfg) in configs.into_iter().enumerate() {
+        let map = VarMap::new();
+        let split = DiffusedHopfield::new(cfg.clone(), vb(&map))?;
+        let whole = DiffusedHopfield::new(cfg.with_energy_stop_tol(1e-300), vb(&map))?;
+        randomize(&map)?;
+        let input = || HopfieldInput::from((&stored, &state, &stored));
+        let a = split.forward_full(input(), Masks::default(), false)?;
+        let b = whole.forward_full(input(), Masks::default(), false)?;
+        assert_eq!(
+            b.dynamics_steps_run,
+            vec![3],
+            "config {i}: the energy stop fired"
+        );
+        assert!(
+            max_diff(&a.hopfield.output, &b.hopfield.output)? < 1e-12,
+            "config {i}"
+        );
+        assert!(
+            max_diff(&a.core_stored, &b.core_stored)? < 1e-12,
+            "config {i}"
+        );
+        assert_eq!(a.key_graphs.len(), 1, "config {i}");
+        assert_eq!(a.dynamics_steps_run, vec![3], "config {i}");
+        assert_eq!(split.graph_builds(), 1, "config {i}");
+    }
+    Ok(())
+}
