@@ -21,7 +21,7 @@
 //! the composed path, used off the CPU, is.
 
 use crate::error::{expect_float, expect_same_dtype, KernelError};
-use crate::matmul::{gemm_small, transposed, Mat};
+use crate::matmul::{gemm_serial, Mat};
 use crate::rows::{cpu_contiguous, storage_slice};
 use crate::softmax::{softmax_grad_rows, softmax_rows, Elem, Float};
 use candle_core::{
@@ -257,9 +257,6 @@ pub(crate) struct Task<'a, T> {
     x: &'a [T],
     /// `[Wq_h; Wk_h]` of the task's heads, `(2 Z |heads|, D)`.
     w: &'a [T],
-    /// The transpose of every head's `[Wq_h; Wk_h]`, `(D, 2 Z H)`, from the task's first
-    /// column on: the products `x W^T` read it row-major (see [`transposed_weights`]).
-    wt: &'a [T],
     /// The betas of the task's heads.
     beta: &'a [T],
     dm: Dims,
@@ -281,12 +278,9 @@ struct Buffers<T> {
 }
 
 impl<'a, T: Elem> Task<'a, T> {
-    /// Sample `t / groups`, head group `t % groups`; `wt` is [`transposed_weights`] of `w`.
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         x: &'a [T],
         w: &'a [T],
-        wt: &'a [T],
         beta: &'a [T],
         dm: Dims,
         exclude_self: bool,
@@ -299,7 +293,6 @@ impl<'a, T: Elem> Task<'a, T> {
         Self {
             x: &x[bi * l * d..][..l * d],
             w: &w[heads.start * z2 * d..heads.end * z2 * d],
-            wt: &wt[heads.start * z2..],
             beta: &beta[heads],
             dm,
             exclude_self,
@@ -313,11 +306,6 @@ impl<'a, T: Elem> Task<'a, T> {
 
     fn wm(&self) -> Mat<'a, T> {
         Mat::row_major(self.w, self.ld(), self.dm.d, self.dm.d)
-    }
-
-    /// `wm()` transposed, `(D, 2 Z |heads|)`, row-major.
-    fn wtm(&self) -> Mat<'a, T> {
-        Mat::row_major(self.wt, self.dm.d, self.ld(), 2 * self.dm.z * self.dm.h)
     }
 
     fn halves<'b>(&self, packed: &'b [T], hi: usize) -> (Mat<'b, T>, Mat<'b, T>) {
@@ -338,17 +326,17 @@ impl<'a, T: Elem> Task<'a, T> {
         mut per_head: impl FnMut(usize, &mut Buffers<T>),
     ) -> bool {
         let (l, d, z, ld) = (self.dm.l, self.dm.d, self.dm.z, self.ld());
-        gemm_small(
+        gemm_serial(
             &mut bufs.qk,
             ld,
             Mat::row_major(self.x, l, d, d),
-            self.wtm(),
+            self.wm().t(),
             false,
         );
         let mut ok = true;
         for (hi, &beta) in self.beta.iter().enumerate() {
             let (q, k) = self.halves(&bufs.qk, hi);
-            gemm_small(&mut bufs.a, l, q, k.t(), false);
+            gemm_serial(&mut bufs.a, l, q, k.t(), false);
             for (i, (sr, ar)) in bufs.s.chunks_mut(l).zip(bufs.a.chunks(l)).enumerate() {
                 for (s, &a) in sr.iter_mut().zip(ar) {
                     *s = beta * a;
@@ -359,8 +347,8 @@ impl<'a, T: Elem> Task<'a, T> {
             }
             ok &= softmax_rows(&bufs.s, &mut bufs.p, l);
             let pm = Mat::row_major(&bufs.p, l, l, l);
-            gemm_small(&mut bufs.uv[2 * hi * z..], ld, pm, k, false);
-            gemm_small(&mut bufs.uv[(2 * hi + 1) * z..], ld, pm.t(), q, false);
+            gemm_serial(&mut bufs.uv[2 * hi * z..], ld, pm, k, false);
+            gemm_serial(&mut bufs.uv[(2 * hi + 1) * z..], ld, pm.t(), q, false);
             per_head(hi, bufs);
         }
         ok
@@ -389,7 +377,7 @@ impl<'a, T: Elem> Task<'a, T> {
             g.fill(T::from_f64(f64::NAN));
             return g;
         }
-        gemm_small(
+        gemm_serial(
             &mut g,
             d,
             Mat::row_major(&bufs.uv, l, ld, ld),
@@ -407,7 +395,7 @@ impl<'a, T: Elem> Task<'a, T> {
         let mut bufs = self.buffers();
         // [Cu | Cv] per head = -C [Wq; Wk]^T: the cotangents of U = P k and V = P^T q.
         let mut cuv = vec![T::zero(); l * ld];
-        gemm_small(&mut cuv, ld, cm, self.wtm(), false);
+        gemm_serial(&mut cuv, ld, cm, self.wm().t(), false);
         cuv.iter_mut().for_each(|v| *v = -*v);
         let mut dqk = vec![T::zero(); l * ld];
         let mut dbeta = vec![T::zero(); self.beta.len()];
@@ -416,8 +404,8 @@ impl<'a, T: Elem> Task<'a, T> {
             let (q, k) = self.halves(&b.qk, hi);
             let (cu, cv) = self.halves(&cuv, hi);
             // dP = Cu k^T + q Cv^T, into the logits buffer.
-            gemm_small(&mut b.s, l, cu, k.t(), false);
-            gemm_small(&mut b.s, l, q, cv.t(), true);
+            gemm_serial(&mut b.s, l, cu, k.t(), false);
+            gemm_serial(&mut b.s, l, q, cv.t(), true);
             softmax_grad_rows(&b.p, &b.s, &mut b.ds, l);
             for (&g, &a) in b.ds.iter().zip(&b.a) {
                 dbeta[hi] += g * a;
@@ -427,19 +415,19 @@ impl<'a, T: Elem> Task<'a, T> {
             let pm = Mat::row_major(&b.p, l, l, l);
             // [dq | dk] = [beta dS k + P Cv | beta dS^T q + P^T Cu]
             let (dq, dk) = (2 * hi * self.dm.z, (2 * hi + 1) * self.dm.z);
-            gemm_small(&mut dqk[dq..], ld, dsm, k, false);
-            gemm_small(&mut dqk[dq..], ld, pm, cv, true);
-            gemm_small(&mut dqk[dk..], ld, dsm.t(), q, false);
-            gemm_small(&mut dqk[dk..], ld, pm.t(), cu, true);
+            gemm_serial(&mut dqk[dq..], ld, dsm, k, false);
+            gemm_serial(&mut dqk[dq..], ld, pm, cv, true);
+            gemm_serial(&mut dqk[dk..], ld, dsm.t(), q, false);
+            gemm_serial(&mut dqk[dk..], ld, pm.t(), cu, true);
         });
         let dqkm = Mat::row_major(&dqk, l, ld, ld);
         let mut dx = vec![T::zero(); l * d];
-        gemm_small(&mut dx, d, dqkm, self.wm(), false);
+        gemm_serial(&mut dx, d, dqkm, self.wm(), false);
         // d[Wq; Wk] = [dq | dk]^T x - [U | V]^T C
         let mut dw = vec![T::zero(); ld * d];
-        gemm_small(&mut dw, d, dqkm.t(), Mat::row_major(self.x, l, d, d), false);
+        gemm_serial(&mut dw, d, dqkm.t(), Mat::row_major(self.x, l, d, d), false);
         bufs.uv.iter_mut().for_each(|v| *v = -*v);
-        gemm_small(
+        gemm_serial(
             &mut dw,
             d,
             Mat::row_major(&bufs.uv, l, ld, ld).t(),
@@ -452,12 +440,6 @@ impl<'a, T: Elem> Task<'a, T> {
 
 /// A task's `(dx share, d[Wq; Wk] of its heads, dbeta of its heads)`.
 pub(crate) type TaskGrads<T> = (Vec<T>, Vec<T>, Vec<T>);
-
-/// Every head's `[Wq_h; Wk_h]` `(H, 2Z, D)` transposed to `(D, 2 Z H)`: made once per call for
-/// the tasks' `x W^T` products.
-pub(crate) fn transposed_weights<T: Elem>(w: &[T], dm: Dims) -> Vec<T> {
-    transposed(w, dm.h * 2 * dm.z, dm.d)
-}
 
 /// `out[b] = sum_g parts[b * groups + g]`, samples in parallel, groups in a fixed order.
 fn sum_groups<T: Elem>(parts: &[Vec<T>], groups: usize, len: usize) -> Vec<T> {
@@ -481,10 +463,9 @@ pub(crate) fn forward<T: Elem>(
     exclude_self: bool,
 ) -> Vec<T> {
     let groups = dm.groups();
-    let wt = transposed_weights(w, dm);
     let parts: Vec<Vec<T>> = (0..dm.b * groups)
         .into_par_iter()
-        .map(|t| Task::new(x, w, &wt, beta, dm, exclude_self, t, groups).forward())
+        .map(|t| Task::new(x, w, beta, dm, exclude_self, t, groups).forward())
         .collect();
     sum_groups(&parts, groups, dm.l * dm.d)
 }
@@ -500,13 +481,11 @@ pub(crate) fn backward<T: Elem>(
 ) -> (Vec<T>, Vec<T>, Vec<T>) {
     let groups = dm.groups();
     let (l, d, z2) = (dm.l, dm.d, 2 * dm.z);
-    let wt = transposed_weights(w, dm);
     let parts: Vec<TaskGrads<T>> = (0..dm.b * groups)
         .into_par_iter()
         .map(|t| {
             let bi = t / groups;
-            Task::new(x, w, &wt, beta, dm, exclude_self, t, groups)
-                .backward(&c[bi * l * d..][..l * d])
+            Task::new(x, w, beta, dm, exclude_self, t, groups).backward(&c[bi * l * d..][..l * d])
         })
         .collect();
     let mut dxs = Vec::with_capacity(parts.len());

@@ -20,7 +20,6 @@
 use crate::attention_energy::{self as att, Dims};
 use crate::error::{expect_float, expect_same_dtype, KernelError};
 use crate::hopfield_energy::{self as hop, HopfieldEnergyKind, Keep, Saved};
-use crate::matmul::transposed;
 use crate::normalize::moments;
 use crate::rows::{cpu_contiguous, rows_per_task, storage_slice};
 use crate::scratch;
@@ -344,8 +343,6 @@ fn forward<T: Keep>(
         let mut y = vec![T::zero(); x.len()];
         let mut g = vec![T::zero(); x.len()];
         let mut h = vec![T::zero(); dm.b * l * m];
-        // The weights the tasks' products read transposed, transposed once.
-        let (wqk_t, wt) = (att::transposed_weights(wqk, dm), transposed(w, d, m));
         let ok = y
             .par_chunks_mut(spt * l * d)
             .zip(g.par_chunks_mut(spt * l * d))
@@ -355,14 +352,13 @@ fn forward<T: Keep>(
                 let rows = xc.len() / d;
                 let mut ok = norm_block(xc, nw, nb, op.eps, gc);
                 let mut a = vec![T::zero(); rows * m];
-                ok &= hop::forward_rows(gc, w, &wt, hb, [rows, d, m], op.kind, hc, &mut a, yc);
+                ok &= hop::forward_rows(gc, w, hb, [rows, d, m], op.kind, hc, &mut a, yc);
                 for ((yb, gb), xb) in yc
                     .chunks_mut(l * d)
                     .zip(gc.chunks(l * d))
                     .zip(xc.chunks(l * d))
                 {
-                    let task = att::Task::new(gb, wqk, &wqk_t, beta, one, op.exclude_self, 0, 1);
-                    let ga = task.forward();
+                    let ga = att::Task::new(gb, wqk, beta, one, op.exclude_self, 0, 1).forward();
                     // As composed: x - ((ga + gh) * alpha).
                     for ((y, &ga), &x) in yb.iter_mut().zip(&ga).zip(xb) {
                         *y = x - (ga + *y) * alpha;
@@ -482,9 +478,8 @@ fn backward<T: Keep>(
         // per-row factors and the norm's backward; then dW over all rows as two products, and
         // the per-sample weight and beta gradients summed in sample order.
         let one = Dims { b: 1, ..dm };
-        let (wqk_t, wt) = (att::transposed_weights(wqk, dm), transposed(w, d, m));
-        // Every element written by the tasks below: reused buffers, not fresh zeroed ones (the
-        // zeroing and page faults of these 2.3 MB were a third of the main thread's samples).
+        // Every element written by the tasks below: reused buffers, not fresh zeroed ones (their
+        // zeroing was a third of the main thread's samples).
         let mut a = scratch::take::<T>(n * m);
         let mut du = scratch::take::<T>(n * m);
         let mut cg = scratch::take::<T>(x.len());
@@ -511,7 +506,7 @@ fn backward<T: Keep>(
                     Some(h) => &h[hspan],
                     None => {
                         let mut v = vec![T::zero(); rows * m];
-                        crate::matmul::gemm_small(
+                        crate::matmul::gemm_serial(
                             &mut v,
                             m,
                             crate::matmul::Mat::row_major(gc, rows, d, d),
@@ -523,18 +518,8 @@ fn backward<T: Keep>(
                     }
                 };
                 let mut dg = vec![T::zero(); rows * d];
-                let dhb = hop::backward_rows(
-                    w,
-                    &wt,
-                    hb,
-                    cgc,
-                    [rows, d, m],
-                    op.kind,
-                    hc,
-                    ac,
-                    duc,
-                    &mut dg,
-                );
+                let dhb =
+                    hop::backward_rows(w, hb, cgc, [rows, d, m], op.kind, hc, ac, duc, &mut dg);
                 let mut dwqk = vec![T::zero(); pk.wqk.len()];
                 let mut dbeta = vec![T::zero(); dm.h];
                 for ((dgb, gb), cgb) in dg
@@ -542,7 +527,7 @@ fn backward<T: Keep>(
                     .zip(gc.chunks(l * d))
                     .zip(cgc.chunks(l * d))
                 {
-                    let task = att::Task::new(gb, wqk, &wqk_t, beta, one, op.exclude_self, 0, 1);
+                    let task = att::Task::new(gb, wqk, beta, one, op.exclude_self, 0, 1);
                     let (dga, dw, db) = task.backward(cgb);
                     add_into(dgb, &dga);
                     add_into(&mut dwqk, &dw);

@@ -17,7 +17,7 @@
 //! The backward itself is not differentiable (no third derivatives); the composed path is.
 
 use crate::error::{expect_float, expect_same_dtype, KernelError};
-use crate::matmul::{gemm_into, gemm_small, Mat};
+use crate::matmul::{gemm_into, gemm_serial, Mat};
 use crate::rows::{cpu_contiguous, rows_per_task, storage_slice};
 use crate::softmax::{softmax_grad_rows, softmax_rows, Elem};
 use candle_core::{
@@ -241,7 +241,6 @@ fn activate_rows<T: Elem>(
 pub(crate) fn forward_rows<T: Elem>(
     x: &[T],
     w: &[T],
-    wt: &[T],
     beta: T,
     [n, d, m]: [usize; 3],
     kind: HopfieldEnergyKind,
@@ -250,17 +249,11 @@ pub(crate) fn forward_rows<T: Elem>(
     g: &mut [T],
 ) -> bool {
     let wm = Mat::row_major(w, d, m, m);
-    gemm_small(h, m, Mat::row_major(x, n, d, d), wm, false);
+    gemm_serial(h, m, Mat::row_major(x, n, d, d), wm, false);
     let ok = activate_rows(h, a, m, beta, kind);
     let s = sign(beta, kind);
     a.iter_mut().for_each(|v| *v *= s);
-    gemm_small(
-        g,
-        d,
-        Mat::row_major(a, n, m, m),
-        Mat::row_major(wt, m, d, d),
-        false,
-    );
+    gemm_serial(g, d, Mat::row_major(a, n, m, m), wm.t(), false);
     ok
 }
 
@@ -271,7 +264,6 @@ pub(crate) fn forward_rows<T: Elem>(
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn backward_rows<T: Elem>(
     w: &[T],
-    wt: &[T],
     beta: T,
     c: &[T],
     [n, d, m]: [usize; 3],
@@ -283,16 +275,10 @@ pub(crate) fn backward_rows<T: Elem>(
 ) -> T {
     let wm = Mat::row_major(w, d, m, m);
     activate_rows(h, a, m, beta, kind);
-    gemm_small(du, m, Mat::row_major(c, n, d, d), wm, false);
+    gemm_serial(du, m, Mat::row_major(c, n, d, d), wm, false);
     let db = cotangent_rows(du, a, h, m, beta, kind);
     du.iter_mut().for_each(|v| *v *= beta);
-    gemm_small(
-        dx,
-        d,
-        Mat::row_major(du, n, m, m),
-        Mat::row_major(wt, m, d, d),
-        false,
-    );
+    gemm_serial(dx, d, Mat::row_major(du, n, m, m), wm.t(), false);
     let s = sign(beta, kind);
     a.iter_mut().for_each(|v| *v *= s);
     db

@@ -58,8 +58,6 @@ mod finite;
 mod hopfield_energy;
 mod linear;
 mod matmul;
-#[cfg(target_arch = "x86_64")]
-mod microkernel;
 mod normalize;
 pub mod retrieval;
 mod rows;

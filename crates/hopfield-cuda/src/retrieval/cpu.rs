@@ -507,7 +507,7 @@ fn transpose_rows_to<T: Float, const AVX: bool>(
                 // bounds (asserted above: j + 8 <= c, d + 8 <= w); `AVX` instances run only
                 // where AVX2 (or AVX-512) was detected.
                 unsafe {
-                    crate::microkernel::transpose8(
+                    transpose8(
                         src.as_ptr().add(base + j * rs + d) as *const f32,
                         rs,
                         dst.as_mut_ptr().add(d * ds + j) as *mut f32,
@@ -529,6 +529,45 @@ fn transpose_rows_to<T: Float, const AVX: bool>(
         for d in 0..w {
             dst[d * ds + c..(d + 1) * ds].fill(T::ZERO);
         }
+    }
+}
+
+/// The 8 x 8 f32 tile at `src` (rows `ss` apart) transposed to `dst` (rows `ds` apart), through
+/// registers: 32-bit interleaves, 64-bit shuffles within 128-bit lanes, then a lane exchange.
+///
+/// # Safety
+/// AVX must be present, and the 8 rows of 8 at `src` and at `dst` must be in bounds.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+unsafe fn transpose8(src: *const f32, ss: usize, dst: *mut f32, ds: usize) {
+    use std::arch::x86_64::*;
+    let r: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(src.add(i * ss)));
+    // Rows 2i, 2i+1 interleaved: per 128-bit lane [a0 b0 a1 b1] and [a2 b2 a3 b3].
+    let t: [__m256; 8] = std::array::from_fn(|i| {
+        let (a, b) = (r[i / 2 * 2], r[i / 2 * 2 + 1]);
+        if i % 2 == 0 {
+            _mm256_unpacklo_ps(a, b)
+        } else {
+            _mm256_unpackhi_ps(a, b)
+        }
+    });
+    // Four rows of one column per lane: u[4g + k] = rows 4g..4g+3 of columns k (low lane) and
+    // 4 + k (high lane).
+    let mut u = [_mm256_setzero_ps(); 8];
+    for g in 0..2 {
+        let (a, b, c, d) = (t[4 * g], t[4 * g + 1], t[4 * g + 2], t[4 * g + 3]);
+        u[4 * g] = _mm256_shuffle_ps::<0x44>(a, c);
+        u[4 * g + 1] = _mm256_shuffle_ps::<0xEE>(a, c);
+        u[4 * g + 2] = _mm256_shuffle_ps::<0x44>(b, d);
+        u[4 * g + 3] = _mm256_shuffle_ps::<0xEE>(b, d);
+    }
+    for k in 0..4 {
+        let (lo, hi) = (u[k], u[4 + k]);
+        _mm256_storeu_ps(dst.add(k * ds), _mm256_permute2f128_ps::<0x20>(lo, hi));
+        _mm256_storeu_ps(
+            dst.add((k + 4) * ds),
+            _mm256_permute2f128_ps::<0x31>(lo, hi),
+        );
     }
 }
 
