@@ -21,7 +21,9 @@ const BR_NARROW: usize = 32;
 /// Stored patterns per block.
 const BC: usize = 64;
 /// How far a block's logits may exceed the forward's running maximum before it moves (see
-/// `forward_block`): exponentials up to e^8 ~ 3e3 against the old maximum.
+/// `forward_block`): exponentials up to e^8 ~ 3e3 against the old maximum, so the running sums
+/// keep their range up to values near f32::MAX / (3e3 S) (past that a row overflows and is
+/// reported as such, as every overflowing row is).
 const LAZY_MAX: f64 = 8.0;
 
 pub(crate) trait Float:
