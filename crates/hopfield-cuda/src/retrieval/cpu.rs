@@ -450,45 +450,31 @@ fn load_transposed<T: Float, const AVX: bool>(
     bias: Option<&[T]>,
     dst: &mut [T],
 ) {
-    transpose_rows::<T, AVX>(src, view.at(n, j0, h), view.strides[1], c, w, dst);
-    if let Some(bias) = bias {
-        for (row, &b) in dst.chunks_exact_mut(BC).zip(bias) {
-            row[..c].iter_mut().for_each(|e| *e += b);
-        }
-    }
+    let base = view.at(n, j0, h);
+    transpose_rows_to::<T, AVX>(src, base, view.strides[1], c, w, bias, dst, BC);
 }
 
 /// `c x w` rows (`c <= BC`) as `w x BC`, zero beyond `c`: the layout [`block_logits`] reads fastest.
 #[inline(always)]
 fn transpose_block<T: Float, const AVX: bool>(rows: &[T], c: usize, w: usize, dst: &mut [T]) {
-    transpose_rows::<T, AVX>(rows, 0, w, c, w, dst);
+    transpose_rows_to::<T, AVX>(rows, 0, w, c, w, None, dst, BC);
 }
 
-/// Rows `base + j * rs .. + w` of `src` for `j < c` (`c <= BC`) into `dst` as `w x BC`, zero
-/// beyond `c`. With AVX (`AVX`: the AVX2 and AVX-512 builds) and f32, whole 8 x 8 tiles go
-/// through registers ([`transpose8`]); the rest element by element, whose stores the compiler
-/// turned into scatters: ~5% of the (16, 512, 256, 8) forward kernel, 20% where one block of
-/// queries uses the block; the tiles brought that to 0.4%.
+/// Rows `base + j * rs .. + w` of `src` for `j < c` (`c <= ds`), plus `bias` per column where
+/// given, into `dst` as `w` rows `ds` apart, zero from `c` to `ds`. With AVX (`AVX`: the AVX2 and
+/// AVX-512 builds) and f32, whole 8 x 8 tiles go through registers ([`transpose8`], the bias
+/// added as their rows load); the rest element by element, whose stores the compiler turned into
+/// scatters: ~5% of the (16, 512, 256, 8) forward kernel, 20% where one block of queries uses the
+/// block; the tiles brought that to 0.4%.
 #[inline(always)]
-fn transpose_rows<T: Float, const AVX: bool>(
-    src: &[T],
-    base: usize,
-    rs: usize,
-    c: usize,
-    w: usize,
-    dst: &mut [T],
-) {
-    transpose_rows_to::<T, AVX>(src, base, rs, c, w, dst, BC);
-}
-
-/// [`transpose_rows`] into rows `ds` apart (`c <= ds`), zero from `c` to `ds`.
-#[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn transpose_rows_to<T: Float, const AVX: bool>(
     src: &[T],
     base: usize,
     rs: usize,
     c: usize,
     w: usize,
+    bias: Option<&[T]>,
     dst: &mut [T],
     ds: usize,
 ) {
@@ -496,6 +482,7 @@ fn transpose_rows_to<T: Float, const AVX: bool>(
         c <= ds
             && dst.len() >= w * ds
             && (c == 0 || w == 0 || base + (c - 1) * rs + w <= src.len())
+            && bias.is_none_or(|b| b.len() >= w)
     );
     #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
     let (mut tc, mut tw) = (0, 0);
@@ -505,13 +492,14 @@ fn transpose_rows_to<T: Float, const AVX: bool>(
         for j in (0..tc).step_by(8) {
             for d in (0..tw).step_by(8) {
                 // SAFETY: `Float` is f32 or f64, so a 4-byte `T` is f32; the tile's rows
-                // `base + (j + i) * rs + d .. + 8` and `dst[(d + i) * ds + j .. + 8]` are in
-                // bounds (asserted above: j + 8 <= c, d + 8 <= w); `AVX` instances run only
-                // where AVX2 (or AVX-512) was detected.
+                // `base + (j + i) * rs + d .. + 8`, `dst[(d + i) * ds + j .. + 8]` and
+                // `bias[d .. d + 8]` are in bounds (asserted above: j + 8 <= c, d + 8 <= w);
+                // `AVX` instances run only where AVX2 (or AVX-512) was detected.
                 unsafe {
                     transpose8(
                         src.as_ptr().add(base + j * rs + d) as *const f32,
                         rs,
+                        bias.map(|b| b.as_ptr().add(d) as *const f32),
                         dst.as_mut_ptr().add(d * ds + j) as *mut f32,
                         ds,
                     )
@@ -523,8 +511,17 @@ fn transpose_rows_to<T: Float, const AVX: bool>(
         let row = &src[base + j * rs..base + j * rs + w];
         // Columns past the tiles for every row; all columns for rows past the tiles.
         let from = if j < tc { tw } else { 0 };
-        for (d, &x) in row.iter().enumerate().skip(from) {
-            dst[d * ds + j] = x;
+        match bias {
+            Some(b) => {
+                for (d, &x) in row.iter().enumerate().skip(from) {
+                    dst[d * ds + j] = x + b[d];
+                }
+            }
+            None => {
+                for (d, &x) in row.iter().enumerate().skip(from) {
+                    dst[d * ds + j] = x;
+                }
+            }
         }
     }
     if c < ds {
@@ -534,16 +531,28 @@ fn transpose_rows_to<T: Float, const AVX: bool>(
     }
 }
 
-/// The 8 x 8 f32 tile at `src` (rows `ss` apart) transposed to `dst` (rows `ds` apart), through
-/// registers: 32-bit interleaves, 64-bit shuffles within 128-bit lanes, then a lane exchange.
+/// The 8 x 8 f32 tile at `src` (rows `ss` apart), plus the 8 values at `bias` on each row where
+/// given, transposed to `dst` (rows `ds` apart), through registers: 32-bit interleaves, 64-bit
+/// shuffles within 128-bit lanes, then a lane exchange.
 ///
 /// # Safety
-/// AVX must be present, and the 8 rows of 8 at `src` and at `dst` must be in bounds.
+/// AVX must be present, and the 8 rows of 8 at `src` and at `dst` and the 8 at `bias` must be in
+/// bounds.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx")]
-unsafe fn transpose8(src: *const f32, ss: usize, dst: *mut f32, ds: usize) {
+unsafe fn transpose8(
+    src: *const f32,
+    ss: usize,
+    bias: Option<*const f32>,
+    dst: *mut f32,
+    ds: usize,
+) {
     use std::arch::x86_64::*;
-    let r: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(src.add(i * ss)));
+    let mut r: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(src.add(i * ss)));
+    if let Some(b) = bias {
+        let b = _mm256_loadu_ps(b);
+        r.iter_mut().for_each(|x| *x = _mm256_add_ps(*x, b));
+    }
     // Rows 2i, 2i+1 interleaved: per 128-bit lane [a0 b0 a1 b1] and [a2 b2 a3 b3].
     let t: [__m256; 8] = std::array::from_fn(|i| {
         let (a, b) = (r[i / 2 * 2], r[i / 2 * 2 + 1]);
@@ -766,7 +775,7 @@ fn untranspose_blocks<T: Float, const AVX: bool, const B: usize>(
 ) {
     for r0 in (0..n).step_by(B) {
         let block = &ot[r0 * w..(r0 + B) * w];
-        transpose_rows_to::<T, AVX>(block, 0, B, w, B.min(n - r0), &mut out[r0 * w..], w);
+        transpose_rows_to::<T, AVX>(block, 0, B, w, B.min(n - r0), None, &mut out[r0 * w..], w);
     }
 }
 
@@ -849,18 +858,10 @@ fn forward_block<T: Float, const FMA: bool, const WIDE: bool, const B: usize>(
     for rb in (0..rows).step_by(B) {
         let (base, rr) = (x.vq.at(n, r0 + rb, h), B.min(rows - rb));
         let qtb = &mut qt[rb * hd..(rb + B) * hd];
-        transpose_rows_to::<T, FMA>(x.q, base, x.vq.strides[1], rr, hd, qtb, B);
-        match x.bias(0, h, hd) {
-            Some(bias) => {
-                for (row, &b) in qtb.chunks_exact_mut(B).zip(bias) {
-                    row[..rr].iter_mut().for_each(|e| *e = (*e + b) * beta);
-                }
-            }
-            None => {
-                for row in qtb.chunks_exact_mut(B) {
-                    row[..rr].iter_mut().for_each(|e| *e = *e * beta);
-                }
-            }
+        let bias = x.bias(0, h, hd);
+        transpose_rows_to::<T, FMA>(x.q, base, x.vq.strides[1], rr, hd, bias, qtb, B);
+        for row in qtb.chunks_exact_mut(B) {
+            row[..rr].iter_mut().for_each(|e| *e = *e * beta);
         }
     }
     // K transposed (`hd x BC`): the layout the logits product reads fastest.
@@ -1303,9 +1304,9 @@ impl<T: Float> QueryBlocks<T> {
         }
         for rb in (0..padded).step_by(B) {
             let qt = &mut qb.qt[rb * hd..(rb + B) * hd];
-            transpose_rows_to::<T, AVX>(&qb.q, rb * hd, hd, B, hd, qt, B);
+            transpose_rows_to::<T, AVX>(&qb.q, rb * hd, hd, B, hd, None, qt, B);
             let d_ot = &mut qb.d_ot[rb * pd..(rb + B) * pd];
-            transpose_rows_to::<T, AVX>(&qb.d_o, rb * pd, pd, B, pd, d_ot, B);
+            transpose_rows_to::<T, AVX>(&qb.d_o, rb * pd, pd, B, pd, None, d_ot, B);
         }
         for r in 0..padded {
             let li = (n * g.h + h) * l + r;
@@ -1768,10 +1769,11 @@ dispatch!(change_dispatch, change_task, (
 
 #[cfg(test)]
 mod row_tests {
-    use super::{scale_row_finite, transpose_rows, BC};
+    use super::{scale_row_finite, transpose_rows_to, BC};
 
-    /// The tiled (AVX-512, where present) and element-wise transposes against the definition:
-    /// whole and partial 16 x 16 tiles, a row stride wider than the rows, an offset, f32 and f64.
+    /// The tiled (AVX, where present) and element-wise transposes against the definition: whole
+    /// and partial 8 x 8 tiles, a row stride wider than the rows, an offset, with and without a
+    /// bias per column, f32 and f64.
     #[test]
     fn transpose_rows_matches_the_definition() {
         fn check<T: super::Float + std::fmt::Debug>(wide: bool) {
@@ -1790,20 +1792,24 @@ mod row_tests {
                 let src: Vec<T> = (0..base + c * rs + 1)
                     .map(|i| T::from_f64(i as f64 * 0.5 - 7.0))
                     .collect();
-                let mut dst = vec![T::from_f64(99.0); w.max(1) * BC];
-                if wide && avx {
-                    transpose_rows::<T, true>(&src, base, rs, c, w, &mut dst);
-                } else {
-                    transpose_rows::<T, false>(&src, base, rs, c, w, &mut dst);
-                }
-                for d in 0..w {
-                    for j in 0..BC {
-                        let want = if j < c {
-                            src[base + j * rs + d]
-                        } else {
-                            T::ZERO
-                        };
-                        assert_eq!(dst[d * BC + j], want, "c {c} w {w} d {d} j {j} wide {wide}");
+                let b: Vec<T> = (0..w).map(|d| T::from_f64(d as f64 * 0.25 + 1.0)).collect();
+                for bias in [None, Some(&b[..])] {
+                    let mut dst = vec![T::from_f64(99.0); w.max(1) * BC];
+                    if wide && avx {
+                        transpose_rows_to::<T, true>(&src, base, rs, c, w, bias, &mut dst, BC);
+                    } else {
+                        transpose_rows_to::<T, false>(&src, base, rs, c, w, bias, &mut dst, BC);
+                    }
+                    for d in 0..w {
+                        for j in 0..BC {
+                            let want = if j < c {
+                                src[base + j * rs + d] + bias.map_or(T::ZERO, |b| b[d])
+                            } else {
+                                T::ZERO
+                            };
+                            let at = format!("c {c} w {w} d {d} j {j} wide {wide}");
+                            assert_eq!(dst[d * BC + j], want, "{at} bias {}", bias.is_some());
+                        }
                     }
                 }
             }
