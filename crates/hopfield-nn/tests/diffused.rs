@@ -271,7 +271,9 @@ fn batch_mean_samples_split_over_the_shared_graph_as_one_group() -> Result<()> {
     let state = Tensor::randn(0f64, 1., (4, 6, 8), &dev)?;
     let mean = DiffusedHopfieldConfig::new(base())
         .with_k_neighbors(3)
-        .with_eta(0.3)
+        // Well inside the Euler stability bound for any random kNN graph of 9 nodes (its
+        // Laplacian's largest eigenvalue stays below 2 * 8): 0.3 failed it once.
+        .with_eta(0.1)
         .with_diffusion_steps(3)
         .with_graph_scope(GraphScope::BatchMean);
     let configs = [
