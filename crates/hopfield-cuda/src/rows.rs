@@ -58,26 +58,52 @@ pub(crate) fn tracked_grads<T: candle_core::WithDType, const K: usize>(
     Ok(out)
 }
 
+/// A vector of `len` elements built in parallel chunks of `chunk` (> 0): each chunk is set to
+/// `T::default()` by its own task, right before `f(chunk index, chunk)` writes it. A large output
+/// made with `vec![T::default(); len]` is zeroed on the calling thread first (glibc's `calloc`
+/// clears reused heap memory with `memset`) while the pool waits: the normalised input and the
+/// projected output of a (16, 512, 256, 8) forward, 8 MB each, spent 1.5% of its samples there,
+/// serially, and the tasks then wrote those lines again from memory.
+pub(crate) fn par_vec<T: Copy + Default + Send + Sync>(
+    len: usize,
+    chunk: usize,
+    f: impl Fn(usize, &mut [T]) + Sync,
+) -> Vec<T> {
+    let mut v: Vec<T> = Vec::with_capacity(len);
+    v.spare_capacity_mut()[..len]
+        .par_chunks_mut(chunk.max(1))
+        .enumerate()
+        .for_each(|(i, c)| {
+            for e in c.iter_mut() {
+                e.write(T::default());
+            }
+            // SAFETY: every element of `c` was initialised just above, and `MaybeUninit<T>` has
+            // `T`'s layout.
+            let c = unsafe { &mut *(c as *mut [std::mem::MaybeUninit<T>] as *mut [T]) };
+            f(i, c);
+        });
+    // SAFETY: the chunks cover `0..len`, and each of their elements was initialised above.
+    unsafe { v.set_len(len) };
+    v
+}
+
 /// `out[row] = f(src[row])` for every row of length `dim`, rows in parallel.
 pub(crate) fn par_rows<T: Copy + Default + Send + Sync>(
     src: &[T],
     dim: usize,
     f: impl Fn(&[T], &mut [T]) + Sync,
 ) -> Vec<T> {
-    let mut dst = vec![T::default(); src.len()];
     if dim == 0 || src.is_empty() {
         // Rows of no elements: nothing to compute, and no zero-size chunks.
-        return dst;
+        return vec![T::default(); src.len()];
     }
     let chunk = rows_per_task(dim) * dim;
-    dst.par_chunks_mut(chunk)
-        .zip(src.par_chunks(chunk))
-        .for_each(|(d, s)| {
-            for (dr, sr) in d.chunks_mut(dim).zip(s.chunks(dim)) {
-                f(sr, dr);
-            }
-        });
-    dst
+    par_vec(src.len(), chunk, |i, d| {
+        let s = &src[i * chunk..i * chunk + d.len()];
+        for (dr, sr) in d.chunks_mut(dim).zip(s.chunks(dim)) {
+            f(sr, dr);
+        }
+    })
 }
 
 /// `out[row] = f(a[row], b[row])` for every row of length `dim`, rows in parallel.
@@ -87,19 +113,17 @@ pub(crate) fn par_rows2<T: Copy + Default + Send + Sync>(
     dim: usize,
     f: impl Fn(&[T], &[T], &mut [T]) + Sync,
 ) -> Vec<T> {
-    let mut dst = vec![T::default(); a.len()];
     if dim == 0 || a.is_empty() {
-        return dst;
+        return vec![T::default(); a.len()];
     }
     let chunk = rows_per_task(dim) * dim;
-    dst.par_chunks_mut(chunk)
-        .zip(a.par_chunks(chunk).zip(b.par_chunks(chunk)))
-        .for_each(|(d, (ac, bc))| {
-            for ((dr, ar), br) in d.chunks_mut(dim).zip(ac.chunks(dim)).zip(bc.chunks(dim)) {
-                f(ar, br, dr);
-            }
-        });
-    dst
+    par_vec(a.len(), chunk, |i, d| {
+        let span = i * chunk..i * chunk + d.len();
+        let (ac, bc) = (&a[span.clone()], &b[span]);
+        for ((dr, ar), br) in d.chunks_mut(dim).zip(ac.chunks(dim)).zip(bc.chunks(dim)) {
+            f(ar, br, dr);
+        }
+    })
 }
 
 #[cfg(test)]
@@ -113,5 +137,26 @@ mod tests {
         assert!(par_rows::<f32>(&[], 0, |_, _| {}).is_empty());
         assert!(par_rows::<f32>(&[], 4, |_, _| {}).is_empty());
         assert!(par_rows2::<f64>(&[], &[], 0, |_, _, _| {}).is_empty());
+    }
+
+    /// Every element is the default before `f` sees it and what `f` wrote after, for lengths that
+    /// are and are not multiples of the chunk, and for no elements at all.
+    #[test]
+    fn par_vec_hands_out_every_chunk_once_in_order() {
+        for (len, chunk) in [(0, 4), (1, 4), (7, 3), (12, 4), (100_003, 1 << 14)] {
+            let v = par_vec::<u64>(len, chunk, |i, c| {
+                assert!(c.iter().all(|&e| e == 0));
+                for (j, e) in c.iter_mut().enumerate() {
+                    *e = (i * chunk + j) as u64 + 1;
+                }
+            });
+            assert_eq!(v.len(), len);
+            assert!(v.iter().enumerate().all(|(i, &e)| e == i as u64 + 1));
+        }
+        let src: Vec<f64> = (0..12).map(f64::from).collect();
+        let doubled = par_rows(&src, 3, |s, d| {
+            d.iter_mut().zip(s).for_each(|(d, &x)| *d = 2.0 * x)
+        });
+        assert_eq!(doubled, src.iter().map(|x| 2.0 * x).collect::<Vec<_>>());
     }
 }

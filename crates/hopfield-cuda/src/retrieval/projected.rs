@@ -18,7 +18,6 @@ use crate::rows::{cpu_contiguous, storage_slice};
 use crate::scratch::{self, Pooled};
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Tensor, WithDType};
-use rayon::prelude::*;
 use std::sync::Mutex;
 
 /// The projections around a self-association retrieval, PyTorch's `nn.Linear` convention
@@ -256,16 +255,6 @@ impl Drop for Projected {
     }
 }
 
-/// Rows of `dst` (each `bias.len()` long) set to `bias`, in parallel.
-fn fill_rows<T: Copy + Send + Sync>(dst: &mut [T], bias: &[T]) {
-    let w = bias.len().max(1);
-    dst.par_chunks_mut(w * 64).for_each(|c| {
-        for row in c.chunks_exact_mut(w) {
-            row.copy_from_slice(bias);
-        }
-    });
-}
-
 /// Column `c` of a row-major matrix with row stride `ld`.
 fn column<T: Copy>(m: &[T], rows: usize, ld: usize, c: usize) -> Vec<T> {
     (0..rows).map(|i| m[i * ld + c]).collect()
@@ -312,8 +301,12 @@ impl Projected {
             scratch::give(flat);
             return Err(e);
         }
-        let mut y = vec![T::zero(); m * o];
-        fill_rows(&mut y, &column(wb_out, o, pw + 1, pw));
+        let b_out = column(wb_out, o, pw + 1, pw);
+        // Every row starts as the output bias, set by the task that owns it (no serial zeroing).
+        let mut y = crate::rows::par_vec(m * o, o.max(1) * 64, |_, c: &mut [T]| {
+            c.chunks_exact_mut(o.max(1))
+                .for_each(|row| row.copy_from_slice(&b_out));
+        });
         let w_out = Mat::row_major(wb_out, o, pw, pw + 1);
         gemm_into(&mut y, o, Mat::row_major(&flat, m, pw, pw), w_out.t(), true);
         if self.keep {
