@@ -33,6 +33,7 @@ pub(super) const W: usize = 32;
 /// # Safety
 /// The CPU has AVX-512F.
 #[target_feature(enable = "avx512f")]
+#[allow(unused_assignments)] // the last `rows!` advances `r` past its final use
 pub(super) unsafe fn rank_k<const V: usize, const ACC: bool>(
     a: &[f32],
     a_stride: usize,
@@ -55,66 +56,30 @@ pub(super) unsafe fn rank_k<const V: usize, const ACC: bool>(
     );
     let (pa, pb, po) = (a.as_ptr(), b.as_ptr(), out.as_mut_ptr());
     let mut r = 0;
+    // One tile of `$tr` rows at row `r`, then past it.
+    macro_rules! rows {
+        ($tr:literal) => {{
+            let (pa, po) = (pa.add(r), po.add(r * lanes));
+            tile::<$tr, V, ACC>(pa, [a_stride, 1], pb, lanes, depth, po, lanes);
+            r += $tr;
+        }};
+    }
     // Two vectors wide, twelve rows fill the same 24 accumulators (in isolation 111-131 GFLOP/s
     // per core against 94-118 for eight rows).
     while V == 2 && r + 12 <= rows {
-        tile::<12, V, ACC>(
-            pa.add(r),
-            [a_stride, 1],
-            pb,
-            lanes,
-            depth,
-            po.add(r * lanes),
-            lanes,
-        );
-        r += 12;
+        rows!(12);
     }
     while r + 6 <= rows {
-        tile::<6, V, ACC>(
-            pa.add(r),
-            [a_stride, 1],
-            pb,
-            lanes,
-            depth,
-            po.add(r * lanes),
-            lanes,
-        );
-        r += 6;
+        rows!(6);
     }
     if r + 4 <= rows {
-        tile::<4, V, ACC>(
-            pa.add(r),
-            [a_stride, 1],
-            pb,
-            lanes,
-            depth,
-            po.add(r * lanes),
-            lanes,
-        );
-        r += 4;
+        rows!(4);
     }
     if r + 2 <= rows {
-        tile::<2, V, ACC>(
-            pa.add(r),
-            [a_stride, 1],
-            pb,
-            lanes,
-            depth,
-            po.add(r * lanes),
-            lanes,
-        );
-        r += 2;
+        rows!(2);
     }
     if r < rows {
-        tile::<1, V, ACC>(
-            pa.add(r),
-            [a_stride, 1],
-            pb,
-            lanes,
-            depth,
-            po.add(r * lanes),
-            lanes,
-        );
+        rows!(1);
     }
 }
 

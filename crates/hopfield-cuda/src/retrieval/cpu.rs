@@ -982,6 +982,13 @@ fn forward_block<T: Float, const FMA: bool, const WIDE: bool, const B: usize>(
     Partial { o, m, l, finished }
 }
 
+/// Whether a row's log-sum-exp marks it as overflowed: NaN, or `+inf`, the only ways it is
+/// neither finite nor `-inf` (a fully masked row).
+#[inline(always)]
+fn lse_overflowed<T: Float>(lse: T) -> bool {
+    lse.to_f64().is_nan() || lse == T::ZERO - T::NEG_INF
+}
+
 /// The softmax's last step for a task whose stored patterns were one chunk: every row of `o`
 /// divided by its sum `l`, `l` replaced by the log-sum-exp `m + ln l`, fully masked rows (`m`
 /// `-inf`) zero with log-sum-exp `-inf`. Returns how many rows are not finite (see
@@ -1008,11 +1015,7 @@ fn finish_rows<T: Float>(o: &mut [T], m: &[T], l: &mut [T], pd: usize) -> usize 
         }
         let lse = m + l.ln();
         *l = lse;
-        // NaN, or +inf: the only ways a row's log-sum-exp is neither finite nor -inf.
-        if (!finite && !crate::finite::all_finite_slice(row))
-            || lse.to_f64().is_nan()
-            || lse == T::ZERO - T::NEG_INF
-        {
+        if lse_overflowed(lse) || !(finite || crate::finite::all_finite_slice(row)) {
             overflowed += 1;
         }
     }
@@ -1214,8 +1217,7 @@ pub(crate) fn forward_into<T: Float>(
                         || scale_row_finite(src, inv, out),
                     );
                     let lse = m + l.ln();
-                    // NaN, or +inf: the only ways a row's log-sum-exp is neither finite nor -inf.
-                    if !finite || lse.to_f64().is_nan() || lse == T::ZERO - T::NEG_INF {
+                    if !finite || lse_overflowed(lse) {
                         overflowed += 1;
                     }
                     *ptr.at(lse_at) = lse;
