@@ -232,6 +232,52 @@ impl Csr {
         })
     }
 
+    /// A numbering of the nodes in which neighbours are close (`order[new] = old`; reverse
+    /// Cuthill-McKee, see [`CsrMatrix::locality_order`]). Products with a graph whose nodes are
+    /// numbered without regard to it (a shuffled dataset) gather rows from all over the operand
+    /// and run at a tenth of the memory bandwidth; renumbered with [`Self::permuted`], with the
+    /// patterns reordered to match, they read neighbours from nearby memory (3-4x faster on a
+    /// 10^5-node graph, `docs/dahn-performance.md`).
+    ///
+    /// ```
+    /// use candle_core::{Device, Tensor};
+    /// use dahn_graph::{Csr, Merge};
+    /// // A path 0 - 2 - 1 - 3 with both directions stored.
+    /// let t = [(0, 2), (2, 1), (1, 3)].iter().flat_map(|&(a, b)| [(a, b, 1.0), (b, a, 1.0)]);
+    /// let w = Csr::from_triplets(4, t.collect(), Merge::Sum)?;
+    /// let order = w.locality_order();
+    /// let p = w.permuted(&order)?;
+    /// // The same product, rows renumbered: (P W P^T)(P x) = P (W x).
+    /// let x = Tensor::new(&[[1f64], [2.], [3.], [4.]], &Device::Cpu)?;
+    /// let idx = Tensor::new(order.as_slice(), &Device::Cpu)?;
+    /// let want = w.matmul(&x)?.index_select(&idx, 0)?;
+    /// let got = p.matmul(&x.index_select(&idx, 0)?)?;
+    /// assert_eq!(got.to_vec2::<f64>()?, want.to_vec2::<f64>()?);
+    /// # Ok::<(), candle_core::Error>(())
+    /// ```
+    pub fn locality_order(&self) -> Vec<u32> {
+        self.mat.locality_order()
+    }
+
+    /// The matrix renumbered by `order` (`order[new] = old`, a permutation of `0..N`):
+    /// `P W P^T`, rows kept with sorted columns. Errors: `order` not a permutation of `0..N`
+    /// (`hopfield_cuda::sparse::SparseError::InvalidCsr`, naming the entry).
+    pub fn permuted(&self, order: &[u32]) -> Result<Self> {
+        let p = self.mat.permuted(order)?;
+        let (n, rp) = (p.n(), p.row_ptr());
+        let mut entries: Vec<(u32, f64)> = p
+            .col_idx()
+            .iter()
+            .copied()
+            .zip(p.values().iter().copied())
+            .collect();
+        for i in 0..n {
+            entries[rp[i]..rp[i + 1]].sort_unstable_by_key(|e| e.0);
+        }
+        let (cols, vals) = entries.into_iter().unzip();
+        Ok(Self::from_parts(n, rp.to_vec(), cols, vals))
+    }
+
     /// Whether the matrix equals its transpose exactly.
     pub fn is_symmetric(&self) -> bool {
         (0..self.mat.n()).all(|i| {
@@ -442,6 +488,43 @@ impl Csr {
 mod tests {
     use super::*;
     use candle_core::Var;
+
+    #[test]
+    fn permuted_keeps_columns_sorted_and_the_entries() {
+        // A shuffled ring of 50 nodes, both directions stored.
+        let n = 50u32;
+        let label = |i: u32| (i * 17) % n;
+        let t: Vec<_> = (0..n)
+            .flat_map(|i| {
+                let (a, b) = (label(i), label((i + 1) % n));
+                [(a, b, 1.0 + i as f64), (b, a, 1.0 + i as f64)]
+            })
+            .collect();
+        let w = Csr::from_triplets(n as usize, t, Merge::Sum).unwrap();
+        let order = w.locality_order();
+        let p = w.permuted(&order).unwrap();
+        let mut inverse = vec![0u32; n as usize];
+        for (new, &old) in order.iter().enumerate() {
+            inverse[old as usize] = new as u32;
+        }
+        for i in 0..n as usize {
+            let (c, v) = p.row(i);
+            assert!(c.windows(2).all(|w| w[0] < w[1]), "row {i}: {c:?}");
+            let (oc, ov) = w.row(order[i] as usize);
+            let mut want: Vec<(u32, f64)> = oc
+                .iter()
+                .map(|&j| inverse[j as usize])
+                .zip(ov.iter().copied())
+                .collect();
+            want.sort_by_key(|e| e.0);
+            assert_eq!(
+                c.iter().copied().zip(v.iter().copied()).collect::<Vec<_>>(),
+                want
+            );
+        }
+        assert!(p.sparse().bandwidth() <= 2 && w.sparse().bandwidth() > 10);
+        assert!(w.permuted(&order[1..]).is_err());
+    }
 
     fn sample() -> Csr {
         Csr::from_triplets(

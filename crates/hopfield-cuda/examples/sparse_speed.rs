@@ -1,15 +1,27 @@
-//! Speed of the sparse kernels (`hopfield_cuda::sparse`) on a kNN-like graph, against the
+//! Speed of the sparse kernels (`hopfield_cuda::sparse`) on kNN-like graphs, against the
 //! machine's memory bandwidth.
 //!
 //! ```sh
 //! cargo run --release -p hopfield-cuda --example sparse_speed            # N = 100000, k = 8
 //! cargo run --release -p hopfield-cuda --example sparse_speed -- 20000 8  # N, k
+//! cargo run --release -p hopfield-cuda --example sparse_speed -- --default-alloc
 //! ```
 //!
-//! Reports, per batch width B (32 and 256, f32): the time of `spmm` (y = W x) and of the fused
-//! step `(1 - eta deg) x + eta W x`, and the bandwidth achieved against the floor of touching
-//! every byte once (W's row pointers, columns and f32 values; x read; y written), as a fraction
-//! of the stream bandwidth a parallel copy loop reaches on the same machine.
+//! Reports, per graph and batch width B (32 and 256, f32): the time of `spmm` (y = W x) and of
+//! the fused step `(1 - eta deg) x + eta W x`, and the bandwidth achieved against the floor of
+//! touching every byte once (W's row pointers, columns and f32 values; x read; y written), as a
+//! fraction of the stream bandwidth parallel copy and scale loops reach on the same machine.
+//!
+//! Three graphs of N nodes and k entries per row:
+//! - `random`: k pseudo-random columns per row. No numbering brings such neighbours together,
+//!   so every gather misses cache: the worst case.
+//! - `lattice, shuffled`: a 4-D periodic lattice (each node linked to its two neighbours along
+//!   each axis: k = 8), the structure of a kNN graph of data whose intrinsic dimension is 4,
+//!   with its nodes numbered at random, as a shuffled dataset numbers them.
+//! - `lattice, locality order`: the same graph renumbered by [`CsrMatrix::locality_order`].
+//!
+//! The process calls [`hopfield_cuda::tune_allocator`] (freed outputs stay mapped for the next
+//! call) unless given `--default-alloc`.
 
 use candle_core::{Device, Result, Tensor};
 use hopfield_cuda::sparse::{diffusion_step, spmm, CsrMatrix};
@@ -29,21 +41,33 @@ fn time(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
     Ok(t[reps / 2])
 }
 
-/// Bytes per second of a parallel copy of 256 MiB (read + write counted), best of 5.
-fn stream_bandwidth() -> f64 {
+/// Bytes per second of two parallel loops over 256 MiB arrays, best of 5 each (read + write
+/// counted, as STREAM counts them): `copy` (`copy_from_slice`, which glibc runs with string
+/// instructions that skip reading the destination) and `scale` (`y = 3 x`, ordinary stores that
+/// read each destination line before writing it, like the kernels' output rows).
+fn stream_bandwidth() -> (f64, f64) {
     let len = 64 << 20;
     let src = vec![1f32; len];
     let mut dst = vec![0f32; len];
-    let mut best = f64::MAX;
-    for _ in 0..5 {
-        let s = Instant::now();
-        dst.par_chunks_mut(1 << 16)
-            .zip(src.par_chunks(1 << 16))
-            .for_each(|(d, s)| d.copy_from_slice(s));
-        best = best.min(s.elapsed().as_secs_f64());
-    }
+    let mut best = |f: &(dyn Fn(&mut [f32], &[f32]) + Sync)| {
+        let mut best = f64::MAX;
+        for _ in 0..5 {
+            let s = Instant::now();
+            dst.par_chunks_mut(1 << 16)
+                .zip(src.par_chunks(1 << 16))
+                .for_each(|(d, s)| f(d, s));
+            best = best.min(s.elapsed().as_secs_f64());
+        }
+        (2 * len * 4) as f64 / best
+    };
+    let copy = best(&|d, s| d.copy_from_slice(s));
+    let scale = best(&|d, s| {
+        for (y, &x) in d.iter_mut().zip(s) {
+            *y = 3.0 * x;
+        }
+    });
     std::hint::black_box(&dst);
-    (2 * len * 4) as f64 / best
+    (copy, scale)
 }
 
 /// Row i links to k distinct pseudo-random columns (a kNN graph's shape without its locality:
@@ -73,31 +97,84 @@ fn knn_like(n: usize, k: usize) -> Result<CsrMatrix> {
     CsrMatrix::new(n, rp, ci, v)
 }
 
+/// A 4-D periodic lattice of about `n` nodes (side `round(n^(1/4))`), each linked to its two
+/// neighbours along each axis, nodes numbered by a pseudo-random permutation.
+fn shuffled_lattice(n: usize) -> Result<CsrMatrix> {
+    let side = (n as f64).powf(0.25).round().max(3.0) as usize;
+    let n = side.pow(4);
+    let mut label: Vec<u32> = (0..n as u32).collect();
+    let mut s = 0x9E37_79B9_7F4A_7C15u64;
+    for i in (1..n).rev() {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        label.swap(i, (s % (i as u64 + 1)) as usize);
+    }
+    let mut rows = vec![Vec::new(); n];
+    for (node, row) in rows.iter_mut().enumerate() {
+        let mut stride = 1;
+        for _ in 0..4 {
+            let coord = node / stride % side;
+            for c in [(coord + 1) % side, (coord + side - 1) % side] {
+                row.push(node - coord * stride + c * stride);
+            }
+            stride *= side;
+        }
+    }
+    // Row `label[node]` holds node's links, renumbered.
+    let mut by_label = vec![Vec::new(); n];
+    for (node, row) in rows.into_iter().enumerate() {
+        by_label[label[node] as usize] = row.into_iter().map(|j| label[j]).collect::<Vec<u32>>();
+    }
+    let mut rp = vec![0usize];
+    let mut ci = Vec::with_capacity(8 * n);
+    for mut row in by_label {
+        row.sort_unstable();
+        ci.extend(row);
+        rp.push(ci.len());
+    }
+    let v = (0..ci.len()).map(|p| 0.5 + (p % 7) as f64 / 7.0).collect();
+    CsrMatrix::new(n, rp, ci, v)
+}
+
 fn main() -> Result<()> {
-    let args: Vec<usize> = std::env::args()
-        .skip(1)
-        .filter_map(|a| a.parse().ok())
-        .collect();
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<usize> = argv.iter().filter_map(|a| a.parse().ok()).collect();
     let (n, k) = (
         args.first().copied().unwrap_or(100_000),
         args.get(1).copied().unwrap_or(8),
     );
-    let dev = Device::Cpu;
+    if !argv.iter().any(|a| a == "--default-alloc") {
+        hopfield_cuda::tune_allocator();
+    }
     let stream = stream_bandwidth();
     println!(
-        "threads {}, stream copy bandwidth {:.1} GB/s",
+        "threads {}, stream bandwidth: copy {:.1} GB/s, scale {:.1} GB/s",
         rayon::current_num_threads(),
-        stream / 1e9
+        stream.0 / 1e9,
+        stream.1 / 1e9
     );
-    let a = knn_like(n, k)?;
+    let lattice = shuffled_lattice(n)?;
+    let ordered = lattice.permuted(&lattice.locality_order())?;
+    println!("| graph | N | nnz | bandwidth | op | B | time (ms) | floor bytes (MB) | achieved (GB/s) | of copy | of scale |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for (graph, a) in [
+        ("random", knn_like(n, k)?),
+        ("lattice, shuffled", lattice),
+        ("lattice, locality order", ordered),
+    ] {
+        measure(graph, &a, stream)?;
+    }
+    Ok(())
+}
+
+fn measure(graph: &str, a: &CsrMatrix, stream: (f64, f64)) -> Result<()> {
+    let (n, dev) = (a.n(), Device::Cpu);
     let deg: Vec<f32> = (0..n)
         .map(|i| a.row(i).1.iter().sum::<f64>() as f32)
         .collect();
     let deg = Tensor::from_vec(deg, n, &dev)?;
     let eta = 0.05;
-    println!("graph: N = {n}, k = {k}, nnz = {}", a.nnz());
-    println!("| op | B | time (ms) | floor bytes (MB) | achieved (GB/s) | of stream |");
-    println!("|---|---|---|---|---|---|");
     for b in [32usize, 256] {
         let x = Tensor::randn(0f32, 1., (n, b), &dev)?;
         let w_bytes = (n + 1) * 8 + a.nnz() * (4 + 4);
@@ -106,19 +183,22 @@ fn main() -> Result<()> {
             let bytes = (w_bytes + xy + extra) as f64;
             let t = time(7, || {
                 let y = if extra == 0 {
-                    spmm(&a, &x)?
+                    spmm(a, &x)?
                 } else {
-                    diffusion_step(&a, &deg, eta, &x)?
+                    diffusion_step(a, &deg, eta, &x)?
                 };
                 std::hint::black_box(y);
                 Ok(())
             })?;
             println!(
-                "| {name} | {b} | {:.2} | {:.1} | {:.1} | {:.0}% |",
+                "| {graph} | {n} | {} | {} | {name} | {b} | {:.2} | {:.1} | {:.1} | {:.0}% | {:.0}% |",
+                a.nnz(),
+                a.bandwidth(),
                 t * 1e3,
                 bytes / 1e6,
                 bytes / t / 1e9,
-                100.0 * bytes / t / stream
+                100.0 * bytes / t / stream.0,
+                100.0 * bytes / t / stream.1
             );
         }
     }

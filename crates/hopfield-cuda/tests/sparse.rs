@@ -62,6 +62,11 @@ fn degrees(a: &CsrMatrix, dtype: DType) -> Result<Tensor> {
 #[case::empty_rows(50, 4, 5, 5)]
 #[case::all_rows_empty(9, 3, 1, 4)]
 #[case::wide(120, 8, 7, 33)]
+// The CPU kernel sums 32 columns at a time in registers: one slab, whole slabs, slabs and a
+// tail, over several row tasks (16K output elements each).
+#[case::one_slab(200, 5, 2, 32)]
+#[case::whole_slabs(600, 6, 3, 64)]
+#[case::slabs_and_tail(700, 8, 10, 70)]
 #[case::zero_columns(6, 2, 0, 0)]
 fn fused_step_equals_composed(
     #[case] n: usize,

@@ -1,10 +1,10 @@
-//! The CPU kernel: rows partitioned over rayon tasks, each output row accumulated in place from
-//! the gathered rows of `x` it depends on (one pass over W, one gather of x per entry, one write
-//! of y), with the fused step's `(1 - eta deg_i) x_i` folded in while the row is in cache.
+//! The CPU kernel: rows partitioned over rayon tasks, each output row summed in registers, 32
+//! columns at a time, from the gathered rows of `x` it depends on (one pass over W, one gather of
+//! x per entry, one write of y), with the fused step's `(1 - eta deg_i) x_i` applied before the
+//! store.
 
 use super::CsrMatrix;
 use candle_core::WithDType;
-use rayon::prelude::*;
 
 /// Output elements per rayon task: enough work to amortise the task's scheduling cost while
 /// leaving tasks for both cores on small graphs.
@@ -34,7 +34,7 @@ fn prefetch_row<T>(row: &[T]) {
 /// `W x` (step `None`) or `(1 - eta deg) ⊙ x + eta W x` for `x` (N, m) row-major. Per row the
 /// sum runs over the stored entries in order from zero and the step is `x * keep + acc * eta`:
 /// the same operations, in the same order, as the composed form on the CPU.
-pub(crate) fn product<T: WithDType>(
+pub(crate) fn product<T: WithDType + Default>(
     a: &CsrMatrix,
     vals: &[T],
     x: &[T],
@@ -42,18 +42,18 @@ pub(crate) fn product<T: WithDType>(
     step: Option<(&[T], T)>,
 ) -> Vec<T> {
     let n = a.n();
-    let mut out = vec![T::zero(); n * m];
     if m == 0 {
-        return out;
+        return Vec::new();
     }
     let rows_per_task = (ELEMS_PER_TASK / m).max(1);
     let (rp, ci) = (a.row_ptr(), a.col_idx());
-    out.par_chunks_mut(m * rows_per_task)
-        .enumerate()
-        .for_each(|(t, chunk)| {
-            let first = t * rows_per_task;
-            let rows = chunk.len() / m;
-            let span = rp[first]..rp[first + rows];
+    // Each task zeroes its own output rows right before accumulating into them (`par_vec`),
+    // instead of the caller clearing the whole (N, m) output serially first.
+    crate::rows::par_vec(n * m, m * rows_per_task, |t, chunk| {
+        let first = t * rows_per_task;
+        let rows = chunk.len() / m;
+        let span = rp[first]..rp[first + rows];
+        crate::simd::wide(|| {
             rows_kernel(
                 &rp[first..=first + rows],
                 &ci[span.clone()],
@@ -63,10 +63,16 @@ pub(crate) fn product<T: WithDType>(
                 step.map(|(d, e)| (&d[first..first + rows], e)),
                 &x[first * m..(first + rows) * m],
                 chunk,
-            );
+            )
         });
-    out
+    })
 }
+
+/// Output columns accumulated in registers at a time: 32 f32 are four AVX2 registers, 32 f64
+/// eight, so a slab's sum stays in registers across the row's entries and is stored once,
+/// instead of loading and storing the output row once per entry (which took most of the row
+/// loop's samples once the gathers hit cache).
+const SLAB: usize = 32;
 
 /// A block of rows: `rp` their row pointers (absolute offsets), `ci`/`v` their entries, `xi`
 /// their own rows of `x` (read by the step), `out` their output rows.
@@ -84,24 +90,65 @@ fn rows_kernel<T: WithDType>(
 ) {
     let base = rp[0];
     for (r, o) in out.chunks_exact_mut(m).enumerate() {
-        for p in rp[r] - base..rp[r + 1] - base {
-            // The gathered rows are scattered over x: request the row PREFETCH entries ahead so
-            // its page walk and cache misses overlap this row's arithmetic (latency, not
-            // bandwidth, bounds a random gather).
+        let entries = rp[r] - base..rp[r + 1] - base;
+        let keep = step.map(|(deg, eta)| (T::one() - deg[r] * eta, eta));
+        let own = &xi[r * m..(r + 1) * m];
+        let full = m - m % SLAB;
+        for c0 in (0..full).step_by(SLAB) {
+            let mut acc = [T::zero(); SLAB];
+            gather_sum(&mut acc, entries.clone(), ci, v, x, m, c0);
+            let o: &mut [T; SLAB] = (&mut o[c0..c0 + SLAB]).try_into().expect("a slab");
+            let own: &[T; SLAB] = own[c0..c0 + SLAB].try_into().expect("a slab");
+            finish(o, &acc, own, keep);
+        }
+        if full < m {
+            let mut acc = [T::zero(); SLAB];
+            let acc = &mut acc[..m - full];
+            gather_sum(acc, entries, ci, v, x, m, full);
+            finish(&mut o[full..], acc, &own[full..], keep);
+        }
+    }
+}
+
+/// The row's output slab from its sums: `acc` for the product, `own * keep + acc * eta` for
+/// the step. Called with whole slabs (arrays), its loop has a constant length and vectorises.
+#[inline(always)]
+fn finish<T: WithDType>(o: &mut [T], acc: &[T], own: &[T], keep: Option<(T, T)>) {
+    match keep {
+        Some((keep, eta)) => {
+            for ((y, &a), &b) in o.iter_mut().zip(acc).zip(own) {
+                *y = b * keep + a * eta;
+            }
+        }
+        None => o.copy_from_slice(acc),
+    }
+}
+
+/// `acc[j] += v[p] x[ci[p], c0 + j]` over the entries `ps` in order. Called with a whole
+/// `[T; SLAB]`, its length is a constant and the sums stay in registers.
+#[inline(always)]
+fn gather_sum<T: WithDType>(
+    acc: &mut [T],
+    ps: std::ops::Range<usize>,
+    ci: &[u32],
+    v: &[T],
+    x: &[T],
+    m: usize,
+    c0: usize,
+) {
+    for p in ps {
+        // The gathered rows are scattered over x: on the first slab, request the whole row
+        // PREFETCH entries ahead so its page walk and cache misses overlap this row's arithmetic
+        // (latency, not bandwidth, bounds a random gather); later slabs find it in cache.
+        if c0 == 0 {
             if let Some(&c) = ci.get(p + PREFETCH) {
                 prefetch_row(&x[c as usize * m..][..m]);
             }
-            let w = v[p];
-            let xr = &x[ci[p] as usize * m..][..m];
-            for (a, &b) in o.iter_mut().zip(xr) {
-                *a += w * b;
-            }
         }
-        if let Some((deg, eta)) = step {
-            let keep = T::one() - deg[r] * eta;
-            for (a, &b) in o.iter_mut().zip(&xi[r * m..(r + 1) * m]) {
-                *a = b * keep + *a * eta;
-            }
+        let wp = v[p];
+        let xr = &x[ci[p] as usize * m + c0..][..acc.len()];
+        for (a, &b) in acc.iter_mut().zip(xr) {
+            *a += wp * b;
         }
     }
 }

@@ -20,7 +20,7 @@ fn width(l: &Layout) -> usize {
     l.dims().get(1).copied().unwrap_or(1)
 }
 
-fn run<T: WithDType>(
+fn run<T: WithDType + Default>(
     a: &CsrMatrix,
     vals: &[T],
     x: &[T],
