@@ -483,7 +483,7 @@ fn backward<T: Keep>(
         let mut a = scratch::take::<T>(n * m);
         let mut du = scratch::take::<T>(n * m);
         let mut cg = scratch::take::<T>(x.len());
-        type Part<T> = (Vec<T>, Vec<T>, T, Vec<f64>, Vec<f64>);
+        type Part<T> = (Vec<T>, Vec<T>, T, Vec<f64>, Vec<f64>, Vec<T>);
         let spt = samples_per_task(dm.b);
         let parts: Vec<Part<T>> = dx
             .par_chunks_mut(spt * l * d)
@@ -535,20 +535,27 @@ fn backward<T: Keep>(
                 }
                 let (mut sw, mut sb) = (vec![0f64; d], vec![0f64; d]);
                 norm_backward_block(xc, cc, &dg, nw, op.eps, dxc, &mut sw, &mut sb);
-                (dwqk, dbeta, dhb, sw, sb)
+                // This task's share of dW = Cg^T (sign a) + g^T (beta du), from its rows while
+                // they are in cache, instead of a separate phase over all rows afterwards.
+                let dw = hop::weight_grad_serial(cgc, gc, ac, duc, [rows, d, m]);
+                (dwqk, dbeta, dhb, sw, sb, dw)
             })
             .collect();
         let mut dhb = T::zero();
-        for (dwqk, dbeta, db, sw, sb) in parts {
+        let mut dw_sum: Option<Vec<T>> = None;
+        for (dwqk, dbeta, db, sw, sb, dwt) in parts {
             add_into(&mut dpack[pk.wqk.clone()], &dwqk);
             add_into(&mut dpack[pk.beta.clone()], &dbeta);
             dhb += db;
             snw.iter_mut().zip(sw).for_each(|(s, v)| *s += v);
             snb.iter_mut().zip(sb).for_each(|(s, v)| *s += v);
+            match &mut dw_sum {
+                Some(acc) => add_into(acc, &dwt),
+                None => dw_sum = Some(dwt),
+            }
         }
         dpack[pk.hb] = dhb;
-        // dW = Cg^T (sign a) + g^T (beta du)
-        dw = hop::weight_grad(&cg, g, &a, &du, [n, d, m]);
+        dw = dw_sum.unwrap_or_else(|| vec![T::zero(); d * m]);
         for buf in [a, du, cg] {
             scratch::give(buf);
         }

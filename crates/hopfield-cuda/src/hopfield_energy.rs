@@ -363,17 +363,39 @@ pub(crate) fn weight_grad<T: Elem>(
     x: &[T],
     a: &[T],
     du: &[T],
+    dims: [usize; 3],
+) -> Vec<T> {
+    weight_grad_with(c, x, a, du, dims, gemm_into)
+}
+
+/// [`weight_grad`] on the calling thread: one task's share of dW from its own rows.
+pub(crate) fn weight_grad_serial<T: Elem>(
+    c: &[T],
+    x: &[T],
+    a: &[T],
+    du: &[T],
+    dims: [usize; 3],
+) -> Vec<T> {
+    weight_grad_with(c, x, a, du, dims, crate::matmul::gemm_serial)
+}
+
+fn weight_grad_with<T: Elem>(
+    c: &[T],
+    x: &[T],
+    a: &[T],
+    du: &[T],
     [n, d, m]: [usize; 3],
+    gemm: fn(&mut [T], usize, Mat<T>, Mat<T>, bool),
 ) -> Vec<T> {
     let mut dw = vec![T::zero(); d * m];
-    gemm_into(
+    gemm(
         &mut dw,
         m,
         Mat::row_major(c, n, d, d).t(),
         Mat::row_major(a, n, m, m),
         false,
     );
-    gemm_into(
+    gemm(
         &mut dw,
         m,
         Mat::row_major(x, n, d, d).t(),
