@@ -91,36 +91,26 @@ fn rows_kernel<T: WithDType>(
     let base = rp[0];
     for (r, o) in out.chunks_exact_mut(m).enumerate() {
         let entries = rp[r] - base..rp[r + 1] - base;
-        let keep = step.map(|(deg, eta)| (T::one() - deg[r] * eta, eta));
-        let own = &xi[r * m..(r + 1) * m];
         let full = m - m % SLAB;
         for c0 in (0..full).step_by(SLAB) {
             let mut acc = [T::zero(); SLAB];
             gather_sum(&mut acc, entries.clone(), ci, v, x, m, c0);
-            let o: &mut [T; SLAB] = (&mut o[c0..c0 + SLAB]).try_into().expect("a slab");
-            let own: &[T; SLAB] = own[c0..c0 + SLAB].try_into().expect("a slab");
-            finish(o, &acc, own, keep);
+            o[c0..c0 + SLAB].copy_from_slice(&acc);
         }
         if full < m {
             let mut acc = [T::zero(); SLAB];
             let acc = &mut acc[..m - full];
             gather_sum(acc, entries, ci, v, x, m, full);
-            finish(&mut o[full..], acc, &own[full..], keep);
+            o[full..].copy_from_slice(acc);
         }
-    }
-}
-
-/// The row's output slab from its sums: `acc` for the product, `own * keep + acc * eta` for
-/// the step. Called with whole slabs (arrays), its loop has a constant length and vectorises.
-#[inline(always)]
-fn finish<T: WithDType>(o: &mut [T], acc: &[T], own: &[T], keep: Option<(T, T)>) {
-    match keep {
-        Some((keep, eta)) => {
-            for ((y, &a), &b) in o.iter_mut().zip(acc).zip(own) {
-                *y = b * keep + a * eta;
+        // The step over the whole row while it is in L1, as one loop over slices (applied per
+        // slab to the register sums, the compiler unrolled it into scalar code).
+        if let Some((deg, eta)) = step {
+            let keep = T::one() - deg[r] * eta;
+            for (y, &b) in o.iter_mut().zip(&xi[r * m..(r + 1) * m]) {
+                *y = b * keep + *y * eta;
             }
         }
-        None => o.copy_from_slice(acc),
     }
 }
 
