@@ -15,7 +15,7 @@ itself does (`--grad jacrev`). Prints milliseconds per step (median of repeats).
 (`--threads N` sets both sides' thread count, default 2; `--composed` also times our composed step,
 the path before the fused block step, in each round):
 
-    benches/.venv/bin/python benches/et_port.py --compare [--rounds 3] [--threads 1] [--composed]
+    benches/.venv/bin/python benches/et_port.py --compare [--rounds 3] [--threads 1] [--composed] [--iters 12]
 """
 
 import argparse
@@ -98,7 +98,7 @@ def median_ms(f):
     return times[len(times) // 2]
 
 
-def time_port(batch, mode):
+def time_port(batch, mode, iters=1):
     torch.manual_seed(0)
     m = EnergyTransformerStep(DIM, MEMORIES, HEADS)
     x = torch.randn(batch, TOKENS, DIM)
@@ -106,26 +106,27 @@ def time_port(batch, mode):
 
     def forward():
         with torch.no_grad() if mode == "jacrev" else torch.enable_grad():
-            return m(x, mode=mode)
+            return m(x, n_iters=iters, mode=mode)
 
     def forward_backward():
         xv = x.clone().requires_grad_(True)
-        y = m(xv, mode=mode, create_graph=True)
+        y = m(xv, n_iters=iters, mode=mode, create_graph=True)
         (y * cot).sum().backward()
 
     return median_ms(forward), median_ms(forward_backward)
 
 
-def compare(rounds, threads=2, composed=False):
+def compare(rounds, threads=2, composed=False, iters=1):
     torch.set_num_threads(threads)
     env = dict(os.environ, RAYON_NUM_THREADS=str(threads))
     subprocess.run(["cargo", "build", "--release", "-q", "-p", "hopfield-benches", "--bin", "et_timing"],
                    cwd=ROOT, check=True)
     exe = os.path.join(ROOT, "target", "release", "et_timing")
     ratios = {}
-    print(f"torch {torch.__version__}, {threads} thread(s) both sides; times in ms (forward / forward+backward)")
+    print(f"torch {torch.__version__}, {threads} thread(s) both sides, {iters} descent step(s); "
+          "times in ms (forward / forward+backward)")
     def run_ours(*extra):
-        out = subprocess.run([exe, "--device", "cpu", *extra], cwd=ROOT, env=env, check=True,
+        out = subprocess.run([exe, "--device", "cpu", "--iters", str(iters), *extra], cwd=ROOT, env=env, check=True,
                              capture_output=True, text=True).stdout
         times = {}
         for line in out.splitlines():
@@ -145,7 +146,7 @@ def compare(rounds, threads=2, composed=False):
                       f"{a[0] / b[0]:.2f} / {a[1] / b[1]:.2f}")
         for batch in (1, 8):
             for mode in ("jacrev", "autograd"):
-                port = time_port(batch, mode)
+                port = time_port(batch, mode, iters)
                 mine = ours[batch]
                 print(f"round {r + 1} batch {batch} port-{mode:8s} {port[0]:7.3f} / {port[1]:7.3f}"
                       f"   ours {mine[0]:7.3f} / {mine[1]:7.3f}"
@@ -167,9 +168,10 @@ def main():
     p.add_argument("--grad", choices=["autograd", "jacrev"], default="autograd")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--batch", type=int, default=1, help="sequences per batch (ET_BATCH for ours)")
+    p.add_argument("--iters", type=int, default=1, help="descent steps per forward (the port's n_iters)")
     args = p.parse_args()
     if args.compare:
-        compare(args.rounds, args.threads or 2, args.composed)
+        compare(args.rounds, args.threads or 2, args.composed, args.iters)
         return
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -180,11 +182,11 @@ def main():
 
     def forward():
         with torch.no_grad() if args.grad == "jacrev" else torch.enable_grad():
-            return m(x, mode=args.grad)
+            return m(x, n_iters=args.iters, mode=args.grad)
 
     def forward_backward():
         xv = x.clone().requires_grad_(True)
-        y = m(xv, mode=args.grad, create_graph=True)
+        y = m(xv, n_iters=args.iters, mode=args.grad, create_graph=True)
         (y * cot).sum().backward()
 
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, grad {args.grad}, batch {args.batch}")

@@ -5,8 +5,10 @@
 //! PyTorch port and prints the ratios.
 //!
 //! ```text
-//! cargo run --release -p hopfield-benches --bin et_timing [-- --device cpu|cuda] [--batch B] [--composed]
+//! cargo run --release -p hopfield-benches --bin et_timing [-- --device cpu|cuda] [--batch B] [--iters N] [--composed]
 //! ```
+//!
+//! `--iters N` runs N descent steps per forward (default 1), as the port's `n_iters`.
 //!
 //! `--composed` times the composed reference step instead of the fused one
 //! ([`hopfield_nn::energy::with_fused_step`]), for before/after comparisons in one build.
@@ -30,11 +32,15 @@ fn main() -> Result<()> {
         None => vec![1, 8],
     };
     let fused = !args.iter().any(|a| a == "--composed");
+    let iters = match args.iter().position(|a| a == "--iters") {
+        Some(i) => args.get(i + 1).and_then(|n| n.parse().ok()).unwrap_or(1),
+        None => 1,
+    };
     let map = VarMap::new();
     let vb = VarBuilder::from_varmap(&map, DType::F32, &dev);
     // Weights at 1/sqrt(D), as the port script's, so the block acts (timing is the same).
     let cfg = EnergyTransformerConfig::new(DIM, MEMORIES, HEADS)
-        .with_n_iters(1)
+        .with_n_iters(iters)
         .with_init_scale(1.0 / (DIM as f64).sqrt());
     let et = EnergyTransformer::new(&cfg, vb)?;
     for batch in batches {
