@@ -537,7 +537,8 @@ fn backward<T: Keep>(
                 norm_backward_block(xc, cc, &dg, nw, op.eps, dxc, &mut sw, &mut sb);
                 // This task's share of dW = Cg^T (sign a) + g^T (beta du), from its rows while
                 // they are in cache, instead of a separate phase over all rows afterwards.
-                let dw = hop::weight_grad_serial(cgc, gc, ac, duc, [rows, d, m]);
+                let dw =
+                    hop::weight_grad(cgc, gc, ac, duc, [rows, d, m], crate::matmul::gemm_serial);
                 (dwqk, dbeta, dhb, sw, sb, dw)
             })
             .collect();

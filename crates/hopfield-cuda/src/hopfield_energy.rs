@@ -357,29 +357,9 @@ pub(crate) fn forward<T: Elem>(
 
 /// `dW = c^T a + x^T du`, `(D, M)`, for rows `c`, `x` `(N, D)` and `a`, `du` `(N, M)`: the
 /// memory weight's gradient once `a` carries the energy's sign and `du` its beta (the Energy
-/// Transformer's fused step computes it from the same pieces).
+/// Transformer's fused step computes it from the same pieces, one task's rows at a time with
+/// `gemm_serial`; over all rows, `gemm_into` splits the products over the pool).
 pub(crate) fn weight_grad<T: Elem>(
-    c: &[T],
-    x: &[T],
-    a: &[T],
-    du: &[T],
-    dims: [usize; 3],
-) -> Vec<T> {
-    weight_grad_with(c, x, a, du, dims, gemm_into)
-}
-
-/// [`weight_grad`] on the calling thread: one task's share of dW from its own rows.
-pub(crate) fn weight_grad_serial<T: Elem>(
-    c: &[T],
-    x: &[T],
-    a: &[T],
-    du: &[T],
-    dims: [usize; 3],
-) -> Vec<T> {
-    weight_grad_with(c, x, a, du, dims, crate::matmul::gemm_serial)
-}
-
-fn weight_grad_with<T: Elem>(
     c: &[T],
     x: &[T],
     a: &[T],
@@ -442,7 +422,7 @@ pub(crate) fn backward<T: Elem>(
     gemm_into(&mut dx, d, Mat::row_major(&du, n, m, m), wm.t(), false);
     // dW = sign C^T a + x^T (beta du)
     scale(&mut a, sign(beta, kind), m);
-    (dx, weight_grad(c, x, &a, &du, [n, d, m]), dbeta)
+    (dx, weight_grad(c, x, &a, &du, [n, d, m], gemm_into), dbeta)
 }
 
 fn sizes(x: &Layout, w: &Layout) -> Result<[usize; 3]> {
