@@ -10,7 +10,11 @@ use std::sync::Arc;
 /// `X <- (1 - eta deg) * X + eta W X` (with a sparse W one fused
 /// `hopfield_cuda::sparse::diffusion_step` per step), i.e. `(I - eta (diag(deg) - W)) X` (always the
 /// unnormalised Laplacian of (W, deg), as difflayers, D5). With a sparse W each step costs
-/// O(nnz d) time and memory; `deg` is used as given (it need not equal W's row sums).
+/// O(nnz d) time and memory; `deg` is used as given (it need not equal W's row sums). Two or
+/// more steps on a sparse graph of 2^15 nodes or more whose numbering scatters its neighbours
+/// run in the graph's locality order (`hopfield_cuda::sparse::Locality`, found once per graph,
+/// the operand permuted in and back once per call): the same result bit for bit, each step 2-3x
+/// faster on such graphs.
 ///
 /// Stability (documented check, B10/D12): with W symmetric (up to rounding),
 /// `lambda_max(diag(deg) - W) >= max_i (deg_i - W_ii)`, so `eta * max_i (deg_i - W_ii) > 2` is
@@ -146,11 +150,30 @@ impl DiffusionOperator for FactoredDiffusion {
         match &self.weights {
             // One fused pass per step (hopfield_cuda::sparse); a step that overflows leaves
             // inf/NaN that the check below reports as Diverged.
-            GraphMatrix::Sparse(c) => {
-                for _ in 0..self.steps {
-                    x = hopfield_cuda::sparse::diffusion_step(c.sparse(), &deg, self.eta, &x)?;
+            GraphMatrix::Sparse(c) => match c.sparse().locality().filter(|_| self.steps >= 2) {
+                // A large graph numbered without regard to its neighbours: the steps run in its
+                // locality order (rows permuted in once and back once), where they read
+                // neighbours from nearby memory; bit for bit the same result. The two
+                // permutations cost about what one step saves, so a single step runs as is.
+                Some(loc) => {
+                    let deg = loc.to_order(&deg)?;
+                    let mut xp = loc.to_order(&x)?;
+                    for _ in 0..self.steps {
+                        xp = hopfield_cuda::sparse::diffusion_step(
+                            loc.matrix(),
+                            &deg,
+                            self.eta,
+                            &xp,
+                        )?;
+                    }
+                    x = loc.from_order(&xp)?;
                 }
-            }
+                None => {
+                    for _ in 0..self.steps {
+                        x = hopfield_cuda::sparse::diffusion_step(c.sparse(), &deg, self.eta, &x)?;
+                    }
+                }
+            },
             GraphMatrix::Dense(_) => {
                 let mut shape = vec![n];
                 shape.resize(x.rank(), 1);
@@ -205,6 +228,46 @@ mod tests {
             ],
             &Device::Cpu,
         )
+    }
+
+    /// A graph large enough for the locality order, numbered so that it pays: the steps run
+    /// in that order and give the direct steps' result bit for bit, and the same gradient.
+    #[test]
+    fn large_shuffled_graphs_step_in_their_locality_order() -> Result<()> {
+        let n = hopfield_cuda::sparse::LOCALITY_MIN_NODES + 11;
+        let label = |i: usize| ((i * 7919) % n) as u32;
+        let t: Vec<(u32, u32, f64)> = (0..n)
+            .flat_map(|i| {
+                let (a, b) = (label(i), label((i + 1) % n));
+                let w = 0.5 + (i % 5) as f64 / 10.0;
+                [(a, b, w), (b, a, w)]
+            })
+            .collect();
+        let w = Csr::from_triplets(n, t, Merge::Sum)?;
+        assert!(w.sparse().locality().is_some());
+        let deg = w.degrees(DType::F64, &Device::Cpu)?;
+        let (eta, steps) = (0.3, 3);
+        let op = FactoredDiffusion::from_graph(GraphMatrix::from(w.clone()), &deg, eta, steps)?;
+        let x0 = Tensor::randn(0f64, 1., (n, 3), &Device::Cpu)?;
+        let (xa, xb) = (Var::from_tensor(&x0)?, Var::from_tensor(&x0)?);
+        let got = op.apply(xa.as_tensor())?;
+        let mut want = xb.as_tensor().clone();
+        for _ in 0..steps {
+            want = hopfield_cuda::sparse::diffusion_step(w.sparse(), &deg, eta, &want)?;
+        }
+        assert_eq!(got.to_vec2::<f64>()?, want.to_vec2::<f64>()?);
+        let c = Tensor::randn(0f64, 1., (n, 3), &Device::Cpu)?;
+        let ga = (got * &c)?.sum_all()?.backward()?;
+        let gb = (want * &c)?.sum_all()?.backward()?;
+        let diff = (ga.get(xa.as_tensor()).unwrap() - gb.get(xb.as_tensor()).unwrap())?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f64>()?;
+        assert!(diff < 1e-12, "{diff}");
+        // The backward pass ran on the renumbered matrix: its transpose was built.
+        let loc = w.sparse().locality().unwrap();
+        assert!(loc.matrix().transpose_is_cached());
+        Ok(())
     }
 
     #[test]

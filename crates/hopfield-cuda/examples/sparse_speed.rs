@@ -20,6 +20,11 @@
 //!   with its nodes numbered at random, as a shuffled dataset numbers them.
 //! - `lattice, locality order`: the same graph renumbered by [`CsrMatrix::locality_order`].
 //!
+//! Then one and three fused steps on the shuffled lattice, `as numbered` and `through
+//! Locality` (as `dahn_diffusion::FactoredDiffusion` runs two or more steps on such a graph: x
+//! and deg permuted into the cached [`CsrMatrix::locality`] order, the steps there, the result
+//! permuted back), permutations included in the time (not in the floor bytes).
+//!
 //! The process calls [`hopfield_cuda::tune_allocator`] (freed outputs stay mapped for the next
 //! call) unless given `--default-alloc`.
 
@@ -158,12 +163,63 @@ fn main() -> Result<()> {
     let ordered = lattice.permuted(&lattice.locality_order())?;
     println!("| graph | N | nnz | bandwidth | op | B | time (ms) | floor bytes (MB) | achieved (GB/s) | of copy | of scale |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    let shuffled = lattice.clone();
     for (graph, a) in [
         ("random", knn_like(n, k)?),
         ("lattice, shuffled", lattice),
         ("lattice, locality order", ordered),
     ] {
         measure(graph, &a, stream)?;
+    }
+    through_locality(&shuffled, stream)
+}
+
+/// `steps` fused steps of a shuffled graph, as numbered and in its cached locality order (x
+/// and deg permuted in, the steps, the result permuted back), as
+/// `dahn_diffusion::FactoredDiffusion` runs them.
+fn through_locality(a: &CsrMatrix, stream: (f64, f64)) -> Result<()> {
+    let dev = Device::Cpu;
+    let loc = a
+        .locality()
+        .ok_or_else(|| candle_core::Error::Msg("no locality order".into()))?;
+    let n = a.n();
+    let deg: Vec<f32> = (0..n)
+        .map(|i| a.row(i).1.iter().sum::<f64>() as f32)
+        .collect();
+    let deg = Tensor::from_vec(deg, n, &dev)?;
+    for steps in [1usize, 3] {
+        for b in [32usize, 256] {
+            let x = Tensor::randn(0f32, 1., (n, b), &dev)?;
+            let bytes = steps as f64 * ((n + 1) * 8 + a.nnz() * 8 + 2 * n * b * 4 + n * 4) as f64;
+            let direct = time(5, || {
+                let mut y = x.clone();
+                for _ in 0..steps {
+                    y = diffusion_step(a, &deg, 0.05, &y)?;
+                }
+                std::hint::black_box(y);
+                Ok(())
+            })?;
+            let ordered = time(5, || {
+                let d = loc.to_order(&deg)?;
+                let mut y = loc.to_order(&x)?;
+                for _ in 0..steps {
+                    y = diffusion_step(loc.matrix(), &d, 0.05, &y)?;
+                }
+                std::hint::black_box(loc.from_order(&y)?);
+                Ok(())
+            })?;
+            for (how, t) in [("as numbered", direct), ("through Locality", ordered)] {
+                println!(
+                    "| lattice, shuffled, {how} | {n} | {} | - | {steps} fused step(s) | {b} | {:.2} | {:.1} | {:.1} | {:.0}% | {:.0}% |",
+                    a.nnz(),
+                    t * 1e3,
+                    bytes / 1e6,
+                    bytes / t / 1e9,
+                    100.0 * bytes / t / stream.0,
+                    100.0 * bytes / t / stream.1
+                );
+            }
+        }
     }
     Ok(())
 }

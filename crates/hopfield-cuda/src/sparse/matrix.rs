@@ -33,6 +33,7 @@ struct Inner {
     values: Vec<f64>,
     values_f32: OnceLock<Vec<f32>>,
     transpose: OnceLock<CsrMatrix>,
+    locality: OnceLock<Option<super::Locality>>,
     device: Mutex<Vec<DeviceArrays>>,
 }
 
@@ -129,6 +130,7 @@ impl CsrMatrix {
                 values,
                 values_f32: OnceLock::new(),
                 transpose: OnceLock::new(),
+                locality: OnceLock::new(),
                 device: Mutex::new(Vec::new()),
             }),
         }
@@ -177,6 +179,15 @@ impl CsrMatrix {
     /// sorted) and cached: later calls and every backward pass return the same stored matrix.
     pub fn transpose(&self) -> &CsrMatrix {
         self.inner.transpose.get_or_init(|| self.build_transpose())
+    }
+
+    /// The matrix in its locality order, when that order pays (built on the first call and
+    /// cached; see [`Locality`](super::Locality)).
+    pub fn locality(&self) -> Option<&super::Locality> {
+        self.inner
+            .locality
+            .get_or_init(|| super::order::build_locality(self))
+            .as_ref()
     }
 
     /// Whether the transpose has been built.

@@ -37,6 +37,7 @@ mod op;
 mod order;
 
 pub use matrix::CsrMatrix;
+pub use order::{Locality, LOCALITY_MIN_NODES};
 
 use crate::error::{expect_float, expect_same_dtype};
 use crate::KernelError;
