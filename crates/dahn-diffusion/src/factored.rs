@@ -150,7 +150,10 @@ impl DiffusionOperator for FactoredDiffusion {
         match &self.weights {
             // One fused pass per step (hopfield_cuda::sparse); a step that overflows leaves
             // inf/NaN that the check below reports as Diverged.
-            GraphMatrix::Sparse(c) => match c.sparse().locality().filter(|_| self.steps >= 2) {
+            GraphMatrix::Sparse(c) => match (self.steps >= 2)
+                .then(|| c.sparse().locality())
+                .flatten()
+            {
                 // A large graph numbered without regard to its neighbours: the steps run in its
                 // locality order (rows permuted in once and back once), where they read
                 // neighbours from nearby memory; bit for bit the same result. The two
