@@ -1,7 +1,7 @@
 //! The CPU kernel: rows partitioned over rayon tasks, each output row summed in registers, 32
 //! columns at a time, from the gathered rows of `x` it depends on (one pass over W, one gather of
-//! x per entry, one write of y), with the fused step's `(1 - eta deg_i) x_i` applied before the
-//! store.
+//! x per entry, one write of y), with the fused step's `(1 - eta deg_i) x_i` applied to the row
+//! while it is still in L1.
 
 use super::CsrMatrix;
 use candle_core::WithDType;
@@ -47,8 +47,8 @@ pub(crate) fn product<T: WithDType + Default>(
     }
     let rows_per_task = (ELEMS_PER_TASK / m).max(1);
     let (rp, ci) = (a.row_ptr(), a.col_idx());
-    // Each task zeroes its own output rows right before accumulating into them (`par_vec`),
-    // instead of the caller clearing the whole (N, m) output serially first.
+    // Each task sets its own output rows (`par_vec`) right before writing them, instead of the
+    // caller clearing the whole (N, m) output serially first.
     crate::rows::par_vec(n * m, m * rows_per_task, |t, chunk| {
         let first = t * rows_per_task;
         let rows = chunk.len() / m;

@@ -186,7 +186,7 @@ impl CsrMatrix {
     pub fn locality(&self) -> Option<&super::Locality> {
         self.inner
             .locality
-            .get_or_init(|| super::order::build_locality(self))
+            .get_or_init(|| super::locality::build_locality(self))
             .as_ref()
     }
 

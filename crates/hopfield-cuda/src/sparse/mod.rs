@@ -32,12 +32,13 @@
 mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
+mod locality;
 mod matrix;
 mod op;
 mod order;
 
+pub use locality::{Locality, LOCALITY_MIN_NODES};
 pub use matrix::CsrMatrix;
-pub use order::{Locality, LOCALITY_MIN_NODES};
 
 use crate::error::{expect_float, expect_same_dtype};
 use crate::KernelError;
