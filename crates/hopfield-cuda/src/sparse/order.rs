@@ -279,6 +279,11 @@ pub(super) mod tests {
         let mut order = w.locality_order();
         order.sort();
         assert_eq!(order, (0..7).collect::<Vec<u32>>());
+        // No nodes at all.
+        let e = CsrMatrix::new(0, vec![0], vec![], vec![]).unwrap();
+        assert!(e.locality_order().is_empty());
+        assert_eq!((e.permuted(&[]).unwrap().n(), e.bandwidth()), (0, 0));
+        assert!(e.locality().is_none());
     }
 
     #[test]
