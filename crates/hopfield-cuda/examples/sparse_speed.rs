@@ -209,15 +209,9 @@ fn through_locality(a: &CsrMatrix, stream: (f64, f64)) -> Result<()> {
                 Ok(())
             })?;
             for (how, t) in [("as numbered", direct), ("through Locality", ordered)] {
-                println!(
-                    "| lattice, shuffled, {how} | {n} | {} | - | {steps} fused step(s) | {b} | {:.2} | {:.1} | {:.1} | {:.0}% | {:.0}% |",
-                    a.nnz(),
-                    t * 1e3,
-                    bytes / 1e6,
-                    bytes / t / 1e9,
-                    100.0 * bytes / t / stream.0,
-                    100.0 * bytes / t / stream.1
-                );
+                let graph = format!("lattice, shuffled, {how}");
+                let op = format!("{steps} fused step(s)");
+                print_row(&graph, a, None, &op, b, t, bytes, stream);
             }
         }
     }
@@ -246,17 +240,33 @@ fn measure(graph: &str, a: &CsrMatrix, stream: (f64, f64)) -> Result<()> {
                 std::hint::black_box(y);
                 Ok(())
             })?;
-            println!(
-                "| {graph} | {n} | {} | {} | {name} | {b} | {:.2} | {:.1} | {:.1} | {:.0}% | {:.0}% |",
-                a.nnz(),
-                a.bandwidth(),
-                t * 1e3,
-                bytes / 1e6,
-                bytes / t / 1e9,
-                100.0 * bytes / t / stream.0,
-                100.0 * bytes / t / stream.1
-            );
+            print_row(graph, a, Some(a.bandwidth()), name, b, t, bytes, stream);
         }
     }
     Ok(())
+}
+
+/// One table row: time, floor bytes, achieved bandwidth and its fractions of the two streams.
+#[allow(clippy::too_many_arguments)]
+fn print_row(
+    graph: &str,
+    a: &CsrMatrix,
+    bandwidth: Option<usize>,
+    op: &str,
+    b: usize,
+    t: f64,
+    bytes: f64,
+    stream: (f64, f64),
+) {
+    let bandwidth = bandwidth.map_or("-".to_string(), |w| w.to_string());
+    println!(
+        "| {graph} | {} | {} | {bandwidth} | {op} | {b} | {:.2} | {:.1} | {:.1} | {:.0}% | {:.0}% |",
+        a.n(),
+        a.nnz(),
+        t * 1e3,
+        bytes / 1e6,
+        bytes / t / 1e9,
+        100.0 * bytes / t / stream.0,
+        100.0 * bytes / t / stream.1
+    );
 }

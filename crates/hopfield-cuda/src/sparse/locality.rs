@@ -136,28 +136,17 @@ impl CustomOp1 for PermuteRows {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let take = &self.take[..];
-        let v = match s {
-            CpuStorage::F32(v) => {
-                CpuStorage::F32(gather_rows(crate::rows::contiguous(v, l)?, take))
-            }
-            CpuStorage::F64(v) => {
-                CpuStorage::F64(gather_rows(crate::rows::contiguous(v, l)?, take))
-            }
-            CpuStorage::F16(v) => {
-                CpuStorage::F16(gather_rows(crate::rows::contiguous(v, l)?, take))
-            }
-            CpuStorage::BF16(v) => {
-                CpuStorage::BF16(gather_rows(crate::rows::contiguous(v, l)?, take))
-            }
-            CpuStorage::U32(v) => {
-                CpuStorage::U32(gather_rows(crate::rows::contiguous(v, l)?, take))
-            }
-            CpuStorage::I64(v) => {
-                CpuStorage::I64(gather_rows(crate::rows::contiguous(v, l)?, take))
-            }
-            CpuStorage::U8(v) => CpuStorage::U8(gather_rows(crate::rows::contiguous(v, l)?, take)),
-            _ => candle_core::bail!("Locality: rows of this dtype are not permuted on the CPU"),
-        };
+        macro_rules! permuted {
+            ($($dtype:ident),*) => {
+                match s {
+                    $(CpuStorage::$dtype(v) => {
+                        CpuStorage::$dtype(gather_rows(crate::rows::contiguous(v, l)?, take))
+                    })*
+                    _ => candle_core::bail!("Locality: rows of this dtype are not permuted on the CPU"),
+                }
+            };
+        }
+        let v = permuted!(F32, F64, F16, BF16, U32, I64, U8);
         Ok((v, l.shape().clone()))
     }
 
