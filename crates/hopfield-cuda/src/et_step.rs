@@ -474,9 +474,9 @@ fn backward<T: Keep>(
     let mut dx = vec![T::zero(); x.len()];
     let dw;
     if per_sample {
-        // One task per sample: its cotangent, the attention backward, the Hopfield backward's
-        // per-row factors and the norm's backward; then dW over all rows as two products, and
-        // the per-sample weight and beta gradients summed in sample order.
+        // One task per few samples: their cotangent, the attention backward, the Hopfield
+        // backward and its share of dW, and the norm's backward; then the per-task weight and
+        // beta gradients summed in task order.
         let one = Dims { b: 1, ..dm };
         // Every element written by the tasks below: reused buffers, not fresh zeroed ones (`perf`:
         // `memset` was 44% of the main thread's samples, these among them).
@@ -543,20 +543,17 @@ fn backward<T: Keep>(
             })
             .collect();
         let mut dhb = T::zero();
-        let mut dw_sum: Option<Vec<T>> = None;
+        let mut dw_sum = vec![T::zero(); d * m];
         for (dwqk, dbeta, db, sw, sb, dwt) in parts {
             add_into(&mut dpack[pk.wqk.clone()], &dwqk);
             add_into(&mut dpack[pk.beta.clone()], &dbeta);
             dhb += db;
             snw.iter_mut().zip(sw).for_each(|(s, v)| *s += v);
             snb.iter_mut().zip(sb).for_each(|(s, v)| *s += v);
-            match &mut dw_sum {
-                Some(acc) => add_into(acc, &dwt),
-                None => dw_sum = Some(dwt),
-            }
+            add_into(&mut dw_sum, &dwt);
         }
         dpack[pk.hb] = dhb;
-        dw = dw_sum.unwrap_or_else(|| vec![T::zero(); d * m]);
+        dw = dw_sum;
         for buf in [a, du, cg] {
             scratch::give(buf);
         }

@@ -6,10 +6,6 @@
 use super::CsrMatrix;
 use candle_core::WithDType;
 
-/// Output elements per rayon task: enough work to amortise the task's scheduling cost while
-/// leaving tasks for both cores on small graphs.
-const ELEMS_PER_TASK: usize = 16 * 1024;
-
 /// Entries ahead whose x row is prefetched.
 const PREFETCH: usize = 6;
 
@@ -45,7 +41,7 @@ pub(crate) fn product<T: WithDType + Default>(
     if m == 0 {
         return Vec::new();
     }
-    let rows_per_task = (ELEMS_PER_TASK / m).max(1);
+    let rows_per_task = crate::rows::rows_per_task(m);
     let (rp, ci) = (a.row_ptr(), a.col_idx());
     // Each task sets its own output rows (`par_vec`) right before writing them, instead of the
     // caller clearing the whole (N, m) output serially first.
