@@ -14,7 +14,7 @@ pub const LOCALITY_MIN_NODES: usize = 1 << 15;
 /// average (mean `|i - j|` over the stored entries) and the graph has at least
 /// [`LOCALITY_MIN_NODES`] nodes: then a product in this order, with the operand's rows permuted
 /// in and the result's permuted back, costs two row gathers more but reads neighbours from nearby
-/// memory (3x faster on a shuffled 10^5-node lattice, `docs/dahn-performance.md`). A graph whose
+/// memory (2-3x faster on a shuffled 10^5-node lattice, `docs/dahn-performance.md`). A graph whose
 /// neighbours no numbering brings together (random links) keeps its numbering. Products in this
 /// order equal the direct ones bit for bit: rows sum the same entries in the same order.
 ///
