@@ -8,8 +8,9 @@
 //!   row, eta a scalar), one pass over W and x; differentiable in `x` (backward: the same step on
 //!   `W^T`) and in `deg` when `deg` is itself tracked.
 //! - [`CsrMatrix::locality_order`] and [`CsrMatrix::permuted`]: a node numbering in which
-//!   neighbours are close (reverse Cuthill-McKee), so products gather nearby rows of `x` (3x
-//!   faster on a shuffled 10^5-node graph).
+//!   neighbours are close (reverse Cuthill-McKee), so products gather nearby rows of `x` (2-3x
+//!   faster on a shuffled 10^5-node graph); [`CsrMatrix::locality`] decides once per graph
+//!   whether that pays.
 //!
 //! The CPU kernel (f32, f64) partitions rows over rayon tasks; with the `cuda` feature a CUDA
 //! kernel (`kernels/sparse.cu`, f32 and f64) runs on CUDA devices. Other dtypes and devices use
