@@ -1,15 +1,77 @@
-//! Running plain Rust loops with the wide vector instructions the CPU has.
+//! Which vector instructions the kernels run with, and running plain Rust loops with them.
 //!
 //! The default x86-64 target allows only 4-wide SSE2 (no FMA, no AVX), so a row loop compiled
 //! normally converts, subtracts and sums two f64 or four f32 at a time even on an AVX-512 CPU.
-//! [`wide`] runs a closure through a copy compiled for AVX2+FMA when the CPU has them; the
-//! closure and the row functions it calls must be `#[inline(always)]` so that their bodies are
-//! compiled into that copy. The retrieval kernels have their own AVX-512 dispatch
-//! (`retrieval::cpu`, which also instantiates const-generic tile sizes per instruction set);
-//! this is for every other row loop (softmax rows and their gradient, LayerNorm statistics, the
-//! finiteness scan, the retrieval's output scaling).
+//! [`isa`] is the one place the CPU's instruction set is detected (and forced, in tests), for
+//! every kernel that has builds per instruction set (the retrieval's tiles, the sparse
+//! product's register slabs). [`wide`] runs a closure through a copy compiled for AVX2+FMA when
+//! the CPU has them; the closure and the row functions it calls must be `#[inline(always)]` so
+//! that their bodies are compiled into that copy. It is for every other row loop (softmax rows
+//! and their gradient, LayerNorm statistics, the finiteness scan, the retrieval's output
+//! scaling).
 
-/// `f()`, compiled for AVX2+FMA where the CPU has them (checked once per process), else as is.
+/// Which instruction set the kernels run with, detected once.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Isa {
+    Generic,
+    #[cfg(target_arch = "x86_64")]
+    Avx2Fma,
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+}
+
+/// Tests force each instruction set in turn (0 = detect); any forced set is correct for every
+/// other test running meanwhile, only slower.
+#[cfg(test)]
+pub(crate) static FORCE_ISA: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// The instruction sets this CPU can run, for tests: 1 = generic, 2 = AVX2+FMA, 3 = AVX-512.
+#[cfg(test)]
+pub(crate) fn available_isas() -> Vec<u8> {
+    let best = match detected_isa() {
+        Isa::Generic => 1,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2Fma => 2,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => 3,
+    };
+    (1..=best).collect()
+}
+
+/// The instruction set to run with: the best this CPU has (AVX-512F with FMA, AVX2 with FMA,
+/// or neither), unless a test forces one.
+pub(crate) fn isa() -> Isa {
+    #[cfg(test)]
+    {
+        match FORCE_ISA.load(std::sync::atomic::Ordering::Relaxed) {
+            1 => return Isa::Generic,
+            #[cfg(target_arch = "x86_64")]
+            2 => return Isa::Avx2Fma,
+            #[cfg(target_arch = "x86_64")]
+            3 => return Isa::Avx512,
+            _ => {}
+        }
+    }
+    detected_isa()
+}
+
+fn detected_isa() -> Isa {
+    static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+    *ISA.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("fma") {
+                return Isa::Avx512;
+            }
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                return Isa::Avx2Fma;
+            }
+        }
+        Isa::Generic
+    })
+}
+
+/// `f()`, compiled for AVX2+FMA where [`isa`] has them, else as is.
 #[inline(always)]
 pub(crate) fn wide<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
@@ -18,12 +80,8 @@ pub(crate) fn wide<R>(f: impl FnOnce() -> R) -> R {
         unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
             f()
         }
-        static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        let has = *HAS.get_or_init(|| {
-            std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
-        });
-        if has {
-            // SAFETY: the features were detected on this CPU.
+        if isa() != Isa::Generic {
+            // SAFETY: AVX-512F and AVX2+FMA both imply the CPU has AVX2 and FMA.
             return unsafe { avx2(f) };
         }
     }

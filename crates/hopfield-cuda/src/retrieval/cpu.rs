@@ -9,7 +9,7 @@
 #[cfg(target_arch = "x86_64")]
 use super::avx512;
 use super::op::{Params, View};
-use crate::simd::wide;
+use crate::simd::{isa, wide, Isa};
 use crate::softmax::{exp_f32, exp_f32_with};
 use rayon::prelude::*;
 
@@ -1652,65 +1652,6 @@ pub(crate) fn association_change<T: Float>(
         .collect()
 }
 
-/// Which instruction set the kernels run with, detected once.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Isa {
-    Generic,
-    #[cfg(target_arch = "x86_64")]
-    Avx2Fma,
-    #[cfg(target_arch = "x86_64")]
-    Avx512,
-}
-
-/// Tests force each instruction set in turn (0 = detect); any forced set is correct for every
-/// other test running meanwhile, only slower.
-#[cfg(test)]
-pub(crate) static FORCE_ISA: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
-
-/// The instruction sets this CPU can run, for tests: 1 = generic, 2 = AVX2+FMA, 3 = AVX-512.
-#[cfg(test)]
-pub(crate) fn available_isas() -> Vec<u8> {
-    let best = match detected_isa() {
-        Isa::Generic => 1,
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2Fma => 2,
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => 3,
-    };
-    (1..=best).collect()
-}
-
-fn isa() -> Isa {
-    #[cfg(test)]
-    {
-        match FORCE_ISA.load(std::sync::atomic::Ordering::Relaxed) {
-            1 => return Isa::Generic,
-            #[cfg(target_arch = "x86_64")]
-            2 => return Isa::Avx2Fma,
-            #[cfg(target_arch = "x86_64")]
-            3 => return Isa::Avx512,
-            _ => {}
-        }
-    }
-    detected_isa()
-}
-
-fn detected_isa() -> Isa {
-    static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
-    *ISA.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("fma") {
-                return Isa::Avx512;
-            }
-            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                return Isa::Avx2Fma;
-            }
-        }
-        Isa::Generic
-    })
-}
-
 /// The same kernel code compiled for AVX-512 and for AVX2+FMA (picked at run time; the default
 /// x86-64 target only allows SSE2 and no FMA) and generic for everything else; `inner::<C>`
 /// passes const arguments after the instruction-set ones (the query block width).
@@ -1779,7 +1720,7 @@ mod row_tests {
     #[test]
     fn transpose_rows_matches_the_definition() {
         fn check<T: super::Float + std::fmt::Debug>(wide: bool) {
-            let avx = super::available_isas().contains(&2);
+            let avx = crate::simd::available_isas().contains(&2);
             for (c, w) in [
                 (64, 32),
                 (64, 64),

@@ -219,7 +219,7 @@ fn fused_matches_composed_f32(
 /// runs them) agrees with the composed path.
 #[test]
 fn every_instruction_set_matches_composed() {
-    use super::cpu::{available_isas, FORCE_ISA};
+    use crate::simd::{available_isas, FORCE_ISA};
     use std::sync::atomic::Ordering;
     for isa in available_isas() {
         FORCE_ISA.store(isa, Ordering::Relaxed);

@@ -30,6 +30,8 @@
 //! # Ok::<(), candle_core::Error>(())
 //! ```
 
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
