@@ -166,7 +166,7 @@ fn rows_kernel<T: WithDType>(
 
 /// `dst = src` into memory not yet initialised.
 #[inline(always)]
-fn write<T: Copy>(dst: &mut [MaybeUninit<T>], src: &[T]) {
+pub(super) fn write<T: Copy>(dst: &mut [MaybeUninit<T>], src: &[T]) {
     assert_eq!(dst.len(), src.len());
     // SAFETY: the lengths match; MaybeUninit<T> has T's layout.
     unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst.as_mut_ptr() as *mut T, src.len()) };
