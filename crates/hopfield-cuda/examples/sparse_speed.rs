@@ -5,6 +5,7 @@
 //! cargo run --release -p hopfield-cuda --example sparse_speed            # N = 100000, k = 8
 //! cargo run --release -p hopfield-cuda --example sparse_speed -- 20000 8  # N, k
 //! cargo run --release -p hopfield-cuda --example sparse_speed -- --default-alloc
+//! cargo run --release -p hopfield-cuda --example sparse_speed -- --graph ordered --reps 40
 //! ```
 //!
 //! Reports, per graph and batch width B (32 and 256, f32): the time of `spmm` (y = W x) and of
@@ -35,17 +36,17 @@ use hopfield_cuda::sparse::{diffusion_step, spmm, CsrMatrix};
 use rayon::prelude::*;
 use std::time::Instant;
 
-/// Median seconds of `reps` runs after one warm-up.
+/// Median seconds of `reps` (at least one) runs after one warm-up.
 fn time(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
     f()?;
-    let mut t = Vec::with_capacity(reps);
-    for _ in 0..reps {
+    let mut t = Vec::with_capacity(reps.max(1));
+    for _ in 0..reps.max(1) {
         let s = Instant::now();
         f()?;
         t.push(s.elapsed().as_secs_f64());
     }
     t.sort_by(f64::total_cmp);
-    Ok(t[reps / 2])
+    Ok(t[t.len() / 2])
 }
 
 /// Bytes per second of two parallel loops over 256 MiB arrays, best of 5 each (read + write
@@ -162,16 +163,42 @@ fn shuffled_lattice(n: usize) -> Result<CsrMatrix> {
     CsrMatrix::new(n, rp, ci, v)
 }
 
+/// The graphs to measure, as `--graph` names them.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Graph {
+    Random,
+    Shuffled,
+    Ordered,
+    Band,
+}
+
+#[derive(clap::Parser)]
+#[command(about = "Speed of the sparse kernels against the machine's memory bandwidth")]
+struct Args {
+    /// Nodes.
+    #[arg(default_value_t = 100_000)]
+    n: usize,
+    /// Entries per row.
+    #[arg(default_value_t = 8)]
+    k: usize,
+    /// Leave glibc's allocator as it is (freed outputs go back to the OS).
+    #[arg(long)]
+    default_alloc: bool,
+    /// Only these graphs (repeatable; `shuffled` also runs the steps through Locality).
+    #[arg(long, value_enum)]
+    graph: Vec<Graph>,
+    /// Runs per timing (the median is reported, after one warm-up).
+    #[arg(long, default_value_t = 7)]
+    reps: usize,
+}
+
 fn main() -> Result<()> {
-    let argv: Vec<String> = std::env::args().skip(1).collect();
-    let args: Vec<usize> = argv.iter().filter_map(|a| a.parse().ok()).collect();
-    let (n, k) = (
-        args.first().copied().unwrap_or(100_000),
-        args.get(1).copied().unwrap_or(8),
-    );
-    if !argv.iter().any(|a| a == "--default-alloc") {
+    let args = <Args as clap::Parser>::parse();
+    let (n, k) = (args.n, args.k);
+    if !args.default_alloc {
         hopfield_cuda::tune_allocator();
     }
+    let wanted = |g: Graph| args.graph.is_empty() || args.graph.contains(&g);
     let stream = stream_bandwidth();
     println!(
         "threads {}, stream bandwidth: copy {:.1} GB/s, scale {:.1} GB/s",
@@ -180,25 +207,35 @@ fn main() -> Result<()> {
         stream.1 / 1e9
     );
     let lattice = shuffled_lattice(n)?;
-    let ordered = lattice.permuted(&lattice.locality_order())?;
     println!("| graph | N | nnz | bandwidth | op | B | time (ms) | floor bytes (MB) | achieved (GB/s) | of copy | of scale |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
-    let shuffled = lattice.clone();
-    for (graph, a) in [
-        ("random", knn_like(n, k)?),
-        ("lattice, shuffled", lattice),
-        ("lattice, locality order", ordered),
-        ("band", band(n, k)?),
-    ] {
-        measure(graph, &a, stream)?;
+    let graphs: [(Graph, &str, &dyn Fn() -> Result<CsrMatrix>); 4] = [
+        (Graph::Random, "random", &|| knn_like(n, k)),
+        (
+            Graph::Shuffled,
+            "lattice, shuffled",
+            &|| Ok(lattice.clone()),
+        ),
+        (Graph::Ordered, "lattice, locality order", &|| {
+            lattice.permuted(&lattice.locality_order())
+        }),
+        (Graph::Band, "band", &|| band(n, k)),
+    ];
+    for (g, name, build) in graphs {
+        if wanted(g) {
+            measure(name, &build()?, stream, args.reps)?;
+        }
     }
-    through_locality(&shuffled, stream)
+    if wanted(Graph::Shuffled) {
+        through_locality(&lattice, stream, args.reps)?;
+    }
+    Ok(())
 }
 
 /// `steps` fused steps of a shuffled graph, as numbered and in its cached locality order (x
 /// and deg permuted in, the steps, the result permuted back), as
 /// `dahn_diffusion::FactoredDiffusion` runs them.
-fn through_locality(a: &CsrMatrix, stream: (f64, f64)) -> Result<()> {
+fn through_locality(a: &CsrMatrix, stream: (f64, f64), reps: usize) -> Result<()> {
     let dev = Device::Cpu;
     let Some(loc) = a.locality() else {
         println!("(no locality order for this graph: too small or already in order)");
@@ -213,7 +250,7 @@ fn through_locality(a: &CsrMatrix, stream: (f64, f64)) -> Result<()> {
         for b in [32usize, 256] {
             let x = Tensor::randn(0f32, 1., (n, b), &dev)?;
             let bytes = steps as f64 * ((n + 1) * 8 + a.nnz() * 8 + 2 * n * b * 4 + n * 4) as f64;
-            let direct = time(5, || {
+            let direct = time(reps, || {
                 let mut y = x.clone();
                 for _ in 0..steps {
                     y = diffusion_step(a, &deg, 0.05, &y)?;
@@ -221,7 +258,7 @@ fn through_locality(a: &CsrMatrix, stream: (f64, f64)) -> Result<()> {
                 std::hint::black_box(y);
                 Ok(())
             })?;
-            let ordered = time(5, || {
+            let ordered = time(reps, || {
                 let d = loc.to_order(&deg)?;
                 let mut y = loc.to_order(&x)?;
                 for _ in 0..steps {
@@ -240,7 +277,7 @@ fn through_locality(a: &CsrMatrix, stream: (f64, f64)) -> Result<()> {
     Ok(())
 }
 
-fn measure(graph: &str, a: &CsrMatrix, stream: (f64, f64)) -> Result<()> {
+fn measure(graph: &str, a: &CsrMatrix, stream: (f64, f64), reps: usize) -> Result<()> {
     let (n, dev) = (a.n(), Device::Cpu);
     let deg: Vec<f32> = (0..n)
         .map(|i| a.row(i).1.iter().sum::<f64>() as f32)
@@ -253,7 +290,7 @@ fn measure(graph: &str, a: &CsrMatrix, stream: (f64, f64)) -> Result<()> {
         let xy = 2 * n * b * 4;
         for (name, extra) in [("spmm", 0usize), ("fused step", n * 4)] {
             let bytes = (w_bytes + xy + extra) as f64;
-            let t = time(7, || {
+            let t = time(reps, || {
                 let y = if extra == 0 {
                     spmm(a, &x)?
                 } else {

@@ -4,9 +4,9 @@
 //! A product `W x` reads, for every stored entry, the row of `x` of its column. When the nodes
 //! are numbered without regard to the graph (a shuffled dataset, patterns in arrival order),
 //! those rows are scattered over all of `x`: every entry is a cache miss and, for rows of a
-//! KiB, a TLB miss, and the kernel reaches a fifth of the memory bandwidth. Numbered in a
+//! KiB, a TLB miss, and the kernel reaches a sixth of the memory bandwidth. Numbered in a
 //! breadth-first order, neighbours sit a few rows apart, the gathers hit cache, and it reaches
-//! half or more (a 10^5-node graph, 256 f32 columns; docs/dahn-performance.md).
+//! about half (a 10^5-node graph, 256 f32 columns; docs/dahn-performance.md).
 //! [`CsrMatrix::locality_order`] computes such an order (reverse Cuthill-McKee), and
 //! [`CsrMatrix::permuted`] renumbers the matrix. A product of the permuted matrix with the
 //! permuted `x` gives the permuted result bit for bit: each row sums the same entries in the
