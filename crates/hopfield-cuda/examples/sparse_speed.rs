@@ -201,8 +201,9 @@ fn main() -> Result<()> {
     let wanted = |g: Graph| args.graph.is_empty() || args.graph.contains(&g);
     let stream = stream_bandwidth();
     println!(
-        "threads {}, stream bandwidth: copy {:.1} GB/s, scale {:.1} GB/s",
+        "threads {}, instruction set {}, stream bandwidth: copy {:.1} GB/s, scale {:.1} GB/s",
         rayon::current_num_threads(),
+        hopfield_cuda::instruction_set(),
         stream.0 / 1e9,
         stream.1 / 1e9
     );

@@ -86,5 +86,6 @@ pub use hopfield_energy::{
 pub use linear::{linear, linear_composed};
 pub use normalize::{normalize, normalize_composed};
 pub use scratch::release_scratch;
+pub use simd::instruction_set;
 
 pub use softmax::{masked_softmax, masked_softmax_composed};

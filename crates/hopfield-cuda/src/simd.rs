@@ -55,20 +55,52 @@ pub(crate) fn isa() -> Isa {
     detected_isa()
 }
 
+/// The best set this CPU has, lowered to `HOPFIELD_ISA` (`generic`, `avx2` or `avx512`) when
+/// that is set, so that the kernels' builds can be timed against each other on one machine (an
+/// unknown value, or one above what the CPU has, changes nothing).
 fn detected_isa() -> Isa {
     static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
-    *ISA.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("fma") {
-                return Isa::Avx512;
-            }
-            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                return Isa::Avx2Fma;
-            }
+    *ISA.get_or_init(|| capped(std::env::var("HOPFIELD_ISA").ok().as_deref()))
+}
+
+fn capped(cap: Option<&str>) -> Isa {
+    const NAMES: [&str; 3] = ["generic", "avx2", "avx512"];
+    let rank = |n: &str| NAMES.iter().position(|&r| r == n);
+    let allows = |name: &str| match cap.and_then(rank) {
+        Some(c) => rank(name) <= Some(c),
+        None => true,
+    };
+    #[cfg(target_arch = "x86_64")]
+    {
+        let fma = std::is_x86_feature_detected!("fma");
+        if allows("avx512") && fma && std::is_x86_feature_detected!("avx512f") {
+            return Isa::Avx512;
         }
-        Isa::Generic
-    })
+        if allows("avx2") && fma && std::is_x86_feature_detected!("avx2") {
+            return Isa::Avx2Fma;
+        }
+    }
+    let _ = allows;
+    Isa::Generic
+}
+
+/// The instruction set the CPU kernels run with: `"avx512"` (AVX-512F and FMA), `"avx2"`
+/// (AVX2 and FMA) or `"generic"`; the best this CPU has unless the environment variable
+/// `HOPFIELD_ISA` names a lower one (read once, at the first kernel call). For benchmarks, to
+/// record which build ran and to time the builds against each other.
+///
+/// ```
+/// let isa = hopfield_cuda::instruction_set();
+/// assert!(["avx512", "avx2", "generic"].contains(&isa));
+/// ```
+pub fn instruction_set() -> &'static str {
+    match isa() {
+        Isa::Generic => "generic",
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2Fma => "avx2",
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => "avx512",
+    }
 }
 
 /// `f()`, compiled for AVX2+FMA where [`isa`] has them, else as is.
@@ -90,6 +122,19 @@ pub(crate) fn wide<R>(f: impl FnOnce() -> R) -> R {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn hopfield_isa_lowers_the_set_and_never_raises_it() {
+        use super::{capped, Isa};
+        let best = capped(None);
+        assert_eq!(capped(Some("generic")), Isa::Generic);
+        assert_eq!(capped(Some("avx512")), best);
+        assert_eq!(capped(Some("unknown")), best);
+        #[cfg(target_arch = "x86_64")]
+        if best != Isa::Generic {
+            assert_eq!(capped(Some("avx2")), Isa::Avx2Fma);
+        }
+    }
+
     #[test]
     fn wide_runs_the_closure_once_and_returns_its_value() {
         let mut calls = 0;

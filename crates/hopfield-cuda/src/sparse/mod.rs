@@ -12,9 +12,8 @@
 //!   faster on a shuffled 10^5-node graph); [`CsrMatrix::locality`] decides once per graph
 //!   whether that pays.
 //!
-//! The CPU kernel (f32, f64) partitions rows over rayon tasks and sums each output row in
-//! registers, 32 columns at a time, writing every output element once; with the `cuda` feature
-//! a CUDA kernel (`kernels/sparse.cu`, f32 and f64) runs on CUDA devices. Other dtypes and devices use
+//! The CPU kernel (f32, f64) partitions rows over rayon tasks; with the `cuda` feature a CUDA
+//! kernel (`kernels/sparse.cu`, f32 and f64) runs on CUDA devices. Other dtypes and devices use
 //! the composed forms ([`spmm_composed`], [`diffusion_step_composed`]: gather, scale,
 //! scatter-add), which compute the same values.
 //!
@@ -31,6 +30,8 @@
 //! # Ok::<(), candle_core::Error>(())
 //! ```
 
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
