@@ -83,8 +83,8 @@ pub(crate) fn par_vec<T: Copy + Default + Send + Sync>(
 }
 
 /// [`par_vec`] without setting the chunks first, for kernels that write every output element
-/// once: the sparse product's 100 MB outputs spent a quarter of their time in that first pass
-/// once the products ran from registers (each line written twice, and read in between).
+/// once: on a 100 MB sparse product that first pass took a fifth of the samples (each line
+/// written twice, and read in between).
 ///
 /// # Safety
 /// `f(i, chunk)` initialises every element of `chunk`.
