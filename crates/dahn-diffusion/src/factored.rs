@@ -14,7 +14,10 @@ use std::sync::Arc;
 /// more steps on a sparse graph of 2^15 nodes or more whose numbering scatters its neighbours
 /// run in the graph's locality order (`hopfield_cuda::sparse::Locality`, found once per graph,
 /// the operand permuted in and back once per call): the same result bit for bit, each step 2-3x
-/// faster on such graphs.
+/// faster on such graphs. A single step uses that order only when the graph already has it (an
+/// earlier call of two or more steps, or `CsrMatrix::locality()` called once up front for a
+/// graph that will be diffused many times): building it (~0.1 s at 10^5 nodes) costs several
+/// single steps, the permutations alone less than one saves.
 ///
 /// Stability (documented check, B10/D12): with W symmetric (up to rounding),
 /// `lambda_max(diag(deg) - W) >= max_i (deg_i - W_ii)`, so `eta * max_i (deg_i - W_ii) > 2` is
@@ -150,14 +153,15 @@ impl DiffusionOperator for FactoredDiffusion {
         match &self.weights {
             // One fused pass per step (hopfield_cuda::sparse); a step that overflows leaves
             // inf/NaN that the check below reports as Diverged.
-            GraphMatrix::Sparse(c) => match (self.steps >= 2)
-                .then(|| c.sparse().locality())
-                .flatten()
-            {
+            GraphMatrix::Sparse(c) => match if self.steps >= 2 {
+                c.sparse().locality()
+            } else {
+                c.sparse().cached_locality()
+            } {
                 // A large graph numbered without regard to its neighbours: the steps run in its
                 // locality order (rows permuted in once and back once), where they read
-                // neighbours from nearby memory; bit for bit the same result. The two
-                // permutations cost about what one step saves, so a single step runs as is.
+                // neighbours from nearby memory; bit for bit the same result. The order costs
+                // several single steps to build, so one step uses it only when it exists.
                 Some(loc) => {
                     let deg = loc.to_order(&deg)?;
                     let mut xp = loc.to_order(&x)?;
@@ -270,6 +274,49 @@ mod tests {
         // The backward pass ran on the renumbered matrix: its transpose was built.
         let loc = w.sparse().locality().unwrap();
         assert!(loc.matrix().transpose_is_cached());
+        Ok(())
+    }
+
+    /// One step runs as numbered on a graph whose locality order was never built (and does
+    /// not build it), and through the order once it exists: the same result bit for bit both
+    /// ways, and the same gradient.
+    #[test]
+    fn one_step_uses_the_locality_order_only_once_it_exists() -> Result<()> {
+        let n = hopfield_cuda::sparse::LOCALITY_MIN_NODES + 11;
+        let label = |i: usize| ((i * 7919) % n) as u32;
+        let t: Vec<(u32, u32, f64)> = (0..n)
+            .flat_map(|i| {
+                let (a, b) = (label(i), label((i + 1) % n));
+                [(a, b, 0.5), (b, a, 0.5)]
+            })
+            .collect();
+        let w = Csr::from_triplets(n, t, Merge::Sum)?;
+        let deg = w.degrees(DType::F64, &Device::Cpu)?;
+        let op = FactoredDiffusion::from_graph(GraphMatrix::from(w.clone()), &deg, 0.3, 1)?;
+        let x0 = Tensor::randn(0f64, 1., (n, 2), &Device::Cpu)?;
+        let want = hopfield_cuda::sparse::diffusion_step(w.sparse(), &deg, 0.3, &x0)?;
+        let c = Tensor::randn(0f64, 1., (n, 2), &Device::Cpu)?;
+        let grad = |y: &Tensor, x: &Var| -> Result<Vec<Vec<f64>>> {
+            let g = (y * &c)?.sum_all()?.backward()?;
+            g.get(x.as_tensor()).unwrap().to_vec2::<f64>()
+        };
+        let x = Var::from_tensor(&x0)?;
+        let direct = op.apply(x.as_tensor())?;
+        assert_eq!(direct.to_vec2::<f64>()?, want.to_vec2::<f64>()?);
+        let g_direct = grad(&direct, &x)?;
+        assert!(w.sparse().cached_locality().is_none());
+
+        let loc = w.sparse().locality().expect("a shuffled ring pays");
+        assert!(!loc.matrix().transpose_is_cached());
+        let x = Var::from_tensor(&x0)?;
+        let ordered = op.apply(x.as_tensor())?;
+        assert_eq!(ordered.to_vec2::<f64>()?, want.to_vec2::<f64>()?);
+        let g_ordered = grad(&ordered, &x)?;
+        // The backward pass ran on the renumbered matrix.
+        assert!(loc.matrix().transpose_is_cached());
+        for (a, b) in g_direct.iter().flatten().zip(g_ordered.iter().flatten()) {
+            assert!((a - b).abs() < 1e-12, "{a} {b}");
+        }
         Ok(())
     }
 

@@ -190,6 +190,22 @@ impl CsrMatrix {
             .as_ref()
     }
 
+    /// The locality order if [`Self::locality`] has already been called and found that it
+    /// pays; never builds it. For callers to whom one use does not repay the build (a single
+    /// diffusion step) but an order already at hand does.
+    ///
+    /// ```
+    /// use hopfield_cuda::sparse::CsrMatrix;
+    /// let w = CsrMatrix::new(2, vec![0, 1, 2], vec![1, 0], vec![1.0, 1.0])?;
+    /// assert!(w.cached_locality().is_none());
+    /// let _ = w.locality(); // decided (a 2-node graph: not worth it) and cached
+    /// assert!(w.cached_locality().is_none());
+    /// # Ok::<(), candle_core::Error>(())
+    /// ```
+    pub fn cached_locality(&self) -> Option<&super::Locality> {
+        self.inner.locality.get().and_then(Option::as_ref)
+    }
+
     /// Whether the transpose has been built.
     pub fn transpose_is_cached(&self) -> bool {
         self.inner.transpose.get().is_some()
