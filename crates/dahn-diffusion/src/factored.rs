@@ -239,18 +239,23 @@ mod tests {
 
     /// A graph large enough for the locality order, numbered so that it pays: the steps run
     /// in that order and give the direct steps' result bit for bit, and the same gradient.
-    #[test]
-    fn large_shuffled_graphs_step_in_their_locality_order() -> Result<()> {
+    /// A ring just large enough for the locality order, its nodes numbered by a stride so
+    /// that neighbours are far apart, with `weight(i)` on the link from node i.
+    fn shuffled_ring(weight: impl Fn(usize) -> f64) -> Result<(usize, Csr)> {
         let n = hopfield_cuda::sparse::LOCALITY_MIN_NODES + 11;
         let label = |i: usize| ((i * 7919) % n) as u32;
         let t: Vec<(u32, u32, f64)> = (0..n)
             .flat_map(|i| {
                 let (a, b) = (label(i), label((i + 1) % n));
-                let w = 0.5 + (i % 5) as f64 / 10.0;
-                [(a, b, w), (b, a, w)]
+                [(a, b, weight(i)), (b, a, weight(i))]
             })
             .collect();
-        let w = Csr::from_triplets(n, t, Merge::Sum)?;
+        Ok((n, Csr::from_triplets(n, t, Merge::Sum)?))
+    }
+
+    #[test]
+    fn large_shuffled_graphs_step_in_their_locality_order() -> Result<()> {
+        let (n, w) = shuffled_ring(|i| 0.5 + (i % 5) as f64 / 10.0)?;
         assert!(w.sparse().locality().is_some());
         let deg = w.degrees(DType::F64, &Device::Cpu)?;
         let (eta, steps) = (0.3, 3);
@@ -282,15 +287,7 @@ mod tests {
     /// ways, and the same gradient.
     #[test]
     fn one_step_uses_the_locality_order_only_once_it_exists() -> Result<()> {
-        let n = hopfield_cuda::sparse::LOCALITY_MIN_NODES + 11;
-        let label = |i: usize| ((i * 7919) % n) as u32;
-        let t: Vec<(u32, u32, f64)> = (0..n)
-            .flat_map(|i| {
-                let (a, b) = (label(i), label((i + 1) % n));
-                [(a, b, 0.5), (b, a, 0.5)]
-            })
-            .collect();
-        let w = Csr::from_triplets(n, t, Merge::Sum)?;
+        let (n, w) = shuffled_ring(|_| 0.5)?;
         let deg = w.degrees(DType::F64, &Device::Cpu)?;
         let op = FactoredDiffusion::from_graph(GraphMatrix::from(w.clone()), &deg, 0.3, 1)?;
         let x0 = Tensor::randn(0f64, 1., (n, 2), &Device::Cpu)?;
