@@ -12,7 +12,7 @@
 //! stored order from zero, a multiply then an add, the step as `x * keep + acc * eta`), so
 //! results are bitwise the portable kernel's (tested in `cpu.rs`).
 
-use super::cpu::{prefetch_row, PREFETCH};
+use super::cpu::{prefetch_row, Block, PREFETCH};
 use std::arch::x86_64::*;
 use std::mem::MaybeUninit;
 use std::ops::Range;
@@ -27,25 +27,22 @@ macro_rules! kernel {
 
             const L: usize = $lanes;
 
-            /// The rows of one task: `rp` their row pointers (absolute offsets, `rows + 1` of
-            /// them), `ci`/`v` their entries, `x` the whole (N, m) operand, `step` the rows'
-            /// degrees and eta, `xi` the rows' own rows of `x`, `out` their (rows, m) output,
-            /// every element of which is written.
+            /// The rows of one task (see [`Block`]), writing every element of their (rows, m)
+            /// output `out`.
             ///
             /// # Safety
             /// The CPU has AVX-512F, and every column in `ci` is below `x.len() / m`.
             #[target_feature(enable = "avx512f")]
-            #[allow(clippy::too_many_arguments)]
-            pub(in super::super) unsafe fn rows(
-                rp: &[usize],
-                ci: &[u32],
-                v: &[$t],
-                x: &[$t],
-                m: usize,
-                step: Option<(&[$t], $t)>,
-                xi: &[$t],
-                out: &mut [MaybeUninit<$t>],
-            ) {
+            pub(in super::super) unsafe fn rows(block: Block<'_, $t>, out: &mut [MaybeUninit<$t>]) {
+                let Block {
+                    rp,
+                    ci,
+                    v,
+                    x,
+                    m,
+                    step,
+                    xi,
+                } = block;
                 let rows = rp.len() - 1;
                 let base = rp[0];
                 assert!(

@@ -58,13 +58,58 @@ pub(crate) fn product<T: WithDType + Default>(
             let first = t * rows_per_task;
             let rows = chunk.len() / m;
             let span = rp[first]..rp[first + rows];
-            let (rp, ci, v) = (&rp[first..=first + rows], &ci[span.clone()], &vals[span]);
-            let step = step.map(|(d, e)| (&d[first..first + rows], e));
-            let xi = &x[first * m..(first + rows) * m];
-            if avx512 && wide_rows(rp, ci, v, x, m, step, xi, chunk) {
+            let block = Block {
+                rp: &rp[first..=first + rows],
+                ci: &ci[span.clone()],
+                v: &vals[span],
+                x,
+                m,
+                step: step.map(|(d, e)| (&d[first..first + rows], e)),
+                xi: &x[first * m..(first + rows) * m],
+            };
+            if avx512 && wide_rows(block, chunk) {
                 return;
             }
-            crate::simd::wide(|| rows_kernel(rp, ci, v, x, m, step, xi, chunk));
+            crate::simd::wide(|| rows_kernel(block, chunk));
+        })
+    }
+}
+
+/// One task's rows and what they read: `rp` their row pointers (absolute offsets, one more
+/// than rows), `ci`/`v` their entries, `x` the whole (N, m) operand, `step` the rows' degrees
+/// and eta, `xi` the rows' own rows of `x` (read by the step).
+pub(super) struct Block<'a, T> {
+    pub rp: &'a [usize],
+    pub ci: &'a [u32],
+    pub v: &'a [T],
+    pub x: &'a [T],
+    pub m: usize,
+    pub step: Option<(&'a [T], T)>,
+    pub xi: &'a [T],
+}
+
+impl<T: Copy> Clone for Block<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T: Copy> Copy for Block<'_, T> {}
+
+impl<'a, T: Copy + 'static> Block<'a, T> {
+    /// The same block as `Block<U>` when `T` is `U`.
+    fn cast<U: Copy + 'static>(self) -> Option<Block<'a, U>> {
+        Some(Block {
+            rp: self.rp,
+            ci: self.ci,
+            v: cast(self.v)?,
+            x: cast(self.x)?,
+            m: self.m,
+            step: match self.step {
+                Some((d, e)) => Some((cast(d)?, cast(&[e])?[0])),
+                None => None,
+            },
+            xi: cast(self.xi)?,
         })
     }
 }
@@ -78,24 +123,12 @@ fn cast<T: 'static, U: 'static>(slice: &[T]) -> Option<&[U]> {
 
 /// The rows through the AVX-512 kernel for f32 and f64 (false, nothing written, for other
 /// types). The caller has checked that the CPU has AVX-512F.
-#[allow(clippy::too_many_arguments)]
-fn wide_rows<T: WithDType>(
-    rp: &[usize],
-    ci: &[u32],
-    v: &[T],
-    x: &[T],
-    m: usize,
-    step: Option<(&[T], T)>,
-    xi: &[T],
-    out: &mut [MaybeUninit<T>],
-) -> bool {
+fn wide_rows<T: WithDType>(block: Block<'_, T>, out: &mut [MaybeUninit<T>]) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         macro_rules! run {
             ($t:ty, $kernel:path) => {
-                if let (Some(v), Some(x), Some(xi)) = (cast::<T, $t>(v), cast(x), cast(xi)) {
-                    let step =
-                        step.map(|(d, e)| (cast::<T, $t>(d).unwrap(), cast(&[e]).unwrap()[0]));
+                if let Some(block) = block.cast::<$t>() {
                     // SAFETY: T is $t; the columns are below N (a `CsrMatrix` invariant) and
                     // `product` checked that x is (N, m); the caller checked for AVX-512F.
                     unsafe {
@@ -103,7 +136,7 @@ fn wide_rows<T: WithDType>(
                             out.as_mut_ptr() as *mut MaybeUninit<$t>,
                             out.len(),
                         );
-                        $kernel(rp, ci, v, x, m, step, xi, out);
+                        $kernel(block, out);
                     }
                     return true;
                 }
@@ -112,7 +145,7 @@ fn wide_rows<T: WithDType>(
         run!(f32, super::avx512::f32s::rows);
         run!(f64, super::avx512::f64s::rows);
     }
-    let _ = (rp, ci, v, x, m, step, xi, out);
+    let _ = (block, out);
     false
 }
 
@@ -122,20 +155,18 @@ fn wide_rows<T: WithDType>(
 /// loop's samples once the gathers hit cache).
 const SLAB: usize = 32;
 
-/// A block of rows: `rp` their row pointers (absolute offsets), `ci`/`v` their entries, `xi`
-/// their own rows of `x` (read by the step), `out` their output rows.
-#[allow(clippy::too_many_arguments)]
+/// The portable kernel over one task's rows, writing every element of `out`.
 #[inline(always)]
-fn rows_kernel<T: WithDType>(
-    rp: &[usize],
-    ci: &[u32],
-    v: &[T],
-    x: &[T],
-    m: usize,
-    step: Option<(&[T], T)>,
-    xi: &[T],
-    out: &mut [MaybeUninit<T>],
-) {
+fn rows_kernel<T: WithDType>(block: Block<'_, T>, out: &mut [MaybeUninit<T>]) {
+    let Block {
+        rp,
+        ci,
+        v,
+        x,
+        m,
+        step,
+        xi,
+    } = block;
     let base = rp[0];
     for (r, o) in out.chunks_exact_mut(m).enumerate() {
         let entries = rp[r] - base..rp[r + 1] - base;
