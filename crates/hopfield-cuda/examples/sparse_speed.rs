@@ -6,12 +6,14 @@
 //! cargo run --release -p hopfield-cuda --example sparse_speed -- 20000 8  # N, k
 //! cargo run --release -p hopfield-cuda --example sparse_speed -- --default-alloc
 //! cargo run --release -p hopfield-cuda --example sparse_speed -- --graph ordered --reps 40
+//! cargo run --release -p hopfield-cuda --example sparse_speed -- 1000000 --widths 64
 //! ```
 //!
-//! Reports, per graph and batch width B (32 and 256, f32): the time of `spmm` (y = W x) and of
-//! the fused step `(1 - eta deg) x + eta W x`, and the bandwidth achieved against the floor of
-//! touching every byte once (W's row pointers, columns and f32 values; x read; y written), as a
-//! fraction of the stream bandwidth parallel copy and scale loops reach on the same machine.
+//! Reports, per graph and batch width B (f32; 32 and 256 unless `--widths` says otherwise): the
+//! time of `spmm` (y = W x) and of the fused step `(1 - eta deg) x + eta W x`, and the
+//! bandwidth achieved against the floor of touching every byte once (W's row pointers, columns
+//! and f32 values; x read; y written), as a fraction of the stream bandwidth parallel copy and
+//! scale loops reach on the same machine.
 //!
 //! Three graphs of N nodes and k entries per row:
 //! - `random`: k pseudo-random columns per row. No numbering brings such neighbours together,
@@ -190,6 +192,9 @@ struct Args {
     /// Runs per timing (the median is reported, after one warm-up).
     #[arg(long, default_value_t = 7)]
     reps: usize,
+    /// Column counts B of x (comma-separated; DAHN diffuses patterns of its embedding width).
+    #[arg(long, value_delimiter = ',', default_values_t = [32usize, 256])]
+    widths: Vec<usize>,
 }
 
 fn main() -> Result<()> {
@@ -225,10 +230,10 @@ fn main() -> Result<()> {
             Graph::Ordered => lattice.permuted(&lattice.locality_order())?,
             Graph::Band => band(n, k)?,
         };
-        measure(name, &a, stream, args.reps)?;
+        measure(name, &a, stream, args.reps, &args.widths)?;
     }
     if wanted(Graph::Shuffled) {
-        through_locality(&lattice, stream, args.reps)?;
+        through_locality(&lattice, stream, args.reps, &args.widths)?;
     }
     Ok(())
 }
@@ -236,7 +241,12 @@ fn main() -> Result<()> {
 /// `steps` fused steps of a shuffled graph, as numbered and in its cached locality order (x
 /// and deg permuted in, the steps, the result permuted back), as
 /// `dahn_diffusion::FactoredDiffusion` runs them.
-fn through_locality(a: &CsrMatrix, stream: (f64, f64), reps: usize) -> Result<()> {
+fn through_locality(
+    a: &CsrMatrix,
+    stream: (f64, f64),
+    reps: usize,
+    widths: &[usize],
+) -> Result<()> {
     let dev = Device::Cpu;
     // A fresh copy, so that the order is built here (a clone would share the cached one).
     let a = &CsrMatrix::new(
@@ -260,7 +270,7 @@ fn through_locality(a: &CsrMatrix, stream: (f64, f64), reps: usize) -> Result<()
         .collect();
     let deg = Tensor::from_vec(deg, n, &dev)?;
     for steps in [1usize, 3] {
-        for b in [32usize, 256] {
+        for &b in widths {
             let x = Tensor::randn(0f32, 1., (n, b), &dev)?;
             let bytes = steps as f64 * ((n + 1) * 8 + a.nnz() * 8 + 2 * n * b * 4 + n * 4) as f64;
             let direct = time(reps, || {
@@ -290,14 +300,20 @@ fn through_locality(a: &CsrMatrix, stream: (f64, f64), reps: usize) -> Result<()
     Ok(())
 }
 
-fn measure(graph: &str, a: &CsrMatrix, stream: (f64, f64), reps: usize) -> Result<()> {
+fn measure(
+    graph: &str,
+    a: &CsrMatrix,
+    stream: (f64, f64),
+    reps: usize,
+    widths: &[usize],
+) -> Result<()> {
     let (n, dev) = (a.n(), Device::Cpu);
     let deg: Vec<f32> = (0..n)
         .map(|i| a.row(i).1.iter().sum::<f64>() as f32)
         .collect();
     let deg = Tensor::from_vec(deg, n, &dev)?;
     let eta = 0.05;
-    for b in [32usize, 256] {
+    for &b in widths {
         let x = Tensor::randn(0f32, 1., (n, b), &dev)?;
         let w_bytes = (n + 1) * 8 + a.nnz() * (4 + 4);
         let xy = 2 * n * b * 4;
