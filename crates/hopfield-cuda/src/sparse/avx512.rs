@@ -12,7 +12,7 @@
 //! stored order from zero, a multiply then an add, the step as `x * keep + acc * eta`), so
 //! results are bitwise the portable kernel's (tested in `cpu.rs`).
 
-use super::cpu::{prefetch_row, Block, PREFETCH};
+use super::cpu::{prefetch_row, Block};
 use std::arch::x86_64::*;
 use std::mem::MaybeUninit;
 use std::ops::Range;
@@ -42,6 +42,7 @@ macro_rules! kernel {
                     m,
                     step,
                     xi,
+                    ahead,
                 } = block;
                 let rows = rp.len() - 1;
                 let base = rp[0];
@@ -63,6 +64,7 @@ macro_rules! kernel {
                         v,
                         x,
                         m,
+                        ahead,
                         // The same `1 - deg * eta` as the portable kernel.
                         step: step.map(|(d, eta)| (1.0 - d[r] * eta, eta)),
                         own: xi.as_ptr().add(r * m),
@@ -103,6 +105,8 @@ macro_rules! kernel {
                 v: &'a [$t],
                 x: &'a [$t],
                 m: usize,
+                /// Entries ahead whose rows are prefetched.
+                ahead: usize,
                 /// `(1 - deg * eta, eta)` for the fused step.
                 step: Option<($t, $t)>,
                 own: *const $t,
@@ -129,11 +133,11 @@ macro_rules! kernel {
                     }
                     let mut acc = [$set1(0.0); NZ];
                     for p in self.entries.clone() {
-                        // The gathered rows lie anywhere in x: request a row PREFETCH
+                        // The gathered rows lie anywhere in x: request a row `ahead`
                         // entries ahead, whole, on the first slab (later slabs find it in
                         // cache), so its misses overlap this row's arithmetic.
                         if c0 == 0 {
-                            if let Some(&c) = self.ci.get(p + PREFETCH) {
+                            if let Some(&c) = self.ci.get(p + self.ahead) {
                                 prefetch_row(&self.x[c as usize * m..][..m]);
                             }
                         }

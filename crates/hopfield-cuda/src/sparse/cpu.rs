@@ -11,8 +11,25 @@ use candle_core::WithDType;
 use std::any::TypeId;
 use std::mem::MaybeUninit;
 
-/// Entries ahead whose x row is prefetched.
-pub(super) const PREFETCH: usize = 6;
+/// Entries ahead whose x row is prefetched on a graph whose neighbours lie anywhere in x:
+/// further ahead, prefetches of scattered rows fill the core's fill buffers and stall it (8 KiB
+/// of 128-byte rows ahead: B = 32 random 6.1-6.3 -> 6.7-8.8 ms).
+const PREFETCH_SCATTERED: usize = 6;
+
+/// How far ahead, in bytes of rows, a gathered row is prefetched on a graph whose neighbours
+/// are near each other: six 256-byte rows were too few (a 10^6 x 64 f32 product in locality
+/// order 69-82 ms, 24-48 rows ahead 51-61 ms).
+const PREFETCH_BYTES: usize = 8 << 10;
+
+/// Entries ahead whose x row is prefetched, for `a`'s rows of `row_bytes`: a graph whose
+/// neighbours are on average a tenth of it apart or more gathers as if at random.
+fn prefetch_ahead(a: &CsrMatrix, row_bytes: usize) -> usize {
+    if a.mean_distance() * 10.0 >= a.n() as f64 {
+        PREFETCH_SCATTERED
+    } else {
+        (PREFETCH_BYTES / row_bytes.max(1)).clamp(PREFETCH_SCATTERED, 64)
+    }
+}
 
 /// Hints every cache line of `row` into cache (a no-op off x86-64).
 #[inline(always)]
@@ -50,6 +67,7 @@ pub(crate) fn product<T: WithDType + Default>(
     let rows_per_task = crate::rows::rows_per_task(m);
     let (rp, ci) = (a.row_ptr(), a.col_idx());
     let avx512 = isa() == Isa::Avx512;
+    let ahead = prefetch_ahead(a, m * std::mem::size_of::<T>());
     // Each task writes every element of its output rows once, with no zeroing pass first: at
     // 100 MB that pass took a fifth of the samples (each line written twice, read in between).
     // SAFETY: `rows_kernel` and the AVX-512 kernels write every element of their rows.
@@ -66,6 +84,7 @@ pub(crate) fn product<T: WithDType + Default>(
                 m,
                 step: step.map(|(d, e)| (&d[first..first + rows], e)),
                 xi: &x[first * m..(first + rows) * m],
+                ahead,
             };
             if avx512 && wide_rows(block, chunk) {
                 return;
@@ -86,6 +105,8 @@ pub(super) struct Block<'a, T> {
     pub m: usize,
     pub step: Option<(&'a [T], T)>,
     pub xi: &'a [T],
+    /// Entries ahead whose x row is prefetched.
+    pub ahead: usize,
 }
 
 impl<T: Copy> Clone for Block<'_, T> {
@@ -110,6 +131,7 @@ impl<'a, T: Copy + 'static> Block<'a, T> {
                 None => None,
             },
             xi: cast(self.xi)?,
+            ahead: self.ahead,
         })
     }
 }
@@ -166,6 +188,7 @@ fn rows_kernel<T: WithDType>(block: Block<'_, T>, out: &mut [MaybeUninit<T>]) {
         m,
         step,
         xi,
+        ahead,
     } = block;
     let base = rp[0];
     for (r, o) in out.chunks_exact_mut(m).enumerate() {
@@ -173,13 +196,13 @@ fn rows_kernel<T: WithDType>(block: Block<'_, T>, out: &mut [MaybeUninit<T>]) {
         let full = m - m % SLAB;
         for c0 in (0..full).step_by(SLAB) {
             let mut acc = [T::zero(); SLAB];
-            gather_sum(&mut acc, entries.clone(), ci, v, x, m, c0);
+            gather_sum(&mut acc, entries.clone(), ci, v, x, m, c0, ahead);
             write(&mut o[c0..c0 + SLAB], &acc);
         }
         if full < m {
             let mut acc = [T::zero(); SLAB];
             let acc = &mut acc[..m - full];
-            gather_sum(acc, entries, ci, v, x, m, full);
+            gather_sum(acc, entries, ci, v, x, m, full, ahead);
             write(&mut o[full..], acc);
         }
         // SAFETY: the slabs and the tail wrote every element of the row.
@@ -205,6 +228,7 @@ pub(super) fn write<T: Copy>(dst: &mut [MaybeUninit<T>], src: &[T]) {
 
 /// `acc[j] += v[p] x[ci[p], c0 + j]` over the entries `ps` in order. Called with a whole
 /// `[T; SLAB]`, its length is a constant and the sums stay in registers.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn gather_sum<T: WithDType>(
     acc: &mut [T],
@@ -214,13 +238,14 @@ fn gather_sum<T: WithDType>(
     x: &[T],
     m: usize,
     c0: usize,
+    ahead: usize,
 ) {
     for p in ps {
         // The gathered rows are scattered over x: on the first slab, request the whole row
-        // PREFETCH entries ahead so its page walk and cache misses overlap this row's arithmetic
+        // `ahead` entries ahead so its page walk and cache misses overlap this row's arithmetic
         // (latency, not bandwidth, bounds a random gather); later slabs find it in cache.
         if c0 == 0 {
-            if let Some(&c) = ci.get(p + PREFETCH) {
+            if let Some(&c) = ci.get(p + ahead) {
                 prefetch_row(&x[c as usize * m..][..m]);
             }
         }

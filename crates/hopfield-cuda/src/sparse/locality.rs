@@ -168,20 +168,6 @@ impl CustomOp1 for PermuteRows {
     }
 }
 
-/// Mean `|i - j|` over the stored entries (0 for none).
-fn mean_distance(a: &CsrMatrix) -> f64 {
-    let total: f64 = (0..a.n())
-        .map(|i| {
-            a.row(i)
-                .0
-                .iter()
-                .map(|&j| i.abs_diff(j as usize) as f64)
-                .sum::<f64>()
-        })
-        .sum();
-    total / a.nnz().max(1) as f64
-}
-
 /// The [`Locality`] rule: large graphs whose order brings neighbours 4x closer.
 pub(super) fn build_locality(a: &CsrMatrix) -> Option<Locality> {
     if a.n() < LOCALITY_MIN_NODES || a.nnz() == 0 {
@@ -189,7 +175,7 @@ pub(super) fn build_locality(a: &CsrMatrix) -> Option<Locality> {
     }
     let order = a.locality_order();
     let matrix = a.permuted(&order).ok()?;
-    if mean_distance(&matrix) * 4.0 > mean_distance(a) {
+    if matrix.mean_distance() * 4.0 > a.mean_distance() {
         return None;
     }
     let inverse = inverse_permutation(&order, a.n()).ok()?;

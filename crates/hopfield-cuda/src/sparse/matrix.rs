@@ -34,6 +34,7 @@ struct Inner {
     values_f32: OnceLock<Vec<f32>>,
     transpose: OnceLock<CsrMatrix>,
     locality: OnceLock<Option<super::Locality>>,
+    mean_distance: OnceLock<f64>,
     device: Mutex<Vec<DeviceArrays>>,
 }
 
@@ -131,6 +132,7 @@ impl CsrMatrix {
                 values_f32: OnceLock::new(),
                 transpose: OnceLock::new(),
                 locality: OnceLock::new(),
+                mean_distance: OnceLock::new(),
                 device: Mutex::new(Vec::new()),
             }),
         }
@@ -204,6 +206,23 @@ impl CsrMatrix {
     /// ```
     pub fn cached_locality(&self) -> Option<&super::Locality> {
         self.inner.locality.get().and_then(Option::as_ref)
+    }
+
+    /// Mean `|i - j|` over the stored entries (0 for none): how far apart in `x` a row's
+    /// gathers lie. Computed on first use and cached.
+    pub(crate) fn mean_distance(&self) -> f64 {
+        *self.inner.mean_distance.get_or_init(|| {
+            let total: f64 = (0..self.n())
+                .map(|i| {
+                    self.row(i)
+                        .0
+                        .iter()
+                        .map(|&j| i.abs_diff(j as usize) as f64)
+                        .sum::<f64>()
+                })
+                .sum();
+            total / self.nnz().max(1) as f64
+        })
     }
 
     /// Whether the transpose has been built.
