@@ -235,7 +235,7 @@ impl Csr {
     /// A numbering of the nodes in which neighbours are close (`order[new] = old`; reverse
     /// Cuthill-McKee, see [`CsrMatrix::locality_order`]). Products with a graph whose nodes are
     /// numbered without regard to it (a shuffled dataset) gather rows from all over the operand
-    /// and run at a tenth of the memory bandwidth; renumbered with [`Self::permuted`], with the
+    /// and reach a sixth of the memory bandwidth; renumbered with [`Self::permuted`], with the
     /// patterns reordered to match, they read neighbours from nearby memory (2-3x faster on a
     /// 10^5-node graph, `docs/dahn-performance.md`).
     ///

@@ -105,6 +105,14 @@ pub(crate) unsafe fn par_vec_uninit<T: Send + Sync>(
     v
 }
 
+/// `dst = src` into memory not yet initialised (a [`par_vec_uninit`] chunk).
+#[inline(always)]
+pub(crate) fn write_uninit<T: Copy>(dst: &mut [std::mem::MaybeUninit<T>], src: &[T]) {
+    assert_eq!(dst.len(), src.len());
+    // SAFETY: the lengths match; MaybeUninit<T> has T's layout.
+    unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst.as_mut_ptr() as *mut T, src.len()) };
+}
+
 /// Outputs at least this large ask for transparent huge pages.
 const HUGE_PAGE_MIN_BYTES: usize = 32 << 20;
 

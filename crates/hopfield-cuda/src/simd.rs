@@ -72,11 +72,13 @@ fn capped(cap: Option<&str>) -> Isa {
     };
     #[cfg(target_arch = "x86_64")]
     {
-        let fma = std::is_x86_feature_detected!("fma");
-        if allows("avx512") && fma && std::is_x86_feature_detected!("avx512f") {
+        // Every AVX-512 build also enables AVX2 and FMA (`wide`, the retrieval's dispatch), so
+        // it needs all three detected, not just implied by every CPU sold so far.
+        let avx2 = std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
+        if allows("avx512") && avx2 && std::is_x86_feature_detected!("avx512f") {
             return Isa::Avx512;
         }
-        if allows("avx2") && fma && std::is_x86_feature_detected!("avx2") {
+        if allows("avx2") && avx2 {
             return Isa::Avx2Fma;
         }
     }
@@ -113,7 +115,8 @@ pub(crate) fn wide<R>(f: impl FnOnce() -> R) -> R {
             f()
         }
         if isa() != Isa::Generic {
-            // SAFETY: AVX-512F and AVX2+FMA both imply the CPU has AVX2 and FMA.
+            // SAFETY: both sets other than Generic are chosen only where AVX2 and FMA were
+            // detected.
             return unsafe { avx2(f) };
         }
     }

@@ -76,22 +76,10 @@ macro_rules! kernel {
                         c0 += 16 * L;
                     }
                     // The rest in one pass of 8, 4, 2 or 1 registers each.
-                    if head - c0 >= 8 * L {
-                        row.slab::<8, false>(c0, !0);
-                        c0 += 8 * L;
-                    }
-                    if head - c0 >= 4 * L {
-                        row.slab::<4, false>(c0, !0);
-                        c0 += 4 * L;
-                    }
-                    if head - c0 >= 2 * L {
-                        row.slab::<2, false>(c0, !0);
-                        c0 += 2 * L;
-                    }
-                    if head - c0 >= L {
-                        row.slab::<1, false>(c0, !0);
-                        c0 += L;
-                    }
+                    row.pass::<8>(head, &mut c0);
+                    row.pass::<4>(head, &mut c0);
+                    row.pass::<2>(head, &mut c0);
+                    row.pass::<1>(head, &mut c0);
                     if c0 < m {
                         row.slab::<1, true>(c0, tail);
                     }
@@ -114,6 +102,17 @@ macro_rules! kernel {
             }
 
             impl Row<'_> {
+                /// One whole slab of `NZ` registers at `*c0` if the row's whole-register columns
+                /// (`head`) hold one, then past it.
+                #[target_feature(enable = "avx512f")]
+                #[inline]
+                unsafe fn pass<const NZ: usize>(&self, head: usize, c0: &mut usize) {
+                    if head - *c0 >= NZ * L {
+                        self.slab::<NZ, false>(*c0, !0);
+                        *c0 += NZ * L;
+                    }
+                }
+
                 /// Columns `c0..c0 + NZ * L` of the row (the last register's lanes limited to
                 /// `mask` when `MASKED`): summed over the entries in registers, stepped, stored.
                 #[target_feature(enable = "avx512f")]

@@ -6,6 +6,7 @@
 //! tested below).
 
 use super::CsrMatrix;
+use crate::rows::write_uninit as write;
 use crate::simd::{isa, Isa};
 use candle_core::WithDType;
 use std::any::TypeId;
@@ -216,14 +217,6 @@ fn rows_kernel<T: WithDType>(block: Block<'_, T>, out: &mut [MaybeUninit<T>]) {
             }
         }
     }
-}
-
-/// `dst = src` into memory not yet initialised.
-#[inline(always)]
-pub(super) fn write<T: Copy>(dst: &mut [MaybeUninit<T>], src: &[T]) {
-    assert_eq!(dst.len(), src.len());
-    // SAFETY: the lengths match; MaybeUninit<T> has T's layout.
-    unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst.as_mut_ptr() as *mut T, src.len()) };
 }
 
 /// `acc[j] += v[p] x[ci[p], c0 + j]` over the entries `ps` in order. Called with a whole

@@ -1,9 +1,10 @@
 //! [`Locality`]: a large graph's products run in its locality order when that pays, with the
 //! operand's rows permuted in and the result's permuted back.
 
-use super::cpu::{prefetch_row, write};
+use super::cpu::prefetch_row;
 use super::order::inverse_permutation;
 use super::{CsrMatrix, SparseError};
+use crate::rows::write_uninit;
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use std::sync::Arc;
 
@@ -120,7 +121,7 @@ struct PermuteRows {
 /// Rows ahead whose source row is prefetched.
 const PREFETCH: usize = 4;
 
-fn gather_rows<T: Copy + Default + Send + Sync>(src: &[T], take: &[u32]) -> Vec<T> {
+fn gather_rows<T: Copy + Send + Sync>(src: &[T], take: &[u32]) -> Vec<T> {
     let m = src.len() / take.len().max(1);
     if m == 0 {
         return Vec::new();
@@ -136,7 +137,7 @@ fn gather_rows<T: Copy + Default + Send + Sync>(src: &[T], take: &[u32]) -> Vec<
                 if let Some(&r) = take.get(i + PREFETCH) {
                     prefetch_row(&src[r as usize * m..][..m]);
                 }
-                write(o, &src[take[i] as usize * m..][..m]);
+                write_uninit(o, &src[take[i] as usize * m..][..m]);
             }
         })
     }
