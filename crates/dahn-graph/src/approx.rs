@@ -219,6 +219,48 @@ impl KnnLists {
         total / rows.len() as f64
     }
 
+    /// Recall@k that counts ties as hits (ann-benchmarks' recall with a distance epsilon): per
+    /// row, the approximate entries whose similarity is at least the exact row's last (k-th)
+    /// similarity minus `eps`, at most as many as the exact row holds, over the exact row's
+    /// real entries; averaged over `rows` (empty exact rows count as 1). Where many patterns
+    /// are equally near (sign patterns' cosines are multiples of 2/d), [`KnnLists::recall`]
+    /// counts a tied neighbour other than the one the exact search kept as a miss; this does
+    /// not. The similarities are the lists' own (both searches compute cosines the same way up
+    /// to rounding: `eps` covers it).
+    ///
+    /// ```
+    /// use dahn_graph::KnnLists;
+    /// // Row 0's true 2-NN are {2, 3} at 0.9 and 0.5; the search found 2 and 1, and 1 is as near as 3.
+    /// let a = KnnLists { n: 4, k: 2, indices: vec![2, 1, 0, 2, 0, 1, 0, 1], similarities: vec![0.9, 0.5, 0., 0., 0., 0., 0., 0.] };
+    /// let e = KnnLists { n: 1, k: 2, indices: vec![2, 3], similarities: vec![0.9, 0.5] };
+    /// assert_eq!(a.recall(&[0], &e), 0.5);
+    /// assert_eq!(a.recall_with_ties(&[0], &e, 1e-6), 1.0);
+    /// ```
+    pub fn recall_with_ties(&self, rows: &[usize], exact: &KnnLists, eps: f64) -> f64 {
+        if rows.is_empty() {
+            return 1.0;
+        }
+        let total: f64 = rows
+            .iter()
+            .enumerate()
+            .map(|(r, &i)| {
+                let (ids, sims) = exact.row(r);
+                let real = ids.iter().filter(|&&j| j != Self::EMPTY).count();
+                let Some(&kth) = sims[..real].last() else {
+                    return 1.0;
+                };
+                let (got, got_sims) = self.row(i);
+                let hit = got
+                    .iter()
+                    .zip(got_sims)
+                    .filter(|&(&j, &s)| j != Self::EMPTY && s >= kth - eps)
+                    .count();
+                hit.min(real) as f64 / real as f64
+            })
+            .sum();
+        total / rows.len() as f64
+    }
+
     /// The symmetrised graph: positive entries only, `A = max(M, M^T)` (as the exact builder).
     pub fn to_csr(&self) -> Result<Csr> {
         let what = "KnnLists::to_csr: edges";

@@ -186,3 +186,32 @@ fn defaults_find_the_neighbours_of_uniform_high_dimensional_data() -> Result<()>
     );
     Ok(())
 }
+
+/// Sign patterns (cosines are multiples of 2/d) tie at every rank: a search that keeps another
+/// of the tied neighbours than brute force did misses by id, not by similarity.
+#[test]
+fn recall_with_ties_counts_equally_near_neighbours() -> Result<()> {
+    let (n, d, k) = (3000, 24, 8);
+    let mut rng = StdRng::seed_from_u64(5);
+    let v: Vec<f32> = (0..n * d)
+        .map(|_| if rng.random::<bool>() { 1.0 } else { -1.0 })
+        .collect();
+    let x = Tensor::from_vec(v, (n, d), &Device::Cpu)?;
+    let rows: Vec<usize> = (0..n).step_by(7).collect();
+    let exact = brute_force_rows(&x, &rows, k)?;
+    let lists = nn_descent(&x, k, &NnDescent::default())?;
+    let (by_id, with_ties) = (
+        lists.recall(&rows, &exact),
+        lists.recall_with_ties(&rows, &exact, 1e-6),
+    );
+    assert!(with_ties >= 0.95, "recall with ties {with_ties}");
+    assert!(
+        by_id < with_ties - 0.1,
+        "by id {by_id}, with ties {with_ties}"
+    );
+    // Not vacuous: a search that found nothing near is not rescued by the ties.
+    let far = nn_descent(&x, k, &NnDescent::default().trees(Some(0)).max_iters(0))?;
+    let far = far.recall_with_ties(&rows, &exact, 1e-6);
+    assert!(far < 0.3, "random lists {far}");
+    Ok(())
+}
