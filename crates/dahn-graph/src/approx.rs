@@ -32,6 +32,7 @@
 
 mod leaves;
 
+use crate::prefetch::prefetch;
 use crate::{check, effective_k, normalize_rows, Csr, GraphError, Merge};
 use candle_core::{DType, Result, Tensor, WithDType};
 use rayon::prelude::*;
@@ -584,20 +585,6 @@ fn pair_dot<T: Elem, const AVX2: bool>(a: &[T], b: &[T]) -> T {
 
 /// Updates looked ahead by [`Search::apply`]'s prefetch.
 const PREFETCH: usize = 16;
-
-/// A hint to load the cache line of `x` (no effect where there is no such instruction).
-#[inline(always)]
-fn prefetch<T>(x: &T) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch is only a hint (it cannot fault), and SSE is part of x86_64.
-    #[allow(unused_unsafe)]
-    unsafe {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        _mm_prefetch::<_MM_HINT_T0>(x as *const T as *const i8);
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = x;
-}
 
 /// Directed list updates `(target, neighbour, similarity)`, one vector per owner of a range
 /// of `span` target nodes.

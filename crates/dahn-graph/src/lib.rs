@@ -38,6 +38,7 @@ mod error;
 mod knn;
 mod laplacian;
 mod matrix;
+mod prefetch;
 mod similarity;
 mod topk;
 

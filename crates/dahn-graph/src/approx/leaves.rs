@@ -17,7 +17,8 @@
 //! leaves update disjoint lists and their order does not matter), and each leaf's rows are
 //! offered in one fixed order: the lists do not depend on the number of threads.
 
-use super::{hash3, heap_replace_root, prefetch, splitmix, Elem, Search};
+use super::{hash3, heap_replace_root, splitmix, Elem, Search};
+use crate::prefetch::prefetch;
 use gemm::Parallelism;
 use rayon::prelude::*;
 use std::mem::size_of;
