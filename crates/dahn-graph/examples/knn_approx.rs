@@ -56,7 +56,7 @@ fn main() -> candle_core::Result<()> {
     let sample_rows: Vec<usize> = sample(&mut rng, n, rows.min(n)).into_vec();
     let t = Instant::now();
     let truth = brute_force_rows(&x, &sample_rows, k)?;
-    let recall = lists.recall(&sample_rows, &truth);
+    let recall = lists.recall(&sample_rows, &truth)?;
     println!(
         "N={n} d={d} k={k} {params:?} ({trees} trees): build {secs:.1} s (search {search:.1} s), nnz {} ({:.1} per node), \
          peak RSS {:.0} MiB (before build {:.0} MiB), threads {}; recall@{k} on {} sampled rows {recall:.4} \
@@ -89,7 +89,7 @@ fn main() -> candle_core::Result<()> {
         println!(
             "exact build {exact_secs:.1} s; recall@{k} of the directed lists on all {n} rows {:.4}; \
              exact symmetrised edges present in the approximate graph {:.4} ({kept}/{total})",
-            lists.recall(&all, &truth),
+            lists.recall(&all, &truth)?,
             kept as f64 / total as f64
         );
     }

@@ -178,106 +178,189 @@ impl KnnLists {
     /// Marks a missing neighbour.
     pub const EMPTY: u32 = u32::MAX;
 
-    /// Row `i`: (neighbour ids, similarities).
+    /// Row `i`: (neighbour ids, similarities); empty for a row outside the lists (`i >= n`, or
+    /// storage shorter than `n * k`: see [`KnnLists::validate`]).
     pub fn row(&self, i: usize) -> (&[u32], &[f64]) {
-        let r = i * self.k..(i + 1) * self.k;
-        (&self.indices[r.clone()], &self.similarities[r])
+        let r = i.saturating_mul(self.k)..i.saturating_add(1).saturating_mul(self.k);
+        match (self.indices.get(r.clone()), self.similarities.get(r)) {
+            (Some(ids), Some(sims)) if i < self.n => (ids, sims),
+            _ => (&[], &[]),
+        }
+    }
+
+    /// Checks lists built by hand (the fields are public): `indices` and `similarities` hold
+    /// `n * k` entries each, and no similarity is NaN or `+inf` (`-inf` marks a missing entry).
+    /// Ids are not bounded by `n`: lists of some rows of a larger graph (from
+    /// [`brute_force_rows`]) name that graph's nodes; [`KnnLists::to_csr`] rejects ids `>= n`.
+    /// Errors are typed ([`GraphError`]).
+    ///
+    /// ```
+    /// use dahn_graph::KnnLists;
+    /// let ok = KnnLists { n: 2, k: 1, indices: vec![1, 0], similarities: vec![0.5, 0.5] };
+    /// assert!(ok.validate().is_ok());
+    /// let short = KnnLists { n: 2, k: 1, indices: vec![1], similarities: vec![0.5] };
+    /// assert!(short.validate().is_err());
+    /// ```
+    pub fn validate(&self) -> Result<()> {
+        let len = self
+            .n
+            .checked_mul(self.k)
+            .ok_or_else(|| GraphError::TooLarge {
+                what: "KnnLists",
+                dims: vec![self.n, self.k],
+                elems: "overflows usize".into(),
+            })?;
+        if self.indices.len() != len || self.similarities.len() != len {
+            return Err(GraphError::ShapeMismatch(format!(
+                "KnnLists: n = {}, k = {} needs {len} ids and similarities, got {} and {}",
+                self.n,
+                self.k,
+                self.indices.len(),
+                self.similarities.len()
+            ))
+            .into());
+        }
+        if self
+            .similarities
+            .iter()
+            .any(|s| s.is_nan() || *s == f64::INFINITY)
+        {
+            return Err(GraphError::NonFinite {
+                what: "KnnLists: similarities",
+            }
+            .into());
+        }
+        Ok(())
+    }
+
+    /// Both lists valid, `exact` one row per entry of `rows`, every row in `self`.
+    fn check_recall(&self, rows: &[usize], exact: &KnnLists) -> Result<()> {
+        self.validate()?;
+        exact.validate()?;
+        if exact.n != rows.len() {
+            return Err(GraphError::ShapeMismatch(format!(
+                "KnnLists recall: {} rows asked for, but the exact lists hold {}",
+                rows.len(),
+                exact.n
+            ))
+            .into());
+        }
+        if let Some(&i) = rows.iter().find(|&&i| i >= self.n) {
+            return Err(GraphError::IndexOutOfRange {
+                what: "KnnLists recall: rows".into(),
+                index: i as u64,
+                bound: self.n as u64,
+            }
+            .into());
+        }
+        Ok(())
     }
 
     /// Mean over `rows` of |approximate row ∩ exact row| / |exact row| (recall@k), counting
     /// only the exact row's real entries; `exact` holds the reference lists for those rows in
     /// order (e.g. from [`brute_force_rows`]). Rows whose exact list is empty count as 1.
+    /// Errors (typed): either list malformed ([`KnnLists::validate`]), `exact` not one row per
+    /// entry of `rows`, a row outside `self`.
     ///
     /// ```
     /// use dahn_graph::KnnLists;
     /// let a = KnnLists { n: 4, k: 2, indices: vec![1, 2, 0, 2, 0, 1, 0, 1], similarities: vec![1.; 8] };
     /// let e = KnnLists { n: 1, k: 2, indices: vec![2, 3], similarities: vec![1.; 2] };
-    /// assert_eq!(a.recall(&[0], &e), 0.5); // row 0 found 2 of its true neighbours {2, 3}
+    /// assert_eq!(a.recall(&[0], &e)?, 0.5); // row 0 found 2 of its true neighbours {2, 3}
+    /// assert!(a.recall(&[9], &e).is_err());
+    /// # Ok::<(), candle_core::Error>(())
     /// ```
-    pub fn recall(&self, rows: &[usize], exact: &KnnLists) -> f64 {
-        if rows.is_empty() {
-            return 1.0;
-        }
-        let total: f64 = rows
-            .iter()
-            .enumerate()
-            .map(|(r, &i)| {
-                let want: Vec<u32> = exact
-                    .row(r)
-                    .0
-                    .iter()
-                    .copied()
-                    .filter(|&j| j != Self::EMPTY)
-                    .collect();
-                if want.is_empty() {
-                    return 1.0;
-                }
-                let got = self.row(i).0;
-                let hit = want.iter().filter(|j| got.contains(j)).count();
-                hit as f64 / want.len() as f64
-            })
-            .sum();
-        total / rows.len() as f64
+    pub fn recall(&self, rows: &[usize], exact: &KnnLists) -> Result<f64> {
+        self.check_recall(rows, exact)?;
+        Ok(mean_over_rows(rows, |r, i| {
+            let want: Vec<u32> = exact
+                .row(r)
+                .0
+                .iter()
+                .copied()
+                .filter(|&j| j != Self::EMPTY)
+                .collect();
+            if want.is_empty() {
+                return 1.0;
+            }
+            let got = self.row(i).0;
+            let hit = want.iter().filter(|j| got.contains(j)).count();
+            hit as f64 / want.len() as f64
+        }))
     }
 
     /// Recall@k that counts ties as hits (ann-benchmarks' recall with a distance epsilon): per
-    /// row, the approximate entries whose similarity is at least the exact row's last (k-th)
-    /// similarity minus `eps`, at most as many as the exact row holds, over the exact row's
-    /// real entries; averaged over `rows` (empty exact rows count as 1). Where many patterns
-    /// are equally near (sign patterns' cosines are multiples of 2/d), [`KnnLists::recall`]
-    /// counts a tied neighbour other than the one the exact search kept as a miss; this does
-    /// not. The similarities are the lists' own (both searches compute cosines the same way up
-    /// to rounding: `eps` covers it).
+    /// row, the approximate entries whose similarity is at least the exact row's lowest (its
+    /// k-th) minus `eps`, at most as many as the exact row holds, over the exact row's real
+    /// entries; averaged over `rows` (empty exact rows count as 1). Where many patterns are
+    /// equally near (sign patterns' cosines are multiples of 2/d), [`KnnLists::recall`] counts
+    /// a tied neighbour other than the one the exact search kept as a miss; this does not. The
+    /// similarities are the lists' own (both searches compute cosines the same way up to
+    /// rounding: `eps` covers it). Errors as [`KnnLists::recall`], and `eps` not finite and >= 0.
     ///
     /// ```
     /// use dahn_graph::KnnLists;
     /// // Row 0's true 2-NN are {2, 3} at 0.9 and 0.5; the search found 2 and 1, and 1 is as near as 3.
     /// let a = KnnLists { n: 4, k: 2, indices: vec![2, 1, 0, 2, 0, 1, 0, 1], similarities: vec![0.9, 0.5, 0., 0., 0., 0., 0., 0.] };
     /// let e = KnnLists { n: 1, k: 2, indices: vec![2, 3], similarities: vec![0.9, 0.5] };
-    /// assert_eq!(a.recall(&[0], &e), 0.5);
-    /// assert_eq!(a.recall_with_ties(&[0], &e, 1e-6), 1.0);
+    /// assert_eq!(a.recall(&[0], &e)?, 0.5);
+    /// assert_eq!(a.recall_with_ties(&[0], &e, 1e-6)?, 1.0);
+    /// # Ok::<(), candle_core::Error>(())
     /// ```
-    pub fn recall_with_ties(&self, rows: &[usize], exact: &KnnLists, eps: f64) -> f64 {
-        if rows.is_empty() {
-            return 1.0;
+    pub fn recall_with_ties(&self, rows: &[usize], exact: &KnnLists, eps: f64) -> Result<f64> {
+        self.check_recall(rows, exact)?;
+        if !(eps.is_finite() && eps >= 0.0) {
+            return Err(GraphError::InvalidArgument(format!(
+                "KnnLists::recall_with_ties: eps must be finite and >= 0, got {eps}"
+            ))
+            .into());
         }
-        let total: f64 = rows
-            .iter()
-            .enumerate()
-            .map(|(r, &i)| {
-                let (ids, sims) = exact.row(r);
-                let real = ids.iter().filter(|&&j| j != Self::EMPTY).count();
-                let Some(&kth) = sims[..real].last() else {
-                    return 1.0;
-                };
-                let (got, got_sims) = self.row(i);
-                let hit = got
-                    .iter()
-                    .zip(got_sims)
-                    .filter(|&(&j, &s)| j != Self::EMPTY && s >= kth - eps)
-                    .count();
-                hit.min(real) as f64 / real as f64
-            })
-            .sum();
-        total / rows.len() as f64
+        Ok(mean_over_rows(rows, |r, i| {
+            let (ids, sims) = exact.row(r);
+            let real = ids.iter().filter(|&&j| j != Self::EMPTY).count();
+            let kth = ids
+                .iter()
+                .zip(sims)
+                .filter(|&(&j, _)| j != Self::EMPTY)
+                .fold(f64::INFINITY, |m, (_, &s)| m.min(s));
+            if real == 0 {
+                return 1.0;
+            }
+            let (got, got_sims) = self.row(i);
+            let hit = got
+                .iter()
+                .zip(got_sims)
+                .filter(|&(&j, &s)| j != Self::EMPTY && s >= kth - eps)
+                .count();
+            hit.min(real) as f64 / real as f64
+        }))
     }
 
     /// The symmetrised graph: positive entries only, `A = max(M, M^T)` (as the exact builder).
+    /// Errors (typed): lists that fail [`KnnLists::validate`], an id `>= n`.
     pub fn to_csr(&self) -> Result<Csr> {
+        self.validate()?;
         let what = "KnnLists::to_csr: edges";
         let mut t: Vec<(u32, u32, f64)> =
             check::try_with_capacity(what, 2usize.saturating_mul(self.indices.len()))?;
-        for i in 0..self.n {
-            let (idx, sim) = self.row(i);
-            for (&j, &s) in idx.iter().zip(sim) {
-                if j != Self::EMPTY && s > 0.0 {
-                    t.push((i as u32, j, s));
-                    t.push((j, i as u32, s));
-                }
+        // By entry, not by row: `n` of hand-built lists with k = 0 may be anything.
+        for (p, (&j, &s)) in self.indices.iter().zip(&self.similarities).enumerate() {
+            if j != Self::EMPTY && s > 0.0 {
+                let i = u32::try_from(p / self.k).unwrap_or(Self::EMPTY);
+                t.push((i, j, s));
+                t.push((j, i, s));
             }
         }
         Csr::from_triplets(self.n, t, Merge::Max)
     }
+}
+
+/// The mean of `f(r, rows[r])` over `rows` (1 for no rows).
+fn mean_over_rows(rows: &[usize], f: impl Fn(usize, usize) -> f64) -> f64 {
+    if rows.is_empty() {
+        return 1.0;
+    }
+    rows.iter().enumerate().map(|(r, &i)| f(r, i)).sum::<f64>() / rows.len() as f64
 }
 
 /// The approximate cosine kNN graph of `x` (N, d) by NN-descent: same semantics and output as
@@ -791,6 +874,14 @@ impl<'a, T: Elem> Search<'a, T> {
             });
     }
 
+    /// Whether any real list entry is still marked new (not yet sampled as a candidate).
+    fn any_new(&self) -> bool {
+        self.idx
+            .iter()
+            .zip(&self.new)
+            .any(|(&j, &f)| j != KnnLists::EMPTY && f != 0)
+    }
+
     fn run(mut self, p: &NnDescent) -> KnnLists {
         let (n, pool, cand) = (self.n, self.pool, self.cand);
         if pool > 0 && n - 1 > 2 * pool {
@@ -818,6 +909,12 @@ impl<'a, T: Elem> Search<'a, T> {
                     );
                 }
                 if (changed as f64) <= p.delta * (n * pool) as f64 {
+                    break;
+                }
+                // A fixed point: no entry changed and none is left unsampled as new, so the next
+                // iteration has no candidate pair to join. Ends a run whose delta never stops it
+                // (0, negative, NaN) however large max_iters is.
+                if changed == 0 && !self.any_new() {
                     break;
                 }
             }
@@ -1090,8 +1187,8 @@ mod tests {
         // The trees alone already find many true neighbours (a random start: ~pool / N).
         let rows: Vec<usize> = (0..n).step_by(7).collect();
         let exact = brute_force_rows(&x, &rows, k)?;
-        let forest = lists.recall(&rows, &exact);
-        let random = nn_descent(&x, k, &p.trees(Some(0)))?.recall(&rows, &exact);
+        let forest = lists.recall(&rows, &exact)?;
+        let random = nn_descent(&x, k, &p.trees(Some(0)))?.recall(&rows, &exact)?;
         assert!(
             forest > 2.0 * random && forest > 0.3,
             "{forest} vs {random}"
@@ -1107,7 +1204,7 @@ mod tests {
         let rows: Vec<usize> = (0..n).step_by(11).collect();
         let exact = brute_force_rows(&x, &rows, k)?;
         let p = NnDescent::default().seed(5);
-        let recall = nn_descent(&x, k, &p)?.recall(&rows, &exact);
+        let recall = nn_descent(&x, k, &p)?.recall(&rows, &exact)?;
         assert!(recall >= 0.95, "recall@{k} = {recall}");
         Ok(())
     }

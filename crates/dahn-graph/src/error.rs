@@ -41,6 +41,9 @@ pub enum GraphError {
         /// Which argument.
         what: &'static str,
     },
+    /// A scalar argument outside its documented range (e.g. a negative tolerance).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
     /// `k` must be at least 1.
     #[error("k must be >= 1, got {0}")]
     InvalidK(usize),

@@ -30,7 +30,7 @@ fn recall_against_exact_on_clustered_data() -> Result<()> {
     let lists = nn_descent(&x, k, &NnDescent::default())?;
     let rows: Vec<usize> = (0..n).collect();
     let exact = brute_force_rows(&x, &rows, k)?;
-    let recall = lists.recall(&rows, &exact);
+    let recall = lists.recall(&rows, &exact)?;
     assert!(recall >= 0.9, "recall@{k} = {recall}");
 
     // The symmetrised graphs: most exact edges are present, with the exact weights.
@@ -176,10 +176,10 @@ fn defaults_find_the_neighbours_of_uniform_high_dimensional_data() -> Result<()>
     assert!(p.tree_count(n) > 1);
     let rows: Vec<usize> = (0..n).step_by(13).collect();
     let exact = brute_force_rows(&x, &rows, k)?;
-    let recall = nn_descent(&x, k, &p)?.recall(&rows, &exact);
+    let recall = nn_descent(&x, k, &p)?.recall(&rows, &exact)?;
     assert!(recall >= 0.95, "recall@{k} = {recall}");
     // The forest alone, fewer trees: worse, but far above a random start (~pool / N).
-    let forest = nn_descent(&x, k, &p.trees(Some(2)).max_iters(0))?.recall(&rows, &exact);
+    let forest = nn_descent(&x, k, &p.trees(Some(2)).max_iters(0))?.recall(&rows, &exact)?;
     assert!(
         forest > 0.3 && forest < recall,
         "forest {forest}, full {recall}"
@@ -201,8 +201,8 @@ fn recall_with_ties_counts_equally_near_neighbours() -> Result<()> {
     let exact = brute_force_rows(&x, &rows, k)?;
     let lists = nn_descent(&x, k, &NnDescent::default())?;
     let (by_id, with_ties) = (
-        lists.recall(&rows, &exact),
-        lists.recall_with_ties(&rows, &exact, 1e-6),
+        lists.recall(&rows, &exact)?,
+        lists.recall_with_ties(&rows, &exact, 1e-6)?,
     );
     assert!(with_ties >= 0.95, "recall with ties {with_ties}");
     assert!(
@@ -211,7 +211,7 @@ fn recall_with_ties_counts_equally_near_neighbours() -> Result<()> {
     );
     // Not vacuous: a search that found nothing near is not rescued by the ties.
     let far = nn_descent(&x, k, &NnDescent::default().trees(Some(0)).max_iters(0))?;
-    let far = far.recall_with_ties(&rows, &exact, 1e-6);
+    let far = far.recall_with_ties(&rows, &exact, 1e-6)?;
     assert!(far < 0.3, "random lists {far}");
     Ok(())
 }

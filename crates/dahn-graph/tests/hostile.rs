@@ -14,9 +14,9 @@
 
 use candle_core::{DType, Device, Result, Tensor};
 use dahn_graph::{
-    cosine_similarity, knn_from_patterns, knn_graph, laplacian, normalize_rows,
-    normalized_laplacian, Csr, Graph, GraphBuilder, GraphError, GraphMatrix, LaplacianBuilder,
-    Merge,
+    brute_force_rows, cosine_similarity, knn_approx_from_patterns, knn_from_patterns, knn_graph,
+    laplacian, nn_descent, normalize_rows, normalized_laplacian, Csr, Graph, GraphBuilder,
+    GraphError, GraphMatrix, KnnLists, LaplacianBuilder, Merge, NnDescent,
 };
 use proptest::prelude::*;
 
@@ -222,6 +222,62 @@ proptest! {
                     prop_assert_eq!(a.row(n + 3).0.len(), 0);
                 }
                 Err(e) => prop_assert!(GraphError::find(&e).is_some(), "untyped error: {e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn approximate_paths(
+        x in shape().prop_flat_map(tensor),
+        k in k(),
+        pool in prop::option::of(prop_oneof![0usize..3, Just(usize::MAX)]),
+        cand in prop::option::of(prop_oneof![0usize..3, Just(usize::MAX)]),
+        trees in prop::option::of(0usize..3),
+        leaf in prop_oneof![0usize..3, Just(1024usize), Just(usize::MAX)],
+        max_iters in prop_oneof![0usize..3, Just(usize::MAX)],
+        delta in prop_oneof![Just(0.001), Just(0.0), Just(-1.0), Just(f64::NAN), Just(f64::INFINITY)],
+    ) {
+        let p = NnDescent { seed: 1, pool, max_candidates: cand, trees, leaf, max_iters, delta };
+        if let Some(lists) = typed(nn_descent(&x, k, &p))? {
+            prop_assert!(lists.validate().is_ok());
+            let rows: Vec<usize> = (0..lists.n).collect();
+            if let Some(exact) = typed(brute_force_rows(&x, &rows, k))? {
+                let r = typed(lists.recall(&rows, &exact))?.unwrap();
+                prop_assert!((0.0..=1.0).contains(&r), "recall {r}");
+                let t = typed(lists.recall_with_ties(&rows, &exact, 1e-9))?.unwrap();
+                prop_assert!((r..=1.0).contains(&t), "recall {r}, with ties {t}");
+            }
+        }
+        if let Some(a) = typed(knn_approx_from_patterns(&x, k, &p))? {
+            prop_assert!(a.values().iter().all(|v| v.is_finite() && *v > 0.0));
+            prop_assert!(a.is_symmetric());
+        }
+        typed(GraphBuilder::new().k(k).approximate(p).build(&x))?;
+    }
+
+    #[test]
+    fn hand_built_knn_lists(
+        n in 0usize..5,
+        k in 0usize..4,
+        ids in prop::collection::vec(prop_oneof![0u32..7, Just(KnnLists::EMPTY)], 0..16),
+        sims in prop::collection::vec(value(), 0..16),
+        rows in prop::collection::vec(0usize..7, 0..5),
+        eps in prop_oneof![Just(0.0), Just(1e-6), Just(-1.0), Just(f64::NAN), Just(f64::INFINITY)],
+    ) {
+        let lists = KnnLists { n, k, indices: ids, similarities: sims };
+        for i in 0..8 {
+            let (a, b) = lists.row(i);
+            prop_assert_eq!(a.len(), b.len());
+        }
+        let valid = typed(lists.validate())?.is_some();
+        if let Some(c) = typed(lists.to_csr())? {
+            prop_assert!(valid);
+            prop_assert!(c.values().iter().all(|v| v.is_finite() && *v > 0.0));
+        }
+        let exact = KnnLists { n: rows.len(), ..lists.clone() };
+        for r in [lists.recall(&rows, &lists), lists.recall(&rows, &exact), lists.recall_with_ties(&rows, &exact, eps)] {
+            if let Some(r) = typed(r)? {
+                prop_assert!((0.0..=1.0).contains(&r), "recall {r}");
             }
         }
     }
@@ -442,5 +498,82 @@ fn products_that_overflow_are_typed() -> Result<()> {
         err_of(a.matmul(&nan)),
         GraphError::NonFinite { .. }
     ));
+    Ok(())
+}
+
+/// Lists built by hand whose storage is shorter than n * k: slicing a row panicked.
+#[test]
+fn knn_lists_with_short_storage_are_typed_not_a_panic() {
+    let short = KnnLists {
+        n: 3,
+        k: 2,
+        indices: vec![1, 2, 0],
+        similarities: vec![0.5; 3],
+    };
+    assert!(matches!(
+        err_of(short.to_csr()),
+        GraphError::ShapeMismatch(_)
+    ));
+    assert_eq!(short.row(1), (&[][..], &[][..]));
+    // No entries, an absurd n: typed (a row loop would have run for ever).
+    let absurd = KnnLists {
+        n: usize::MAX,
+        k: 0,
+        indices: vec![],
+        similarities: vec![],
+    };
+    assert!(absurd.validate().is_ok());
+    err_of(absurd.to_csr());
+    let exact = KnnLists {
+        n: 1,
+        k: 2,
+        indices: vec![1, 2],
+        similarities: vec![0.5; 2],
+    };
+    assert!(matches!(
+        err_of(short.recall(&[2], &exact)),
+        GraphError::ShapeMismatch(_)
+    ));
+}
+
+/// recall with a row outside the lists, or exact lists for another number of rows, panicked on
+/// a slice index.
+#[test]
+fn recall_of_rows_outside_the_lists_is_typed_not_a_panic() -> Result<()> {
+    let x = Tensor::new(&[[1f32, 0.], [1., 0.1], [0., 1.], [0.1, 1.]], &Device::Cpu)?;
+    let lists = nn_descent(&x, 1, &NnDescent::default())?;
+    let exact = brute_force_rows(&x, &[0, 1], 1)?;
+    assert_eq!(lists.recall(&[0, 1], &exact)?, 1.0);
+    assert!(matches!(
+        err_of(lists.recall(&[0, 9], &exact)),
+        GraphError::IndexOutOfRange {
+            index: 9,
+            bound: 4,
+            ..
+        }
+    ));
+    assert!(matches!(
+        err_of(lists.recall(&[0], &exact)),
+        GraphError::ShapeMismatch(_)
+    ));
+    assert!(matches!(
+        err_of(lists.recall_with_ties(&[0, 1], &exact, f64::NAN)),
+        GraphError::InvalidArgument(_)
+    ));
+    Ok(())
+}
+
+/// A delta that never stops the descent (NaN, negative) with max_iters = usize::MAX ran for
+/// ever once the lists stopped changing; the descent now ends at its fixed point, with the
+/// lists a bounded run finds.
+#[test]
+fn descent_without_a_stopping_delta_ends_at_its_fixed_point() -> Result<()> {
+    let x = Tensor::randn(0f32, 1., (300, 6), &Device::Cpu)?;
+    let p = NnDescent::default().pool(Some(4)).trees(Some(0));
+    let bounded = nn_descent(&x, 2, &p.max_iters(200).delta(0.0))?;
+    for delta in [f64::NAN, -1.0] {
+        let endless = nn_descent(&x, 2, &p.max_iters(usize::MAX).delta(delta))?;
+        assert_eq!(endless, bounded);
+    }
     Ok(())
 }

@@ -105,10 +105,10 @@ fn main() -> Result<()> {
     let rows = sample(&mut rng, s, a.recall_rows.min(s)).into_vec();
     let t = Instant::now();
     let truth = brute_force_rows(&x, &rows, a.k)?;
-    let recall = lists.recall(&rows, &truth);
+    let recall = lists.recall(&rows, &truth)?;
     // Sign patterns' cosines are multiples of 2/d, so many neighbours tie with the k-th: by id,
     // a tied neighbour other than the one brute force kept counts as a miss.
-    let with_ties = lists.recall_with_ties(&rows, &truth, 1e-6);
+    let with_ties = lists.recall_with_ties(&rows, &truth, 1e-6)?;
     let recall_secs = t.elapsed().as_secs_f64();
     drop(lists);
     println!(
