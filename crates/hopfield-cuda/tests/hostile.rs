@@ -193,3 +193,118 @@ proptest! {
         r.map_err(|e| TestCaseError::fail(format!("{e}: ({b},{l},{d},{h},{z}) {dx:?}/{dw:?} x{sc} beta {beta} bad {bad_shape} op {op}")))?;
     }
 }
+
+/// The sparse module's typed errors.
+fn sparse_typed(e: &candle_core::Error) -> bool {
+    typed(e) || hopfield_cuda::sparse::SparseError::find(e).is_some()
+}
+
+/// No panic, and an error (if any) typed. The sparse kernels let non-finite inputs propagate
+/// (documented: their callers check), so `Ok` results are not required to be finite here.
+fn no_panic<T>(
+    what: &str,
+    f: impl FnOnce() -> candle_core::Result<T>,
+) -> std::result::Result<Option<T>, TestCaseError> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Err(_) => Err(TestCaseError::fail(format!("{what}: panic"))),
+        Ok(Err(e)) if sparse_typed(&e) => Ok(None),
+        Ok(Err(e)) => Err(TestCaseError::fail(format!("{what}: untyped error {e}"))),
+        Ok(Ok(t)) => Ok(Some(t)),
+    }
+}
+
+fn index() -> impl Strategy<Value = usize> {
+    prop_oneof![6 => 0usize..7, 1 => Just(usize::MAX)]
+}
+
+fn weight() -> impl Strategy<Value = f64> {
+    prop_oneof![4 => Just(0.5), 1 => Just(-2.0), 1 => Just(f64::NAN), 1 => Just(f64::INFINITY), 1 => Just(1e300)]
+}
+
+/// CSR arrays `(n, row_ptr, col_idx, values)`: anything (mostly invalid), or a valid matrix of
+/// up to 6 nodes built from triplets (with hostile values).
+fn csr_arrays() -> impl Strategy<Value = (usize, Vec<usize>, Vec<u32>, Vec<f64>)> {
+    let any = (
+        index(),
+        prop::collection::vec(index(), 0..8),
+        prop::collection::vec(prop_oneof![0u32..7, Just(u32::MAX)], 0..8),
+        prop::collection::vec(weight(), 0..8),
+    );
+    let valid = (0usize..7).prop_flat_map(|n| {
+        let idx = 0..n.max(1) as u32;
+        prop::collection::vec((idx.clone(), idx, weight()), 0..(3 * n + 1)).prop_map(
+            move |mut t| {
+                t.retain(|e| (e.0 as usize) < n);
+                t.sort_by_key(|e| (e.0, e.1));
+                t.dedup_by_key(|e| (e.0, e.1));
+                let mut row_ptr = vec![0usize; n + 1];
+                for e in &t {
+                    row_ptr[e.0 as usize + 1] += 1;
+                }
+                for i in 0..n {
+                    row_ptr[i + 1] += row_ptr[i];
+                }
+                (
+                    n,
+                    row_ptr,
+                    t.iter().map(|e| e.1).collect(),
+                    t.iter().map(|e| e.2).collect(),
+                )
+            },
+        )
+    });
+    prop_oneof![any, valid]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// CSR arrays of any lengths and contents (row pointers out of order or beyond the columns,
+    /// columns beyond n, an absurd n), then every sparse entry point on what `new` accepts,
+    /// with operands of any shape, dtype and scale, any eta and any renumbering.
+    #[test]
+    fn sparse_matrices_and_products_never_panic(
+        (n, row_ptr, col_idx, values) in csr_arrays(),
+        m in 0usize..3,
+        rows in prop_oneof![Just(None), (0usize..7).prop_map(Some)],
+        dt in dtype(),
+        sc in scale(),
+        eta in param(),
+        order in prop::collection::vec(0u32..8, 0..8),
+    ) {
+        let Some(a) = no_panic("CsrMatrix::new", || {
+            hopfield_cuda::sparse::CsrMatrix::new(n, row_ptr, col_idx, values)
+        })? else {
+            return Ok(());
+        };
+        use hopfield_cuda::sparse::{diffusion_step, spmm, spmm_composed, diffusion_step_composed};
+        // The matrix's own N mostly, any other sometimes.
+        let rows = rows.unwrap_or(a.n());
+        let x = tensor(&[rows, m], dt, sc, 3).unwrap();
+        let deg = tensor(&[rows], dt, sc, 4).unwrap();
+        no_panic("spmm", || spmm(&a, &x))?;
+        no_panic("spmm_composed", || spmm_composed(&a, &x))?;
+        no_panic("diffusion_step", || diffusion_step(&a, &deg, eta, &x))?;
+        no_panic("diffusion_step_composed", || diffusion_step_composed(&a, &deg, eta, &x))?;
+        no_panic("permuted", || a.permuted(&order))?;
+        no_panic("locality_order", || Ok(a.locality_order()))?;
+        no_panic("bandwidth", || Ok(a.bandwidth()))?;
+        no_panic("transpose", || Ok(a.transpose().nnz()))?;
+        // (Below LOCALITY_MIN_NODES: None; the order's own shape checks are unit-tested.)
+        no_panic("locality", || Ok(a.locality().is_some()))?;
+    }
+}
+
+/// `n = usize::MAX`: `n + 1` overflowed (a panic in debug builds; in release an empty
+/// `row_ptr` passed the length check and the next check indexed it).
+#[test]
+fn csr_of_absurd_size_is_typed_not_an_overflow() {
+    for row_ptr in [vec![], vec![0]] {
+        let e = hopfield_cuda::sparse::CsrMatrix::new(usize::MAX, row_ptr, vec![], vec![])
+            .unwrap_err();
+        assert!(matches!(
+            hopfield_cuda::sparse::SparseError::find(&e),
+            Some(hopfield_cuda::sparse::SparseError::InvalidCsr(_))
+        ));
+    }
+}

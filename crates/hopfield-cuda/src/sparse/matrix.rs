@@ -87,7 +87,8 @@ impl CsrMatrix {
     /// ```
     pub fn new(n: usize, row_ptr: Vec<usize>, col_idx: Vec<u32>, values: Vec<f64>) -> Result<Self> {
         let bad = |m: String| -> Result<Self> { Err(SparseError::InvalidCsr(m).into()) };
-        if row_ptr.len() != n + 1 {
+        // n + 1 without overflow: an absurd n is a length mismatch, not a panic.
+        if n.checked_add(1) != Some(row_ptr.len()) {
             return bad(format!(
                 "row_ptr has {} entries for n = {n} (needs n + 1)",
                 row_ptr.len()
