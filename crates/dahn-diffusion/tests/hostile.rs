@@ -19,7 +19,9 @@ use dahn_diffusion::{
     DynamicsEngine, DynamicsInputs, EnergyTracker, FactoredDiffusion, GraphCache,
     IterativeDiffusion, SimpleDiffusion, SpectralDiffusion, MAX_STEPS,
 };
-use dahn_graph::{laplacian, normalized_laplacian, GraphBuilder, GraphError, GraphMatrix};
+use dahn_graph::{
+    laplacian, normalized_laplacian, GraphBuilder, GraphError, GraphMatrix, KnnMethod, NnDescent,
+};
 use proptest::prelude::*;
 use std::sync::Arc;
 
@@ -246,9 +248,17 @@ proptest! {
     #[test]
     fn graph_cache(x in prop_oneof![patterns(), (0usize..5, 0usize..3).prop_flat_map(|(n, d)| tensor(vec![n, d]))],
                    k in prop_oneof![1usize..5, Just(0usize), Just(usize::MAX)], m in mode(), eta in param(),
-                   steps in steps(), normalized in any::<bool>()) {
-        let cfg = DiffusionConfig::default().k_neighbors(k).mode(m).eta(eta).steps(steps)
+                   steps in steps(), normalized in any::<bool>(),
+                   approx in prop::option::of((prop::option::of(0usize..3), 0usize..3,
+                       prop_oneof![Just(0usize), Just(3), Just(usize::MAX)],
+                       prop_oneof![Just(0.001), Just(f64::NAN), Just(-1.0)]))) {
+        let mut cfg = DiffusionConfig::default().k_neighbors(k).mode(m).eta(eta).steps(steps)
             .normalized_laplacian(normalized);
+        // The approximate graph with hostile search parameters (pool, leaf, iterations, delta).
+        if let Some((pool, leaf, max_iters, delta)) = approx {
+            let p = NnDescent { pool, leaf, max_iters, delta, ..NnDescent::default() };
+            cfg = cfg.knn_method(KnnMethod::NnDescent(p));
+        }
         if let Some(cache) = typed(GraphCache::new(cfg))? {
             if let Some(g) = typed(cache.get(&x))? {
                 typed_or_finite(g.operator.apply(&x))?;

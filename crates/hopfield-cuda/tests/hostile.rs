@@ -300,8 +300,8 @@ proptest! {
 #[test]
 fn csr_of_absurd_size_is_typed_not_an_overflow() {
     for row_ptr in [vec![], vec![0]] {
-        let e = hopfield_cuda::sparse::CsrMatrix::new(usize::MAX, row_ptr, vec![], vec![])
-            .unwrap_err();
+        let e =
+            hopfield_cuda::sparse::CsrMatrix::new(usize::MAX, row_ptr, vec![], vec![]).unwrap_err();
         assert!(matches!(
             hopfield_cuda::sparse::SparseError::find(&e),
             Some(hopfield_cuda::sparse::SparseError::InvalidCsr(_))
