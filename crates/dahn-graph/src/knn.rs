@@ -4,13 +4,17 @@
 //! - [`knn_graph`]: difflayers' `build_knn_graph(S, k)` on a given dense similarity matrix
 //!   (differentiable w.r.t. `S`; the diagonal is a candidate, as in difflayers).
 //! - [`knn_from_patterns`]: the exact cosine kNN graph of patterns `X` computed by row blocks,
-//!   never materialising N x N: memory O(N k + block N), the block similarity by a candle matmul
-//!   (multi-threaded gemm) and the per-row selection with rayon. Result in CSR.
+//!   never materialising N x N: memory O(N k + block N). On the CPU each block's similarities
+//!   with the rows from its own on (half of `X X^T` in all, it is symmetric) by a multi-threaded
+//!   `gemm` into one reused tile, selected along the tile's rows and down its columns with rayon;
+//!   elsewhere the device's matmul of the block against every row. Result in CSR.
 //!
 //! `k' = min(k, N - 1)` (difflayers clamps silently; so do we, documented). Rows with fewer than
 //! k' positive similarities keep only their positive entries (difflayers selects zeros, which add
 //! nothing). Ties between equal similarities go to the lower index.
 
+use crate::gemm::gemm_abt;
+use crate::topk::{merge_row, offer, CHUNK};
 use crate::{check, normalize_rows, top_k_into, Csr, GraphError, Merge};
 use candle_core::{DType, Result, Storage, Tensor, WithDType};
 use rayon::prelude::*;
@@ -58,17 +62,20 @@ pub fn knn_graph(s: &Tensor, k: usize) -> Result<Tensor> {
     m.maximum(&m.t()?)
 }
 
-/// Rows per similarity block: about 4M entries (16 MB in f32), at least 64 rows. Measured on
-/// 2 cores (docs/dahn-performance.md): blocks whose output stays near the cache size are up to 2x
-/// faster than larger ones, because the selection re-reads the block right after the matmul.
+/// Rows per similarity block: about 16M entries against the first block's N columns (a 64 MB
+/// f32 tile, the build's largest buffer; later blocks' tiles are narrower), 64 to 1024 rows.
+/// Measured on 2 cores at N = 10^5 (docs/dahn-performance.md): 64 rows 9.4-10.2 s, 128 7.5 s,
+/// 167 (this rule) 6.9 s, 512 6.6 s.
 pub fn default_block_rows(n: usize) -> usize {
-    ((1usize << 22) / n.max(1)).clamp(64, 1024)
+    ((1usize << 24) / n.max(1)).clamp(64, 1024)
 }
 
 /// The exact cosine kNN graph of the patterns `x` (N, d), symmetrised with `max`, as a CSR
 /// matrix of f64 weights: equal to `knn_graph(cosine_similarity(x), k)` without ever holding the
 /// N x N similarity. `block_rows` rows of similarities are computed at a time (`None`: see
-/// [`default_block_rows`]). The similarity is computed in `x`'s dtype (f16/bf16 promoted to f32).
+/// [`default_block_rows`]), on the CPU only against the rows from the block's own on (the
+/// similarity is symmetric). The similarity is computed in `x`'s dtype (f16/bf16 promoted to
+/// f32).
 /// Errors: `x` not 2-D, N = 0, NaN/inf, `k == 0`. N = 1 gives an edgeless graph.
 ///
 /// ```
@@ -80,44 +87,141 @@ pub fn default_block_rows(n: usize) -> usize {
 /// # Ok::<(), candle_core::Error>(())
 /// ```
 pub fn knn_from_patterns(x: &Tensor, k: usize, block_rows: Option<usize>) -> Result<Csr> {
-    let (n, _) = check::patterns_2d("knn_from_patterns: patterns", x)?;
-    // k = 0: the edgeless graph (difflayers' `GraphBuilder(k=0)`); the loop below adds nothing.
+    let (n, d) = check::patterns_2d("knn_from_patterns: patterns", x)?;
+    // k = 0: the edgeless graph (difflayers' `GraphBuilder(k=0)`); no pair is selected.
     let k = if k == 0 { 0 } else { effective_k(k, n)? };
     let x = match x.dtype() {
         DType::F64 | DType::F32 => x.detach(),
         _ => x.detach().to_dtype(DType::F32)?,
     };
     let xn = normalize_rows(&x)?;
-    let xt = xn.t()?.contiguous()?;
     let block = block_rows.unwrap_or_else(|| default_block_rows(n)).max(1);
-    let what = "knn_from_patterns: edges";
-    // 2 N k' is an upper bound (only positive similarities are kept): reserve it when it can be
-    // had, else grow as edges come, each growth checked (a failed allocation is a typed error).
-    let bound = 2usize.saturating_mul(n).saturating_mul(k);
-    let mut triplets: Vec<(u32, u32, f64)> =
-        check::try_with_capacity(what, bound).unwrap_or_default();
-    let mut r0 = 0;
-    while r0 < n && k > 0 {
-        let b = block.min(n - r0);
-        let sim = xn.narrow(0, r0, b)?.matmul(&xt)?;
-        let directed = match sim.dtype() {
-            DType::F64 => select_block::<f64>(&sim, r0, n, k)?,
-            _ => select_block::<f32>(&sim, r0, n, k)?,
-        };
-        triplets
-            .try_reserve(2 * directed.len())
-            .map_err(|_| GraphError::TooLarge {
-                what,
-                dims: vec![n, k],
-                elems: format!("more than {} edges", triplets.len()),
-            })?;
-        for (i, j, v) in directed {
-            triplets.push((i, j, v));
-            triplets.push((j, i, v));
+    let directed = if k == 0 {
+        Vec::new()
+    } else if xn.device().is_cpu() {
+        match xn.dtype() {
+            DType::F64 => triangle::<f64>(&xn.flatten_all()?.to_vec1()?, n, d, k, block),
+            _ => triangle::<f32>(&xn.flatten_all()?.to_vec1()?, n, d, k, block),
         }
-        r0 += b;
+    } else {
+        device_blocks(&xn, n, k, block)?
+    };
+    let what = "knn_from_patterns: edges";
+    let mut triplets: Vec<(u32, u32, f64)> =
+        check::try_with_capacity(what, 2usize.saturating_mul(directed.len()))?;
+    for (i, j, v) in directed {
+        triplets.push((i, j, v));
+        triplets.push((j, i, v));
     }
     Csr::from_triplets(n, triplets, Merge::Max)
+}
+
+/// Columns per task of [`triangle`]'s column pass.
+const COLUMN_TASK: usize = 2048;
+
+/// The directed top-k lists (positive similarities only) of the unit rows `x` (n, d), by
+/// blocks of `block` rows against the rows from the block's first on: the similarity is
+/// symmetric, so each block's tile `S[I, I0..]` serves its own rows (their columns from `I0`
+/// on) and, read down its columns, the later rows (their columns in `I`). Half the products of
+/// the full `S[I, ..]` per block, written by `gemm` into one reused buffer; each pair offered to
+/// each of its two rows once, in ascending column order (as [`top_k_into`] scans a row), so
+/// ties go to the lower column as there.
+fn triangle<T: WithDType>(
+    x: &[T],
+    n: usize,
+    d: usize,
+    k: usize,
+    block: usize,
+) -> Vec<(u32, u32, f64)> {
+    let mut lists: Vec<Vec<(usize, T)>> = (0..n).map(|_| Vec::with_capacity(k)).collect();
+    let mut buf: Vec<T> = Vec::new();
+    let mut i0 = 0;
+    while i0 < n {
+        let (b, w) = (block.min(n - i0), n - i0);
+        let i1 = i0 + b;
+        // The first block's tile is the largest: the buffer grows (and is zeroed) once.
+        if buf.len() < b * w {
+            buf.resize(b * w, T::zero());
+        }
+        let tile = &mut buf[..b * w];
+        gemm_abt(tile, &x[i0 * d..i1 * d], &x[i0 * d..], (b, w, d), true);
+        let tile = &*tile;
+        // The block's rows: every column from i0 on (earlier ones came down earlier tiles).
+        lists[i0..i1]
+            .par_iter_mut()
+            .enumerate()
+            .for_each(|(r, list)| {
+                merge_row(&tile[r * w..(r + 1) * w], i0, k, Some(i0 + r), list, 0)
+            });
+        // The later rows: the block's rows are candidates, read down the tile's columns a
+        // row at a time against each column's k-th.
+        lists[i1..]
+            .par_chunks_mut(COLUMN_TASK)
+            .enumerate()
+            .for_each(|(t, chunk)| {
+                let c0 = i1 - i0 + t * COLUMN_TASK;
+                // A short list takes anything: its bar is -inf.
+                let kth = |l: &Vec<(usize, T)>| {
+                    if l.len() < k {
+                        T::from_f64(f64::NEG_INFINITY)
+                    } else {
+                        l[k - 1].1
+                    }
+                };
+                let mut bar: Vec<T> = chunk.iter().map(kth).collect();
+                for r in 0..b {
+                    let seg = &tile[r * w + c0..r * w + c0 + chunk.len()];
+                    for s0 in (0..seg.len()).step_by(CHUNK) {
+                        let s1 = (s0 + CHUNK).min(seg.len());
+                        // Pairs reach each row in ascending column order (earlier blocks' rows
+                        // down their columns, then its own block's row), so an equal value
+                        // never ranks before the k-th: `>`, as in `merge_row`.
+                        let hits: u32 = seg[s0..s1]
+                            .iter()
+                            .zip(&bar[s0..s1])
+                            .map(|(&v, &h)| (v > h) as u32)
+                            .sum();
+                        if hits == 0 {
+                            continue;
+                        }
+                        for c in s0..s1 {
+                            if seg[c] > bar[c] {
+                                offer(&mut chunk[c], 0, k, i0 + r, seg[c]);
+                                bar[c] = kth(&chunk[c]);
+                            }
+                        }
+                    }
+                }
+            });
+        i0 = i1;
+    }
+    lists
+        .into_iter()
+        .enumerate()
+        .flat_map(|(i, l)| {
+            l.into_iter()
+                .map(move |(j, v)| (i as u32, j as u32, v.to_f64()))
+                .filter(|e| e.2 > 0.0)
+        })
+        .collect()
+}
+
+/// The directed top-k lists off the CPU: each block of rows against all rows by the device's
+/// matmul, then selected on the host (the same order as [`triangle`]).
+fn device_blocks(xn: &Tensor, n: usize, k: usize, block: usize) -> Result<Vec<(u32, u32, f64)>> {
+    let xt = xn.t()?.contiguous()?;
+    let mut directed = Vec::new();
+    let mut r0 = 0;
+    while r0 < n {
+        let b = block.min(n - r0);
+        let sim = xn.narrow(0, r0, b)?.matmul(&xt)?;
+        directed.extend(match sim.dtype() {
+            DType::F64 => select_block::<f64>(&sim, r0, n, k)?,
+            _ => select_block::<f32>(&sim, r0, n, k)?,
+        });
+        r0 += b;
+    }
+    Ok(directed)
 }
 
 /// Top-k of each row of one (b, N) similarity block, skipping the diagonal, keeping positive values.
@@ -297,6 +401,37 @@ mod tests {
         assert_eq!(a64.nnz(), a32.nnz());
         for i in 0..30 {
             assert_eq!(a64.row(i).0, a32.row(i).0);
+        }
+        Ok(())
+    }
+
+    /// The CPU path (triangle tiles, each pair offered to both rows) against the path other
+    /// devices take (every row against every column, selected row by row), on data with exact
+    /// ties (duplicated patterns, a zero pattern), any block size and k: the same directed
+    /// lists, so the same graph.
+    #[test]
+    fn triangle_equals_full_rows_for_any_block_and_k() -> Result<()> {
+        let (n, d) = (150, 6);
+        let base = random(n, d, 7, 0.1)?;
+        // Rows 10..20 repeat rows 0..10 (ties between two columns of every row); row 40 is 0.
+        let x = base
+            .slice_assign(&[10..20, 0..d], &base.narrow(0, 0, 10)?)?
+            .slice_assign(
+                &[40..41, 0..d],
+                &Tensor::zeros((1, d), DType::F64, &Device::Cpu)?,
+            )?;
+        let xn = normalize_rows(&x)?;
+        let host = xn.flatten_all()?.to_vec1::<f64>()?;
+        for k in [1, 2, 5, 17, n - 1] {
+            let want = device_blocks(&xn, n, k, 64)?;
+            for block in [1, 7, 64, n, 1000] {
+                let got = triangle(&host, n, d, k, block);
+                assert_eq!(got.len(), want.len(), "k {k} block {block}");
+                for (g, w) in got.iter().zip(&want) {
+                    assert_eq!((g.0, g.1), (w.0, w.1), "k {k} block {block}");
+                    assert!((g.2 - w.2).abs() < 1e-12, "k {k} block {block}");
+                }
+            }
         }
         Ok(())
     }

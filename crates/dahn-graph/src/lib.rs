@@ -35,6 +35,7 @@ mod builder;
 mod check;
 mod csr;
 mod error;
+mod gemm;
 mod knn;
 mod laplacian;
 mod matrix;

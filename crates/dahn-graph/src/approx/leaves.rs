@@ -18,8 +18,8 @@
 //! offered in one fixed order: the lists do not depend on the number of threads.
 
 use super::{hash3, heap_replace_root, splitmix, Elem, Search};
+use crate::gemm::gemm_abt;
 use crate::prefetch::prefetch;
-use gemm::Parallelism;
 use rayon::prelude::*;
 use std::mem::size_of;
 
@@ -34,39 +34,6 @@ const TILE: usize = 128;
 
 /// Nodes at least this large split their children in parallel.
 const PAR_NODE: usize = 1 << 13;
-
-/// `dst (m, n) = a (m, d) b (n, d)^T`, row-major, on the calling thread.
-fn gemm_abt<T: Elem>(dst: &mut [T], a: &[T], b: &[T], m: usize, n: usize, d: usize) {
-    assert!(dst.len() >= m * n && a.len() >= m * d && b.len() >= n * d);
-    if m == 0 || n == 0 {
-        return;
-    }
-    // SAFETY: the three slices hold the matrices (checked above) and `dst` is borrowed mutably,
-    // so it overlaps neither factor. b^T is read in place with swapped strides.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            d,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            a.as_ptr(),
-            1,
-            d as isize,
-            b.as_ptr(),
-            d as isize,
-            1,
-            T::zero(),
-            T::one(),
-            false,
-            false,
-            false,
-            Parallelism::None,
-        );
-    }
-}
 
 /// The neighbour lists, written by several leaves at once.
 struct SharedLists<T> {
@@ -158,7 +125,7 @@ impl<T: Elem> Search<'_, T> {
             let mut rows = Vec::new();
             gather(self.data, d, chunk, &mut rows);
             let mut s = vec![T::zero(); chunk.len() * b];
-            gemm_abt(&mut s, &rows, &centres, chunk.len(), b, d);
+            gemm_abt(&mut s, &rows, &centres, (chunk.len(), b, d), false);
             for (r, o) in s.chunks_exact(b).zip(out.iter_mut()) {
                 let mut best = 0;
                 for c in 1..b {
@@ -350,9 +317,8 @@ fn leaf_pairs_impl<T: Elem, const AVX2: bool>(
             tile,
             &rows[r0 * d..(r0 + tm) * d],
             &rows[r0 * d..],
-            tm,
-            cols,
-            d,
+            (tm, cols, d),
+            false,
         );
         for r in 0..tm {
             let p = r0 + r;
@@ -601,21 +567,6 @@ mod tests {
             #[cfg(target_arch = "x86_64")]
             if std::arch::is_x86_feature_detected!("avx2") {
                 assert_eq!(above::<f32, true>(&s, tr, &tc), want, "tr {tr}");
-            }
-        }
-    }
-
-    #[test]
-    fn gemm_abt_matches_dot_products() {
-        let (m, n, d) = (5, 7, 13);
-        let a: Vec<f32> = (0..m * d).map(|i| (i as f32 * 0.37).sin()).collect();
-        let b: Vec<f32> = (0..n * d).map(|i| (i as f32 * 0.11).cos()).collect();
-        let mut c = vec![0f32; m * n];
-        gemm_abt(&mut c, &a, &b, m, n, d);
-        for i in 0..m {
-            for j in 0..n {
-                let want: f32 = (0..d).map(|t| a[i * d + t] * b[j * d + t]).sum();
-                assert!((c[i * n + j] - want).abs() < 1e-5, "({i},{j})");
             }
         }
     }
