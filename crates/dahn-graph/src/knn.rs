@@ -231,8 +231,8 @@ fn select_block<T: WithDType + PartialOrd>(
     n: usize,
     k: usize,
 ) -> Result<Vec<(u32, u32, f64)>> {
-    // Read the block in place when it lives on the CPU (a block is ~16M entries: copying it
-    // again would double the memory traffic of the whole build).
+    // Read the block in place when it lives on the CPU (a block is up to ~16M entries: copying
+    // it again would double the memory traffic of the whole build).
     let (storage, layout) = sim.storage_and_layout();
     let owned;
     let host: &[T] = match (&*storage, layout.contiguous_offsets()) {
