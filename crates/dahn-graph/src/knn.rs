@@ -73,9 +73,9 @@ pub fn default_block_rows(n: usize) -> usize {
 /// The exact cosine kNN graph of the patterns `x` (N, d), symmetrised with `max`, as a CSR
 /// matrix of f64 weights: equal to `knn_graph(cosine_similarity(x), k)` without ever holding the
 /// N x N similarity. `block_rows` rows of similarities are computed at a time (`None`: see
-/// [`default_block_rows`]), on the CPU only against the rows from the block's own on (the
-/// similarity is symmetric). The similarity is computed in `x`'s dtype (f16/bf16 promoted to
-/// f32).
+/// [`default_block_rows`]; on the CPU at most 2^25 similarities, 64 rows at least), on the CPU
+/// only against the rows from the block's own on (the similarity is symmetric). The similarity
+/// is computed in `x`'s dtype (f16/bf16 promoted to f32).
 /// Errors: `x` not 2-D, N = 0, NaN/inf, `k == 0`. N = 1 gives an edgeless graph.
 ///
 /// ```
@@ -100,8 +100,8 @@ pub fn knn_from_patterns(x: &Tensor, k: usize, block_rows: Option<usize>) -> Res
         Vec::new()
     } else if xn.device().is_cpu() {
         match xn.dtype() {
-            DType::F64 => triangle::<f64>(&xn.flatten_all()?.to_vec1()?, n, d, k, block),
-            _ => triangle::<f32>(&xn.flatten_all()?.to_vec1()?, n, d, k, block),
+            DType::F64 => triangle::<f64>(&xn.flatten_all()?.to_vec1()?, n, d, k, block)?,
+            _ => triangle::<f32>(&xn.flatten_all()?.to_vec1()?, n, d, k, block)?,
         }
     } else {
         device_blocks(&xn, n, k, block)?
@@ -115,6 +115,9 @@ pub fn knn_from_patterns(x: &Tensor, k: usize, block_rows: Option<usize>) -> Res
     }
     Csr::from_triplets(n, triplets, Merge::Max)
 }
+
+/// Most similarities in [`triangle`]'s tile (128 MB in f32), however large `block_rows`.
+const MAX_TILE: usize = 1 << 25;
 
 /// Columns per task of [`triangle`]'s column pass.
 const COLUMN_TASK: usize = 2048;
@@ -132,17 +135,17 @@ fn triangle<T: WithDType>(
     d: usize,
     k: usize,
     block: usize,
-) -> Vec<(u32, u32, f64)> {
+) -> Result<Vec<(u32, u32, f64)>> {
     let mut lists: Vec<Vec<(usize, T)>> = (0..n).map(|_| Vec::with_capacity(k)).collect();
-    let mut buf: Vec<T> = Vec::new();
+    // The first block's tile is the widest: one buffer for all, of at most MAX_TILE
+    // similarities (64 rows at least) whatever `block_rows` asks for.
+    let block = block.min((MAX_TILE / n.max(1)).max(64));
+    let what = "knn_from_patterns: similarity tile";
+    let mut buf = check::try_vec(what, block.min(n) * n, T::zero())?;
     let mut i0 = 0;
     while i0 < n {
         let (b, w) = (block.min(n - i0), n - i0);
         let i1 = i0 + b;
-        // The first block's tile is the largest: the buffer grows (and is zeroed) once.
-        if buf.len() < b * w {
-            buf.resize(b * w, T::zero());
-        }
         let tile = &mut buf[..b * w];
         gemm_abt(tile, &x[i0 * d..i1 * d], &x[i0 * d..], (b, w, d), true);
         let tile = &*tile;
@@ -195,7 +198,7 @@ fn triangle<T: WithDType>(
             });
         i0 = i1;
     }
-    lists
+    Ok(lists
         .into_iter()
         .enumerate()
         .flat_map(|(i, l)| {
@@ -203,7 +206,7 @@ fn triangle<T: WithDType>(
                 .map(move |(j, v)| (i as u32, j as u32, v.to_f64()))
                 .filter(|e| e.2 > 0.0)
         })
-        .collect()
+        .collect())
 }
 
 /// The directed top-k lists off the CPU: each block of rows against all rows by the device's
@@ -425,7 +428,7 @@ mod tests {
         for k in [1, 2, 5, 17, n - 1] {
             let want = device_blocks(&xn, n, k, 64)?;
             for block in [1, 7, 64, n, 1000] {
-                let got = triangle(&host, n, d, k, block);
+                let got = triangle(&host, n, d, k, block)?;
                 assert_eq!(got.len(), want.len(), "k {k} block {block}");
                 for (g, w) in got.iter().zip(&want) {
                     assert_eq!((g.0, g.1), (w.0, w.1), "k {k} block {block}");

@@ -577,3 +577,13 @@ fn descent_without_a_stopping_delta_ends_at_its_fixed_point() -> Result<()> {
     }
     Ok(())
 }
+
+/// A `block_rows` far beyond the data (one N x N tile) is capped at 2^25 similarities per tile
+/// (here 2796 rows of 12000): the same graph as the default blocks.
+#[test]
+fn huge_block_rows_are_capped_and_give_the_same_graph() -> Result<()> {
+    let x = Tensor::randn(0f32, 1., (12_000, 2), &Device::Cpu)?;
+    let capped = knn_from_patterns(&x, 3, Some(usize::MAX))?;
+    assert_eq!(capped, knn_from_patterns(&x, 3, None)?);
+    Ok(())
+}
