@@ -220,7 +220,8 @@ proptest! {
         outcome(typed, || run_hopfield(&c)).map_err(|e| TestCaseError::fail(format!("{e} in {c:?}")))?;
     }
 
-    /// The pooling, lookup and transformer layers and `DiffusedHopfield` over the same inputs.
+    /// The pooling, lookup and transformer layers and `DiffusedHopfield` (exact and approximate
+    /// graphs) over the same inputs.
     #[test]
     fn other_modules_never_panic_or_return_nan(
         (n, l, e) in (0usize..3, 0usize..5, prop_oneof![Just(1usize), Just(4), Just(8)]),
@@ -228,7 +229,7 @@ proptest! {
         scale in scale_strategy(),
         quantity in prop_oneof![Just(0usize), Just(1), Just(3)],
         ff in prop_oneof![Just(0usize), Just(1), Just(16)],
-        which in 0u8..5,
+        which in 0u8..6,
         seed in any::<u64>(),
     ) {
         let x = tensor(&[n, l, e], input, scale, seed);
@@ -243,8 +244,15 @@ proptest! {
                 2 => HopfieldEncoderLayer::new(TransformerLayerConfig::new(base).with_dim_feedforward(ff), vb)?.forward_t(&x, false),
                 3 => HopfieldDecoderLayer::new(TransformerLayerConfig::new(base).with_dim_feedforward(ff), vb)?
                     .forward_with(&x, &x, DecoderMasks::default(), false),
-                _ => DiffusedHopfield::new(DiffusedHopfieldConfig::new(base).with_k_neighbors(quantity), vb)?
+                4 => DiffusedHopfield::new(DiffusedHopfieldConfig::new(base).with_k_neighbors(quantity), vb)?
                     .forward_t(&x, false),
+                // The approximate graph, its search told to run until it stops changing.
+                _ => {
+                    let search = dahn_graph::NnDescent::default().pool(Some(1)).max_iters(usize::MAX).delta(f64::NAN);
+                    let cfg = DiffusedHopfieldConfig::new(base).with_k_neighbors(quantity)
+                        .with_knn_method(dahn_graph::KnnMethod::NnDescent(search));
+                    DiffusedHopfield::new(cfg, vb)?.forward_t(&x, false)
+                }
             }
         });
         r.map_err(|e| TestCaseError::fail(format!("{e}: module {which}, ({n}, {l}, {e}) {input:?} x{scale}")))?;
