@@ -5,7 +5,8 @@
 //!
 //! Cases (d = 64): `s2048` (N = 1, S = 2048 stored, L = 32 queries), `self2048`
 //! (N = 1, self-association, L = S = 2048), `b8x256` (a batch of N = 8 self-associations,
-//! L = S = 256) and `s100k` (N = 1, S = 10^5, L = 32). "fresh" rebuilds the kNN graphs
+//! L = S = 256), `s100k` (N = 1, S = 10^5, L = 32) and `s1m` (N = 1, S = 10^6, L = 32, the
+//! approximate graph: `KnnMethod::NnDescent` with its defaults). "fresh" rebuilds the kNN graphs
 //! on every call (`cache_graph = false`, what the first call of a module costs); "cached" reuses
 //! the graphs of the first call. Rows carry the graph scope (`per_sample`, our default; for N > 1
 //! also `batch_mean`, difflayers' one graph of the batch mean) and `builds`, the graph builds
@@ -16,12 +17,14 @@
 //! ```text
 //! cargo run --release -p hopfield-benches --bin dahn_timing              # s2048, self2048, b8x256
 //! cargo run --release -p hopfield-benches --bin dahn_timing -- s100k
+//! cargo run --release -p hopfield-benches --bin dahn_timing -- s1m    # ~5 minutes, ~2 GiB
 //! DAHN_PROFILE=1 cargo run --release -p hopfield-benches --bin dahn_timing   # + time breakdown
 //! ```
 
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use dahn_diffusion::{AttentionMode, AttentionOperator, DiffusionConfig, GraphCache};
+use dahn_graph::{KnnMethod, NnDescent};
 use hopfield_benches::median_ms;
 use hopfield_nn::{
     DiffusedHopfield, DiffusedHopfieldConfig, GraphScope, HopfieldConfig, HopfieldInput, Masks,
@@ -30,12 +33,17 @@ use hopfield_nn::{
 const D: usize = 64;
 
 /// `(name, N, S, L)`; `L == S` means self-association (one input tensor).
-const CASES: [(&str, usize, usize, usize); 4] = [
+const CASES: [(&str, usize, usize, usize); 5] = [
     ("s2048", 1, 2048, 32),
     ("self2048", 1, 2048, 2048),
     ("b8x256", 8, 256, 256),
     ("s100k", 1, 100_000, 32),
+    ("s1m", 1, 1_000_000, 32),
 ];
+
+/// Stored patterns from which a case builds its graphs approximately (NN-descent): the exact
+/// build is O(S^2 d), hours at 10^6 on 2 cores.
+const APPROXIMATE_FROM: usize = 200_000;
 
 /// Peak resident set size of this process in MiB (Linux), `None` elsewhere.
 fn vmhwm_mib() -> Option<f64> {
@@ -45,11 +53,20 @@ fn vmhwm_mib() -> Option<f64> {
     Some(kib / 1024.0)
 }
 
-/// difflayers' `DiffusedHopfield(input_size=64, cache_graph=cache)` with random parameters.
-fn module(map: &VarMap, cache: bool, scope: GraphScope) -> Result<DiffusedHopfield> {
-    let cfg = DiffusedHopfieldConfig::new(HopfieldConfig::new(D))
+/// difflayers' `DiffusedHopfield(input_size=64, cache_graph=cache)` with random parameters; with
+/// `approximate`, its graphs built by NN-descent.
+fn module(
+    map: &VarMap,
+    cache: bool,
+    scope: GraphScope,
+    approximate: bool,
+) -> Result<DiffusedHopfield> {
+    let mut cfg = DiffusedHopfieldConfig::new(HopfieldConfig::new(D))
         .with_cache_graph(cache)
         .with_graph_scope(scope);
+    if approximate {
+        cfg = cfg.with_knn_method(KnnMethod::NnDescent(NnDescent::default()));
+    }
     DiffusedHopfield::new(cfg, VarBuilder::from_varmap(map, DType::F32, &Device::Cpu))
 }
 
@@ -88,7 +105,7 @@ fn run_case(name: &str, n: usize, s: usize, l: usize) -> Result<()> {
         }
     };
     let map = VarMap::new();
-    // A 10^5 graph build takes tens of seconds: fewer runs there.
+    // A 10^5 graph build takes seconds, 10^6 minutes: fewer runs there.
     let (fresh_runs, cached_runs) = if s > 10_000 { (1, 5) } else { (7, 15) };
     let scopes: &[GraphScope] = if n > 1 {
         &[GraphScope::PerSample, GraphScope::BatchMean]
@@ -96,8 +113,9 @@ fn run_case(name: &str, n: usize, s: usize, l: usize) -> Result<()> {
         &[GraphScope::PerSample]
     };
     for &scope in scopes {
-        let fresh = module(&map, false, scope)?;
-        let cached = module(&map, true, scope)?;
+        let approximate = s >= APPROXIMATE_FROM;
+        let fresh = module(&map, false, scope, approximate)?;
+        let cached = module(&map, true, scope, approximate)?;
         let f = median_ms(0, fresh_runs, 0.0, || {
             fresh.forward_with(input(), Masks::default(), false)
         })?;
@@ -143,12 +161,14 @@ fn profile<'a>(
     fresh_runs: usize,
     cached_runs: usize,
 ) -> Result<()> {
-    let cache = GraphCache::new(
-        DiffusionConfig::default()
-            .k_neighbors(5)
-            .eta(0.1)
-            .cache_graph(false),
-    )?;
+    let mut config = DiffusionConfig::default()
+        .k_neighbors(5)
+        .eta(0.1)
+        .cache_graph(false);
+    if stored.dim(1)? >= APPROXIMATE_FROM {
+        config = config.knn_method(KnnMethod::NnDescent(NnDescent::default()));
+    }
+    let cache = GraphCache::new(config)?;
     let patterns = stored.squeeze(0)?;
     let g = median_ms(0, fresh_runs, 0.0, || {
         cache.get(&patterns).map(|g| g.degrees.clone())
