@@ -295,7 +295,7 @@ impl Csr {
 
     /// `f(i, j, A_ij, A_ji)` for each stored entry of `rows`, in order, while `f` returns true
     /// (false if it stopped). Each entry looks up its transpose in another row, a cache miss
-    /// or three apiece on large graphs (10^6 nodes, 10^7 entries: ~1.5 s on one core), so the
+    /// or three apiece on large graphs (10^6 nodes, 10^7 entries: ~1.3 s on one core), so the
     /// rows those lookups will read are prefetched: their pointers two stages ahead, then their
     /// columns and values.
     fn with_transposed(
