@@ -17,7 +17,7 @@
 //! ```text
 //! cargo run --release -p hopfield-benches --bin dahn_timing              # s2048, self2048, b8x256
 //! cargo run --release -p hopfield-benches --bin dahn_timing -- s100k
-//! cargo run --release -p hopfield-benches --bin dahn_timing -- s1m    # ~5 minutes, ~2 GiB
+//! cargo run --release -p hopfield-benches --bin dahn_timing -- s1m    # ~3.5 minutes, ~3 GiB
 //! DAHN_PROFILE=1 cargo run --release -p hopfield-benches --bin dahn_timing   # + time breakdown
 //! ```
 
@@ -41,9 +41,15 @@ const CASES: [(&str, usize, usize, usize); 5] = [
     ("s1m", 1, 1_000_000, 32),
 ];
 
-/// Stored patterns from which a case builds its graphs approximately (NN-descent): the exact
-/// build is O(S^2 d), hours at 10^6 on 2 cores.
-const APPROXIMATE_FROM: usize = 200_000;
+/// How a case with `s` stored patterns builds its graphs: exactly, or by NN-descent from
+/// 2*10^5 patterns on (the exact build is O(S^2 d), hours at 10^6 on 2 cores).
+fn knn_method(s: usize) -> KnnMethod {
+    if s >= 200_000 {
+        KnnMethod::NnDescent(NnDescent::default())
+    } else {
+        KnnMethod::Exact
+    }
+}
 
 /// Peak resident set size of this process in MiB (Linux), `None` elsewhere.
 fn vmhwm_mib() -> Option<f64> {
@@ -53,20 +59,18 @@ fn vmhwm_mib() -> Option<f64> {
     Some(kib / 1024.0)
 }
 
-/// difflayers' `DiffusedHopfield(input_size=64, cache_graph=cache)` with random parameters; with
-/// `approximate`, its graphs built by NN-descent.
+/// difflayers' `DiffusedHopfield(input_size=64, cache_graph=cache)` with random parameters, its
+/// graphs built by `method`.
 fn module(
     map: &VarMap,
     cache: bool,
     scope: GraphScope,
-    approximate: bool,
+    method: KnnMethod,
 ) -> Result<DiffusedHopfield> {
-    let mut cfg = DiffusedHopfieldConfig::new(HopfieldConfig::new(D))
+    let cfg = DiffusedHopfieldConfig::new(HopfieldConfig::new(D))
         .with_cache_graph(cache)
-        .with_graph_scope(scope);
-    if approximate {
-        cfg = cfg.with_knn_method(KnnMethod::NnDescent(NnDescent::default()));
-    }
+        .with_graph_scope(scope)
+        .with_knn_method(method);
     DiffusedHopfield::new(cfg, VarBuilder::from_varmap(map, DType::F32, &Device::Cpu))
 }
 
@@ -113,9 +117,8 @@ fn run_case(name: &str, n: usize, s: usize, l: usize) -> Result<()> {
         &[GraphScope::PerSample]
     };
     for &scope in scopes {
-        let approximate = s >= APPROXIMATE_FROM;
-        let fresh = module(&map, false, scope, approximate)?;
-        let cached = module(&map, true, scope, approximate)?;
+        let fresh = module(&map, false, scope, knn_method(s))?;
+        let cached = module(&map, true, scope, knn_method(s))?;
         let f = median_ms(0, fresh_runs, 0.0, || {
             fresh.forward_with(input(), Masks::default(), false)
         })?;
@@ -161,14 +164,13 @@ fn profile<'a>(
     fresh_runs: usize,
     cached_runs: usize,
 ) -> Result<()> {
-    let mut config = DiffusionConfig::default()
-        .k_neighbors(5)
-        .eta(0.1)
-        .cache_graph(false);
-    if stored.dim(1)? >= APPROXIMATE_FROM {
-        config = config.knn_method(KnnMethod::NnDescent(NnDescent::default()));
-    }
-    let cache = GraphCache::new(config)?;
+    let cache = GraphCache::new(
+        DiffusionConfig::default()
+            .k_neighbors(5)
+            .eta(0.1)
+            .cache_graph(false)
+            .knn_method(knn_method(stored.dim(1)?)),
+    )?;
     let patterns = stored.squeeze(0)?;
     let g = median_ms(0, fresh_runs, 0.0, || {
         cache.get(&patterns).map(|g| g.degrees.clone())

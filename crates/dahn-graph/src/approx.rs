@@ -318,14 +318,14 @@ impl KnnLists {
         Ok(mean_over_rows(rows, |r, i| {
             let (ids, sims) = exact.row(r);
             let real = ids.iter().filter(|&&j| j != Self::EMPTY).count();
+            if real == 0 {
+                return 1.0;
+            }
             let kth = ids
                 .iter()
                 .zip(sims)
                 .filter(|&(&j, _)| j != Self::EMPTY)
                 .fold(f64::INFINITY, |m, (_, &s)| m.min(s));
-            if real == 0 {
-                return 1.0;
-            }
             let (got, got_sims) = self.row(i);
             let hit = got
                 .iter()
